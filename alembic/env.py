@@ -1,0 +1,43 @@
+"""Alembic environment: one history for every table of the service."""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from automl_server.db.models import Base
+from latency_db import LatencyBase
+
+# One history for every table: the service's and the latency database's.
+target_metadata = [Base.metadata, LatencyBase.metadata]
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    from automl_server.db.engine import make_engine
+    from automl_server.settings import get_settings
+
+    url = context.config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        _run(conn)
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run `automl db upgrade`")
+run_migrations_online()

@@ -1,0 +1,21 @@
+"""REST API under /api/v1 for MLOps pipelines and the web UI."""
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from automl_server.api.openapi import ApiRegistry
+
+API_PREFIX = "/api/v1"
+api_blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
+registry = ApiRegistry(API_PREFIX)
+
+# Importing the resource modules declares their routes on the blueprint.
+from automl_server.api import datasets, devices, jobs, meta  # noqa: E402,F401
+from automl_server.api import auth as _auth  # noqa: E402
+from automl_server.api import problems  # noqa: E402
+
+
+def init_app(app: Flask) -> None:
+    problems.init_app(app)
+    _auth.init_app(api_blueprint)
+    app.register_blueprint(api_blueprint)

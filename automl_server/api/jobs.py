@@ -1,0 +1,252 @@
+"""/api/v1/jobs: long-running jobs as operation resources (202, poll, cancel)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Iterator
+
+from flask import Response, request, stream_with_context
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from automl_server.api import api_blueprint, registry
+from automl_server.api.datasets import find_dataset
+from automl_server.api.pagination import bad_token, decode_token, encode_token, newest_first_page
+from automl_server.api.problems import ProblemError, not_found
+from automl_server.api.schemas import JobCreate, JobEventList, JobEventOut, JobLinks, JobList, JobListQuery, JobOut, PageQuery
+from automl_server.db.engine import StorageError
+from automl_server.db.models import Device, Job, JobEvent, JobState
+from automl_server.jobs import service
+from automl_server.jobs.stages import STAGES
+from automl_server.jobs.tasks import dispatch_stage
+
+_MAX_KEY_LENGTH = 200
+
+
+def to_out(job: Job) -> JobOut:
+    base = f"/api/v1/jobs/{job.id}"
+    return JobOut(
+        id=job.id, state=job.state, stage=job.stage, progress=round(job.progress, 4),
+        done=JobState(job.state).is_terminal, error=job.error, dataset_id=job.dataset_id,
+        dataset_name=job.dataset_name, device_name=job.device_name, runtime=job.runtime, space=job.space,
+        pipeline=job.pipeline, latency_target_ms=job.latency_target_ms, params=job.params, result=job.result,
+        cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at,
+        links=JobLinks(self=base, events=f"{base}/events", stream=f"{base}/events/stream", cancel=f"{base}/cancel"),
+    )
+
+
+def _fingerprint(body: JobCreate) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _replay(session: Session, key: str, fingerprint: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if job is not None and job.request_fingerprint != fingerprint:
+        raise ProblemError(
+            422, "Idempotency key reused",
+            f"Idempotency-Key {key!r} was already used for a different request (job {job.id}); "
+            "use a new key for a new request", field="Idempotency-Key", slug="idempotency-key-reused",
+        )
+    return job
+
+
+def _build_job(session: Session, body: JobCreate, key: str | None, fingerprint: str) -> Job:
+    dataset = find_dataset(session, body.dataset)
+    if dataset is None:
+        raise ProblemError(422, "Invalid request", f"no dataset {body.dataset!r}; give a dataset id or name "
+                           "from GET /api/v1/datasets", field="dataset", slug="validation-error")
+    device = session.scalar(select(Device).where(Device.name == body.device).options(selectinload(Device.runtimes)))
+    if device is None:
+        raise ProblemError(422, "Invalid request", f"no device {body.device!r}; give a device name from "
+                           "GET /api/v1/devices", field="device", slug="validation-error")
+    runtimes = [r.name for r in device.runtimes]
+    runtime = body.runtime or (runtimes[0] if runtimes else "")
+    if runtime not in runtimes:
+        raise ProblemError(422, "Invalid request", f"device {device.name!r} has no runtime {runtime!r}; "
+                           f"accepted: {', '.join(runtimes) or 'none registered'}", field="runtime",
+                           slug="validation-error")
+    job = Job(
+        dataset_id=dataset.id, dataset_name=dataset.name, device_id=device.id, device_name=device.name,
+        runtime=runtime, space=body.space, pipeline=body.pipeline, latency_target_ms=body.latency_target_ms,
+        params=body.params, idempotency_key=key, request_fingerprint=fingerprint if key else None,
+    )
+    session.add(job)
+    session.flush()
+    service.record_event(session, job, "state", "job queued", data={"state": job.state,
+                                                                  "stages": [s.name for s in STAGES]})
+    return job
+
+
+@registry.operation(
+    api_blueprint, "/jobs", "POST", summary="Submit a job", tag="jobs", body=JobCreate,
+    responses={202: JobOut, 200: JobOut}, errors=(409,),
+)
+def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
+    """Answers 202 with the operation resource. With an ``Idempotency-Key``
+    header, a retry of the same request returns the same job (200) instead of
+    starting a second one."""
+    from automl_server.app import state
+
+    s = state()
+    key = request.headers.get("Idempotency-Key", "").strip() or None
+    if key is not None and len(key) > _MAX_KEY_LENGTH:
+        raise ProblemError(422, "Invalid request", f"Idempotency-Key is longer than {_MAX_KEY_LENGTH} characters",
+                           field="Idempotency-Key", slug="validation-error")
+    fingerprint = _fingerprint(body)
+    try:
+        with s.db.session() as session:
+            existing = _replay(session, key, fingerprint) if key else None
+            if existing is not None:
+                return to_out(existing), 200, {"Location": f"/api/v1/jobs/{existing.id}"}
+            job = _build_job(session, body, key, fingerprint)
+            out = to_out(job)
+    except StorageError as exc:
+        # Two retries raced with the same key: the loser replays the winner.
+        if key is None or not isinstance(exc.__cause__, IntegrityError):
+            raise
+        with s.db.session() as session:
+            existing = _replay(session, key, fingerprint)
+            assert existing is not None
+            return to_out(existing), 200, {"Location": f"/api/v1/jobs/{existing.id}"}
+    # Sent after the commit, so a fast worker never looks for a job not yet visible.
+    try:
+        dispatch_stage(s.celery, out.id, STAGES[0].name, out.device_name)
+    except Exception as exc:
+        # Never leave a job "queued" that no worker will ever see.
+        with s.db.session() as session:
+            service.fail(session, session.get_one(Job, out.id), f"could not queue the job: {exc}")
+        raise ProblemError(503, "Service unavailable", f"the job {out.id} could not be queued ({exc}); "
+                           "check the broker (AUTOML_BROKER_URL) and submit again", slug="broker-unavailable") from exc
+    return out, 202, {"Location": f"/api/v1/jobs/{out.id}"}
+
+
+@registry.operation(
+    api_blueprint, "/jobs", "GET", summary="List jobs, newest first", tag="jobs", query=JobListQuery,
+    responses={200: JobList},
+)
+def list_jobs(query: JobListQuery) -> JobList:
+    from automl_server.app import state
+
+    stmt = select(Job)
+    if query.state:
+        stmt = stmt.where(Job.state == query.state)
+    with state().db.session() as session:
+        rows, token = newest_first_page(session, stmt, Job, query.page_size, query.page_token)
+    return JobList(jobs=[to_out(j) for j in rows], next_page_token=token)
+
+
+def _get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>", "GET", summary="Get a job (the operation resource)", tag="jobs",
+    responses={200: JobOut}, errors=(404,),
+)
+def get_job(job_id: str) -> JobOut:
+    from automl_server.app import state
+
+    with state().db.session() as session:
+        return to_out(_get(session, job_id))
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/cancel", "POST", summary="Cancel a job", tag="jobs",
+    responses={202: JobOut}, errors=(404, 409),
+)
+def cancel_job(job_id: str) -> tuple[JobOut, int]:
+    """A queued job is cancelled at once; a running one stops at its next checkpoint."""
+    from automl_server.app import state
+
+    with state().db.session() as session:
+        job = _get(session, job_id)
+        try:
+            service.request_cancel(session, job)
+        except service.InvalidTransition as exc:
+            raise ProblemError(409, "Conflict", str(exc), field="state", slug="conflict") from None
+        return to_out(job), 202
+
+
+def _events_after(session: Session, job_id: str, after_id: int, limit: int) -> list[JobEvent]:
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id)
+    return list(session.scalars(stmt.limit(limit)))
+
+
+def _event_out(event: JobEvent) -> JobEventOut:
+    return JobEventOut(id=event.id, kind=event.kind, stage=event.stage, message=event.message, data=event.data,
+                       created_at=event.created_at)
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/events", "GET", summary="A job's timeline, oldest first", tag="jobs",
+    query=PageQuery, responses={200: JobEventList}, errors=(404,),
+)
+def list_job_events(job_id: str, query: PageQuery) -> JobEventList:
+    from automl_server.app import state
+
+    after = 0
+    if query.page_token:
+        (after,) = decode_token(query.page_token, 1)
+        if not isinstance(after, int):
+            raise bad_token(query.page_token)
+    with state().db.session() as session:
+        _get(session, job_id)
+        rows = _events_after(session, job_id, after, query.page_size + 1)
+    token = None
+    if len(rows) > query.page_size:
+        rows = rows[: query.page_size]
+        token = encode_token([rows[-1].id])
+    return JobEventList(events=[_event_out(e) for e in rows], next_page_token=token)
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/events/stream", "GET", summary="Live timeline (Server-Sent Events)", tag="jobs",
+    responses={200: None}, streams="text/event-stream", errors=(404,),
+)
+def stream_job_events(job_id: str) -> Response:
+    """Sends every event as an SSE message (``id`` is the event id, so a
+    reconnecting client resumes with ``Last-Event-ID``) and closes once the
+    job has finished and its last event was sent."""
+    from automl_server.app import state
+
+    s = state()
+    with s.db.session() as session:
+        _get(session, job_id)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.args.get("after") or 0)
+    except ValueError:
+        raise ProblemError(400, "Bad request", "Last-Event-ID must be an event id (an integer)",
+                           field="Last-Event-ID", slug="bad-request") from None
+
+    def generate() -> Iterator[str]:
+        nonlocal after
+        idle_since = time.monotonic()
+        yield "retry: 2000\n\n"
+        while True:
+            # A short session per poll: a stream must never hold a transaction open.
+            # State first: a job seen finished has committed its last event
+            # already, so the events read next include it (read committed too).
+            with s.db.session() as session:
+                finished = JobState(session.get_one(Job, job_id).state).is_terminal
+                events = _events_after(session, job_id, after, 200)
+            for event in events:
+                after = event.id
+                yield f"id: {event.id}\nevent: {event.kind}\ndata: {_event_out(event).model_dump_json()}\n\n"
+            if events:
+                idle_since = time.monotonic()
+            elif finished:
+                yield "event: end\ndata: {}\n\n"
+                return
+            elif time.monotonic() - idle_since > 15:
+                yield ": keep-alive\n\n"  # keeps proxies from closing a quiet stream
+                idle_since = time.monotonic()
+            time.sleep(0.5 if not events else 0.0)
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

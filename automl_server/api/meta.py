@@ -1,0 +1,51 @@
+"""The API describing itself: health, the OpenAPI document and its docs page."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Response, json, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+from automl_server import __version__
+from automl_server.api import api_blueprint, registry
+from automl_server.api.schemas import Health
+
+# Served from the swagger-ui-bundle package: no CDN, works offline.
+_SWAGGER_DIR = Path(swagger_ui_path)
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>AutoML API docs</title>
+<link rel="stylesheet" href="docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="docs/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+</script></body></html>
+"""
+
+
+@registry.operation(api_blueprint, "/health", "GET", summary="Service health", tag="meta", responses={200: Health})
+def health() -> Health:
+    from automl_server.app import state
+
+    s = state()
+    with s.db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    return Health(status="ok", version=__version__, database=s.db.engine.dialect.name,
+                  auth_required=s.settings.auth_required)
+
+
+@api_blueprint.get("/openapi.json")
+def openapi_json() -> Response:
+    spec = registry.spec("Hardware-aware AutoML service", __version__)
+    return Response(json.dumps(spec), mimetype="application/json")
+
+
+@api_blueprint.get("/docs")
+def docs() -> Response:
+    return Response(_DOCS_PAGE, mimetype="text/html")
+
+
+@api_blueprint.get("/docs/<path:filename>")
+def docs_asset(filename: str) -> Response:
+    return send_from_directory(_SWAGGER_DIR, filename)

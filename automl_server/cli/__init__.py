@@ -1,0 +1,247 @@
+"""The `automl` command line: run the service, and drive it from scripts.
+
+Every listing and result command takes ``--json`` for machine-readable output.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from automl_server.cli.client import ApiClient
+from automl_server.settings import SettingsError, get_settings
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+server_option = click.option("--server", envvar="AUTOML_SERVER_URL", help="Service URL (default: the local one).")
+token_option = click.option("--token", envvar="AUTOML_TOKEN", help="API token (or AUTOML_TOKEN).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group()
+@click.version_option(package_name="automl-server")
+def main() -> None:
+    """Hardware-aware AutoML service with a device farm."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks are not news
+    try:
+        get_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# -- running the service ----------------------------------------------------
+@main.command()
+@click.option("--host", help="Bind address (AUTOML_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (AUTOML_PORT, default 8000).")
+@click.option("--no-worker", is_flag=True, help="Do not start the embedded Celery worker.")
+@click.option("--no-agent", is_flag=True, help="Do not start the local CPU device agent.")
+def serve(host: str | None, port: int | None, no_worker: bool, no_agent: bool) -> None:
+    """Serve the web UI and REST API with an embedded worker and local agent."""
+    from dataclasses import replace
+
+    from automl_server.serve import serve as run_server
+
+    settings = get_settings()
+    if host:
+        settings = replace(settings, host=host)
+    if port:
+        settings = replace(settings, port=port)
+    run_server(settings, worker=not no_worker, agent=not no_agent)
+
+
+@main.command()
+@click.option("--queues", "-Q", default="default,search", show_default=True, help="Comma-separated queues.")
+@click.option("--concurrency", "-c", type=int, help="Worker processes (AUTOML_WORKER_CONCURRENCY).")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("--hostname", "-n", default="worker@%h", show_default=True)
+def worker(queues: str, concurrency: int | None, pool: str, hostname: str) -> None:
+    """Start a Celery worker (e.g. on a GPU server: --queues search)."""
+    from automl_server.worker import celery_app
+
+    argv = ["worker", "--queues", queues, "--pool", pool, "--hostname", hostname, "--loglevel", "INFO",
+            "--concurrency", str(concurrency or get_settings().worker_concurrency)]
+    celery_app.worker_main(argv)
+
+
+@main.command()
+@click.option("--device", "--name", "name", required=True, help="Device name (unique in the farm).")
+@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu", "android", "raspberry-pi"]))
+@click.option("--backend", type=click.Choice(["torch", "torch-cuda", "onnxruntime", "litert", "android"]),
+              help="Measure with this backend only (registers just its runtime); default: every runtime installed.")
+@click.option("--adb-host", help="android: the phone's address for adb over TCP.")
+@click.option("--adb-port", type=int, default=5555, show_default=True, help="android: adbd's TCP port.")
+@click.option("--adb-serial", help="android: USB serial instead of --adb-host.")
+@click.option("--adb-key", help="android: adb private key (default ~/.android/adbkey, created if missing).")
+@click.option("--benchmark-binary", help="android: local benchmark_model built for the phone's ABI.")
+@click.option("--adb-cpu-mask", default="f0", show_default=True,
+              help="android: taskset mask the benchmark is pinned to (f0 = big cores of a 4+4 SoC).")
+@click.option("--description", default="")
+@click.option("--no-worker", is_flag=True, help="Only register and heartbeat; do not consume device.NAME.")
+@server_option
+@token_option
+def agent(name: str, kind: str, backend: str | None, adb_host: str | None, adb_port: int, adb_serial: str | None,
+          adb_key: str | None, benchmark_binary: str | None, adb_cpu_mask: str, description: str, no_worker: bool,
+          server: str | None, token: str | None) -> None:
+    """Run a device agent: registers the device, sends heartbeats and measures
+    what arrives on the Celery queue device.NAME (one measurement at a time)."""
+    import threading
+
+    from device_agents.agent import Agent, detect_runtimes
+    from device_agents.tasks import AGENT_CONFIG, BACKEND_RUNTIMES
+    from device_agents.worker import make_agent_celery, run_worker
+
+    settings = get_settings()
+    runtimes = detect_runtimes()
+    options: dict[str, object] = {}
+    if backend == "android":
+        if not (adb_host or adb_serial) or not benchmark_binary:
+            raise click.UsageError("--backend android needs --adb-host (or --adb-serial) and --benchmark-binary")
+        options = {"adb_host": adb_host, "adb_port": adb_port, "adb_serial": adb_serial, "adb_key": adb_key,
+                   "benchmark_binary": benchmark_binary, "cpu_mask": adb_cpu_mask}
+        # The phone runs LiteRT inside benchmark_model; its version is the binary's, not known here.
+        runtimes = [{"name": "litert", "version": ""}]
+    elif backend:
+        runtimes = [r for r in runtimes if r["name"] == BACKEND_RUNTIMES[backend]]
+        if not runtimes:
+            raise click.UsageError(f"backend {backend!r} needs runtime {BACKEND_RUNTIMES[backend]!r}, "
+                                   "which is not installed here")
+    AGENT_CONFIG.update(backend=backend, backend_options=options)
+    runner = Agent(server_url=server or settings.resolved_server_url, name=name, kind=kind, token=token,
+                   interval_s=settings.heartbeat_interval_s, description=description, runtimes=runtimes)
+    if no_worker:
+        runner.install_signal_handlers()
+        runner.run()
+        return
+    heartbeats = threading.Thread(target=runner.run, name="heartbeats", daemon=True)
+    heartbeats.start()
+    try:
+        # The worker owns the main thread and its signals (warm shutdown on SIGTERM).
+        run_worker(make_agent_celery(settings.resolved_broker_url, settings.resolved_result_backend), name)
+    finally:
+        runner.stop_event.set()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the migrations (safe to run again)."""
+    from automl_server.db.engine import get_database
+    from automl_server.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    database = get_database(settings.resolved_database_url)
+    click.echo(f"database at revision {upgrade(database, revision)}")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@json_option
+def tokens_create(name: str, as_json: bool) -> None:
+    """Create a token; its secret is printed once and stored only hashed."""
+    from automl_server.auth import create_token
+    from automl_server.db.engine import get_database
+    from automl_server.db.migrate import require_current_schema
+
+    database = get_database(get_settings().resolved_database_url)
+    require_current_schema(database)
+    with database.session() as session:
+        created = create_token(session, name)
+    if as_json:
+        _echo_json({"id": created.id, "name": created.name, "token": created.secret})
+    else:
+        click.echo(created.secret)
+        click.echo(f"token {created.name!r} created; it is shown only once", err=True)
+
+
+# -- client commands -------------------------------------------------------
+@main.group()
+def datasets() -> None:
+    """Datasets."""
+
+
+@datasets.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Dataset name (default: the file name).")
+@click.option("--description", default="")
+@server_option
+@token_option
+@json_option
+def datasets_upload(path: Path, name: str | None, description: str, server: str | None, token: str | None,
+                    as_json: bool) -> None:
+    """Upload a .zip of class folders of images, or an .npz with x and y."""
+    dataset = ApiClient(server, token).upload(path, name, description)
+    if as_json:
+        _echo_json(dataset)
+    else:
+        click.echo(f"dataset {dataset['name']} ({dataset['id']}): {dataset['num_samples']} samples, "
+                   f"{dataset['num_classes']} classes, {dataset['image_height']}x{dataset['image_width']}"
+                   f"x{dataset['channels']}")
+
+
+@datasets.command("list")
+@server_option
+@token_option
+@json_option
+def datasets_list(server: str | None, token: str | None, as_json: bool) -> None:
+    """List datasets."""
+    rows = list(ApiClient(server, token).paged("/datasets", "datasets"))
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([[d["name"], d["id"], d["num_samples"], d["num_classes"],
+             f"{d['image_height']}x{d['image_width']}x{d['channels']}", d["source"]] for d in rows],
+           ["NAME", "ID", "SAMPLES", "CLASSES", "IMAGE", "SOURCE"])
+
+
+@main.group()
+def devices() -> None:
+    """Devices of the farm."""
+
+
+@devices.command("list")
+@server_option
+@token_option
+@json_option
+def devices_list(server: str | None, token: str | None, as_json: bool) -> None:
+    """List devices with their status (online/offline)."""
+    rows = list(ApiClient(server, token).paged("/devices", "devices"))
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([[d["name"], d["kind"], d["status"], ",".join(r["name"] for r in d["runtimes"]),
+             d["last_heartbeat_at"] or "-"] for d in rows], ["NAME", "KIND", "STATUS", "RUNTIMES", "LAST HEARTBEAT"])
+
+
+# Importing these registers `automl jobs`, `spaces`, `search`, `profile` and `latency`.
+from automl_server.cli import engine_cmds, jobs_cmds, latency_cmds  # noqa: E402
+
+__all__ = ["main", "engine_cmds", "jobs_cmds", "latency_cmds"]
+
+if __name__ == "__main__":
+    sys.exit(main())

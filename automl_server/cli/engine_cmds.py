@@ -1,0 +1,150 @@
+"""`automl spaces list|sample` and `automl search`: the engine without the server."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from automl_server.cli import _echo_json, _table, json_option, main
+
+
+@main.group()
+def spaces() -> None:
+    """Search spaces."""
+
+
+@spaces.command("list")
+@json_option
+def spaces_list(as_json: bool) -> None:
+    """List the registered search spaces."""
+    from search_spaces import list_spaces
+
+    rows = [{"name": s.name, "description": s.description, "width_mult": s.width_mult,
+             "candidates": list(s.candidates), "allow_zero": s.allow_zero} for s in list_spaces()]
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([[r["name"], r["width_mult"], " ".join(r["candidates"]) + (" zero" if r["allow_zero"] else ""),
+             r["description"]] for r in rows], ["NAME", "WIDTH", "CANDIDATES", "DESCRIPTION"])
+
+
+@spaces.command("sample")
+@click.option("--space", required=True)
+@click.option("--n", "count", type=click.IntRange(1, 10_000), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=click.IntRange(8, 1024), default=224, show_default=True)
+@click.option("--num-classes", type=click.IntRange(2, 100_000), default=1000, show_default=True)
+@click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@json_option
+def spaces_sample(space: str, count: int, seed: int, resolution: int, num_classes: int, in_channels: str,
+                  as_json: bool) -> None:
+    """Print random architectures of a space (deterministic for a seed)."""
+    from search_spaces import sample_archs
+
+    try:
+        archs = sample_archs(space, count, seed, resolution, num_classes, int(in_channels))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--space") from None
+    if as_json:
+        _echo_json([a.to_dict() for a in archs])
+    else:
+        for arch in archs:
+            click.echo(" ".join(arch.blocks))
+
+
+def load_dataset(name_or_path: str):  # type: ignore[no-untyped-def]
+    """Arrays of a bundled dataset (by name) or of a .zip/.npz file."""
+    from automl_server.datasets.bundled import BUNDLED_DATASETS
+    from automl_server.datasets.ingest import DatasetRejected, detect_format, load_arrays
+
+    try:
+        if name_or_path in BUNDLED_DATASETS:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name_or_path}.npz"
+                BUNDLED_DATASETS[name_or_path].build(path)
+                return load_arrays(path, "npz")
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{name_or_path!r} is neither a bundled dataset ({', '.join(BUNDLED_DATASETS)}) nor a file",
+                param_hint="--dataset")
+        return load_arrays(path, detect_format(path.name))
+    except DatasetRejected as exc:
+        raise click.BadParameter(f"{exc.field}: {exc.detail}", param_hint="--dataset") from None
+
+
+@main.command()
+@click.option("--space", default="proxyless-mobile", show_default=True)
+@click.option("--dataset", required=True, help="Bundled dataset name (digits, mnist-5k) or a .zip/.npz path.")
+@click.option("--target-ms", type=float, required=True, help="Latency target T in milliseconds.")
+@click.option("--epochs", type=click.IntRange(0, 100_000), default=4, show_default=True,
+              help="Search epochs after warm-up.")
+@click.option("--warmup-epochs", type=click.IntRange(0, 100_000), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65_536), default=64, show_default=True)
+@click.option("--strategy", type=click.Choice(["gradient", "rl"]), default="gradient", show_default=True)
+@click.option("--loss", "loss_kind", type=click.Choice(["mul#log", "add#linear", "add#abs"]),
+              default="mul#log", show_default=True,
+              help="Latency loss: the paper's mul#log / add#linear, or add#abs to track the target from both sides.")
+@click.option("--loss-lambda", type=float, default=0.1, show_default=True, help="lambda of the add# losses.")
+@click.option("--arch-lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate of the architecture logits (paper: 1e-3).")
+@click.option("--arch-every", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="One architecture step every N weight steps (paper: 5); small datasets want 1.")
+@click.option("--derive", type=click.Choice(["argmax", "target"]), default="argmax", show_default=True,
+              help="argmax per cell (paper), or the most probable network within 10% of the target.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lut", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Latency lookup table (reference ProxylessNAS YAML); default: a FLOPs-based estimate.")
+@click.option("--gmacs", type=float, default=None, help="Throughput of the FLOPs estimate, in GMAC/s.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint file: written every epoch, resumed from when it exists.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the derived architecture here.")
+@json_option
+def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epochs: int, batch_size: int,
+           strategy: str, loss_kind: str, loss_lambda: float, arch_lr: float, arch_every: int, derive: str,
+           seed: int, lut: Path | None, gmacs: float | None, checkpoint: Path | None,
+           out: Path | None, as_json: bool) -> None:
+    """Run a ProxylessNAS search on this machine, without the server."""
+    from automl_server.engine.data import split_arrays
+    from automl_server.engine.latency import FlopsLatencyModel, LutLatencyModel
+    from automl_server.engine.search import SearchConfig, run_search
+    from search_spaces import get_space
+
+    try:
+        layout_space = get_space(space)
+        config = SearchConfig(warmup_epochs=warmup_epochs, search_epochs=epochs, batch_size=batch_size,
+                              target_ms=target_ms, loss_kind=loss_kind, strategy=strategy, seed=seed,
+                              arch_lr=arch_lr, arch_update_every=arch_every, loss_lambda=loss_lambda,
+                              derive=derive)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    x, y, classes = load_dataset(dataset)
+    if x.shape[1] != x.shape[2]:
+        raise click.BadParameter(f"images must be square, got {x.shape[1]}x{x.shape[2]}", param_hint="--dataset")
+    data = split_arrays(x, y, seed=seed)
+    layout = layout_space.layout(data.resolution, len(classes), data.in_channels)
+    latency_model = LutLatencyModel.from_yaml(lut) if lut else (
+        FlopsLatencyModel(gmacs_per_s=gmacs) if gmacs else FlopsLatencyModel())
+    with tqdm(total=config.total_epochs, unit="epoch", disable=as_json, desc="search") as bar:
+        def progress(report) -> None:  # type: ignore[no-untyped-def]
+            bar.update(1)
+            bar.set_postfix_str(f"{report.phase} acc {report.holdout_accuracy:.3f} "
+                                f"E[lat] {report.expected_latency_ms:.3f} ms")
+        try:
+            result = run_search(layout, data, latency_model, config, progress=progress, checkpoint_path=checkpoint)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    summary = {"arch": result.arch.to_dict(), "expected_latency_ms": round(result.expected_latency_ms, 6),
+               "holdout_accuracy": round(result.holdout_accuracy, 4), "target_ms": target_ms}
+    if out is not None:
+        out.write_text(result.arch.to_json() + "\n")
+    if as_json:
+        _echo_json(summary)
+        return
+    click.echo(f"architecture: {' '.join(result.arch.blocks)}")
+    click.echo(f"expected latency: {result.expected_latency_ms:.3f} ms (target {target_ms} ms)")
+    click.echo(f"held-out accuracy: {result.holdout_accuracy:.4f} ({len(data.y_holdout)} images)")
+    if out is not None:
+        click.echo(f"written to {out}")

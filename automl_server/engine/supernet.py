@@ -1,0 +1,142 @@
+"""The ProxylessNAS over-parameterised network built from a search-space layout.
+
+Fixed stem and head come from ``search_spaces.build_fixed_layers``; every cell
+of the layout becomes ``Cell(MixedOp(...), residual)``, so the derived
+architecture runs exactly the modules a ``search_spaces.build_model`` net has.
+"""
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+from search_spaces.arch import Arch, build_fixed_layers
+from search_spaces.keys import space_keys
+from search_spaces.ops import ZERO, Cell, build_op
+from search_spaces.spaces import SpaceLayout, op_key
+
+from .latency import LatencyModel
+from .mixed_op import MixedOp
+
+
+class SuperNet(nn.Module):
+    """stem -> one Cell(MixedOp) per cell spec -> head -> classifier."""
+
+    def __init__(self, layout: SpaceLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.stem, self.head, self.classifier = build_fixed_layers(layout)
+        cells = []
+        for spec in layout.cells:
+            ops = [build_op(block, spec.in_ch, spec.out_ch, spec.stride) for block in spec.candidates]
+            cells.append(Cell(MixedOp(list(spec.candidates), ops), spec.residual))
+        self.cells = nn.ModuleList(cells)
+        # Per latency model: (the model, kept so its id is not reused; fixed-layer ms; per-cell ms tensors).
+        self._latency_cache: dict[int, tuple[LatencyModel, float, list[torch.Tensor]]] = {}
+
+    @property
+    def mixed_ops(self) -> list[MixedOp]:
+        return [cast(MixedOp, cell.op) for cell in self.cells]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for cell in self.cells:
+            x = cell(x)
+        return self.classifier(self.head(x))
+
+    # -- parameters --------------------------------------------------------
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture logits alpha, one tensor per cell."""
+        return [op.alpha for op in self.mixed_ops]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the alphas (the gates are buffers, not parameters)."""
+        arch_ids = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch_ids]
+
+    # -- gates ---------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> None:
+        for op in self.mixed_ops:
+            op.mode = mode
+
+    def sample(self, generator: torch.Generator | None = None) -> None:
+        """Binarize every cell's gates (in cell order, so one generator gives one net)."""
+        for op in self.mixed_ops:
+            op.sample(generator)
+
+    def set_alpha_grad(self) -> None:
+        """Two-path step: map each cell's gate gradients onto its alpha.grad."""
+        for op in self.mixed_ops:
+            op.set_alpha_grad()
+
+    def alphas_snapshot(self) -> list[torch.Tensor]:
+        """Copies of the alphas, to pass to rescale_alpha after the optimizer step."""
+        return [op.alpha.detach().clone() for op in self.mixed_ops]
+
+    def rescale_alpha(self, alphas_before: list[torch.Tensor]) -> None:
+        if len(alphas_before) != len(self.cells):
+            raise ValueError(f"rescale_alpha needs {len(self.cells)} alpha copies, got {len(alphas_before)}")
+        for op, before in zip(self.mixed_ops, alphas_before):
+            op.rescale_alpha(before)
+
+    def fix_chosen(self) -> None:
+        """Run the argmax candidate of every cell ("fixed" mode), e.g. to validate derive()."""
+        for op in self.mixed_ops:
+            op.fix_chosen()
+
+    def derive(self) -> Arch:
+        """The architecture of the argmax candidate per cell."""
+        layout = self.layout
+        return Arch(
+            space=layout.space,
+            resolution=layout.resolution,
+            num_classes=layout.num_classes,
+            in_channels=layout.in_channels,
+            blocks=tuple(op.chosen() for op in self.mixed_ops),
+        )
+
+    def arch_probs(self) -> list[dict[str, float]]:
+        """Per cell, block string -> probability (for logs and the UI)."""
+        return [
+            dict(zip(op.candidates, op.probs().detach().cpu().tolist())) for op in self.mixed_ops
+        ]
+
+    # -- latency -------------------------------------------------------------
+
+    def latency_keys(self) -> list[str]:
+        """Every LUT key expected_latency_ms looks up (fixed layers, then non-Zero candidates),
+        so that a driver can profile a table's missing keys before searching."""
+        return space_keys(self.layout)
+
+    def cell_latencies_ms(self, latency_model: LatencyModel) -> list[torch.Tensor]:
+        """Per cell, the latency of each candidate (Zero = 0 ms); looked up once per model."""
+        return self._latencies(latency_model)[1]
+
+    def fixed_latency_ms(self, latency_model: LatencyModel) -> float:
+        return self._latencies(latency_model)[0]
+
+    def expected_latency_ms(self, latency_model: LatencyModel) -> torch.Tensor:
+        """Fixed layers + sum over cells of sum_j p_j * lat_j; differentiable in the alphas."""
+        fixed_ms, per_cell = self._latencies(latency_model)
+        expected = torch.stack([op.expected_latency(lat) for op, lat in zip(self.mixed_ops, per_cell)]).sum()
+        return expected + fixed_ms
+
+    def _latencies(self, latency_model: LatencyModel) -> tuple[float, list[torch.Tensor]]:
+        cached = self._latency_cache.get(id(latency_model))
+        if cached is not None and cached[0] is latency_model:
+            return cached[1], cached[2]
+        layout = self.layout
+        fixed_ms = sum(latency_model.latency_ms(op_key(layout, layer)) for layer in layout.fixed)
+        per_cell = []
+        for spec in layout.cells:
+            # The Zero op costs nothing and has no key (the cell reduces to its residual).
+            per_block = [
+                0.0 if block == ZERO else latency_model.latency_ms(op_key(layout, spec, block))
+                for block in spec.candidates
+            ]
+            per_cell.append(torch.tensor(per_block, dtype=torch.float64))
+        self._latency_cache[id(latency_model)] = (latency_model, float(fixed_ms), per_cell)
+        return float(fixed_ms), per_cell

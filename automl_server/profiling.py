@@ -1,0 +1,152 @@
+"""Profiling on the device farm, service side.
+
+What a search on a target needs measured (`missing_ops`), how
+the work is sent to the device's agent (`dispatch_profiling`,
+`dispatch_network_measurement`, by task name on ``device.<name>``), and the
+task that records what the agent sends back (on the service's ``default``
+queue, where the database is). A hardware target is a device plus one of its
+runtimes, with a thread count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, shared_task
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from automl_server.db.engine import Database, get_database
+from automl_server.db.models import Device
+from latency_db import Calibration, LatencyPredictor, LatencyRepository, MeasurementStats, TargetRecord, TargetSpec
+from search_spaces import Arch, arch_keys, get_space, space_keys
+
+PROFILE_OPS = "automl.profile_ops"  # runs on device.<name>, defined in device_agents.tasks
+MEASURE_NETWORK = "automl.measure_network"  # runs on device.<name>, defined in device_agents.tasks
+RECORD_MEASUREMENTS = "automl.record_measurements"
+RECORD_NETWORK = "automl.record_network"
+# Ops per profiling task: small enough that progress shows and a lost task costs little.
+OPS_PER_TASK = 8
+
+
+class ProfilingError(ValueError):
+    """A profiling request that cannot be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    device_name: str
+    runtime: str
+    runtime_version: str
+    threads: int = 1
+
+    @property
+    def spec(self) -> TargetSpec:
+        return TargetSpec(device_name=self.device_name, backend=self.runtime,
+                          backend_version=self.runtime_version, threads=self.threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_name": self.device_name, "backend": self.runtime, "backend_version": self.runtime_version,
+                "threads": self.threads, "dtype": "float32", "batch": 1}
+
+
+def repository(db: Database) -> LatencyRepository:
+    return LatencyRepository(db.session_factory)
+
+
+def resolve_target(db: Database, device_name: str, runtime: str | None = None, threads: int = 1) -> Target:
+    """The hardware target for a device (and runtime, default: its first)."""
+    with db.session() as session:
+        device = session.scalar(select(Device).where(Device.name == device_name)
+                                .options(selectinload(Device.runtimes)))
+        if device is None:
+            names = session.scalars(select(Device.name).order_by(Device.name)).all()
+            raise ProfilingError(f"no device {device_name!r}; registered devices: {', '.join(names) or 'none'}")
+        runtimes = {r.name: r.version for r in device.runtimes}
+    chosen = runtime or next(iter(runtimes), None)
+    if chosen not in runtimes:
+        raise ProfilingError(f"device {device_name!r} has no runtime {chosen!r}; "
+                             f"accepted: {', '.join(runtimes) or 'none registered'}")
+    return Target(device_name, chosen, runtimes[chosen], threads)
+
+
+def missing_ops(db: Database, target: Target, space: str, resolution: int, num_classes: int = 10,
+                in_channels: int = 3) -> list[str]:
+    """What still has to be measured on ``target`` before a search of ``space``."""
+    layout = get_space(space).layout(resolution, num_classes, in_channels)
+    repo = repository(db)
+    return repo.missing(repo.target(target.spec), space_keys(layout))
+
+
+def predictor(db: Database, target: Target, *, calibrated: bool = True) -> LatencyPredictor:
+    """The target's latency table as a predictor, calibrated when enough whole
+    networks were measured on it."""
+    from latency_db import MIN_CALIBRATION_NETWORKS, fit_calibration
+
+    repo = repository(db)
+    record = repo.target(target.spec)
+    calibration: Calibration | None = None
+    networks = repo.networks(record)
+    if calibrated and len(networks) >= MIN_CALIBRATION_NETWORKS:
+        calibration = fit_calibration([n.calibration_sample for n in networks])
+    return LatencyPredictor(repo.lut_ms(record), calibration, source=f"the latency table of {record.describe()}")
+
+
+def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: dict[str, Any] | None = None) -> int:
+    """Send ``keys`` to the device's agent in small tasks; returns how many tasks."""
+    tasks = 0
+    for start in range(0, len(keys), OPS_PER_TASK):
+        celery.signature(PROFILE_OPS, args=[target.to_dict(), keys[start:start + OPS_PER_TASK], method or {}],
+                         queue=f"device.{target.device_name}").apply_async(
+            link=celery.signature(RECORD_MEASUREMENTS, queue="default"))
+        tasks += 1
+    return tasks
+
+
+def dispatch_network_measurement(celery: Celery, target: Target, arch: Arch,
+                                 method: dict[str, Any] | None = None) -> Any:
+    """Measure one whole network end to end on the device; recorded for calibration."""
+    return celery.signature(MEASURE_NETWORK, args=[target.to_dict(), arch.to_dict(), method or {}],
+                            queue=f"device.{target.device_name}").apply_async(
+        link=celery.signature(RECORD_NETWORK, queue="default"))
+
+
+def _settings_db(task: Any) -> Database:
+    from automl_server.celery_app import settings_of
+
+    return get_database(settings_of(task.app).resolved_database_url)
+
+
+@shared_task(name=RECORD_MEASUREMENTS, bind=True, acks_late=True)
+def record_measurements(self: Any, payload: dict[str, Any]) -> int:  # type: ignore[misc]
+    """Store an agent's op measurements; failed ops are stored with their error."""
+    repo = repository(_settings_db(self))
+    target: TargetRecord = repo.target(TargetSpec(**payload["target"]))
+    agent_version = payload.get("agent_version", "unknown")
+    for result in payload["results"]:
+        if "error" in result:
+            repo.record_failure(target, result["key"], result["error"], agent_version)
+        else:
+            repo.record(target, result["key"], MeasurementStats(**result["stats"]), agent_version)
+    return len(payload["results"])
+
+
+@shared_task(name=RECORD_NETWORK, bind=True, acks_late=True)
+def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type: ignore[misc]
+    """Store a whole-network measurement with its LUT sum (the calibration's input)."""
+    if "error" in payload:
+        return None
+    db = _settings_db(self)
+    repo = repository(db)
+    target = repo.target(TargetSpec(**payload["target"]))
+    arch = Arch.from_dict(payload["arch"])
+    keys = arch_keys(arch)
+    lut = repo.lut_ms(target)
+    missing = [k for k in keys if k not in lut]
+    if missing:  # a calibration pair needs both sides; say what to profile
+        raise ProfilingError(f"{len(missing)} ops of this network have no measurement on {target.describe()} "
+                             f"(first: {missing[0]}); run `automl profile` for the space first")
+    lut_sum = sum(lut[k] for k in keys)
+    repo.record_network(target, payload["arch"], payload["measured_ms"], lut_sum,
+                        payload.get("agent_version", "unknown"), n_ops=len(keys))
+    return float(payload["measured_ms"])

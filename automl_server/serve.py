@@ -1,0 +1,116 @@
+"""`automl serve`: everything on one machine in one command.
+
+Upgrades the database, registers the bundled datasets and the local CPU
+device, starts an embedded Celery worker and the local device agent as child
+processes, and serves the web UI and REST API with waitress. Stopping it
+(Ctrl-C or SIGTERM) stops the children too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import fields
+
+import waitress
+from sqlalchemy import update
+
+from automl_server.auth import create_token
+from automl_server.datasets.store import register_bundled_datasets
+from automl_server.db.engine import get_database
+from automl_server.db.migrate import upgrade
+from automl_server.db.models import ApiToken, utcnow
+from automl_server.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger("automl.serve")
+EMBEDDED_AGENT_TOKEN = "embedded-agent"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = dict(os.environ)
+    for f in fields(Settings):
+        env[ENV_PREFIX + f.name.upper()] = str(getattr(settings, f.name))
+    env["AUTOML_SERVER_URL"] = settings.resolved_server_url
+    return env
+
+
+def prepare(settings: Settings) -> None:
+    """Schema, bundled datasets: idempotent, fast when already done."""
+    settings.ensure_dirs()
+    db = get_database(settings.resolved_database_url)
+    revision = upgrade(db)
+    log.info("database %s at revision %s", db.engine.url.render_as_string(hide_password=True), revision)
+    with db.session() as session:
+        added = register_bundled_datasets(session, settings)
+    if added:
+        log.info("registered bundled datasets: %s", ", ".join(added))
+
+
+def _agent_token(settings: Settings) -> str | None:
+    """A fresh token for the embedded agent when auth is on; old ones are revoked."""
+    if not settings.auth_required:
+        return None
+    db = get_database(settings.resolved_database_url)
+    with db.session() as session:
+        session.execute(
+            update(ApiToken).where(ApiToken.name == EMBEDDED_AGENT_TOKEN, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return create_token(session, EMBEDDED_AGENT_TOKEN).secret
+
+
+def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[subprocess.Popen[bytes]]:
+    env = settings_env(settings)
+    children = []
+    if worker:
+        queues = "default,search"  # device.<local> is the local agent's: it measures one op at a time
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "automl_server.cli", "worker", "--queues", queues,
+             "--concurrency", str(settings.worker_concurrency), "--hostname", "embedded@%h"],
+            env=env,
+        ))
+    if agent:
+        token = _agent_token(settings)
+        if token:
+            env = {**env, "AUTOML_TOKEN": token}
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "automl_server.cli", "agent", "--device", settings.local_device_name, "--kind", "cpu"],
+            env=env,
+        ))
+    return children
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def serve(settings: Settings, *, worker: bool = True, agent: bool = True) -> None:
+    from automl_server.app import create_app
+
+    prepare(settings)
+    app = create_app(settings)
+    children = start_children(settings, worker=worker, agent=agent)
+
+    def _terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    log.info("serving on %s (auth %s)", settings.resolved_server_url,
+             "required" if settings.auth_required else "off: local mode")
+    try:
+        waitress.serve(app, host=settings.host, port=settings.port, threads=16, channel_timeout=300,
+                       ident="automl")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_children(children)

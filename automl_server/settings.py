@@ -1,0 +1,174 @@
+"""One settings object, read once from ``AUTOML_*`` environment variables.
+
+Every field has an embedded default that works on one machine with nothing
+else running: a SQLite database in WAL mode, Celery on its SQLAlchemy
+transport over a second SQLite file, artifacts under ``./data``. At scale the
+same variables point at PostgreSQL and Redis/RabbitMQ.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "AUTOML_"
+
+
+class SettingsError(ValueError):
+    """An ``AUTOML_*`` variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where datasets, artifacts, the SQLite files and the secret key live.
+    data_dir: Path = PROJECT_ROOT / "data"
+    # SQLAlchemy URL of the service database; empty means <data_dir>/automl.sqlite.
+    database_url: str = ""
+    # Celery broker; empty means the SQLAlchemy transport on <data_dir>/broker.sqlite.
+    broker_url: str = ""
+    # Celery result backend; empty means <data_dir>/celery-results.sqlite.
+    result_backend: str = ""
+    # Largest accepted upload, in bytes (the file itself, before unpacking).
+    max_upload_bytes: int = 200 * 1024 * 1024
+    # Largest sum of member sizes inside an uploaded archive (zip-bomb guard).
+    max_uncompressed_bytes: int = 2 * 1024**3
+    # Most members an uploaded archive may hold (zip-bomb guard).
+    max_archive_entries: int = 200_000
+    # Flask secret key; empty means a random key persisted in <data_dir>/secret_key.
+    secret_key: str = ""
+    # Address and port `automl serve` binds to.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # "auto": tokens required unless bound to a loopback address; "always"; "never".
+    auth_mode: str = "auto"
+    # A device is offline once this many seconds pass without a heartbeat.
+    heartbeat_timeout_s: float = 30.0
+    # How often device agents send a heartbeat.
+    heartbeat_interval_s: float = 5.0
+    # Name of the local CPU device that `automl serve` registers and runs an agent for.
+    local_device_name: str = "local-cpu"
+    # Worker processes of the embedded Celery worker.
+    worker_concurrency: int = 2
+    # Public URL agents and CLI use to reach the server.
+    server_url: str = ""
+
+    # -- derived values -------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'automl.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def resolved_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{self.data_dir / 'celery-results.sqlite'}"
+
+    @property
+    def resolved_server_url(self) -> str:
+        if self.server_url:
+            return self.server_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def uploads_tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth_mode == "always":
+            return True
+        if self.auth_mode == "never":
+            return False
+        return not _is_loopback(self.host)
+
+    def resolved_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_dir / "secret_key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_hex(32))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.data_dir, self.datasets_dir, self.artifacts_dir, self.uploads_tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+
+_AUTH_MODES = ("auto", "always", "never")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    env_name = ENV_PREFIX + name.upper()
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{env_name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+    if isinstance(default, int):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{env_name}={raw!r} is not an integer") from None
+        if value < 0:
+            raise SettingsError(f"{env_name}={raw!r} must be >= 0")
+        return value
+    if isinstance(default, float):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{env_name}={raw!r} is not a number") from None
+        if value <= 0:
+            raise SettingsError(f"{env_name}={raw!r} must be > 0")
+        return value
+    if isinstance(default, Path):
+        return Path(raw).expanduser().resolve()
+    return raw
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from ``AUTOML_<FIELD>`` variables, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.name, raw, f.default)
+    values.update(overrides)
+    settings = replace(Settings(), **values)
+    if settings.auth_mode not in _AUTH_MODES:
+        raise SettingsError(f"AUTOML_AUTH_MODE={settings.auth_mode!r}; accepted: {', '.join(_AUTH_MODES)}")
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return settings_from_env()

@@ -1,0 +1,123 @@
+"""The device agent: registers its device with the service and keeps it online
+with heartbeats. Operator profiling arrives with the latency-database issue;
+this process is where it will run.
+
+Standard library only (urllib), so it installs on a Raspberry Pi as it is.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import signal
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+AGENT_VERSION = "0.1.0"
+log = logging.getLogger("automl.agent")
+
+# Runtime name -> the distribution that provides it.
+_RUNTIME_DISTRIBUTIONS = {"pytorch": "torch", "onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
+
+
+def detect_runtimes() -> list[dict[str, str]]:
+    """The inference runtimes installed next to this agent, with versions."""
+    found = []
+    for name, dist in _RUNTIME_DISTRIBUTIONS.items():
+        try:
+            found.append({"name": name, "version": importlib.metadata.version(dist)})
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def host_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "hostname": platform.node(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kb = int(meminfo.readline().split()[1])
+        info["memory_gb"] = round(total_kb / 1024**2, 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+@dataclass
+class Agent:
+    server_url: str
+    name: str
+    kind: str = "cpu"
+    token: str | None = None
+    interval_s: float = 5.0
+    description: str = ""
+    runtimes: list[dict[str, str]] = field(default_factory=detect_runtimes)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def _call(self, method: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(payload).encode()
+        req = urllib.request.Request(self.server_url.rstrip("/") + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            try:
+                body = json.loads(body).get("detail", body)
+            except ValueError:
+                pass
+            raise AgentError(f"{method} {path} answered {exc.code}: {body}") from None
+
+    def register(self) -> dict[str, Any]:
+        if not self.runtimes:
+            raise AgentError("no inference runtime found; install torch, onnxruntime or ai-edge-litert")
+        return self._call("POST", "/api/v1/devices", {
+            "name": self.name, "kind": self.kind, "description": self.description,
+            "runtimes": self.runtimes, "info": host_info(), "agent_version": AGENT_VERSION,
+        })
+
+    def heartbeat(self) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/devices/{self.name}/heartbeat", {})
+
+    def run(self) -> None:
+        """Register, then heartbeat until stopped; a server that is briefly
+        unreachable (restart, network blip) is retried, not fatal."""
+        registered = False
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                if not registered:
+                    self.register()
+                    registered = True
+                    log.info("device %s registered at %s", self.name, self.server_url)
+                else:
+                    self.heartbeat()
+                backoff = 1.0
+                self.stop_event.wait(self.interval_s)
+            except (urllib.error.URLError, OSError, AgentError) as exc:
+                if isinstance(exc, AgentError) and " 404:" in str(exc):
+                    registered = False  # the server forgot us (new database): register again
+                log.warning("agent %s: %s; retrying in %.0f s", self.name, exc, backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())

@@ -1,0 +1,65 @@
+"""Eager PyTorch on the CPU or a CUDA GPU: the runtime the search itself trains and runs in."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from device_agents.profiling.backends.base import BackendUnavailable, fixed_input, with_backend
+from device_agents.profiling.method import MeasurementMethod, measure
+from latency_db.records import MeasurementStats
+
+DEVICES = ("cpu", "cuda")
+
+
+class TorchBackend:
+    """Times ``module(x)`` under ``torch.inference_mode`` with ``method.threads`` intra-op threads.
+
+    On CUDA each block is timed with CUDA events on the current stream and
+    synchronised, so the time is the GPU's, not the launch queue's.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        if device not in DEVICES:
+            raise ValueError(f"TorchBackend device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "torch-cuda needs a CUDA GPU and a CUDA build of torch; torch.cuda.is_available() is False here"
+            )
+        self.device = device
+        self.name = "torch" if device == "cpu" else "torch-cuda"
+        self.version = torch.__version__
+
+    def measure_module(
+        self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
+    ) -> MeasurementStats:
+        # A copy, so that the caller's module keeps its device and mode.
+        model = copy.deepcopy(module).to(self.device).eval()
+        x = torch.from_numpy(fixed_input(tuple(input_shape))).to(self.device)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(method.threads)
+        try:
+            with torch.inference_mode():
+                run: Callable[[], object] = lambda: model(x)  # noqa: E731
+                if self.device == "cuda":
+                    stats = measure(run, method, sync=torch.cuda.synchronize, timer=_cuda_event_timer)
+                    details = {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
+                else:
+                    stats = measure(run, method)
+                    details = {"device": "cpu"}
+        finally:
+            torch.set_num_threads(threads_before)
+        return with_backend(stats, self, **details)
+
+
+def _cuda_event_timer(run: Callable[[], object], runs: int) -> float:
+    """Milliseconds for ``runs`` calls, between two CUDA events on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(runs):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

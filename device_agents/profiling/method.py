@@ -1,0 +1,208 @@
+"""How an op is timed: the measurement method and the loop that applies it.
+
+The loop has the shape of nanoGPT's ``bench.py`` grown into a protocol: warm
+up, then time blocks of runs (synchronising at the end of each block), and add
+blocks until the block means agree (their coefficient of variation is under a
+threshold) or a cap is reached. Block means, not single runs, are the samples:
+one run of a small op is shorter than the clock's noise and the scheduler's
+hiccups, a block of them is not. The median of the block means is the
+headline, robust to the odd block that a background process slowed down.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import glob
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+from latency_db.records import MeasurementStats
+
+THERMAL_GLOB = "/sys/class/thermal/thermal_zone*/temp"
+
+
+@dataclass(frozen=True)
+class MeasurementMethod:
+    """The settings of one measurement; recorded beside every result so that results can be compared."""
+
+    warmup: int = 10  # untimed runs first: caches, allocator, lazy initialisation, CPU clocks ramping up
+    block_size: int = 10  # runs per timed block; the block's mean is one sample
+    min_blocks: int = 5  # blocks always timed before convergence is judged (>= 2: a CV needs two)
+    max_blocks: int = 30  # cap: a measurement that never settles stops here and reports converged=False
+    cv_threshold: float = 0.05  # stop once std / mean of the block means is at most this
+    threads: int = 1  # intra-op threads the backend runs the op with
+    affinity: tuple[int, ...] | None = None  # CPUs to pin the whole process to while measuring; None = as is
+    cooldown_s: float = 0.0  # pause before warming up, so a device heated by the previous op can cool
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"MeasurementMethod.{name} must be an integer >= {minimum}, got {value!r}")
+        max_blocks = self.max_blocks
+        if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < self.min_blocks:
+            raise ValueError(
+                f"MeasurementMethod.max_blocks must be an integer >= min_blocks ({self.min_blocks}), "
+                f"got {self.max_blocks!r}"
+            )
+        if isinstance(self.cv_threshold, bool) or not isinstance(self.cv_threshold, (int, float)) or not (
+            0 < self.cv_threshold < 1
+        ):
+            raise ValueError(f"MeasurementMethod.cv_threshold must be a number in (0, 1), got {self.cv_threshold!r}")
+        if isinstance(self.cooldown_s, bool) or not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
+            raise ValueError(f"MeasurementMethod.cooldown_s must be a number >= 0, got {self.cooldown_s!r}")
+        if self.affinity is not None:
+            cpus = tuple(self.affinity) if isinstance(self.affinity, (list, tuple, set, frozenset)) else ()
+            if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
+                raise ValueError(
+                    f"MeasurementMethod.affinity must be None or a non-empty list of CPU numbers >= 0, "
+                    f"got {self.affinity!r}"
+                )
+            object.__setattr__(self, "affinity", tuple(sorted(set(cpus))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (affinity as a list)."""
+        settings = asdict(self)
+        settings["affinity"] = list(self.affinity) if self.affinity is not None else None
+        return settings
+
+
+class BlockTimer(Protocol):
+    """Times one block: ``runs`` calls of ``run``; returns the elapsed milliseconds."""
+
+    def __call__(self, run: Callable[[], object], runs: int) -> float: ...
+
+
+def wall_clock_timer(sync: Callable[[], None] | None = None) -> BlockTimer:
+    """A host-clock block timer (``time.perf_counter_ns``); ``sync`` waits for queued work before the clock stops."""
+
+    def time_block(run: Callable[[], object], runs: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(runs):
+            run()
+        if sync is not None:
+            sync()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    return time_block
+
+
+def measure(
+    run: Callable[[], object],
+    method: MeasurementMethod,
+    sync: Callable[[], None] | None = None,
+    *,
+    timer: BlockTimer | None = None,
+) -> MeasurementStats:
+    """Time ``run`` with ``method``; statistics over block means, in milliseconds per run.
+
+    ``sync`` is called after the warm-up and at the end of each block (for
+    asynchronous devices); ``timer`` replaces the host clock (e.g. CUDA events).
+    ``method.threads`` is the backend's to apply; affinity and cooldown are
+    applied here. The returned ``method`` dict holds the settings plus
+    ``blocks`` (how many were timed) and ``converged`` (whether the CV of the
+    block means reached the threshold before ``max_blocks``).
+    """
+    time_block = timer if timer is not None else wall_clock_timer(sync)
+    if method.cooldown_s > 0:
+        time.sleep(method.cooldown_s)
+    with cpu_affinity(method.affinity), _gc_paused():
+        for _ in range(method.warmup):
+            run()
+        if sync is not None:
+            sync()
+        block_means_ms = [time_block(run, method.block_size) / method.block_size for _ in range(method.min_blocks)]
+        cv = coefficient_of_variation(block_means_ms)
+        while cv > method.cv_threshold and len(block_means_ms) < method.max_blocks:
+            block_means_ms.append(time_block(run, method.block_size) / method.block_size)
+            cv = coefficient_of_variation(block_means_ms)
+    blocks = len(block_means_ms)
+    recorded = {**method.to_dict(), "blocks": blocks, "converged": cv <= method.cv_threshold}
+    stats = MeasurementStats.from_samples(
+        block_means_ms, warmup=method.warmup, method=recorded, temperature_c=read_temperature_c()
+    )
+    # The statistics describe block means; samples counts the timed runs behind them.
+    return replace(stats, samples=blocks * method.block_size)
+
+
+def coefficient_of_variation(values: list[float]) -> float:
+    """Sample standard deviation over mean (0 when the mean is 0)."""
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else 0.0
+
+
+def read_temperature_c(pattern: str = THERMAL_GLOB) -> float | None:
+    """The hottest readable thermal zone in degrees Celsius, or None where none can be read (VMs, containers)."""
+    readings = []
+    for path in glob.glob(pattern):
+        try:
+            with open(path) as zone:
+                readings.append(int(zone.read().strip()) / 1000.0)  # the kernel reports millidegrees
+        except (OSError, ValueError):
+            continue
+    return max(readings) if readings else None
+
+
+@contextlib.contextmanager
+def cpu_affinity(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Pin every thread of this process to ``cpus`` for the block, then restore each thread's own mask.
+
+    All threads, not just the caller: runtimes run ops on thread pools made
+    before the measurement starts (torch's OpenMP pool, an ONNX Runtime
+    session's), and pinning only the calling thread would leave them roaming.
+    Threads started inside the block inherit the pinned mask and are given
+    the caller's original mask on the way out (a runtime may keep a pool it
+    started there). None leaves the affinity as it is.
+    """
+    if cpus is None:
+        yield
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"CPU affinity {list(cpus)} was requested, but this platform cannot set it")
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise ValueError(
+            f"CPU affinity {list(cpus)} names CPUs {outside} this process may not use; allowed: {sorted(allowed)}"
+        )
+    saved: dict[int, set[int]] = {}
+    try:
+        for tid in _thread_ids():
+            try:
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # the thread ended meanwhile
+                saved.pop(tid, None)
+        yield
+    finally:
+        caller_mask = saved.get(0, allowed)
+        for tid in _thread_ids():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, saved.get(tid, caller_mask))
+
+
+def _thread_ids() -> list[int]:
+    # 0 is the calling thread; it goes first so that threads it starts meanwhile inherit the new mask.
+    own = threading.get_native_id()
+    try:
+        others = [int(name) for name in os.listdir("/proc/self/task") if int(name) != own]
+    except OSError:  # no procfs: only the calling thread can be pinned
+        others = []
+    return [0, *others]
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # As timeit does: a collection in the middle of a block would be charged to the op.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -1,0 +1,93 @@
+"""The Celery tasks a device agent runs: measure operators, or whole networks,
+on its device.
+
+They are sent by name to the queue ``device.<name>`` and consumed only by the
+agent next to that device. They return plain JSON; the service records it
+with a linked task on its own queue, so an agent on a Pi or a phone host
+needs the broker, not the database.
+"""
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import Any
+
+from celery import shared_task
+
+PROFILE_OPS = "automl.profile_ops"
+MEASURE_NETWORK = "automl.measure_network"
+# The profiler backend that runs each runtime a device can register.
+RUNTIME_BACKENDS = {"pytorch": "torch", "onnxruntime": "onnxruntime", "litert": "litert"}
+# The runtime each backend measures (an Android phone runs LiteRT through benchmark_model).
+BACKEND_RUNTIMES = {"torch": "pytorch", "torch-cuda": "pytorch", "onnxruntime": "onnxruntime", "litert": "litert",
+                    "android": "litert"}
+# Set by `automl agent` before its worker starts: {"backend": name or None, "backend_options": {...}}.
+AGENT_CONFIG: dict[str, Any] = {}
+
+
+class WrongRuntime(RuntimeError):
+    pass
+
+
+def backend_for(runtime: str):  # type: ignore[no-untyped-def]
+    """The backend measuring ``runtime`` here: the agent's own when it was
+    started with --backend, else the default backend of that runtime."""
+    from device_agents.profiling import get_backend
+
+    configured = AGENT_CONFIG.get("backend")
+    if configured:
+        if BACKEND_RUNTIMES.get(configured) != runtime:
+            raise WrongRuntime(f"this agent measures with backend {configured!r} "
+                               f"(runtime {BACKEND_RUNTIMES.get(configured)!r}), not runtime {runtime!r}")
+        return get_backend(configured, **AGENT_CONFIG.get("backend_options", {}))
+    if runtime not in RUNTIME_BACKENDS:
+        raise WrongRuntime(f"no profiler backend for runtime {runtime!r}; known: {', '.join(RUNTIME_BACKENDS)}")
+    return get_backend(RUNTIME_BACKENDS[runtime])
+
+
+def _method(target: dict[str, Any], method: dict[str, Any] | None):  # type: ignore[no-untyped-def]
+    from device_agents.profiling import MeasurementMethod
+
+    return MeasurementMethod(**{"threads": int(target.get("threads", 1)), **(method or {})})
+
+
+@shared_task(name=PROFILE_OPS, acks_late=True)
+def profile_ops(target: dict[str, Any], keys: list[str], method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure each op key; an op that fails is reported with its error and the
+    others still run, so one bad op never loses a batch of measurements."""
+    from device_agents.agent import AGENT_VERSION
+    from device_agents.profiling import build_from_key
+
+    results: list[dict[str, Any]] = []
+    try:
+        backend = backend_for(target["backend"])
+        settings = _method(target, method)
+    except Exception as exc:  # noqa: BLE001 - every op gets the reason
+        error = f"{exc.__class__.__name__}: {exc}"
+        return {"target": target, "agent_version": AGENT_VERSION, "results": [{"key": k, "error": error} for k in keys]}
+    for key in keys:
+        try:
+            module, input_shape = build_from_key(key)
+            stats = backend.measure_module(module, input_shape, settings)
+            results.append({"key": key, "stats": dataclasses.asdict(stats)})
+        except Exception as exc:  # noqa: BLE001 - reported per op, by design
+            results.append({"key": key, "error": f"{exc.__class__.__name__}: {exc}",
+                            "trace": traceback.format_exc(limit=3)})
+    return {"target": target, "agent_version": AGENT_VERSION, "results": results}
+
+
+@shared_task(name=MEASURE_NETWORK, acks_late=True)
+def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure a whole network end to end (the predictor's calibration data)."""
+    from device_agents.agent import AGENT_VERSION
+    from search_spaces import Arch, build_model
+
+    spec = Arch.from_dict(arch)
+    try:
+        stats = backend_for(target["backend"]).measure_module(
+            build_model(spec).eval(), (1, spec.in_channels, spec.resolution, spec.resolution), _method(target, method))
+    except Exception as exc:  # noqa: BLE001 - the service stores the reason
+        return {"target": target, "arch": arch, "agent_version": AGENT_VERSION,
+                "error": f"{exc.__class__.__name__}: {exc}"}
+    return {"target": target, "arch": arch, "agent_version": AGENT_VERSION, "measured_ms": stats.median_ms,
+            "stats": dataclasses.asdict(stats)}

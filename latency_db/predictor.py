@@ -1,0 +1,201 @@
+"""Network latency from per-op measurements: the LUT sum and a per-target calibration.
+
+The plain sum of op latencies is biased on real runtimes: neighbouring ops
+fuse (a conv and its activation, or whole blocks under a graph compiler), and
+every inference pays a fixed overhead (dispatch, input copies) that the
+per-op measurements either miss or count once per op. A ``Calibration`` fitted
+on a few whole networks measured end to end on the same target corrects it:
+
+    measured_ms ~= a * lut_sum_ms + b * n_ops + c
+
+``a`` absorbs a proportional bias (fusion, cache effects), ``b`` a per-op
+overhead counted too often or too rarely, ``c`` the fixed per-inference cost.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latency_db.errors import CalibrationError, MissingLatencyError
+
+MIN_CALIBRATION_NETWORKS = 5
+CALIBRATION_MODEL = "measured_ms = a * lut_sum_ms + b * n_ops + c"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted ``measured_ms = a * lut_sum_ms + b * n_ops + c`` for one target."""
+
+    a: float  # scale of the LUT sum (> 0)
+    b: float  # ms per op (0 when the fitted networks all had the same op count)
+    c: float  # fixed ms per inference
+    n_networks: int = 0  # networks the fit used
+    rel_rmse: float = 0.0  # root mean square of (predicted - measured) / measured on those networks
+
+    def __post_init__(self) -> None:
+        for name in ("a", "b", "c", "rel_rmse"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CalibrationError(f"calibration {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.a <= 0:
+            raise CalibrationError(f"calibration a must be > 0 (latency grows with the LUT sum), got {self.a!r}")
+        if isinstance(self.n_networks, bool) or not isinstance(self.n_networks, int) or self.n_networks < 0:
+            raise CalibrationError(f"calibration n_networks must be an integer >= 0, got {self.n_networks!r}")
+
+    def apply(self, lut_sum_ms: float, n_ops: int) -> float:
+        """The calibrated latency in ms of a network whose n_ops ops sum to lut_sum_ms."""
+        # A negative intercept may push a tiny network below zero; no latency is negative.
+        return max(0.0, self.a * lut_sum_ms + self.b * n_ops + self.c)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": CALIBRATION_MODEL,
+            "a": self.a,
+            "b": self.b,
+            "c": self.c,
+            "n_networks": self.n_networks,
+            "rel_rmse": self.rel_rmse,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """The calibration that ``to_dict`` wrote; CalibrationError naming what is wrong otherwise."""
+        if not isinstance(data, Mapping):
+            raise CalibrationError(f"a calibration is a mapping with a, b, c; got {type(data).__name__}")
+        model = data.get("model", CALIBRATION_MODEL)
+        if model != CALIBRATION_MODEL:
+            raise CalibrationError(f"unknown calibration model {model!r}; expected {CALIBRATION_MODEL!r}")
+        missing = [name for name in ("a", "b", "c") if name not in data]
+        if missing:
+            raise CalibrationError(f"calibration lacks {', '.join(missing)}: {dict(data)!r}")
+        unknown = sorted(set(data) - {"model", "a", "b", "c", "n_networks", "rel_rmse"})
+        if unknown:
+            raise CalibrationError(f"calibration has unknown field(s) {', '.join(map(str, unknown))}")
+        return cls(
+            a=data["a"],
+            b=data["b"],
+            c=data["c"],
+            n_networks=data.get("n_networks", 0),
+            rel_rmse=data.get("rel_rmse", 0.0),
+        )
+
+
+def fit_calibration(samples: Sequence[tuple[float, int, float]]) -> Calibration:
+    """Fit a Calibration on end-to-end measurements ``(lut_sum_ms, n_ops, measured_ms)``.
+
+    Needs at least 5 networks whose LUT sums differ; if they all have the same
+    op count, the per-op term cannot be told apart from the fixed one and b = 0.
+    """
+    rows = list(samples)
+    if len(rows) < MIN_CALIBRATION_NETWORKS:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_CALIBRATION_NETWORKS} networks measured end to end on the "
+            f"target, got {len(rows)}; measure more sampled networks first"
+        )
+    lut_sum, n_ops, measured = _check_samples(rows)
+    # Least squares on relative residuals, (predicted - measured) / measured,
+    # i.e. linear least squares weighted by 1 / measured. Why: the sampled
+    # networks span several-fold latencies, and plain least squares lets the
+    # slowest few decide the fit, while the accuracy that matters (share within
+    # +-10%) and the search's latency target are relative. For small errors
+    # this is the log-space fit (log(p/m) ~= (p - m)/m), but it stays linear in
+    # a, b, c: one closed-form solve, no iterations, exact on noiseless data.
+    weights = 1.0 / measured
+    full = np.column_stack([lut_sum, n_ops, np.ones_like(lut_sum)])
+    for columns in ((0, 1, 2), (0, 2)):  # without the per-op term if n_ops cannot be separated
+        design = full[:, columns] * weights[:, None]
+        if np.linalg.matrix_rank(design) == len(columns):
+            break
+    else:
+        raise CalibrationError(
+            "calibration needs networks whose LUT sums differ; all the given networks have the same "
+            "LUT sum, so the scale a cannot be fitted"
+        )
+    solution, *_ = np.linalg.lstsq(design, measured * weights, rcond=None)
+    coefficients = dict(zip(columns, (float(value) for value in solution)))
+    a, b, c = coefficients[0], coefficients.get(1, 0.0), coefficients[2]
+    if a <= 0:
+        raise CalibrationError(
+            f"the fitted scale a = {a:.4g} is not positive: the end-to-end measurements do not grow with "
+            "the LUT sums. Check that the table and the networks were measured on the same target "
+            "(threads, backend), pin the CPU frequency, and measure more varied networks"
+        )
+    predicted = full[:, columns] @ solution
+    rel_rmse = float(np.sqrt(np.mean(((predicted - measured) / measured) ** 2)))
+    return Calibration(a=a, b=b, c=c, n_networks=len(rows), rel_rmse=rel_rmse)
+
+
+def _check_samples(rows: list[tuple[float, int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    for index, row in enumerate(rows):
+        try:
+            lut_sum, n_ops, measured = row
+        except (TypeError, ValueError):
+            raise CalibrationError(
+                f"calibration sample {index} must be (lut_sum_ms, n_ops, measured_ms), got {row!r}"
+            ) from None
+        numbers_ok = all(
+            not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+            for v in row
+        )
+        if not numbers_ok or lut_sum < 0 or n_ops < 0 or measured <= 0:
+            raise CalibrationError(
+                f"calibration sample {index} must hold finite lut_sum_ms >= 0, n_ops >= 0 and "
+                f"measured_ms > 0, got {row!r}"
+            )
+    values = np.asarray(rows, dtype=float)
+    return values[:, 0], values[:, 1], values[:, 2]
+
+
+class LatencyPredictor:
+    """A network's latency from a target's table of op latencies (key -> ms), optionally calibrated."""
+
+    def __init__(
+        self,
+        lut: Mapping[str, float],
+        calibration: Calibration | None = None,
+        source: str = "the latency table",
+    ) -> None:
+        self._lut: dict[str, float] = {}
+        for key, value in lut.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{source}: latency of {key!r} must be a finite number of ms >= 0, got {value!r}")
+            self._lut[key] = float(value)
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a Calibration or None, got {type(calibration).__name__}")
+        self.calibration = calibration
+        self.source = source
+
+    def latency_ms(self, key: str) -> float:
+        """One op's latency; MissingLatencyError naming the key otherwise."""
+        try:
+            return self._lut[key]
+        except KeyError:
+            raise MissingLatencyError(key, self.source) from None
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """The keys the table cannot answer, in order, without repeats (to profile them in one batch)."""
+        return [key for key in dict.fromkeys(keys) if key not in self._lut]
+
+    def lut_sum(self, keys: Iterable[str]) -> float:
+        """The sum of the ops' latencies in ms; a key used twice counts twice."""
+        return math.fsum(self.latency_ms(key) for key in keys)
+
+    def predict(self, keys: Iterable[str]) -> float:
+        """The network's latency in ms: the LUT sum, calibrated when a calibration is set.
+
+        ``keys`` holds one key per op that runs (skipped Zero blocks have none).
+        """
+        ops = list(keys)
+        total = self.lut_sum(ops)
+        return total if self.calibration is None else self.calibration.apply(total, len(ops))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._lut
+
+    def __len__(self) -> int:
+        return len(self._lut)

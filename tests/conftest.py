@@ -1,0 +1,121 @@
+"""Shared fixtures: settings on a temporary data directory, the Flask app and
+its test client, on SQLite and (when AUTOML_TEST_POSTGRES_URL is set) on
+PostgreSQL. With AUTOML_TEST_REQUIRE_SERVICES=1 (set by .ci/run), a server
+test that would be skipped for a missing service fails instead."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from automl_server.app import create_app
+from automl_server.celery_app import make_celery
+from automl_server.db.engine import _databases, get_database
+from automl_server.db.migrate import combined_metadata, upgrade
+from automl_server.settings import Settings, settings_from_env
+
+POSTGRES_URL = os.environ.get("AUTOML_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("AUTOML_TEST_REDIS_URL")
+REQUIRE_SERVICES = os.environ.get("AUTOML_TEST_REQUIRE_SERVICES") == "1"
+
+
+def need_service(url: str | None, variable: str) -> str:
+    """The service URL, or skip (fail under AUTOML_TEST_REQUIRE_SERVICES=1)."""
+    if url:
+        return url
+    message = f"{variable} is not set"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message}, and AUTOML_TEST_REQUIRE_SERVICES=1 forbids skipping this test")
+    pytest.skip(message)
+
+
+def create_postgres_database(server_url: str, prefix: str) -> str:
+    """A new empty database on the test server; returns its URL."""
+    url = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    name = make_url(database_url).database
+    _forget_database(database_url)
+    admin = create_engine(make_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _forget_database(url: str) -> None:
+    db = _databases.pop(url, None)
+    if db is not None:
+        db.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_api_url() -> Iterator[str]:
+    """One migrated PostgreSQL database for the API suite; tables are emptied per test."""
+    server = need_service(POSTGRES_URL, "AUTOML_TEST_POSTGRES_URL")
+    url = create_postgres_database(server, "automl_api")
+    upgrade(get_database(url))
+    yield url
+    drop_postgres_database(server, url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
+        upgrade(get_database(url))
+        yield url
+        _forget_database(url)
+        return
+    url = request.getfixturevalue("postgres_api_url")
+    yield url
+    db = _databases.get(url)
+    if db is not None:
+        with db.engine.begin() as conn:
+            tables = ", ".join(f'"{t.name}"' for t in combined_metadata().sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "broker_url": "memory://",
+        "result_backend": "cache+memory://",
+    }
+    values.update(overrides)
+    return settings_from_env({}, **values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    """The app with an eager Celery: stages run inside the request, for fast API tests.
+    Real worker processes are tested in tests/server/test_processes.py."""
+    return create_app(settings, celery=make_celery(settings, eager=True))
+
+
+@pytest.fixture
+def queued_app(settings: Settings):  # type: ignore[no-untyped-def]
+    """The app with a Celery whose in-memory broker nobody consumes: jobs stay queued."""
+    return create_app(settings, celery=make_celery(settings))
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()

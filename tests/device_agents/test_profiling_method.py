@@ -1,0 +1,220 @@
+"""The timing loop: warm-up, blocks, CV-driven stopping, affinity, temperature."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from device_agents.profiling import MeasurementMethod, measure, read_temperature_c
+from device_agents.profiling.method import coefficient_of_variation
+
+
+def busy_wait(ms: float) -> Callable[[], None]:
+    """A callable that spins for ``ms`` of wall time: steadier than sleep on a loaded machine."""
+
+    def run() -> None:
+        end = time.perf_counter_ns() + int(ms * 1e6)
+        while time.perf_counter_ns() < end:
+            pass
+
+    return run
+
+
+def scripted_timer(block_ms: list[float]) -> Callable[[Callable[[], object], int], float]:
+    """A block timer that runs the block and reports the next scripted time (in ms for the whole block)."""
+    times: Iterator[float] = iter(block_ms)
+
+    def time_block(run: Callable[[], object], runs: int) -> float:
+        for _ in range(runs):
+            run()
+        return next(times)
+
+    return time_block
+
+
+def test_measure_times_a_real_callable_with_the_real_clock() -> None:
+    # Only what holds on a loaded machine is asserted: a 1 ms busy wait can never
+    # take less than 1 ms. Convergence is tested with a scripted clock below;
+    # how steady real timings are is bench/bench_profiling.py's business.
+    method = MeasurementMethod(warmup=2, block_size=4, min_blocks=3, max_blocks=10, cv_threshold=0.2)
+
+    stats = measure(busy_wait(1.0), method)
+
+    assert 0.95 <= stats.min_ms <= stats.median_ms <= stats.p90_ms
+    assert 3 <= stats.method["blocks"] <= 10
+    assert stats.samples == stats.method["blocks"] * 4
+    assert stats.warmup == 2
+
+
+def test_measure_records_the_settings_it_used() -> None:
+    method = MeasurementMethod(warmup=1, block_size=2, min_blocks=2, max_blocks=3, threads=3, cooldown_s=0.0)
+
+    stats = measure(lambda: None, method)
+
+    for name, value in method.to_dict().items():
+        assert stats.method[name] == value
+    assert set(stats.method) == {*method.to_dict(), "blocks", "converged"}
+
+
+def test_measure_runs_the_warmup_then_whole_blocks_and_syncs_after_each() -> None:
+    calls, syncs = [], []
+    method = MeasurementMethod(warmup=7, block_size=5, min_blocks=4, max_blocks=4)
+
+    stats = measure(lambda: calls.append(1), method, sync=lambda: syncs.append(len(calls)))
+
+    assert len(calls) == 7 + 4 * 5
+    # once after the warm-up, then at the end of every block
+    assert syncs == [7, 12, 17, 22, 27]
+    assert stats.samples == 20
+
+
+def test_noisy_blocks_grow_to_the_cap_and_report_not_converged() -> None:
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=3, max_blocks=8, cv_threshold=0.05)
+    timer = scripted_timer([1.0, 3.0] * 10)
+
+    stats = measure(lambda: None, method, timer=timer)
+
+    assert stats.method["blocks"] == 8
+    assert stats.method["converged"] is False
+    assert stats.cv > 0.05
+    assert stats.median_ms == pytest.approx(2.0)
+    assert stats.min_ms == pytest.approx(1.0)
+
+
+def test_blocks_stop_growing_as_soon_as_the_cv_is_under_the_threshold() -> None:
+    block_ms = [10.0, 12.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+    method = MeasurementMethod(warmup=0, block_size=2, min_blocks=2, max_blocks=12, cv_threshold=0.1)
+    expected_blocks = next(n for n in range(2, 13) if coefficient_of_variation(block_ms[:n]) <= 0.1)
+
+    stats = measure(lambda: None, method, timer=scripted_timer(block_ms))
+
+    assert 2 < expected_blocks < 12  # the script needs growth, and converges before the cap
+    assert stats.method["blocks"] == expected_blocks
+    assert stats.method["converged"] is True
+    assert stats.median_ms == pytest.approx(5.0)  # block of 2 runs took 10 ms: 5 ms a run
+
+
+def test_a_callable_with_real_jitter_grows_blocks_to_the_cap() -> None:
+    durations = iter([0.05, 1.5] * 50)
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=6, cv_threshold=0.05)
+
+    stats = measure(lambda: busy_wait(next(durations))(), method)
+
+    assert stats.method == {**method.to_dict(), "blocks": 6, "converged": False}
+
+
+def test_cooldown_pauses_before_measuring() -> None:
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=2, cooldown_s=0.05)
+
+    start = time.perf_counter()
+    measure(lambda: None, method)
+
+    assert time.perf_counter() - start >= 0.05
+
+
+def _allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="this platform cannot set CPU affinity")
+def test_affinity_pins_every_thread_while_measuring_and_restores_after() -> None:
+    allowed = _allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip(f"pinning is only observable with 2+ usable CPUs; this process may use {allowed}")
+    target = allowed[-1]
+    stop = threading.Event()
+    worker_id: list[int] = []
+    started = threading.Event()
+
+    def worker() -> None:  # stands in for a runtime's thread pool, started before the measurement
+        worker_id.append(threading.get_native_id())
+        started.set()
+        stop.wait(10)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    started.wait(5)
+    seen: list[tuple[set[int], set[int]]] = []
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=2, affinity=(target,))
+    try:
+        stats = measure(lambda: seen.append((os.sched_getaffinity(0), os.sched_getaffinity(worker_id[0]))), method)
+        after = (os.sched_getaffinity(0), os.sched_getaffinity(worker_id[0]))
+    finally:
+        stop.set()
+        thread.join(5)
+
+    assert seen and all(mine == {target} and theirs == {target} for mine, theirs in seen)
+    assert after == (set(allowed), set(allowed))
+    assert stats.method["affinity"] == [target]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="this platform cannot set CPU affinity")
+def test_a_thread_started_while_pinned_gets_the_original_mask_back() -> None:
+    allowed = _allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip(f"pinning is only observable with 2+ usable CPUs; this process may use {allowed}")
+    stop = threading.Event()
+    born: list[int] = []
+    started = threading.Event()
+
+    def pool_thread() -> None:  # stands in for a runtime's pool created lazily during the first run
+        born.append(threading.get_native_id())
+        started.set()
+        stop.wait(10)
+
+    def run() -> None:
+        if not born:
+            threading.Thread(target=pool_thread, daemon=True).start()
+            started.wait(5)
+
+    method = MeasurementMethod(warmup=1, block_size=1, min_blocks=2, max_blocks=2, affinity=(allowed[0],))
+    try:
+        measure(run, method)
+        after = os.sched_getaffinity(born[0])
+    finally:
+        stop.set()
+
+    assert after == set(allowed)
+
+
+def test_affinity_outside_the_allowed_cpus_is_refused_naming_them() -> None:
+    not_allowed = max(_allowed_cpus()) + 1000
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=2, affinity=(not_allowed,))
+
+    with pytest.raises(ValueError) as excinfo:
+        measure(lambda: None, method)
+
+    assert str(not_allowed) in str(excinfo.value)
+    assert os.sched_getaffinity(0) == set(_allowed_cpus())
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"min_blocks": 1}, "min_blocks"),
+        ({"min_blocks": 5, "max_blocks": 4}, "max_blocks"),
+        ({"block_size": 0}, "block_size"),
+        ({"warmup": -1}, "warmup"),
+        ({"cv_threshold": 0}, "cv_threshold"),
+        ({"threads": 0}, "threads"),
+        ({"affinity": ()}, "affinity"),
+        ({"affinity": "0"}, "affinity"),
+        ({"cooldown_s": -1}, "cooldown_s"),
+    ],
+)
+def test_bad_methods_are_refused_naming_the_setting(settings: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        MeasurementMethod(**settings)  # type: ignore[arg-type]
+
+
+def test_temperature_is_the_hottest_readable_zone(tmp_path: Path) -> None:
+    for zone, content in (("thermal_zone0", "45000\n"), ("thermal_zone1", "51500\n"), ("thermal_zone2", "n/a\n")):
+        (tmp_path / zone).mkdir()
+        (tmp_path / zone / "temp").write_text(content)
+
+    assert read_temperature_c(str(tmp_path / "thermal_zone*" / "temp")) == pytest.approx(51.5)
+    assert read_temperature_c(str(tmp_path / "missing*" / "temp")) is None

@@ -1,0 +1,69 @@
+"""Target-aware derivation: the most probable network within the target band."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from automl_server.engine.derive import derive_within_target
+from automl_server.engine.latency import FlopsLatencyModel
+from automl_server.engine.search import arch_latency_ms
+from automl_server.engine.supernet import SuperNet
+from search_spaces import get_space
+
+
+@pytest.fixture
+def net():  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    supernet = SuperNet(get_space("tiny").layout(32, 10, 3))
+    with torch.no_grad():  # make the argmax the slowest block of every cell
+        for mixed, latencies in zip(supernet.mixed_ops, supernet.cell_latencies_ms(FlopsLatencyModel())):
+            mixed.alpha.copy_(latencies / latencies.max() * 3.0)
+    return supernet
+
+
+def test_argmax_inside_the_band_is_kept(net):
+    model = FlopsLatencyModel()
+    argmax_ms = arch_latency_ms(net.derive(), model)
+
+    result = derive_within_target(net, model, target_ms=argmax_ms * 1.05, tolerance=0.1)
+
+    assert result.swaps == 0 and result.arch == net.derive() and result.within_target
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
+def test_derived_network_lands_within_the_band(net, fraction):
+    model = FlopsLatencyModel()
+    probe = derive_within_target(net, model, target_ms=1.0)
+    target = probe.fastest_ms + fraction * (probe.slowest_ms - probe.fastest_ms)
+
+    result = derive_within_target(net, model, target_ms=target, tolerance=0.1)
+
+    assert result.within_target
+    assert abs(result.predicted_ms - target) <= 0.1 * target
+    assert result.predicted_ms == pytest.approx(arch_latency_ms(result.arch, model))
+
+
+def test_tighter_target_gives_a_faster_network(net):
+    model = FlopsLatencyModel()
+    probe = derive_within_target(net, model, target_ms=1.0)
+    span = probe.slowest_ms - probe.fastest_ms
+
+    tight = derive_within_target(net, model, target_ms=probe.fastest_ms + 0.3 * span)
+    loose = derive_within_target(net, model, target_ms=probe.fastest_ms + 0.7 * span)
+
+    assert tight.predicted_ms < loose.predicted_ms
+
+
+def test_infeasible_target_returns_the_fastest_network_and_says_so(net):
+    model = FlopsLatencyModel()
+    probe = derive_within_target(net, model, target_ms=1.0)
+
+    result = derive_within_target(net, model, target_ms=probe.fastest_ms * 0.5)
+
+    assert not result.within_target
+    assert result.predicted_ms == pytest.approx(probe.fastest_ms)
+
+
+def test_bad_arguments_are_named(net):
+    with pytest.raises(ValueError, match="target_ms > 0"):
+        derive_within_target(net, FlopsLatencyModel(), target_ms=0.0)

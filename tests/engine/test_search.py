@@ -1,0 +1,148 @@
+"""The search driver: determinism, checkpoint/resume equivalence, latency
+pressure through the gradient and the REINFORCE strategies, and a short real
+search on digits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from automl_server.engine.data import split_arrays
+from automl_server.engine.latency import FlopsLatencyModel
+from automl_server.engine.rl import reward
+from automl_server.engine.search import ProxylessSearch, SearchConfig, arch_latency_ms, run_search
+from search_spaces import Arch, get_space
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    raw = load_digits()
+    x = np.rint(raw.images * 255 / 16).astype(np.uint8)[..., None]
+    return x, raw.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):  # type: ignore[no-untyped-def]
+    x, y = digits
+    return split_arrays(x[:240], y[:240], seed=0)
+
+
+def tiny_layout(data):  # type: ignore[no-untyped-def]
+    return get_space("tiny").layout(data.resolution, data.num_classes, data.in_channels)
+
+
+def quick_config(**overrides) -> SearchConfig:  # type: ignore[no-untyped-def]
+    values = dict(warmup_epochs=1, search_epochs=2, batch_size=32, arch_update_every=1, target_ms=0.05, seed=3)
+    values.update(overrides)
+    return SearchConfig(**values)
+
+
+def state_of(search: ProxylessSearch) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in search.net.state_dict().items()}
+
+
+def test_same_seed_gives_the_same_search(small_digits):
+    layout, model = tiny_layout(small_digits), FlopsLatencyModel()
+
+    first = run_search(layout, small_digits, model, quick_config())
+    second = run_search(layout, small_digits, model, quick_config())
+
+    assert first.arch == second.arch
+    assert [r.block_probs for r in first.history] == [r.block_probs for r in second.history]
+
+
+def test_resumed_search_equals_an_uninterrupted_one(small_digits, tmp_path):
+    layout, model, config = tiny_layout(small_digits), FlopsLatencyModel(), quick_config()
+    straight = ProxylessSearch(layout, small_digits, model, config)
+    for _ in range(config.total_epochs):
+        straight.run_epoch()
+    checkpoint = tmp_path / "search.pt"
+
+    run_search(layout, small_digits, model, config, checkpoint_path=checkpoint, stop_after_epoch=2)
+    resumed = ProxylessSearch(layout, small_digits, model, config)
+    resumed.load_state_dict(torch.load(checkpoint, weights_only=False))
+    assert resumed.epoch == 2
+    resumed.run_epoch()
+
+    expected, actual = state_of(straight), state_of(resumed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert [r.block_probs for r in resumed.history] == [r.block_probs for r in straight.history]
+
+
+def test_checkpoint_of_another_config_is_refused(small_digits, tmp_path):
+    layout, model = tiny_layout(small_digits), FlopsLatencyModel()
+    checkpoint = tmp_path / "search.pt"
+    run_search(layout, small_digits, model, quick_config(), checkpoint_path=checkpoint, stop_after_epoch=1)
+
+    with pytest.raises(ValueError, match="differs in: target_ms"):
+        run_search(layout, small_digits, model, quick_config(target_ms=9.0), checkpoint_path=checkpoint)
+
+
+def expected_latency_after(data, config: SearchConfig) -> float:  # type: ignore[no-untyped-def]
+    search = ProxylessSearch(tiny_layout(data), data, FlopsLatencyModel(), config)
+    for _ in range(config.total_epochs):
+        report = search.run_epoch()
+    return report.expected_latency_ms
+
+
+@pytest.mark.parametrize("strategy", ["gradient", "rl"])
+def test_tighter_target_pulls_expected_latency_down(small_digits, strategy):
+    loose_start = expected_latency_after(small_digits, quick_config(warmup_epochs=1, search_epochs=0))
+    common = dict(strategy=strategy, loss_kind="add#linear", loss_lambda=5.0, arch_lr=0.05, search_epochs=3)
+    if strategy == "rl":  # a strong latency exponent, so that 3 short epochs show the trend
+        common.update(arch_lr=0.2, rl_exponent=3.0, rl_samples=8)
+
+    tight = expected_latency_after(small_digits, quick_config(target_ms=loose_start * 0.5, **common))
+    loose = expected_latency_after(small_digits, quick_config(target_ms=loose_start * 2.0, **common))
+
+    # Both loss forms always reward a faster network; a tighter target pushes harder.
+    assert tight < loose
+    assert tight < loose_start
+
+
+def test_rl_uses_the_measurement_callback(small_digits):
+    measured: list[Arch] = []
+
+    def measure(arch: Arch) -> float:  # a stand-in for a measurement on the device
+        measured.append(arch)
+        return 1.0 + arch.blocks.count("mb6_k5")
+
+    run_search(tiny_layout(small_digits), small_digits, FlopsLatencyModel(),
+               quick_config(strategy="rl", rl_samples=4, search_epochs=1), measure=measure)
+
+    steps = small_digits.x_train.shape[0] // 32
+    assert len(measured) == 4 * steps
+    assert all(isinstance(a, Arch) and a.space == "tiny" for a in measured)
+
+
+def test_reward_follows_the_paper_formula():
+    assert reward(0.8, 10.0, 10.0, 0.1) == pytest.approx(0.8)
+    assert reward(0.8, 20.0, 10.0, 0.1) == pytest.approx(0.8 * 0.5 ** 0.1)
+    with pytest.raises(ValueError, match="> 0 ms"):
+        reward(0.8, 0.0, 10.0, 0.1)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("strategy", "evolution", "accepted: gradient, rl"),
+    ("target_ms", 0.0, "target_ms must be > 0"),
+    ("search_epochs", -1, "search_epochs must be >= 0"),
+])
+def test_bad_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**{field: value})
+
+
+def test_search_on_digits_beats_chance_by_a_wide_margin(digits):
+    x, y = digits
+    data = split_arrays(x, y, seed=0)
+    model = FlopsLatencyModel()
+    config = SearchConfig(warmup_epochs=10, search_epochs=4, batch_size=32, target_ms=0.05, lr=0.05, seed=0)
+
+    result = run_search(tiny_layout(data), data, model, config)
+
+    assert result.holdout_accuracy > 0.5  # chance is 0.1
+    assert result.arch.space == "tiny" and len(result.arch.blocks) == len(tiny_layout(data).cells)
+    assert result.expected_latency_ms == pytest.approx(arch_latency_ms(result.arch, model))
+    assert len(result.history) == 14 and result.history[-1].phase == "search"

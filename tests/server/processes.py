@@ -1,0 +1,112 @@
+"""Helpers to run the service's real processes (server, worker, agent, CLI) in tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from automl_server.settings import settings_from_env
+
+from automl_server.serve import settings_env
+from automl_server.settings import Settings
+
+CLI = [sys.executable, "-m", "automl_server.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (requests.RequestException, OSError) as exc:
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last error: {last_error})")
+
+
+class Process:
+    """A child process whose output goes to a log file shown when a test fails."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+    def kill_group(self) -> None:
+        """Make sure nothing this process started outlives the test."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = settings_env(settings)
+    env.pop("AUTOML_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout_s)
+    if check and result.returncode != 0:
+        raise AssertionError(f"automl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(cli(env, *args, "--json").stdout)
+
+
+@contextmanager
+def serving(tmp_path: Path, *serve_args: str) -> Iterator[tuple[Settings, dict[str, str]]]:
+    """`automl serve` on embedded defaults in a fresh data directory, answering
+    on a free port; stopped (and its exit checked) afterwards."""
+    settings = settings_from_env({}, data_dir=tmp_path / "data", port=free_port(), heartbeat_interval_s=0.5,
+                                 worker_concurrency=1)
+    env = child_env(settings)
+    server = Process([*CLI, "serve", *serve_args], env, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: requests.get(f"{settings.resolved_server_url}/api/v1/health", timeout=2).ok, 120,
+                 "the server to answer")
+        yield settings, env
+    except AssertionError:
+        raise AssertionError(server.log()) from None
+    finally:
+        code = server.stop()
+        server.kill_group()
+        assert code == 0, server.log()

@@ -1,0 +1,235 @@
+"""/api/v1/jobs: the operation resource, idempotent creation, cancellation,
+the timeline (paged and streamed) and the first real stage (validation)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from automl_server.db.engine import get_database
+from automl_server.db.models import Job
+from automl_server.jobs import stages
+from tests.datasets import archives
+from tests.server.test_api_datasets import upload
+
+DEVICE = {"name": "pi-4", "kind": "raspberry-pi", "runtimes": [{"name": "litert", "version": "2.3"},
+                                                              {"name": "onnxruntime", "version": "1.31"}]}
+
+
+@pytest.fixture
+def dataset(client, tmp_path):  # type: ignore[no-untyped-def]
+    path = archives.good_zip(tmp_path, classes=("cat", "dog", "fox"), per_class=5, size=(12, 12))
+    return upload(client, path, name="pets").json
+
+
+@pytest.fixture
+def device(client):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/devices", json=DEVICE).json
+
+
+def job_request(**overrides):  # type: ignore[no-untyped-def]
+    return {"dataset": "pets", "device": "pi-4", "latency_target_ms": 25.0, **overrides}
+
+
+def all_events(client, job_id: str, page_size: int = 100) -> list[dict]:
+    events, token = [], None
+    while True:
+        query = {"page_size": page_size} | ({"page_token": token} if token else {})
+        page = client.get(f"/api/v1/jobs/{job_id}/events", query_string=query).json
+        events += page["events"]
+        token = page["next_page_token"]
+        if not token:
+            return events
+
+
+def test_job_runs_validation_stage_to_success(client, settings, dataset, device):
+    response = client.post("/api/v1/jobs", json=job_request())
+
+    assert response.status_code == 202
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded" and job["done"] and job["progress"] == 1.0
+    assert job["runtime"] == "litert"  # the device's first runtime by default
+    stats = job["result"]["validate"]
+    assert stats["num_samples"] == 15 and stats["class_counts"] == {"cat": 5, "dog": 5, "fox": 5}
+    assert stats["image_shape"] == [12, 12, 3]
+    assert stats["train_samples"] + stats["holdout_samples"] == 15 and stats["holdout_samples"] == 3
+    arrays = np.load(settings.artifacts_dir / job["id"] / "dataset.npz")
+    assert arrays["x"].shape == (15, 12, 12, 3) and sorted(arrays["y"].tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    assert set(arrays["train_idx"]).isdisjoint(arrays["holdout_idx"])
+
+
+def test_timeline_records_states_progress_and_metrics_in_order(client, dataset, device):
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+
+    events = all_events(client, job_id, page_size=2)
+
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert events[0]["message"] == "job queued" and events[-1]["message"] == "job succeeded"
+    progress = [e["data"]["progress"] for e in events if e["kind"] == "progress"]
+    assert progress == sorted(progress) and len(progress) >= 3
+    metric = next(e for e in events if e["kind"] == "metric")
+    assert metric["stage"] == "validate" and metric["data"]["num_classes"] == 3
+
+
+def test_event_stream_sends_every_event_then_ends(client, dataset, device):
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    expected = [e["id"] for e in all_events(client, job_id)]
+
+    response = client.get(f"/api/v1/jobs/{job_id}/events/stream")
+    text = response.get_data(as_text=True)
+    resumed = client.get(f"/api/v1/jobs/{job_id}/events/stream", headers={"Last-Event-ID": str(expected[1])})
+
+    assert response.mimetype == "text/event-stream"
+    streamed = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert streamed == expected
+    assert text.rstrip().endswith("event: end\ndata: {}")
+    resumed_ids = [int(line[4:]) for line in resumed.get_data(as_text=True).splitlines() if line.startswith("id: ")]
+    assert resumed_ids == expected[2:]
+
+
+def test_idempotency_key_makes_retries_return_the_same_job(client, dataset, device):
+    headers = {"Idempotency-Key": "pipeline-run-42"}
+
+    first = client.post("/api/v1/jobs", json=job_request(), headers=headers)
+    retry = client.post("/api/v1/jobs", json=job_request(), headers=headers)
+
+    assert first.status_code == 202 and retry.status_code == 200
+    assert retry.json["id"] == first.json["id"]
+    assert len(client.get("/api/v1/jobs").json["jobs"]) == 1
+
+
+def test_idempotency_key_reused_for_another_request_is_refused(client, dataset, device):
+    headers = {"Idempotency-Key": "k1"}
+    client.post("/api/v1/jobs", json=job_request(), headers=headers)
+
+    response = client.post("/api/v1/jobs", json=job_request(latency_target_ms=99), headers=headers)
+
+    assert response.status_code == 422
+    assert response.json["field"] == "Idempotency-Key"
+    assert len(client.get("/api/v1/jobs").json["jobs"]) == 1
+
+
+@pytest.mark.parametrize(("overrides", "field", "named"), [
+    ({"dataset": "missing"}, "dataset", "missing"),
+    ({"device": "phone-9"}, "device", "phone-9"),
+    ({"runtime": "tensorrt"}, "runtime", "litert, onnxruntime"),
+    ({"latency_target_ms": -1}, "latency_target_ms", "greater than 0"),
+    ({"pipeline": "magic"}, "pipeline", "'standard'"),
+    ({"colour": "red"}, "colour", "unknown field"),
+])
+def test_bad_job_request_names_the_field(client, dataset, device, overrides, field, named):
+    response = client.post("/api/v1/jobs", json=job_request(**overrides))
+
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.json["field"] == field
+    assert named in response.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []
+
+
+def test_non_json_body_is_refused(client):
+    response = client.post("/api/v1/jobs", data="dataset=pets", content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 415
+    assert "application/json" in response.json["detail"]
+
+
+def test_cancel_queued_job_then_worker_leaves_it_cancelled(queued_app, settings, tmp_path):
+    client = queued_app.test_client()
+    upload(client, archives.good_npz(tmp_path), name="pets")
+    client.post("/api/v1/devices", json=DEVICE)
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}").json["state"] == "queued"
+
+    cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    # The message is still on the broker; a worker picking it up must not run it.
+    stages.run_stage(get_database(settings.resolved_database_url), settings, job_id, "validate")
+
+    assert cancelled.status_code == 202 and cancelled.json["state"] == "cancelled"
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert job["state"] == "cancelled" and "validate" not in job["result"]
+
+
+def test_cancel_running_job_stops_it_at_the_next_checkpoint(queued_app, settings, tmp_path):
+    client = queued_app.test_client()
+    upload(client, archives.good_npz(tmp_path), name="pets")
+    client.post("/api/v1/devices", json=DEVICE)
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    db = get_database(settings.resolved_database_url)
+    with db.session() as session:
+        stages.service.start_stage(session, session.get_one(Job, job_id), "validate", 0.0)
+
+    response = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    ctx = stages.StageContext(db, settings, job_id, "validate", 0)
+
+    assert response.json["state"] == "running" and response.json["cancel_requested"]
+    with pytest.raises(stages.service.JobCancelled):
+        ctx.progress(0.5, "halfway")
+
+
+def test_cancel_finished_job_is_a_conflict(client, dataset, device):
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+
+    response = client.post(f"/api/v1/jobs/{job_id}/cancel")
+
+    assert response.status_code == 409
+    assert "succeeded" in response.json["detail"]
+
+
+def test_stage_delivered_twice_runs_once(client, settings, dataset, device):
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    before = all_events(client, job_id)
+
+    stages.run_stage(get_database(settings.resolved_database_url), settings, job_id, "validate")
+
+    assert all_events(client, job_id) == before
+
+
+def test_dataset_changed_on_disk_fails_the_job_with_the_reason(queued_app, settings, tmp_path):
+    client = queued_app.test_client()
+    ds = upload(client, archives.good_npz(tmp_path), name="pets").json
+    client.post("/api/v1/devices", json=DEVICE)
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    (settings.datasets_dir / ds["id"] / "data.npz").write_bytes(b"tampered")
+
+    stages.run_stage(get_database(settings.resolved_database_url), settings, job_id, "validate")
+
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert job["state"] == "failed" and "SHA-256" in job["error"]
+
+
+def test_dataset_in_use_cannot_be_deleted(queued_app, tmp_path):
+    client = queued_app.test_client()
+    upload(client, archives.good_npz(tmp_path), name="pets")
+    client.post("/api/v1/devices", json=DEVICE)
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+
+    response = client.delete("/api/v1/datasets/pets")
+
+    assert response.status_code == 409 and job_id in response.json["detail"]
+    assert client.get("/api/v1/datasets/pets").status_code == 200
+
+
+def test_list_filters_by_state_and_pages(client, dataset, device):
+    ids = [client.post("/api/v1/jobs", json=job_request()).json["id"] for _ in range(3)]
+
+    first = client.get("/api/v1/jobs", query_string={"page_size": 2, "state": "succeeded"}).json
+    second = client.get("/api/v1/jobs", query_string={"page_size": 2, "page_token": first["next_page_token"],
+                                                      "state": "succeeded"}).json
+    failed = client.get("/api/v1/jobs", query_string={"state": "failed"}).json
+
+    listed = [j["id"] for j in first["jobs"] + second["jobs"]]
+    assert sorted(listed) == sorted(ids) and second["next_page_token"] is None
+    assert listed == [j["id"] for j in sorted(first["jobs"] + second["jobs"], key=lambda j: (j["created_at"], j["id"]),
+                                              reverse=True)]
+    assert failed["jobs"] == []
+
+
+def test_job_resource_links_resolve(client, dataset, device):
+    job = client.post("/api/v1/jobs", json=job_request()).json
+
+    for link in ("self", "events", "stream"):
+        assert client.get(job["links"][link]).status_code == 200
+    assert json.loads(json.dumps(job))["links"]["cancel"].endswith("/cancel")

@@ -1,0 +1,64 @@
+"""The OpenAPI document is valid, complete, and the docs page works offline."""
+from __future__ import annotations
+
+import pytest
+from openapi_spec_validator import validate
+
+
+@pytest.fixture
+def spec(client):  # type: ignore[no-untyped-def]
+    return client.get("/api/v1/openapi.json").json
+
+
+def test_spec_is_valid_openapi_3(spec):
+    validate(spec)
+
+    assert spec["openapi"].startswith("3.")
+
+
+def test_every_api_route_is_documented(app, spec):
+    undocumented_by_design = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/{filename}"}
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/v1"):
+            path = rule.rule.replace("<", "{").replace(">", "}").replace("{path:", "{")
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                routes.add((path, method.lower()))
+
+    documented = {(path, method) for path, item in spec["paths"].items() for method in item}
+
+    assert documented == {r for r in routes if r[0] not in undocumented_by_design}
+
+
+def test_job_creation_documents_body_idempotency_and_problems(spec):
+    create = spec["paths"]["/api/v1/jobs"]["post"]
+
+    assert "Idempotency-Key" in [p["name"] for p in create["parameters"]]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobCreate")
+    assert "202" in create["responses"]
+    assert "application/problem+json" in create["responses"]["422"]["content"]
+
+
+def test_docs_page_serves_its_assets_locally(client):
+    page = client.get("/api/v1/docs")
+    script = client.get("/api/v1/docs/swagger-ui-bundle.js")
+
+    assert page.status_code == 200 and 'src="docs/swagger-ui-bundle.js"' in page.get_data(as_text=True)
+    assert script.status_code == 200 and len(script.data) > 100_000
+    script.close()
+
+
+def test_unknown_route_and_wrong_method_are_problem_documents(client):
+    missing = client.get("/api/v1/nothing-here")
+    wrong_method = client.put("/api/v1/jobs")
+
+    assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    assert wrong_method.status_code == 405 and "GET" in wrong_method.json["detail"]
+
+
+def test_home_page_lists_what_the_service_holds(client, tmp_path):
+    client.post("/api/v1/devices", json={"name": "local-cpu", "kind": "cpu", "runtimes": [{"name": "pytorch"}]})
+
+    page = client.get("/").get_data(as_text=True)
+
+    assert "local-cpu" in page and "online" in page and "/api/v1/docs" in page
