@@ -11,6 +11,13 @@ from latency_db import LatencyBase
 target_metadata = [Base.metadata, LatencyBase.metadata]
 
 
+def _ours(name: str | None, type_: str, _parent: object) -> bool:
+    """Autogenerate compares only our tables, not Optuna's (studies, trials, ...)."""
+    if type_ != "table":
+        return True
+    return any(name in metadata.tables for metadata in target_metadata)
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -18,6 +25,9 @@ def _run(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # Optuna's own Alembic history lives in the same database (see db/migrate.py).
+        version_table="automl_alembic_version",
+        include_name=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()

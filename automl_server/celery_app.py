@@ -15,7 +15,7 @@ from automl_server.settings import Settings, get_settings
 def make_celery(settings: Settings, *, eager: bool = False) -> Celery:
     app = Celery("automl", broker=settings.resolved_broker_url, backend=settings.resolved_result_backend)
     app.conf.update(
-        include=["automl_server.jobs.tasks", "automl_server.profiling"],
+        include=["automl_server.jobs.tasks", "automl_server.profiling", "automl_server.webhooks"],
         task_default_queue="default",
         task_queues=[Queue("default"), Queue("search")],
         # Declare device.<name> queues on demand instead of listing every device here.
@@ -37,6 +37,7 @@ def make_celery(settings: Settings, *, eager: bool = False) -> Celery:
     app.automl_settings = settings  # type: ignore[attr-defined]
     import automl_server.jobs.tasks  # noqa: F401  (register the shared tasks)
     import automl_server.profiling  # noqa: F401
+    import automl_server.webhooks  # noqa: F401
 
     return app
 

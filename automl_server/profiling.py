@@ -78,15 +78,22 @@ def missing_ops(db: Database, target: Target, space: str, resolution: int, num_c
     return repo.missing(repo.target(target.spec), space_keys(layout))
 
 
-def predictor(db: Database, target: Target, *, calibrated: bool = True) -> LatencyPredictor:
+def predictor(db: Database, target: Target, *, calibrated: bool = True, space: str | None = None,
+              resolution: int | None = None) -> LatencyPredictor:
     """The target's latency table as a predictor, calibrated when enough whole
-    networks were measured on it."""
+    networks were measured on it. With ``space`` and ``resolution``, only the
+    networks of that space at that resolution calibrate it when there are
+    enough of them: fusion and overheads differ between families of networks.
+    """
     from latency_db import MIN_CALIBRATION_NETWORKS, fit_calibration
 
     repo = repository(db)
     record = repo.target(target.spec)
     calibration: Calibration | None = None
     networks = repo.networks(record)
+    if space is not None:
+        same = [n for n in networks if n.arch.get("space") == space and n.arch.get("resolution") == resolution]
+        networks = same if len(same) >= MIN_CALIBRATION_NETWORKS else networks
     if calibrated and len(networks) >= MIN_CALIBRATION_NETWORKS:
         calibration = fit_calibration([n.calibration_sample for n in networks])
     return LatencyPredictor(repo.lut_ms(record), calibration, source=f"the latency table of {record.describe()}")
@@ -150,3 +157,14 @@ def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type:
     repo.record_network(target, payload["arch"], payload["measured_ms"], lut_sum,
                         payload.get("agent_version", "unknown"), n_ops=len(keys))
     return float(payload["measured_ms"])
+
+
+def offline_since(db: Database, device_name: str, heartbeat_timeout_s: float) -> str | None:
+    """The device's last heartbeat (or "never") when it is offline; None when online."""
+    from automl_server.api.devices import device_status
+
+    with db.session() as session:
+        row = session.scalar(select(Device).where(Device.name == device_name))
+        if row is not None and device_status(row, heartbeat_timeout_s) != "online":
+            return str(row.last_heartbeat_at or "never")
+    return None

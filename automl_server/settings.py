@@ -56,6 +56,10 @@ class Settings:
     worker_concurrency: int = 2
     # Public URL agents and CLI use to reach the server.
     server_url: str = ""
+    # Attempts in total to deliver one job webhook before giving up.
+    webhook_max_attempts: int = 8
+    # Wait before the first webhook retry, in seconds; doubles after each failed attempt.
+    webhook_backoff_s: float = 2.0
 
     # -- derived values -------------------------------------------------
     @property

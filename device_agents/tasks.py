@@ -8,8 +8,11 @@ needs the broker, not the database.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 from celery import shared_task
@@ -77,17 +80,34 @@ def profile_ops(target: dict[str, Any], keys: list[str], method: dict[str, Any] 
 
 
 @shared_task(name=MEASURE_NETWORK, acks_late=True)
-def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure a whole network end to end (the predictor's calibration data)."""
+def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[str, Any] | None = None,
+                    model_file: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure a whole network end to end (the predictor's calibration data).
+
+    With ``model_file`` ({"format": "onnx" | "tflite", "b64": ...}) the exported
+    file itself is timed, when this agent's backend runs that format; otherwise
+    the architecture is rebuilt and exported here as for any network.
+    """
     from device_agents.agent import AGENT_VERSION
     from search_spaces import Arch, build_model
 
     spec = Arch.from_dict(arch)
+    measured_file = False
     try:
-        stats = backend_for(target["backend"]).measure_module(
-            build_model(spec).eval(), (1, spec.in_channels, spec.resolution, spec.resolution), _method(target, method))
+        backend = backend_for(target["backend"])
+        settings = _method(target, method)
+        runner = {"onnx": "measure_onnx", "tflite": "measure_tflite"}.get((model_file or {}).get("format", ""))
+        if runner and hasattr(backend, runner):
+            with tempfile.TemporaryDirectory(prefix="automl-model-") as tmp:
+                path = Path(tmp) / f"model.{model_file['format']}"  # type: ignore[index]
+                path.write_bytes(base64.b64decode(model_file["b64"]))  # type: ignore[index]
+                stats = getattr(backend, runner)(path, settings)
+            measured_file = True
+        else:
+            stats = backend.measure_module(
+                build_model(spec).eval(), (1, spec.in_channels, spec.resolution, spec.resolution), settings)
     except Exception as exc:  # noqa: BLE001 - the service stores the reason
         return {"target": target, "arch": arch, "agent_version": AGENT_VERSION,
                 "error": f"{exc.__class__.__name__}: {exc}"}
     return {"target": target, "arch": arch, "agent_version": AGENT_VERSION, "measured_ms": stats.median_ms,
-            "stats": dataclasses.asdict(stats)}
+            "stats": dataclasses.asdict(stats), "measured_file": measured_file}

@@ -194,8 +194,32 @@ class LatencyPredictor:
         total = self.lut_sum(ops)
         return total if self.calibration is None else self.calibration.apply(total, len(ops))
 
+    def op_model(self, anchor_key: str) -> "LatencyPredictor | CalibratedOps":
+        """Per-op latencies whose sum over a network's ops is ``predict`` of it,
+        for a search that adds latencies op by op (E[LAT]). ``anchor_key`` is an
+        op every network runs exactly once (the stem); it carries the fixed cost c.
+        """
+        if self.calibration is None:
+            return self
+        return CalibratedOps(self, self.calibration, anchor_key)
+
     def __contains__(self, key: object) -> bool:
         return key in self._lut
 
     def __len__(self) -> int:
         return len(self._lut)
+
+
+class CalibratedOps:
+    """One op's calibrated latency, ``a * lut + b`` (+ ``c`` on the anchor op).
+
+    Summed over a network this equals ``Calibration.apply`` except for its
+    clamp at zero, which no real network reaches.
+    """
+
+    def __init__(self, predictor: LatencyPredictor, calibration: Calibration, anchor_key: str) -> None:
+        self.predictor, self.calibration, self.anchor_key = predictor, calibration, anchor_key
+
+    def latency_ms(self, key: str) -> float:
+        cal = self.calibration
+        return cal.a * self.predictor.latency_ms(key) + cal.b + (cal.c if key == self.anchor_key else 0.0)

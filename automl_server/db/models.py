@@ -140,6 +140,19 @@ class Job(Base):
     # Hash of the request body sent with the idempotency key, to refuse reuse.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The lease of the worker running the current stage: a stage whose lease
+    # ran out (its worker died) is taken over by the next delivery or by the
+    # recovery sweep, and resumes from its checkpoint.
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    # How many times a stage of this job was (re)started after a lost worker.
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    # Standard Webhooks receiver for state changes; the secret signs them.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    comparison_id: Mapped[str | None] = mapped_column(ForeignKey("comparisons.id", ondelete="SET NULL"), index=True)
+    # The job whose settings this one re-ran, if any.
+    rerun_of: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -149,6 +162,21 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
     )
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class Comparison(Base):
+    """One dataset searched for several devices, each result measured on every
+    device: the specialisation matrix of the ProxylessNAS paper."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (Index("ix_comparisons_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_name: Mapped[str] = mapped_column(String(200))
+    # [{"device": name, "runtime": runtime}, ...] in the order of the matrix.
+    targets: Mapped[list[Any]] = mapped_column(default=list)
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobEvent(Base):

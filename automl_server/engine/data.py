@@ -23,6 +23,14 @@ class SplitData:
     num_classes: int
     resolution: int
     in_channels: int
+    # Per-channel statistics of the training split (of pixels scaled to [0, 1]);
+    # the same normalisation must be applied to any image the model sees later.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def normalise(self, x: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC images as the model's input tensor."""
+        return to_tensor(x, np.asarray(self.mean), np.asarray(self.std))
 
 
 def stratified_split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +87,8 @@ def split_arrays(
         num_classes=int(y.max()) + 1,
         resolution=int(x.shape[1]),
         in_channels=int(x.shape[3]),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
     )
 
 

@@ -150,6 +150,8 @@ class ProxylessSearch:
         self.rl = ReinforceController(self.net, latency_model, config, measure) if config.strategy == "rl" else None
         self.epoch = 0
         self.history: list[EpochReport] = []
+        # Called after every weight step (the service checks for cancellation there).
+        self.on_step: Callable[[], None] | None = None
 
     # -- steps --------------------------------------------------------------
     def weight_step(self, mode: str) -> tuple[float, float]:
@@ -221,6 +223,8 @@ class ProxylessSearch:
         weight_losses, accuracies, arch_losses = [], [], []
         for step in range(self.train_stream.batches_per_epoch):
             loss, accuracy = self.weight_step("random" if warmup else "weights")
+            if self.on_step is not None:
+                self.on_step()
             weight_losses.append(loss)
             accuracies.append(accuracy)
             if not warmup and (step + 1) % self.config.arch_update_every == 0:
@@ -345,11 +349,16 @@ def run_search(
     checkpoint_path: Path | None = None,
     measure: MeasureCallback | None = None,
     stop_after_epoch: int | None = None,
+    on_step: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SearchResult:
     """Search, checkpointing after every epoch; resumes from ``checkpoint_path``
     when it exists. ``stop_after_epoch`` ends early (for tests of resumption
-    and for budgets measured in epochs)."""
+    and for budgets measured in epochs); ``should_stop`` is asked after every
+    epoch (budgets in minutes); ``on_step`` is called after every weight step
+    and may raise to abandon the search (the last epoch's checkpoint stays)."""
     search = ProxylessSearch(layout, data, latency_model, config, measure)
+    search.on_step = on_step
     if checkpoint_path is not None and checkpoint_path.exists():
         search.load_state_dict(torch.load(checkpoint_path, weights_only=False))
     while search.epoch < config.total_epochs:
@@ -359,6 +368,8 @@ def run_search(
         if progress is not None:
             progress(report)
         if stop_after_epoch is not None and search.epoch >= stop_after_epoch:
+            break
+        if should_stop is not None and should_stop():
             break
     return search.result()
 

@@ -1,171 +1,174 @@
-"""The stages of a job and the runner that executes one stage idempotently.
+"""The stages of a job, in order, and the runner that executes one stage.
 
-A stage is a function ``(StageContext) -> dict`` registered in ``STAGES`` in
-execution order, with the Celery queue it runs on. Later capabilities
-(profile, search, train, deploy) register themselves here; the runner, the
-state machine and the API stay as they are.
+    validate -> profile -> search -> tune -> train -> export -> verify -> report
+
+Each stage runs as its own Celery task on its queue and sends the next one
+when it is done (a chain built as it goes, so a stage may also re-send itself
+later while it waits for a device). The runner makes every delivery safe:
+
+* idempotent: a stage recorded as done is skipped, a finished job left alone;
+* leased: the task running a stage holds a lease on the job, renewed by its
+  progress reports; a second delivery of another message finds the lease held
+  and leaves, a re-delivery of the same message (its worker died, Celery's
+  ``acks_late`` + ``reject_on_worker_lost``) or any delivery after the lease
+  ran out takes the stage over and resumes it from its checkpoint;
+* cancellable: progress reports raise JobCancelled once the user cancelled.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from datetime import timedelta
+from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 
-from automl_server.datasets.ingest import DatasetRejected, UploadLimits, load_arrays
 from automl_server.db.engine import Database
-from automl_server.db.models import Artifact, Dataset, Job, JobState
-from automl_server.files import sha256_of
+from automl_server.db.models import Job, JobState, utcnow
 from automl_server.jobs import service
+from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
+from automl_server.jobs.deploy import export_model, verify_on_device
+from automl_server.jobs.profile import profile_target
+from automl_server.jobs.report import build_report
+from automl_server.jobs.search_stage import search_architecture, tune_latency_loss
+from automl_server.jobs.train import train_network
+from automl_server.jobs.validate import validate_dataset
 from automl_server.settings import Settings
 
+__all__ = ["STAGES", "Dispatch", "StageContext", "StageFailed", "StageWait", "run_stage", "stage_index"]
 
-@dataclass
-class StageContext:
-    db: Database
-    settings: Settings
-    job_id: str
-    stage: str
-    stage_index: int
-
-    def progress(self, fraction: float, message: str, **data: Any) -> None:
-        """Report progress within this stage; raises JobCancelled if the user cancelled."""
-        overall = (self.stage_index + min(max(fraction, 0.0), 1.0)) / len(STAGES)
-        with self.db.session() as session:
-            job = session.get_one(Job, self.job_id)
-            if job.cancel_requested:
-                raise service.JobCancelled()
-            service.set_progress(session, job, overall, message, data)
-
-    def job_dir(self) -> Path:
-        directory = self.settings.artifacts_dir / self.job_id
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory
+STAGES: list[Stage] = [
+    Stage("validate", "default", validate_dataset, "Check the dataset and fix the splits"),
+    Stage("profile", "default", profile_target, "Measure the space's operators on the device"),
+    Stage("search", "search", search_architecture, "ProxylessNAS search"),
+    Stage("tune", "search", tune_latency_loss, "Tune the latency loss with Optuna"),
+    Stage("train", "search", train_network, "Train the found network from scratch"),
+    Stage("export", "search", export_model, "Export to ONNX (and TFLite)"),
+    Stage("verify", "default", verify_on_device, "Measure the exported model on the device"),
+    Stage("report", "default", build_report, "Write the report"),
+]
+STAGE_NAMES = tuple(s.name for s in STAGES)
+WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 
 
 @dataclass(frozen=True)
-class Stage:
-    name: str
-    queue: str  # "default", "search" or "device" (the job's device queue)
-    run: Callable[[StageContext], dict[str, Any]]
+class Dispatch:
+    """What the task must send next: a stage, now or after ``countdown_s``."""
 
-
-class StageFailed(Exception):
-    """A stage found a problem the user must fix; the message says what."""
-
-
-def validate_dataset(ctx: StageContext) -> dict[str, Any]:
-    """Re-read the stored dataset, check it is intact, compute statistics and a
-    fixed train / held-out split that the search and training stages share."""
-    with ctx.db.session() as session:
-        job = session.get_one(Job, ctx.job_id)
-        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
-        if dataset is None:
-            raise StageFailed(f"dataset {job.dataset_name!r} was deleted; submit the job again with another dataset")
-        stored_path = ctx.settings.data_dir / dataset.file_path
-        expected_sha, fmt, seed = dataset.sha256, dataset.format, int(job.params.get("seed", 0))
-    if not stored_path.exists():
-        raise StageFailed(f"the file of dataset {job.dataset_name!r} is missing from {stored_path}")
-    ctx.progress(0.1, "checking dataset checksum")
-    if sha256_of(stored_path) != expected_sha:
-        raise StageFailed(f"dataset {job.dataset_name!r} changed on disk since upload (SHA-256 mismatch)")
-    ctx.progress(0.3, "decoding images")
-    limits = UploadLimits(
-        max_upload_bytes=ctx.settings.max_upload_bytes,
-        max_uncompressed_bytes=ctx.settings.max_uncompressed_bytes,
-        max_entries=ctx.settings.max_archive_entries,
-    )
-    try:
-        x, y, classes = load_arrays(stored_path, fmt, limits)
-    except DatasetRejected as exc:
-        raise StageFailed(f"dataset {job.dataset_name!r} no longer validates: {exc.detail}") from exc
-    ctx.progress(0.7, "computing statistics", samples=int(len(y)))
-    pixels = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
-    counts = np.bincount(y, minlength=len(classes))
-    # Imported here: the engine pulls in torch, which the web process does not need.
-    from automl_server.engine.data import stratified_split
-
-    train_idx, holdout_idx = stratified_split(y, holdout=0.2, seed=seed)
-    arrays_path = ctx.job_dir() / "dataset.npz"
-    tmp_path = arrays_path.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp_path, x=x, y=y, classes=np.array(classes), train_idx=train_idx, holdout_idx=holdout_idx
-    )
-    tmp_path.replace(arrays_path)  # atomic: a re-run never leaves half a file
-    stats = {
-        "num_samples": int(len(y)),
-        "num_classes": len(classes),
-        "class_counts": {name: int(n) for name, n in zip(classes, counts)},
-        "image_shape": [int(d) for d in x.shape[1:]],
-        "pixel_mean": [round(float(v), 6) for v in pixels.mean(axis=0)],
-        "pixel_std": [round(float(v), 6) for v in pixels.std(axis=0)],
-        "train_samples": int(len(train_idx)),
-        "holdout_samples": int(len(holdout_idx)),
-        "imbalance_ratio": round(float(counts.max() / max(counts.min(), 1)), 4),
-    }
-    with ctx.db.session() as session:
-        relative = str(arrays_path.relative_to(ctx.settings.data_dir))
-        existing = session.scalar(select(Artifact).where(Artifact.job_id == ctx.job_id, Artifact.path == relative))
-        if existing is None:
-            existing = Artifact(job_id=ctx.job_id, kind="arrays", path=relative, size_bytes=0, sha256="")
-            session.add(existing)
-        existing.size_bytes = arrays_path.stat().st_size
-        existing.sha256 = sha256_of(arrays_path)
-        job = session.get_one(Job, ctx.job_id)
-        service.record_event(session, job, "metric", "dataset statistics", stage=ctx.stage, data=stats)
-    return stats
-
-
-STAGES: list[Stage] = [Stage("validate", "default", validate_dataset)]
+    stage: str
+    countdown_s: float = 0.0
 
 
 def stage_index(name: str) -> int:
-    for index, stage in enumerate(STAGES):
-        if stage.name == name:
-            return index
-    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+    try:
+        return STAGE_NAMES.index(name)
+    except ValueError:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}") from None
 
 
-def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str) -> str | None:
-    """Run one stage of a job; returns the next stage to dispatch, or None.
+def last_stage_of(job: Job) -> int:
+    """Index of the job's last stage (``params.stop_after`` ends a job early)."""
+    stop_after = job.params.get("stop_after")
+    return stage_index(stop_after) if stop_after else len(STAGES) - 1
 
-    Idempotent, so that Celery's late acknowledgement may deliver it twice: a
-    stage already recorded as done is skipped, a finished job is left alone.
-    """
+
+def _take_lease(session: Any, job: Job, stage_name: str, owner: str) -> bool:
+    """True when this delivery may run the stage; records a take-over of a lost one."""
+    now = utcnow()
+    held = job.stage == stage_name and job.lease_owner not in (None, WAITING, owner)
+    if held and job.lease_until is not None and job.lease_until > now:
+        return False  # a live worker runs it; this message is a duplicate
+    lost = job.stage == stage_name and job.lease_owner not in (None, WAITING)
+    if lost:
+        job.recoveries += 1
+        service.record_event(session, job, "log", f"stage {stage_name} resumed: its worker was lost",
+                             stage=stage_name, data={"recoveries": job.recoveries})
+    job.lease_owner = owner
+    job.lease_until = now + timedelta(seconds=LEASE_S)
+    return True
+
+
+def _release(job: Job) -> None:
+    job.lease_owner = None
+    job.lease_until = None
+
+
+def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *, owner: str = "local",
+              celery: Any = None) -> Dispatch | None:
+    """Run one stage of a job; returns what to send next, or None."""
     index = stage_index(stage_name)
     stage = STAGES[index]
-    next_stage = STAGES[index + 1].name if index + 1 < len(STAGES) else None
     with db.session() as session:
         job = session.get(Job, job_id)
         if job is None or JobState(job.state).is_terminal:
             return None
+        last = last_stage_of(job)
+        following = Dispatch(STAGES[index + 1].name) if index < last else None
         if stage_name in job.result.get("stages_done", []):
-            return next_stage
+            return following
         if job.cancel_requested:
             service.mark_cancelled(session, job)
+            _release(job)
             return None
-        service.start_stage(session, job, stage_name, index / len(STAGES))
-    ctx = StageContext(db, settings, job_id, stage_name, index)
+        fresh = not (job.stage == stage_name and job.lease_owner is not None)
+        if not _take_lease(session, job, stage_name, owner):
+            return None
+        if fresh:
+            service.start_stage(session, job, stage_name, index / (last + 1))
+        params = {**job.params, "dataset": job.dataset_name, "device": job.device_name, "runtime": job.runtime,
+                  "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms}
+        results = dict(job.result)
+    ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery)
     try:
         output = stage.run(ctx)
+    except StageWait as wait:
+        with db.session() as session:
+            job = session.get_one(Job, job_id)
+            job.lease_owner = WAITING
+            # The sweep re-sends the stage if the delayed message is lost with its worker.
+            job.lease_until = utcnow() + timedelta(seconds=wait.seconds + LEASE_S)
+        return Dispatch(stage_name, wait.seconds)
     except service.JobCancelled:
         with db.session() as session:
-            service.mark_cancelled(session, session.get_one(Job, job_id))
+            job = session.get_one(Job, job_id)
+            service.mark_cancelled(session, job)
+            _release(job)
         return None
     except StageFailed as exc:
         with db.session() as session:
-            service.fail(session, session.get_one(Job, job_id), str(exc))
+            job = session.get_one(Job, job_id)
+            service.fail(session, job, str(exc))
+            _release(job)
         return None
     except Exception as exc:  # an unexpected bug must still end the job visibly
         with db.session() as session:
-            service.fail(session, session.get_one(Job, job_id), f"internal error in stage {stage_name}: {exc!r}")
+            job = session.get_one(Job, job_id)
+            service.fail(session, job, f"internal error in stage {stage_name}: {exc!r}")
+            _release(job)
         raise
     with db.session() as session:
         job = session.get_one(Job, job_id)
+        if JobState(job.state).is_terminal:
+            return None
         # Assign new dicts: SQLAlchemy does not track in-place JSON mutation.
         job.result = {**job.result, stage_name: output, "stages_done": [*job.result.get("stages_done", []), stage_name]}
-        if next_stage is None:
+        _release(job)
+        if following is None:
             service.succeed(session, job)
-    return next_stage
+        else:
+            job.stage = following.stage  # queued; its start_stage records the transition
+    return following
+
+
+def orphaned_stages(db: Database) -> list[tuple[str, str, str]]:
+    """(job id, stage, device) of running jobs whose stage lease ran out: their
+    worker or their delayed message was lost. ``jobs.tasks.recover`` re-sends them."""
+    now = utcnow()
+    with db.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.stage, Job.device_name, Job.lease_until, Job.lease_owner)
+            .where(Job.state == JobState.RUNNING.value)
+        ).all()
+    # A stage queued behind other work holds no lease (its message is on the
+    # broker); only a lease that ran out means something was lost.
+    return [(job_id, stage, device) for job_id, stage, device, until, _owner in rows
+            if stage and until is not None and until < now]

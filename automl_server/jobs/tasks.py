@@ -2,12 +2,20 @@
 idempotent, because ``acks_late`` may deliver a message twice."""
 from __future__ import annotations
 
-from celery import Celery, shared_task
+import logging
+import time
+from typing import Any
 
-from automl_server.db.engine import get_database
+from celery import Celery, shared_task
+from sqlalchemy import func, select
+
+from automl_server.db.engine import Database, get_database
+from automl_server.db.models import Job, JobEvent
 from automl_server.jobs import stages
 
 RUN_STAGE = "automl.run_stage"
+RECOVER = "automl.recover_stages"
+log = logging.getLogger(__name__)
 
 
 def queue_for(stage_name: str, device_name: str) -> str:
@@ -15,10 +23,35 @@ def queue_for(stage_name: str, device_name: str) -> str:
     return f"device.{device_name}" if queue == "device" else queue
 
 
-def dispatch_stage(app: Celery, job_id: str, stage_name: str, device_name: str) -> None:
+def dispatch_stage(app: Celery, job_id: str, stage_name: str, device_name: str, countdown_s: float = 0.0) -> None:
     """Send one stage to its queue. Call only after the job row is committed."""
     # Through the registered task (not send_task) so that an eager app runs it in-process.
-    app.tasks[RUN_STAGE].apply_async(args=[job_id, stage_name, device_name], queue=queue_for(stage_name, device_name))
+    options: dict[str, Any] = {"queue": queue_for(stage_name, device_name)}
+    if countdown_s > 0:
+        if app.conf.task_always_eager:
+            time.sleep(countdown_s)  # eager (tests): no broker to hold the message
+        else:
+            options["countdown"] = countdown_s
+    app.tasks[RUN_STAGE].apply_async(args=[job_id, stage_name, device_name], **options)
+
+
+def last_event_id(db: Database, job_id: str) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id)) or 0)
+
+
+def notify_state_changes(app: Celery, db: Database, job_id: str, after_event_id: int) -> None:
+    """Send the job's webhook for every state event after ``after_event_id``."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or not job.webhook_url:
+            return
+        ids = list(session.scalars(select(JobEvent.id).where(
+            JobEvent.job_id == job_id, JobEvent.id > after_event_id, JobEvent.kind == "state").order_by(JobEvent.id)))
+    if ids:
+        from automl_server.webhooks import notify
+
+        notify(app, job_id, ids)
 
 
 @shared_task(name=RUN_STAGE, bind=True, acks_late=True)
@@ -27,7 +60,31 @@ def run_stage(self, job_id: str, stage_name: str, device_name: str) -> str | Non
 
     settings = settings_of(self.app)
     db = get_database(settings.resolved_database_url)
-    next_stage = stages.run_stage(db, settings, job_id, stage_name)
-    if next_stage is not None:
-        dispatch_stage(self.app, job_id, next_stage, device_name)
-    return next_stage
+    before = last_event_id(db, job_id)
+    try:
+        following = stages.run_stage(db, settings, job_id, stage_name, owner=self.request.id or "eager",
+                                     celery=self.app)
+    finally:
+        notify_state_changes(self.app, db, job_id, before)
+    if following is not None:
+        dispatch_stage(self.app, job_id, following.stage, device_name, following.countdown_s)
+        return following.stage
+    return None
+
+
+@shared_task(name=RECOVER, bind=True)
+def recover_stages(self) -> list[str]:  # type: ignore[no-untyped-def]
+    """Re-send the stages whose lease ran out (their worker died with the message)."""
+    from automl_server.celery_app import settings_of
+
+    db = get_database(settings_of(self.app).resolved_database_url)
+    return recover(self.app, db)
+
+
+def recover(app: Celery, db: Database) -> list[str]:
+    sent = []
+    for job_id, stage_name, device_name in stages.orphaned_stages(db):
+        log.warning("job %s: stage %s lost its worker; sending it again", job_id, stage_name)
+        dispatch_stage(app, job_id, stage_name, device_name)
+        sent.append(job_id)
+    return sent

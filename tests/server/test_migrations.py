@@ -8,6 +8,7 @@ from alembic.migration import MigrationContext
 from automl_server.app import create_app
 from automl_server.db.engine import StorageError, get_database
 from automl_server.db.migrate import (
+    VERSION_TABLE,
     combined_metadata, current_revision, head_revision, require_current_schema, upgrade,
 )
 from tests.conftest import (
@@ -35,7 +36,7 @@ def test_migrated_schema_equals_the_models(empty_database_url):
 
     assert applied == head_revision()
     with db.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), combined_metadata())
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE}), combined_metadata())
     assert diff == []
 
 

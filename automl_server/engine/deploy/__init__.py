@@ -1,0 +1,1 @@
+"""Deployment: export a trained network (ONNX, TFLite) and check the export."""

@@ -1,0 +1,130 @@
+"""Export a trained network to ONNX (one file) and TFLite, and check each
+export computes what the PyTorch model computes.
+
+ONNX uses the TorchScript-based exporter with opset 17: it writes a single
+self-contained file (the dynamo exporter may spill weights to external data).
+TFLite uses the device agents' flatbuffer writer, which expresses every op
+of the search spaces (conv + folded BatchNorm + ReLU6, depthwise conv, add,
+mean, fully connected) without TensorFlow; ``litert-torch`` (the optional
+``tflite`` extra) converts anything else. Deviation from the import map in
+DESIGN.md: the engine imports that writer from ``device_agents`` instead of
+keeping a second copy; it has no agent dependencies (torch and LiteRT's schema).
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    path: Path
+    max_abs_diff: float  # largest |runtime - torch| over the check images' logits
+    agree_top1: float  # share of check images with the same predicted class
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path) -> Path:
+    model.eval()
+    example = torch.zeros(input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def check_onnx(model: nn.Module, path: Path, images: torch.Tensor) -> ExportCheck:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": images.numpy().astype(np.float32)})[0]
+    return _compare(model, images, got, path)
+
+
+def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path) -> tuple[Path, str]:
+    """Returns the path and the converter used ("builtin" or "litert-torch")."""
+    from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
+
+    model.eval()
+    try:
+        return write_tflite(_as_chain(model), input_shape, path), "builtin"
+    except UnsupportedModule:
+        if importlib.util.find_spec("litert_torch") is None:
+            raise
+    import litert_torch  # type: ignore[import-not-found]
+
+    litert_torch.convert(model, (torch.zeros(input_shape),)).export(str(path))
+    return path, "litert-torch"
+
+
+def _as_chain(model: nn.Module) -> nn.Module:
+    """A search-space network as the plain chain the writer walks: stem, cells
+    (a skipped "zero" cell is the identity: zeros plus the residual input), head."""
+    from search_spaces.ops import Zero
+
+    cells = getattr(model, "cells", None)
+    if cells is None:
+        return model
+    kept = [cell for cell in cells if not isinstance(cell.op, Zero)]
+    return nn.Sequential(model.stem, *kept, model.head, model.classifier)
+
+
+def check_tflite(model: nn.Module, path: Path, images: torch.Tensor) -> ExportCheck:
+    """Runs the TFLite model image by image (its input is NHWC, batch 1)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image.permute(1, 2, 0).unsqueeze(0).numpy().astype(np.float32))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"]).reshape(-1))
+    return _compare(model, images, np.stack(rows), path)
+
+
+def _compare(model: nn.Module, images: torch.Tensor, got: np.ndarray, path: Path) -> ExportCheck:
+    model.eval()
+    with torch.no_grad():
+        expected = model(images).numpy()
+    return ExportCheck(path=path, max_abs_diff=float(np.abs(got - expected).max()),
+                       agree_top1=float((got.argmax(1) == expected.argmax(1)).mean()))
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
+    """Multiply-accumulates of one inference (convolutions and linear layers)."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() // output.shape[0] * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs: object, _output: torch.Tensor) -> None:
+        nonlocal total
+        total += module.in_features * module.out_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape[1:]))
+    for handle in handles:
+        handle.remove()
+    return int(total)

@@ -1,0 +1,137 @@
+"""Stages "export" (ONNX always, TFLite too, each checked against PyTorch) and
+"verify" (the exported model measured end to end on the target device by its
+agent, next to the predictor's figure).
+
+The verify stage sends the exported file itself to the device's queue (ONNX
+for onnxruntime targets, TFLite for LiteRT ones; other runtimes rebuild the
+architecture), with a callback on the service's queue that writes the result
+into the job's directory; the stage waits for it without holding a worker.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from celery import shared_task
+
+from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
+from automl_server.jobs.spec import JobSpec
+
+RECORD_VERIFICATION = "automl.record_verification"
+# Exported files up to this size travel through the broker to the agent.
+MAX_SHIPPED_BYTES = 32 * 1024 * 1024
+# How long the verify stage waits for the device's answer once it is online.
+VERIFY_TIMEOUT_S = 900.0
+FILE_FORMATS = {"onnxruntime": "onnx", "litert": "tflite"}
+
+
+def _load_model(ctx: StageContext):  # type: ignore[no-untyped-def]
+    import torch
+
+    from search_spaces import Arch, build_model
+
+    saved = torch.load(ctx.job_dir() / "model.pt", weights_only=False)
+    arch = Arch.from_dict(saved["arch"])
+    model = build_model(arch)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), arch
+
+
+def export_model(ctx: StageContext) -> dict[str, Any]:
+    import numpy as np
+
+    from automl_server.engine.deploy.export import check_onnx, check_tflite, count_macs, export_onnx, export_tflite
+    from automl_server.jobs.search_stage import load_split
+
+    model, arch = _load_model(ctx)
+    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
+    data, arrays = load_split(ctx)
+    images = data.normalise(arrays["x"][arrays["test_idx"][:64]])
+    ctx.progress(0.1, "exporting ONNX")
+    onnx_path = export_onnx(model, shape, ctx.job_dir() / "model.onnx")
+    onnx_check = check_onnx(model, onnx_path, images)
+    if onnx_check.agree_top1 < 1.0 and onnx_check.max_abs_diff > 1e-3:
+        raise StageFailed(f"the ONNX export disagrees with the PyTorch model (max |diff| "
+                          f"{onnx_check.max_abs_diff:.3g}); this is a bug, please report it")
+    output: dict[str, Any] = {
+        "onnx": {**ctx.store_artifact("onnx", onnx_path), "opset": 17, "max_abs_diff": onnx_check.max_abs_diff},
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "macs": count_macs(model, shape),
+        "input": {"shape": list(shape), "layout": "NCHW (ONNX), NHWC (TFLite)", "dtype": "float32",
+                  "normalisation": ctx.results["train"]["normalisation"]},
+    }
+    ctx.progress(0.5, "exporting TFLite")
+    try:
+        tflite_path, converter = export_tflite(model, shape, ctx.job_dir() / "model.tflite")
+        tflite_check = check_tflite(model, tflite_path, images)
+        output["tflite"] = {**ctx.store_artifact("tflite", tflite_path), "converter": converter,
+                            "max_abs_diff": tflite_check.max_abs_diff, "agree_top1": tflite_check.agree_top1}
+    except Exception as exc:  # noqa: BLE001 - ONNX is the required export; TFLite is best effort
+        output["tflite"] = {"skipped": f"{exc.__class__.__name__}: {exc}. Install the converter extra "
+                                       "(pip install 'automl-server[tflite]') to convert any model"}
+    output["model_bytes"] = output["onnx"]["size_bytes"]
+    _ = np  # numpy is imported for the checks' arrays
+    return output
+
+
+def verify_on_device(ctx: StageContext) -> dict[str, Any]:
+    from automl_server.profiling import MEASURE_NETWORK
+
+    spec = JobSpec.from_params(ctx.params)
+    target = job_target(ctx)
+    result_path = ctx.job_dir() / "verify.json"
+    state_path = ctx.job_dir() / "verify-state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    predicted = (ctx.results.get("tune") or ctx.results["search"])["predicted_ms"]
+    if result_path.exists():
+        measured = json.loads(result_path.read_text())
+        if "error" in measured:
+            raise StageFailed(f"the device could not run the exported model: {measured['error']}")
+        ms = float(measured["measured_ms"])
+        target_ms = float(ctx.params["latency_target_ms"])
+        return {"measured_ms": ms, "predicted_ms": predicted, "ratio": round(ms / predicted, 6),
+                "within_10pct": abs(ms / predicted - 1) <= 0.10, "meets_target": ms <= target_ms,
+                "measured_file": measured.get("measured_file"), "stats": measured.get("stats"),
+                "device_seconds": round(time.time() - state.get("sent_at", time.time()), 3)}
+    _wait_for_device(ctx, spec, state, state_path, "the exported model needs measuring on it")
+    if "sent_at" not in state or time.time() - state["sent_at"] > VERIFY_TIMEOUT_S:
+        if state.get("sent_at"):
+            raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s; "
+                              "check its agent's log, then re-run this job")
+        _, arch = _load_model(ctx)
+        model_file = None
+        fmt = FILE_FORMATS.get(target.runtime)
+        if fmt and fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]:
+            data = (ctx.job_dir() / f"model.{fmt}").read_bytes()
+            if len(data) <= MAX_SHIPPED_BYTES:
+                model_file = {"format": fmt, "b64": base64.b64encode(data).decode()}
+        ctx.celery.signature(MEASURE_NETWORK, args=[target.to_dict(), arch.to_dict(), {}, model_file],
+                             queue=f"device.{target.device_name}").apply_async(
+            link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id], queue="default"))
+        state["sent_at"] = time.time()
+        state_path.write_text(json.dumps(state))
+    ctx.progress(0.5, f"measuring the exported model on {target.device_name}", device_status="online")
+    raise StageWait(POLL_S, "waiting for the device's measurement")
+
+
+@shared_task(name=RECORD_VERIFICATION, bind=True, acks_late=True)
+def record_verification(self: Any, payload: dict[str, Any], job_id: str) -> None:  # type: ignore[misc]
+    """The agent's measurement of a job's exported model: kept for the verify
+    stage, and (as any whole network) for the target's calibration."""
+    from automl_server.celery_app import settings_of
+    from automl_server.profiling import ProfilingError, record_network
+
+    settings = settings_of(self.app)
+    directory = settings.artifacts_dir / job_id
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "verify.json.tmp"
+    tmp.write_text(json.dumps({k: v for k, v in payload.items() if k != "arch"}))
+    tmp.replace(directory / "verify.json")
+    if "error" not in payload:
+        try:
+            record_network(payload)
+        except ProfilingError:
+            pass  # a network with ops the table lacks cannot calibrate; the job's result stands

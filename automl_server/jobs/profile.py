@@ -1,0 +1,191 @@
+"""Stage "profile": make the latency database complete for this job's target.
+
+Ops of the space (at the dataset's resolution) that the target lacks go to
+the device's queue in small tasks; the stage then re-sends itself with a
+countdown (``StageWait``) until they are recorded, so no worker blocks on a
+device. On a target with too few whole networks measured, a few sampled
+networks are measured end to end too, to calibrate the predictor. Last, the
+achievable latency range of the space on this target is computed, and a
+target below the fastest network fails here, early, with that range.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.spec import JobSpec
+from latency_db import MIN_CALIBRATION_NETWORKS
+
+POLL_S = 2.0
+# Profiling tasks not answered after this long are sent again (their agent lost them).
+RESEND_AFTER_S = 600.0
+
+
+def job_layout(ctx: StageContext):  # type: ignore[no-untyped-def]
+    """The job's search space made concrete for the dataset (resolution, classes, channels)."""
+    from search_spaces import get_space
+
+    stats = ctx.results["validate"]
+    height, _width, channels = stats["image_shape"]
+    try:
+        return get_space(ctx_space(ctx)).layout(int(height), int(stats["num_classes"]), int(channels))
+    except (KeyError, ValueError) as exc:
+        raise StageFailed(f"search space {ctx_space(ctx)!r} cannot be used for this dataset: {exc}") from exc
+
+
+def ctx_space(ctx: StageContext) -> str:
+    return str(ctx.params["space"])
+
+
+def job_target(ctx: StageContext):  # type: ignore[no-untyped-def]
+    from automl_server.profiling import ProfilingError, resolve_target
+
+    try:
+        return resolve_target(ctx.db, ctx.params["device"], ctx.params["runtime"])
+    except ProfilingError as exc:
+        raise StageFailed(str(exc)) from exc
+
+
+def extreme_archs(layout, op_model):  # type: ignore[no-untyped-def]
+    """The space's fastest and slowest networks under ``op_model`` (cells are independent)."""
+    from search_spaces import Arch, op_key
+    from search_spaces.ops import ZERO
+
+    fast, slow = [], []
+    for cell in layout.cells:
+        costs = {block: 0.0 if block == ZERO else op_model.latency_ms(op_key(layout, cell, block))
+                 for block in cell.candidates}
+        fast.append(min(costs, key=costs.__getitem__))
+        slow.append(max(costs, key=costs.__getitem__))
+    return tuple(Arch(layout.space, layout.resolution, layout.num_classes, layout.in_channels, tuple(blocks))
+                 for blocks in (fast, slow))
+
+
+def achievable_range_ms(layout, op_model) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Predicted latency of the space's fastest and slowest networks on the target."""
+    from automl_server.engine.search import arch_latency_ms
+
+    fastest, slowest = extreme_archs(layout, op_model)
+    return float(arch_latency_ms(fastest, op_model)), float(arch_latency_ms(slowest, op_model))
+
+
+def _state(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
+    path = ctx.job_dir() / "profile-state.json"
+    return path, (json.loads(path.read_text()) if path.exists() else {})
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def _wait_for_device(ctx: StageContext, spec: JobSpec, state: dict[str, Any], path: Path, why: str) -> None:
+    """Wait (without a worker) for an offline device, up to ``device_wait_s``; then fail."""
+    from automl_server.profiling import offline_since
+
+    device = ctx.params["device"]
+    last = offline_since(ctx.db, device, ctx.settings.heartbeat_timeout_s)
+    if last is None:
+        state.pop("offline_since", None)
+        return
+    first_seen = state.setdefault("offline_since", time.time())
+    _save_state(path, state)
+    waited = time.time() - first_seen
+    fix = f"start its agent (automl agent --device {device})"
+    if waited >= spec.device_wait_s:
+        raise StageFailed(f"device {device!r} is offline (last heartbeat: {last}) and {why}; waited "
+                          f"{waited:.0f} s. {fix}, then re-run this job")
+    ctx.progress(0.0, f"waiting for device {device!r}: offline (last heartbeat: {last}); {fix}",
+                 device_status="offline", waited_s=round(waited, 1), gives_up_after_s=spec.device_wait_s)
+    raise StageWait(POLL_S, f"device {device} offline")
+
+
+def profile_target(ctx: StageContext) -> dict[str, Any]:
+    from automl_server.profiling import dispatch_network_measurement, dispatch_profiling, predictor, repository
+    from search_spaces import op_key, sample_archs, space_keys
+
+    spec = JobSpec.from_params(ctx.params)
+    layout = job_layout(ctx)
+    target = job_target(ctx)
+    repo = repository(ctx.db)
+    record = repo.target(target.spec)
+    keys = space_keys(layout)
+    path, state = _state(ctx)
+    state.setdefault("started", time.time())
+
+    missing = repo.missing(record, keys)
+    failed = repo.failures(record, missing)
+    if failed:
+        key, error = next(iter(failed.items()))
+        raise StageFailed(f"{len(failed)} ops of space {layout.space!r} could not be measured on "
+                          f"{record.describe()} (first: {key}: {error}); choose another runtime or space")
+    if missing:
+        _wait_for_device(ctx, spec, state, path, f"{len(missing)} of {len(keys)} ops still need measuring")
+        resend = time.time() - state.get("ops_sent_at", 0) > RESEND_AFTER_S
+        if "ops_sent_at" not in state or resend:
+            dispatch_profiling(ctx.celery, target, missing)
+            state["ops_sent_at"] = time.time()
+            state["ops_to_measure"] = max(state.get("ops_to_measure", 0), len(missing))
+            _save_state(path, state)
+        done = state["ops_to_measure"] - len(missing)
+        elapsed = time.time() - state["ops_sent_at"]
+        eta = elapsed / done * len(missing) if done > 0 else None
+        ctx.progress(0.8 * done / max(state["ops_to_measure"], 1),
+                     f"{done} of {state['ops_to_measure']} ops measured on {target.device_name}",
+                     eta_s=eta, measured=done, to_measure=state["ops_to_measure"], device_status="online")
+        raise StageWait(POLL_S, "ops being measured")
+
+    networks = [n for n in repo.networks(record)
+                if n.arch.get("space") == layout.space and n.arch.get("resolution") == layout.resolution]
+    wanted = max(spec.calibration_networks, MIN_CALIBRATION_NETWORKS) if spec.calibration_networks else 0
+    if len(networks) < wanted:
+        if "networks_sent_at" not in state:
+            _wait_for_device(ctx, spec, state, path, "the predictor's calibration networks need measuring")
+            # The space's two extremes anchor the fit, so that it interpolates
+            # over the whole achievable range instead of extrapolating to its ends.
+            archs = [*extreme_archs(layout, predictor(ctx.db, target, calibrated=False)),
+                     *sample_archs(layout.space, max(wanted - len(networks) - 2, 0), spec.seed + 7,
+                                   layout.resolution, layout.num_classes, layout.in_channels)]
+            for arch in archs:
+                dispatch_network_measurement(ctx.celery, target, arch)
+            state["networks_sent_at"] = time.time()
+            state["networks_to_measure"] = len(archs)
+            state["networks_before"] = len(networks)
+            _save_state(path, state)
+        if time.time() - state["networks_sent_at"] < RESEND_AFTER_S:
+            _wait_for_device(ctx, spec, state, path, "the predictor's calibration networks need measuring")
+            done = len(networks) - state["networks_before"]
+            ctx.progress(0.8 + 0.2 * done / state["networks_to_measure"],
+                         f"{done} of {state['networks_to_measure']} whole networks measured for the calibration",
+                         measured_networks=done, device_status="online")
+            raise StageWait(POLL_S, "networks being measured")
+        ctx.event("log", "calibration networks did not all arrive; predicting with what was measured",
+                  measured=len(networks))
+
+    lat = predictor(ctx.db, target, space=layout.space, resolution=layout.resolution)
+    op_model = lat.op_model(op_key(layout, layout.fixed[0]))
+    fastest, slowest = achievable_range_ms(layout, op_model)
+    target_ms = float(ctx.params["latency_target_ms"])
+    device_seconds = time.time() - state["started"] if ("ops_sent_at" in state or "networks_sent_at" in state) else 0.0
+    output = {
+        "target": target.to_dict(), "ops": len(keys), "ops_measured_now": state.get("ops_to_measure", 0),
+        "networks_measured_now": state.get("networks_to_measure", 0),
+        "calibration": lat.calibration.to_dict() if lat.calibration else None,
+        "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
+        "resolution": layout.resolution, "num_classes": layout.num_classes, "in_channels": layout.in_channels,
+    }
+    ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms",
+              achievable_ms=output["achievable_ms"], target_ms=target_ms)
+    if target_ms < fastest:
+        raise StageFailed(f"latency target {target_ms:g} ms is below the fastest network of space "
+                          f"{layout.space!r} on {target.device_name} ({target.runtime}): achievable "
+                          f"{fastest:.4g}-{slowest:.4g} ms. Choose a target in that range, or a faster "
+                          "device or a smaller space")
+    if target_ms > slowest:
+        ctx.event("log", f"latency target {target_ms:g} ms is above the slowest network ({slowest:.4g} ms): "
+                  "every network meets it, so the search optimises accuracy alone", achievable_ms=output["achievable_ms"])
+    return output

@@ -1,0 +1,85 @@
+"""Stage "report": one JSON document with what a team needs to decide and
+deploy: accuracy, measured and predicted latency, size and cost, the
+architecture and the downloads. Also served at GET /api/v1/jobs/<id>/report."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from automl_server.jobs.context import StageContext
+
+REPORT_FORMAT = 1
+
+
+def stage_seconds(ctx: StageContext) -> dict[str, float]:
+    """Wall time per stage from the timeline (first start to the next stage's start)."""
+    from sqlalchemy import select
+
+    from automl_server.db.models import JobEvent
+
+    with ctx.db.session() as session:
+        rows = session.execute(select(JobEvent.stage, JobEvent.created_at).where(
+            JobEvent.job_id == ctx.job_id, JobEvent.kind == "state", JobEvent.message.like("stage % started"))
+            .order_by(JobEvent.id)).all()
+    starts: dict[str, Any] = {}
+    for stage, at in rows:
+        starts.setdefault(stage, at)
+    ordered = list(starts.items())
+    from automl_server.db.models import utcnow
+
+    seconds = {}
+    for i, (stage, at) in enumerate(ordered):
+        end = ordered[i + 1][1] if i + 1 < len(ordered) else utcnow()
+        seconds[stage] = round((end - at).total_seconds(), 3)
+    return seconds
+
+
+def build_report(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    r = ctx.results
+    chosen = r.get("tune") or r["search"]
+    verify, export, train, profile = r["verify"], r["export"], r["train"], r["profile"]
+    seconds = stage_seconds(ctx)
+    compute_s = sum(seconds.get(s, 0.0) for s in ("validate", "search", "tune", "train", "export"))
+    device_s = float(profile.get("device_seconds", 0.0)) + float(verify.get("device_seconds", 0.0))
+    gpu = torch.cuda.is_available()
+    report = {
+        "format": REPORT_FORMAT,
+        "job_id": ctx.job_id,
+        "dataset": ctx.params["dataset"], "device": ctx.params["device"], "runtime": ctx.params["runtime"],
+        "space": ctx.params["space"], "pipeline": ctx.params["pipeline"], "strategy": ctx.params.get("strategy"),
+        "latency_target_ms": float(ctx.params["latency_target_ms"]),
+        "accuracy": {"test": train["test_accuracy"], "holdout": train["holdout_accuracy"],
+                     "test_samples": train["test_samples"]},
+        "latency": {"predicted_ms": verify["predicted_ms"], "measured_ms": verify["measured_ms"],
+                    "measured_over_predicted": verify["ratio"], "within_10pct": verify["within_10pct"],
+                    "meets_target": verify["meets_target"], "achievable_ms": profile["achievable_ms"],
+                    "measured_file": verify.get("measured_file"),
+                    "calibrated": profile.get("calibration") is not None},
+        "model": {"parameters": export["parameters"], "macs": export["macs"], "onnx_bytes": export["model_bytes"],
+                  "tflite_bytes": export.get("tflite", {}).get("size_bytes"), "input": export["input"]},
+        "cost": {"device_hours": round(device_s / 3600, 6),
+                 "cpu_hours": round(0.0 if gpu else compute_s / 3600, 6),
+                 "gpu_hours": round(compute_s / 3600 if gpu else 0.0, 6),
+                 "stage_seconds": seconds},
+        "arch": chosen["arch"],
+        "tuning": ({k: r["tune"].get(k) for k in ("study_name", "trial_number", "trial_params", "used_trial",
+                                                   "trials")} if "tune" in r and "study_name" in r["tune"] else None),
+        "downloads": {kind: f"/api/v1/jobs/{ctx.job_id}/artifacts/{kind}"
+                      for kind in ("onnx", "tflite", "arch", "weights") if kind in _artifact_kinds(ctx)}
+                     | {"report": f"/api/v1/jobs/{ctx.job_id}/report"},
+    }
+    path = ctx.job_dir() / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    ctx.store_artifact("report", path)
+    return report
+
+
+def _artifact_kinds(ctx: StageContext) -> set[str]:
+    from sqlalchemy import select
+
+    from automl_server.db.models import Artifact
+
+    with ctx.db.session() as session:
+        return set(session.scalars(select(Artifact.kind).where(Artifact.job_id == ctx.job_id)))

@@ -1,0 +1,56 @@
+"""A job's settings, read from its row: what was asked, with the defaults.
+
+The API validates a request into ``job.params`` (schemas.JobBudget and
+friends); stages read it back through ``JobSpec`` so that every default lives
+here, once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Budget:
+    # Search: weight-only warm-up on random paths, then alternating steps (ProxylessNAS schedule).
+    warmup_epochs: int = 10
+    search_epochs: int = 30
+    # Optuna: short searches that each try a latency-loss strength and learning rates.
+    tune_trials: int = 4
+    tune_epochs: int = 8
+    # Training the found network from scratch.
+    train_epochs: int = 60
+    # Wall-clock cap for search + tune + train, in minutes (None: epochs decide). When
+    # set, each stage stops at the epoch boundary where its share would be exceeded.
+    minutes: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Budget:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    strategy: str = "gradient"
+    budget: Budget = Budget()
+    tune: bool = True
+    seed: int = 0
+    batch_size: int = 64
+    # Whole networks measured end to end to calibrate the predictor on a new target.
+    calibration_networks: int = 8
+    # How long the job waits for an offline device before it fails.
+    device_wait_s: float = 600.0
+    stop_after: str | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> JobSpec:
+        values = {f.name: params[f.name] for f in fields(cls) if f.name in params and f.name != "budget"}
+        return cls(budget=Budget.from_dict(params.get("budget")), **values)
+
+    def to_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Minutes of the budget each stage may use, as shares of ``Budget.minutes``.
+MINUTE_SHARES = {"search": 0.4, "tune": 0.3, "train": 0.3}
