@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import fields
 
 import waitress
@@ -94,12 +96,36 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
+RECOVERY_SWEEP_S = 30.0
+
+
+def start_recovery_sweep(app) -> threading.Thread:  # type: ignore[no-untyped-def]
+    """Every 30 s, re-send job stages whose lease ran out: a worker that died
+    (killed, machine lost) with a message the broker will not redeliver."""
+    from automl_server.jobs.tasks import recover
+
+    s = app.extensions["automl"]
+
+    def sweep() -> None:
+        while True:
+            time.sleep(RECOVERY_SWEEP_S)
+            try:
+                recover(s.celery, s.db)
+            except Exception:  # noqa: BLE001 - the sweep must outlive a broker or database hiccup
+                log.exception("recovery sweep failed; trying again in %.0f s", RECOVERY_SWEEP_S)
+
+    thread = threading.Thread(target=sweep, name="automl-recovery", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(settings: Settings, *, worker: bool = True, agent: bool = True) -> None:
     from automl_server.app import create_app
 
     prepare(settings)
     app = create_app(settings)
     children = start_children(settings, worker=worker, agent=agent)
+    start_recovery_sweep(app)
 
     def _terminate(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

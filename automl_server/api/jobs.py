@@ -19,22 +19,25 @@ from automl_server.api.schemas import JobCreate, JobEventList, JobEventOut, JobL
 from automl_server.db.engine import StorageError
 from automl_server.db.models import Device, Job, JobEvent, JobState
 from automl_server.jobs import service
-from automl_server.jobs.stages import STAGES
+from automl_server.jobs.stages import STAGE_NAMES, STAGES
 from automl_server.jobs.tasks import dispatch_stage
 
 _MAX_KEY_LENGTH = 200
 
 
-def to_out(job: Job) -> JobOut:
+def to_out(job: Job, *, with_secret: bool = False) -> JobOut:
     base = f"/api/v1/jobs/{job.id}"
     return JobOut(
+        recoveries=job.recoveries or 0, comparison_id=job.comparison_id, rerun_of=job.rerun_of,
+        webhook_url=job.webhook_url, webhook_secret=job.webhook_secret if with_secret else None,
         id=job.id, state=job.state, stage=job.stage, progress=round(job.progress, 4),
         done=JobState(job.state).is_terminal, error=job.error, dataset_id=job.dataset_id,
         dataset_name=job.dataset_name, device_name=job.device_name, runtime=job.runtime, space=job.space,
         pipeline=job.pipeline, latency_target_ms=job.latency_target_ms, params=job.params, result=job.result,
         cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at,
-        links=JobLinks(self=base, events=f"{base}/events", stream=f"{base}/events/stream", cancel=f"{base}/cancel"),
+        links=JobLinks(self=base, events=f"{base}/events", stream=f"{base}/events/stream", cancel=f"{base}/cancel",
+                       report=f"{base}/report", rerun=f"{base}/rerun"),
     )
 
 
@@ -53,31 +56,76 @@ def _replay(session: Session, key: str, fingerprint: str) -> Job | None:
     return job
 
 
-def _build_job(session: Session, body: JobCreate, key: str | None, fingerprint: str) -> Job:
+def _invalid(field: str, detail: str) -> ProblemError:
+    return ProblemError(422, "Invalid request", detail, field=field, slug="validation-error")
+
+
+def _build_job(session: Session, body: JobCreate, key: str | None, fingerprint: str, *,
+               comparison_id: str | None = None, rerun_of: str | None = None) -> Job:
+    from automl_server import webhooks
+    from automl_server.jobs.train import PIPELINES
+    from search_spaces import list_spaces
+
     dataset = find_dataset(session, body.dataset)
     if dataset is None:
-        raise ProblemError(422, "Invalid request", f"no dataset {body.dataset!r}; give a dataset id or name "
-                           "from GET /api/v1/datasets", field="dataset", slug="validation-error")
+        raise _invalid("dataset", f"no dataset {body.dataset!r}; give a dataset id or name from GET /api/v1/datasets")
     device = session.scalar(select(Device).where(Device.name == body.device).options(selectinload(Device.runtimes)))
     if device is None:
-        raise ProblemError(422, "Invalid request", f"no device {body.device!r}; give a device name from "
-                           "GET /api/v1/devices", field="device", slug="validation-error")
+        raise _invalid("device", f"no device {body.device!r}; give a device name from GET /api/v1/devices")
     runtimes = [r.name for r in device.runtimes]
     runtime = body.runtime or (runtimes[0] if runtimes else "")
     if runtime not in runtimes:
-        raise ProblemError(422, "Invalid request", f"device {device.name!r} has no runtime {runtime!r}; "
-                           f"accepted: {', '.join(runtimes) or 'none registered'}", field="runtime",
-                           slug="validation-error")
+        raise _invalid("runtime", f"device {device.name!r} has no runtime {runtime!r}; "
+                       f"accepted: {', '.join(runtimes) or 'none registered'}")
+    spaces = [space.name for space in list_spaces()]
+    if body.space not in spaces:
+        raise _invalid("space", f"no search space {body.space!r}; accepted: {', '.join(spaces)}")
+    if body.pipeline not in PIPELINES:
+        raise _invalid("pipeline", f"pipeline {body.pipeline!r} is not available in this version yet; "
+                       f"available: {', '.join(PIPELINES)}")
+    secret = None
+    if body.webhook_url is not None:
+        try:
+            webhooks.validate_url(body.webhook_url)
+            secret = body.webhook_secret or webhooks.new_secret()
+            webhooks.sign(secret, "check", 0, b"")
+        except ValueError as exc:
+            field = "webhook_url" if body.webhook_secret is None or "secret" not in str(exc) else "webhook_secret"
+            raise _invalid(field, str(exc)) from None
+    elif body.webhook_secret is not None:
+        raise _invalid("webhook_secret", "webhook_secret needs a webhook_url")
+    params = {"strategy": body.strategy, "budget": body.budget.model_dump(), "tune": body.tune,
+              "stop_after": body.stop_after, **body.params.model_dump()}
     job = Job(
         dataset_id=dataset.id, dataset_name=dataset.name, device_id=device.id, device_name=device.name,
         runtime=runtime, space=body.space, pipeline=body.pipeline, latency_target_ms=body.latency_target_ms,
-        params=body.params, idempotency_key=key, request_fingerprint=fingerprint if key else None,
+        params=params, idempotency_key=key, request_fingerprint=fingerprint if key else None,
+        webhook_url=body.webhook_url, webhook_secret=secret, comparison_id=comparison_id, rerun_of=rerun_of,
     )
     session.add(job)
     session.flush()
+    last = STAGE_NAMES.index(body.stop_after) if body.stop_after else len(STAGES) - 1
     service.record_event(session, job, "state", "job queued", data={"state": job.state,
-                                                                  "stages": [s.name for s in STAGES]})
+                                                                  "stages": list(STAGE_NAMES[: last + 1])})
     return job
+
+
+def queue_job(job_id: str, device_name: str) -> None:
+    """Send a committed job's first stage; fail it (503) if the broker refuses."""
+    from automl_server.app import state
+    from automl_server.jobs.tasks import notify_state_changes
+
+    s = state()
+    try:
+        dispatch_stage(s.celery, job_id, STAGES[0].name, device_name)
+    except Exception as exc:
+        # Never leave a job "queued" that no worker will ever see.
+        with s.db.session() as session:
+            service.fail(session, session.get_one(Job, job_id), f"could not queue the job: {exc}")
+        raise ProblemError(503, "Service unavailable", f"the job {job_id} could not be queued ({exc}); "
+                           "check the broker (AUTOML_BROKER_URL) and submit again", slug="broker-unavailable") from exc
+    if not s.celery.conf.task_always_eager:
+        notify_state_changes(s.celery, s.db, job_id, 0)  # "job queued" (eager jobs notified as they ran)
 
 
 @registry.operation(
@@ -102,7 +150,7 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
             if existing is not None:
                 return to_out(existing), 200, {"Location": f"/api/v1/jobs/{existing.id}"}
             job = _build_job(session, body, key, fingerprint)
-            out = to_out(job)
+            out = to_out(job, with_secret=True)
     except StorageError as exc:
         # Two retries raced with the same key: the loser replays the winner.
         if key is None or not isinstance(exc.__cause__, IntegrityError):
@@ -112,14 +160,7 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
             assert existing is not None
             return to_out(existing), 200, {"Location": f"/api/v1/jobs/{existing.id}"}
     # Sent after the commit, so a fast worker never looks for a job not yet visible.
-    try:
-        dispatch_stage(s.celery, out.id, STAGES[0].name, out.device_name)
-    except Exception as exc:
-        # Never leave a job "queued" that no worker will ever see.
-        with s.db.session() as session:
-            service.fail(session, session.get_one(Job, out.id), f"could not queue the job: {exc}")
-        raise ProblemError(503, "Service unavailable", f"the job {out.id} could not be queued ({exc}); "
-                           "check the broker (AUTOML_BROKER_URL) and submit again", slug="broker-unavailable") from exc
+    queue_job(out.id, out.device_name)
     return out, 202, {"Location": f"/api/v1/jobs/{out.id}"}
 
 
@@ -133,6 +174,8 @@ def list_jobs(query: JobListQuery) -> JobList:
     stmt = select(Job)
     if query.state:
         stmt = stmt.where(Job.state == query.state)
+    if query.device:
+        stmt = stmt.where(Job.device_name == query.device)
     with state().db.session() as session:
         rows, token = newest_first_page(session, stmt, Job, query.page_size, query.page_token)
     return JobList(jobs=[to_out(j) for j in rows], next_page_token=token)
@@ -250,3 +293,86 @@ def stream_job_events(job_id: str) -> Response:
 
     return Response(stream_with_context(generate()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/report", "GET", summary="The finished job's report", tag="jobs",
+    responses={200: None}, errors=(404, 409),
+)
+def get_job_report(job_id: str) -> Response:
+    """Accuracy, predicted and measured latency, size, cost, architecture and
+    downloads. 409 while the report stage has not run (the detail says where the job is)."""
+    from automl_server.app import state
+
+    with state().db.session() as session:
+        job = _get(session, job_id)
+        report = job.result.get("report")
+        if report is None:
+            where = f"is {job.state}" + (f" (stage {job.stage})" if job.stage else "")
+            why = f": {job.error}" if job.error else ""
+            raise ProblemError(409, "Report not ready", f"job {job_id} {where}{why}; the report exists once the "
+                               "report stage has run", field="state", slug="report-not-ready")
+    return Response(json.dumps(report, indent=2), mimetype="application/json")
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/artifacts/<kind>", "GET", summary="Download one of the job's files", tag="jobs",
+    responses={200: None}, streams="application/octet-stream", errors=(404,),
+)
+def download_artifact(job_id: str, kind: str) -> Response:
+    """``kind``: onnx, tflite, arch, weights or report."""
+    from flask import send_file
+
+    from automl_server.app import state
+    from automl_server.db.models import Artifact
+
+    downloadable = {"onnx": "model.onnx", "tflite": "model.tflite", "arch": "arch.json", "weights": "model.pt",
+                    "report": "report.json"}
+    s = state()
+    with s.db.session() as session:
+        _get(session, job_id)
+        if kind not in downloadable:
+            raise ProblemError(404, "Not found", f"no artifact kind {kind!r}; accepted: {', '.join(downloadable)}",
+                               field="kind", slug="not-found")
+        artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
+        if artifact is None:
+            raise ProblemError(404, "Not found", f"job {job_id} has no {kind} file (yet); its stages write it",
+                               field="kind", slug="not-found")
+        path = s.settings.data_dir / artifact.path
+    return send_file(path, as_attachment=True, download_name=f"{job_id}-{downloadable[kind]}", etag=True)
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/rerun", "POST", summary="Run a job again with the same settings", tag="jobs",
+    responses={202: JobOut}, errors=(404, 409),
+)
+def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:
+    """A new job with the finished job's dataset, device, target and options."""
+    from automl_server.app import state
+
+    with state().db.session() as session:
+        old = _get(session, job_id)
+        if not JobState(old.state).is_terminal:
+            raise ProblemError(409, "Conflict", f"job {job_id} is still {old.state}; re-run it once it has finished "
+                               "or cancel it first", field="state", slug="conflict")
+        body = settings_of_job(old)
+        job = _build_job(session, body, None, _fingerprint(body), rerun_of=old.id)
+        job.webhook_secret = old.webhook_secret
+        out = to_out(job)
+    queue_job(out.id, out.device_name)
+    return out, 202, {"Location": f"/api/v1/jobs/{out.id}"}
+
+
+def settings_of_job(job: Job) -> JobCreate:
+    """The request that would create this job again."""
+    from automl_server.api.schemas import JobBudget, JobOptions
+
+    params = dict(job.params)
+    options = {k: params[k] for k in JobOptions.model_fields if k in params}
+    return JobCreate(
+        dataset=job.dataset_id or job.dataset_name, device=job.device_name, runtime=job.runtime,
+        latency_target_ms=job.latency_target_ms, space=job.space, pipeline=job.pipeline,  # type: ignore[arg-type]
+        strategy=params.get("strategy", "gradient"), budget=JobBudget(**params.get("budget", {})),
+        tune=params.get("tune", True), stop_after=params.get("stop_after"), webhook_url=job.webhook_url,
+        webhook_secret=job.webhook_secret, params=JobOptions(**options),
+    )

@@ -91,14 +91,46 @@ class DeviceList(BaseModel):
 
 
 # -- jobs -----------------------------------------------------------------
+STAGE_NAMES = ("validate", "profile", "search", "tune", "train", "export", "verify", "report")
+
+
+class JobBudget(Strict):
+    """How much work the job may do; defaults fit a small dataset on a 2-core CPU in about 10 minutes."""
+
+    warmup_epochs: int = Field(10, ge=0, le=1000, description="Weight-only epochs on random paths.")
+    search_epochs: int = Field(30, ge=1, le=1000, description="Epochs of alternating weight/architecture steps.")
+    tune_trials: int = Field(4, ge=0, le=200, description="Optuna trials (0: no tuning).")
+    tune_epochs: int = Field(8, ge=1, le=200, description="Epochs per tuning trial.")
+    train_epochs: int = Field(60, ge=1, le=2000, description="Epochs to train the found network from scratch.")
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60,
+                                  description="Wall-clock cap for search, tune and train (40/30/30%).")
+
+
+class JobOptions(Strict):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    batch_size: int = Field(64, ge=1, le=4096)
+    calibration_networks: int = Field(8, ge=0, le=100,
+                                      description="Whole networks measured to calibrate a new target.")
+    device_wait_s: float = Field(600.0, ge=0, le=86400, description="How long to wait for an offline device.")
+
+
 class JobCreate(Strict):
     dataset: str = Field(description="Dataset id or name.")
     device: str = Field(description="Device name.")
     runtime: str | None = Field(None, description="One of the device's runtimes; default: its first.")
     latency_target_ms: float = Field(gt=0, le=1e6, description="Latency the search aims at, in milliseconds.")
     space: str = Field("proxyless-mobile", pattern=NAME_PATTERN, description="Search space name.")
+    strategy: Literal["gradient", "rl"] = Field("gradient", description="Binarized gates (gradient) or REINFORCE.")
     pipeline: Literal["standard", "fedgkt", "delayed-sgd", "sparse-update"] = "standard"
-    params: dict[str, Any] = Field(default_factory=dict, description="Budget and strategy options.")
+    budget: JobBudget = Field(default_factory=JobBudget)
+    tune: bool = Field(True, description="Tune the latency loss with Optuna (tune stage).")
+    stop_after: Literal["validate", "profile", "search", "tune", "train", "export", "verify", "report"] | None = Field(
+        None, description="End the job after this stage (e.g. 'profile' only fills the latency table).")
+    webhook_url: str | None = Field(None, max_length=2000,
+                                    description="Receives a signed POST (Standard Webhooks) on every state change.")
+    webhook_secret: str | None = Field(None, max_length=200, description="whsec_... secret; default: generated "
+                                       "and returned once in the 202 answer.")
+    params: JobOptions = Field(default_factory=JobOptions, description="Less common options.")
 
 
 class JobLinks(BaseModel):
@@ -106,6 +138,8 @@ class JobLinks(BaseModel):
     events: str
     stream: str
     cancel: str
+    report: str
+    rerun: str
 
 
 class JobOut(BaseModel):
@@ -127,6 +161,11 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     result: dict[str, Any]
     cancel_requested: bool
+    recoveries: int = 0
+    comparison_id: str | None = None
+    rerun_of: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, description="Only in the answer that created the job.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -140,6 +179,31 @@ class JobList(BaseModel):
 
 class JobListQuery(PageQuery):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    device: str | None = Field(None, max_length=100, description="Only jobs for this device.")
+
+
+class ComparisonCreate(Strict):
+    dataset: str = Field(description="Dataset id or name.")
+    devices: list[str] = Field(min_length=2, max_length=10, description="Device names (each with its first "
+                               "runtime, or 'name:runtime').")
+    latency_target_ms: float = Field(gt=0, le=1e6)
+    space: str = Field("proxyless-mobile", pattern=NAME_PATTERN)
+    strategy: Literal["gradient", "rl"] = "gradient"
+    budget: JobBudget = Field(default_factory=JobBudget)
+    tune: bool = True
+    params: JobOptions = Field(default_factory=JobOptions)
+
+
+class ComparisonOut(BaseModel):
+    id: str
+    dataset_name: str
+    targets: list[dict[str, str]]
+    jobs: list[dict[str, Any]]
+    done: bool
+    # matrix[i][j]: latency in ms of the network specialised for targets[i], measured on targets[j].
+    matrix: list[list[float | None]]
+    accuracy: list[float | None]
+    created_at: datetime
 
 
 class JobEventOut(BaseModel):

@@ -73,7 +73,34 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
     path = ctx.job_dir() / "report.json"
     path.write_text(json.dumps(report, indent=2))
     ctx.store_artifact("report", path)
+    if ctx.params.get("comparison_id"):
+        report["cross_measurements"] = measure_on_other_targets(ctx, chosen["arch"])
     return report
+
+
+def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[str]:
+    """A comparison's job sends its network to every other device of the
+    comparison; the measurements land in the latency database (whole networks)
+    where the comparison's matrix reads them."""
+    from automl_server.db.models import Comparison
+    from automl_server.profiling import ProfilingError, dispatch_network_measurement, resolve_target
+    from search_spaces import Arch
+
+    with ctx.db.session() as session:
+        comparison = session.get(Comparison, ctx.params["comparison_id"])
+        targets = list(comparison.targets) if comparison else []
+    sent = []
+    for t in targets:
+        if (t["device"], t["runtime"]) == (ctx.params["device"], ctx.params["runtime"]):
+            continue
+        try:
+            target = resolve_target(ctx.db, t["device"], t["runtime"])
+        except ProfilingError as exc:
+            ctx.event("log", f"cannot measure on {t['device']}: {exc}")
+            continue
+        dispatch_network_measurement(ctx.celery, target, Arch.from_dict(arch))
+        sent.append(f"{t['device']}:{t['runtime']}")
+    return sent
 
 
 def _artifact_kinds(ctx: StageContext) -> set[str]:

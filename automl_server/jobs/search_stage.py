@@ -51,9 +51,11 @@ def latency_model(ctx: StageContext, layout):  # type: ignore[no-untyped-def]
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any):  # type: ignore[no-untyped-def]
     from automl_server.engine.search import SearchConfig
 
+    target_ms = float(ctx.params["latency_target_ms"]) * (1 - TARGET_MARGIN)
     values: dict[str, Any] = dict(
+        loss_kind=loss_kind_for(target_ms, ctx.results["profile"]["achievable_ms"]),
         warmup_epochs=spec.budget.warmup_epochs, search_epochs=spec.budget.search_epochs,
-        batch_size=spec.batch_size, target_ms=float(ctx.params["latency_target_ms"]) * (1 - TARGET_MARGIN),
+        batch_size=spec.batch_size, target_ms=target_ms,
         strategy=spec.strategy, derive="target", derive_tolerance=TARGET_MARGIN, seed=spec.seed,
         # Architecture steps every other weight step: a service job's budgets are
         # short, and the reference's 1 in 5 leaves alpha barely moved in tens of epochs.
@@ -64,6 +66,25 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any):  # type: 
         return SearchConfig(**values)
     except ValueError as exc:
         raise StageFailed(f"invalid search settings: {exc}") from exc
+
+
+def loss_kind_for(target_ms: float, achievable_ms: list[float]) -> str:
+    """The latency loss for this target on this device.
+
+    mul#log (the paper's) when the target lies inside the achievable range;
+    no latency term at all when every network meets the target (the search
+    then optimises accuracy alone); add#linear when the space's fastest
+    networks are so fast that mul#log's logarithm (unit T/80, see
+    engine.search.REFERENCE_TARGET_MS) would turn negative.
+    """
+    from automl_server.engine.search import REFERENCE_TARGET_MS
+
+    fastest, slowest = achievable_ms
+    if target_ms >= slowest:
+        return "none"
+    if fastest <= target_ms / REFERENCE_TARGET_MS * 1.01:
+        return "add#linear"
+    return "mul#log"
 
 
 def deadline(ctx: StageContext, spec: JobSpec, stage: str) -> float | None:

@@ -115,7 +115,8 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
         if fresh:
             service.start_stage(session, job, stage_name, index / (last + 1))
         params = {**job.params, "dataset": job.dataset_name, "device": job.device_name, "runtime": job.runtime,
-                  "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms}
+                  "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms,
+                  "comparison_id": job.comparison_id}
         results = dict(job.result)
     ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery)
     try:

@@ -29,7 +29,8 @@ def device(client):  # type: ignore[no-untyped-def]
 
 
 def job_request(**overrides):  # type: ignore[no-untyped-def]
-    return {"dataset": "pets", "device": "pi-4", "latency_target_ms": 25.0, **overrides}
+    # stop_after: these tests are about the job resource; whole jobs run in test_job_pipeline.py.
+    return {"dataset": "pets", "device": "pi-4", "latency_target_ms": 25.0, "stop_after": "validate", **overrides}
 
 
 def all_events(client, job_id: str, page_size: int = 100) -> list[dict]:
@@ -53,10 +54,12 @@ def test_job_runs_validation_stage_to_success(client, settings, dataset, device)
     stats = job["result"]["validate"]
     assert stats["num_samples"] == 15 and stats["class_counts"] == {"cat": 5, "dog": 5, "fox": 5}
     assert stats["image_shape"] == [12, 12, 3]
-    assert stats["train_samples"] + stats["holdout_samples"] == 15 and stats["holdout_samples"] == 3
+    assert stats["train_samples"] + stats["holdout_samples"] + stats["test_samples"] == 15
+    assert stats["test_samples"] == 3 and stats["holdout_samples"] == 3
     arrays = np.load(settings.artifacts_dir / job["id"] / "dataset.npz")
     assert arrays["x"].shape == (15, 12, 12, 3) and sorted(arrays["y"].tolist()) == [0] * 5 + [1] * 5 + [2] * 5
-    assert set(arrays["train_idx"]).isdisjoint(arrays["holdout_idx"])
+    splits = [set(arrays[name].tolist()) for name in ("train_idx", "holdout_idx", "test_idx")]
+    assert sum(map(len, splits)) == len(set().union(*splits)) == 15  # disjoint, and every sample used
 
 
 def test_timeline_records_states_progress_and_metrics_in_order(client, dataset, device):
@@ -162,7 +165,7 @@ def test_cancel_running_job_stops_it_at_the_next_checkpoint(queued_app, settings
         stages.service.start_stage(session, session.get_one(Job, job_id), "validate", 0.0)
 
     response = client.post(f"/api/v1/jobs/{job_id}/cancel")
-    ctx = stages.StageContext(db, settings, job_id, "validate", 0)
+    ctx = stages.StageContext(db, settings, job_id, "validate", 0, 1, lease_owner="worker-1")
 
     assert response.json["state"] == "running" and response.json["cancel_requested"]
     with pytest.raises(stages.service.JobCancelled):

@@ -1,0 +1,146 @@
+"""/api/v1/comparisons: one dataset searched for several devices, each found
+network measured on every device: the specialisation matrix of the
+ProxylessNAS paper (rows: specialised for X; columns: latency on Y)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from flask import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from automl_server.api import api_blueprint, registry
+from automl_server.api.jobs import _build_job, _fingerprint, _invalid, queue_job
+from automl_server.api.problems import not_found
+from automl_server.api.schemas import ComparisonCreate, ComparisonOut, JobCreate
+from automl_server.db.models import Comparison, Job, JobState
+
+
+def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
+    from sqlalchemy.orm import selectinload
+
+    from automl_server.db.models import Device
+
+    targets = []
+    for index, entry in enumerate(devices):
+        name, _, runtime = entry.partition(":")
+        device = session.scalar(select(Device).where(Device.name == name).options(selectinload(Device.runtimes)))
+        if device is None:
+            raise _invalid(f"devices.{index}", f"no device {name!r}; give names from GET /api/v1/devices")
+        runtimes = [r.name for r in device.runtimes]
+        runtime = runtime or (runtimes[0] if runtimes else "")
+        if runtime not in runtimes:
+            raise _invalid(f"devices.{index}", f"device {name!r} has no runtime {runtime!r}; "
+                           f"accepted: {', '.join(runtimes) or 'none'}")
+        targets.append({"device": name, "runtime": runtime})
+    if len({(t["device"], t["runtime"]) for t in targets}) != len(targets):
+        raise _invalid("devices", "each device (and runtime) may appear once")
+    return targets
+
+
+@registry.operation(
+    api_blueprint, "/comparisons", "POST", summary="Search one dataset for several devices", tag="comparisons",
+    body=ComparisonCreate, responses={202: ComparisonOut},
+)
+def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[str, str]]:
+    """Starts one job per device; each job's network is then measured on every
+    other device. Poll the comparison until ``done``."""
+    from automl_server.app import state
+
+    s = state()
+    with s.db.session() as session:
+        targets = _targets(session, body.devices)
+        comparison = Comparison(dataset_name=body.dataset, targets=targets, request=body.model_dump(mode="json"))
+        session.add(comparison)
+        session.flush()
+        jobs = []
+        for t in targets:
+            job_body = JobCreate(dataset=body.dataset, device=t["device"], runtime=t["runtime"],
+                                 latency_target_ms=body.latency_target_ms, space=body.space, strategy=body.strategy,
+                                 budget=body.budget, tune=body.tune, params=body.params)
+            jobs.append(_build_job(session, job_body, None, _fingerprint(job_body), comparison_id=comparison.id))
+        comparison.dataset_name = jobs[0].dataset_name
+        queued = [(job.id, job.device_name) for job in jobs]
+        comparison_id = comparison.id
+    for job_id, device_name in queued:
+        queue_job(job_id, device_name)
+    with s.db.session() as session:
+        out = to_out(session, session.get_one(Comparison, comparison_id))
+    return out, 202, {"Location": f"/api/v1/comparisons/{comparison_id}"}
+
+
+def _measured_on(session: Session, target: dict[str, str], arch: dict[str, Any]) -> float | None:
+    """The latest end-to-end measurement of ``arch`` on ``target`` in the latency database."""
+    from latency_db.models import LatencyNetworkMeasurement as Network
+    from latency_db.models import LatencyTarget
+
+    rows = session.execute(
+        select(Network.arch, Network.measured_ms).join(LatencyTarget, LatencyTarget.id == Network.target_id)
+        .where(LatencyTarget.device_name == target["device"], LatencyTarget.backend == target["runtime"])
+        .order_by(Network.measured_at.desc(), Network.id.desc())
+    ).all()
+    # JSON equality is compared here, not in SQL: JSON columns do not compare portably.
+    return next((float(ms) for stored, ms in rows if stored == arch), None)
+
+
+def to_out(session: Session, comparison: Comparison) -> ComparisonOut:
+    jobs = list(session.scalars(select(Job).where(Job.comparison_id == comparison.id)))
+    by_target = {(j.device_name, j.runtime): j for j in jobs}
+    matrix: list[list[float | None]] = []
+    accuracy: list[float | None] = []
+    for row_target in comparison.targets:
+        job = by_target.get((row_target["device"], row_target["runtime"]))
+        report = job.result.get("report") if job else None
+        accuracy.append(report["accuracy"]["test"] if report else None)
+        row: list[float | None] = []
+        for col_target in comparison.targets:
+            if report is None:
+                row.append(None)
+            elif col_target == row_target:
+                row.append(report["latency"]["measured_ms"])
+            else:
+                row.append(_measured_on(session, col_target, report["arch"]))
+        matrix.append(row)
+    finished = all(JobState(j.state).is_terminal for j in jobs)
+    filled = all(v is not None for r, row in zip(accuracy, matrix) if r is not None for v in row)
+    return ComparisonOut(
+        id=comparison.id, dataset_name=comparison.dataset_name, targets=comparison.targets,
+        jobs=[{"id": j.id, "device": j.device_name, "runtime": j.runtime, "state": j.state, "stage": j.stage,
+               "error": j.error} for j in jobs],
+        done=finished and filled, matrix=matrix, accuracy=accuracy, created_at=comparison.created_at,
+    )
+
+
+@registry.operation(
+    api_blueprint, "/comparisons/<comparison_id>", "GET", summary="A comparison and its matrix", tag="comparisons",
+    responses={200: ComparisonOut}, errors=(404,),
+)
+def get_comparison(comparison_id: str) -> ComparisonOut:
+    from automl_server.app import state
+
+    with state().db.session() as session:
+        comparison = session.get(Comparison, comparison_id)
+        if comparison is None:
+            raise not_found("comparison", comparison_id)
+        return to_out(session, comparison)
+
+
+@registry.operation(
+    api_blueprint, "/comparisons/<comparison_id>/matrix.csv", "GET", summary="The matrix as CSV",
+    tag="comparisons", responses={200: None}, streams="text/csv", errors=(404,),
+)
+def get_comparison_csv(comparison_id: str) -> Response:
+    """Rows: network specialised for a device; columns: its latency (ms) measured on each device."""
+    out = get_comparison(comparison_id)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    names = [f"{t['device']}:{t['runtime']}" for t in out.targets]
+    writer.writerow(["specialised_for", *[f"latency_ms_on_{n}" for n in names], "test_accuracy"])
+    for name, row, acc in zip(names, out.matrix, out.accuracy):
+        writer.writerow([name, *["" if v is None else f"{v:.6g}" for v in row], "" if acc is None else acc])
+    _ = json  # JSON is the default representation (get_comparison)
+    return Response(buffer.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="comparison-{comparison_id}.csv"'})

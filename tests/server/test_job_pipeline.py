@@ -1,0 +1,223 @@
+"""The push-button job, every stage for real (profiling on this CPU with
+onnxruntime, search, Optuna, training, ONNX/TFLite export, measurement), on
+an eager Celery so that a job runs inside the request; on SQLite and
+PostgreSQL. Real worker processes run it in test_job_processes.py."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select, update
+
+import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from automl_server.app import create_app
+from automl_server.celery_app import make_celery
+from automl_server.datasets.store import register_bundled_datasets
+from automl_server.db.engine import get_database
+from automl_server.db.models import Device, Job, JobEvent, utcnow
+from automl_server.jobs import stages
+from automl_server.db.migrate import upgrade
+from tests.conftest import _forget_database, make_settings
+
+# A small but complete job: the tiny space on 8x8 digits, a few epochs each.
+SMALL_BUDGET = {"warmup_epochs": 1, "search_epochs": 2, "tune_trials": 1, "tune_epochs": 1, "train_epochs": 2}
+
+
+def job_request(**overrides: Any) -> dict[str, Any]:
+    return {"dataset": "digits", "device": "cpu-1", "latency_target_ms": 0.05, "space": "tiny",
+            "budget": SMALL_BUDGET, "params": {"calibration_networks": 5}, **overrides}
+
+
+@pytest.fixture
+def farm_app(tmp_path, database_url):  # type: ignore[no-untyped-def]
+    return make_farm(tmp_path, database_url)
+
+
+@pytest.fixture
+def sqlite_farm_app(tmp_path):  # type: ignore[no-untyped-def]
+    """For tests of the runner itself, which do not depend on the database kind."""
+    url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    yield make_farm(tmp_path, url)
+    _forget_database(url)
+
+
+def make_farm(tmp_path, database_url):  # type: ignore[no-untyped-def]
+    # Heartbeats are not what these tests are about: a device stays online for an hour.
+    settings = make_settings(tmp_path, database_url, heartbeat_timeout_s=3600.0)
+    app = create_app(settings, celery=make_celery(settings, eager=True))
+    db = get_database(settings.resolved_database_url)
+    with db.session() as session:
+        register_bundled_datasets(session, settings)
+    client = app.test_client()
+    for name in ("cpu-1", "cpu-2"):
+        assert client.post("/api/v1/devices", json={
+            "name": name, "kind": "cpu", "runtimes": [{"name": "onnxruntime", "version": "test"}]}).status_code == 201
+    return app, settings, db
+
+
+def events(db, job_id: str, kind: str | None = None) -> list[JobEvent]:  # type: ignore[no-untyped-def]
+    with db.session() as session:
+        stmt = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        rows = list(session.scalars(stmt))
+        session.expunge_all()
+    return [e for e in rows if kind is None or e.kind == kind]
+
+
+def test_push_button_job_runs_every_stage_and_reports(farm_app):
+    import onnxruntime as ort
+    import optuna
+
+    app, settings, db = farm_app
+    client = app.test_client()
+
+    response = client.post("/api/v1/jobs", json=job_request())
+
+    assert response.status_code == 202
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    started = [e.stage for e in events(db, job["id"], "state") if e.message.endswith("started")]
+    assert started == ["validate", "profile", "search", "tune", "train", "export", "verify", "report"]
+    report = client.get(job["links"]["report"]).json
+    assert report == job["result"]["report"]
+    assert 0.0 <= report["accuracy"]["test"] <= 1.0 and report["accuracy"]["test_samples"] == 359
+    assert report["latency"]["measured_ms"] > 0 and report["latency"]["predicted_ms"] > 0
+    assert report["latency"]["measured_file"] is True  # the exported ONNX itself was timed
+    assert report["latency"]["calibrated"] is True
+    low, high = report["latency"]["achievable_ms"]
+    assert 0 < low < high
+    assert report["model"]["parameters"] > 0 and report["model"]["macs"] > 0
+    assert len(report["arch"]["blocks"]) == 8 and report["arch"]["space"] == "tiny"
+    assert set(report["downloads"]) >= {"onnx", "tflite", "arch", "weights", "report"}
+    # The per-epoch events the UI draws: losses, accuracies, E[latency], block probabilities.
+    epochs = [e.data for e in events(db, job["id"], "metric") if e.stage == "search" and "block_probs" in e.data]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]  # 1 warm-up + 2 search epochs
+    assert all(len(e["block_probs"]) == 8 and abs(sum(e["block_probs"][0]) - 1) < 1e-3 for e in epochs)
+    # The ONNX download runs and answers 10 classes.
+    with client.get(report["downloads"]["onnx"]) as onnx:
+        assert onnx.status_code == 200
+        assert onnx.headers["Content-Disposition"].endswith(f'{job["id"]}-model.onnx')
+        model_bytes = onnx.data
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+    # The Optuna study is in the service's database, linked to the job.
+    study = optuna.load_study(study_name=report["tuning"]["study_name"], storage=settings.resolved_database_url)
+    assert len(study.trials) == 1 and report["tuning"]["trial_number"] == study.best_trial.number
+
+
+def test_infeasible_target_fails_early_with_the_achievable_range(farm_app):
+    app, _settings, db = farm_app
+    client = app.test_client()
+
+    job = client.get(client.post("/api/v1/jobs", json=job_request(latency_target_ms=1e-6)).headers["Location"]).json
+
+    assert job["state"] == "failed" and job["stage"] == "profile"
+    assert "below the fastest network" in job["error"] and "achievable" in job["error"]
+    assert "search" not in job["result"]  # said early: no search was run
+
+
+def test_offline_device_fails_with_its_status_and_the_fix(farm_app):
+    app, _settings, db = farm_app
+    client = app.test_client()
+    with db.session() as session:
+        session.execute(update(Device).where(Device.name == "cpu-2").values(last_heartbeat_at=None))
+
+    job = client.get(client.post("/api/v1/jobs", json=job_request(device="cpu-2", params={
+        "device_wait_s": 0})).headers["Location"]).json
+
+    assert job["state"] == "failed" and job["stage"] == "profile"
+    assert "'cpu-2' is offline" in job["error"] and "automl agent --device cpu-2" in job["error"]
+
+
+def test_stop_after_ends_the_job_after_that_stage(farm_app):
+    app, _settings, _db = farm_app
+    client = app.test_client()
+
+    job = client.get(client.post("/api/v1/jobs", json=job_request(stop_after="profile")).headers["Location"]).json
+
+    assert job["state"] == "succeeded"
+    assert job["result"]["stages_done"] == ["validate", "profile"]
+    assert client.get(job["links"]["report"]).status_code == 409
+
+
+def test_rerun_starts_a_new_job_with_the_same_settings(farm_app):
+    app, _settings, _db = farm_app
+    client = app.test_client()
+    first = client.post("/api/v1/jobs", json=job_request(stop_after="validate")).json
+
+    again = client.post(f"/api/v1/jobs/{first['id']}/rerun")
+
+    assert again.status_code == 202
+    rerun = client.get(again.headers["Location"]).json
+    assert rerun["id"] != first["id"] and rerun["rerun_of"] == first["id"]
+    assert {k: rerun[k] for k in ("dataset_name", "device_name", "space", "latency_target_ms", "params")} == \
+        {k: first[k] for k in ("dataset_name", "device_name", "space", "latency_target_ms", "params")}
+
+
+def test_a_second_delivery_leaves_a_stage_whose_lease_is_held(farm_app):
+    app, settings, db = farm_app
+    client = app.test_client()
+    job_id = client.post("/api/v1/jobs", json=job_request(stop_after="validate")).json["id"]
+    with db.session() as session:  # as if worker A were running "profile" right now
+        job = session.get_one(Job, job_id)
+        job.state, job.stage, job.result = "running", "profile", {**job.result, "stages_done": ["validate"]}
+        job.lease_owner, job.lease_until = "task-A", utcnow().replace(year=2100)
+    before = len(events(db, job_id))
+
+    assert stages.run_stage(db, settings, job_id, "profile", owner="task-B") is None
+    assert len(events(db, job_id)) == before  # nothing ran, nothing was recorded
+
+
+def test_an_expired_lease_is_taken_over_and_recorded(farm_app):
+    app, settings, db = farm_app
+    client = app.test_client()
+    job_id = client.post("/api/v1/jobs", json=job_request(stop_after="profile")).json["id"]
+    with db.session() as session:  # worker A died during "profile": its lease ran out
+        job = session.get_one(Job, job_id)
+        job.state, job.stage = "running", "profile"
+        job.result = {"validate": job.result["validate"], "stages_done": ["validate"]}
+        job.lease_owner, job.lease_until = "task-A", utcnow().replace(year=2000)
+
+    assert stages.orphaned_stages(db) == [(job_id, "profile", "cpu-1")]
+    stages.run_stage(db, settings, job_id, "profile", owner="task-B", celery=app.extensions["automl"].celery)
+
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        assert job.state == "succeeded" and job.recoveries == 1 and job.lease_owner is None
+    assert any("resumed: its worker was lost" in e.message for e in events(db, job_id, "log"))
+
+
+@pytest.mark.parametrize("stage", ["profile", "search", "tune", "train", "verify"])
+def test_cancel_during_a_stage_stops_it_and_keeps_earlier_work(sqlite_farm_app, stage):
+    app, _settings, db = sqlite_farm_app
+    client = app.test_client()
+
+    def cancel_once_started() -> None:
+        """The user presses cancel as soon as the timeline shows the stage running."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with db.session() as session:
+                job_id = session.scalar(select(Job.id))
+                started = job_id and session.scalar(select(JobEvent.id).where(
+                    JobEvent.job_id == job_id, JobEvent.kind == "state", JobEvent.message == f"stage {stage} started"))
+            if started:
+                client.post(f"/api/v1/jobs/{job_id}/cancel")
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=cancel_once_started)
+    watcher.start()
+    # Long enough stages that the cancellation lands inside them.
+    budget = {**SMALL_BUDGET, "search_epochs": 40, "tune_epochs": 40, "train_epochs": 40}
+    response = client.post("/api/v1/jobs", json=job_request(budget=budget))
+    watcher.join(timeout=300)
+
+    job = client.get(f"/api/v1/jobs/{response.json['id']}").json
+    order = [s.name for s in stages.STAGES]
+    assert job["state"] == "cancelled" and job["stage"] == stage
+    # What was done before is kept; the cancelled stage recorded no output.
+    assert job["result"]["stages_done"] == order[: order.index(stage)]
+    assert stage not in job["result"]
