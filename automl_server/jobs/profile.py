@@ -167,6 +167,8 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
                   measured=len(networks))
 
     lat = predictor(ctx.db, target, space=layout.space, resolution=layout.resolution)
+    if getattr(lat, "calibration_error", None):
+        ctx.event("log", f"predicting without calibration: {lat.calibration_error}")
     op_model = lat.op_model(op_key(layout, layout.fixed[0]))
     fastest, slowest = achievable_range_ms(layout, op_model)
     target_ms = float(ctx.params["latency_target_ms"])

@@ -140,8 +140,6 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     import optuna
     import torch
 
-    from automl_server.engine.search import ProxylessSearch
-
     layout = job_layout(ctx)
     data, _ = load_split(ctx)
     model = latency_model(ctx, layout)
@@ -152,6 +150,18 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The service's own database: optuna-dashboard can open it (`optuna-dashboard <database url>`).
     storage = optuna.storages.RDBStorage(ctx.settings.resolved_database_url)
+    try:
+        return _tune(ctx, spec, searched, storage, study_name, layout, data, model, target_ms, base, checkpoint)
+    finally:
+        storage.engine.dispose()  # Optuna's own connection pool; never left for the garbage collector
+
+
+def _tune(ctx, spec, searched, storage, study_name, layout, data, model, target_ms, base,  # type: ignore[no-untyped-def]
+          checkpoint) -> dict[str, Any]:
+    import optuna
+
+    from automl_server.engine.search import ProxylessSearch
+
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=spec.seed), load_if_exists=True)
     # A trial left RUNNING by a lost worker is marked failed; a resumed stage runs only what is left.
