@@ -116,6 +116,7 @@ def queue_job(job_id: str, device_name: str) -> None:
     from automl_server.jobs.tasks import notify_state_changes
 
     s = state()
+    notify_state_changes(s.celery, s.db, job_id, 0)  # "job queued"
     try:
         dispatch_stage(s.celery, job_id, STAGES[0].name, device_name)
     except Exception as exc:
@@ -124,8 +125,6 @@ def queue_job(job_id: str, device_name: str) -> None:
             service.fail(session, session.get_one(Job, job_id), f"could not queue the job: {exc}")
         raise ProblemError(503, "Service unavailable", f"the job {job_id} could not be queued ({exc}); "
                            "check the broker (AUTOML_BROKER_URL) and submit again", slug="broker-unavailable") from exc
-    if not s.celery.conf.task_always_eager:
-        notify_state_changes(s.celery, s.db, job_id, 0)  # "job queued" (eager jobs notified as they ran)
 
 
 @registry.operation(

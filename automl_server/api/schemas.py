@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from automl_server.jobs.spec import Budget, JobSpec
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
@@ -91,27 +93,28 @@ class DeviceList(BaseModel):
 
 
 # -- jobs -----------------------------------------------------------------
-STAGE_NAMES = ("validate", "profile", "search", "tune", "train", "export", "verify", "report")
+# The defaults live in jobs/spec.py, once; the API documents them from there.
+_BUDGET, _SPEC = Budget(), JobSpec()
 
 
 class JobBudget(Strict):
-    """How much work the job may do; defaults fit a small dataset on a 2-core CPU in about 10 minutes."""
+    """How much work the job may do; the defaults fit the bundled digits on a 2-core CPU well inside 15 minutes."""
 
-    warmup_epochs: int = Field(10, ge=0, le=1000, description="Weight-only epochs on random paths.")
-    search_epochs: int = Field(30, ge=1, le=1000, description="Epochs of alternating weight/architecture steps.")
-    tune_trials: int = Field(4, ge=0, le=200, description="Optuna trials (0: no tuning).")
-    tune_epochs: int = Field(8, ge=1, le=200, description="Epochs per tuning trial.")
-    train_epochs: int = Field(60, ge=1, le=2000, description="Epochs to train the found network from scratch.")
+    warmup_epochs: int = Field(_BUDGET.warmup_epochs, ge=0, le=1000, description="Weight-only epochs on random paths.")
+    search_epochs: int = Field(_BUDGET.search_epochs, ge=1, le=1000, description="Epochs of alternating weight/architecture steps.")
+    tune_trials: int = Field(_BUDGET.tune_trials, ge=0, le=200, description="Optuna trials (0: no tuning).")
+    tune_epochs: int = Field(_BUDGET.tune_epochs, ge=1, le=200, description="Epochs per tuning trial.")
+    train_epochs: int = Field(_BUDGET.train_epochs, ge=1, le=2000, description="Epochs to train the found network from scratch.")
     minutes: float | None = Field(None, gt=0, le=7 * 24 * 60,
                                   description="Wall-clock cap for search, tune and train (40/30/30%).")
 
 
 class JobOptions(Strict):
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    batch_size: int = Field(64, ge=1, le=4096)
-    calibration_networks: int = Field(8, ge=0, le=100,
+    seed: int = Field(_SPEC.seed, ge=0, le=2**31 - 1)
+    batch_size: int = Field(_SPEC.batch_size, ge=1, le=4096)
+    calibration_networks: int = Field(_SPEC.calibration_networks, ge=0, le=100,
                                       description="Whole networks measured to calibrate a new target.")
-    device_wait_s: float = Field(600.0, ge=0, le=86400, description="How long to wait for an offline device.")
+    device_wait_s: float = Field(_SPEC.device_wait_s, ge=0, le=86400, description="How long to wait for an offline device.")
 
 
 class JobCreate(Strict):

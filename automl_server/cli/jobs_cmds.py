@@ -32,11 +32,11 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--strategy", type=click.Choice(["gradient", "rl"]), default="gradient", show_default=True)
 @click.option("--pipeline", default="standard", show_default=True,
               type=click.Choice(["standard", "fedgkt", "delayed-sgd", "sparse-update"]))
-@click.option("--warmup-epochs", type=click.IntRange(0, 1000), help="Budget: warm-up epochs (default 10).")
-@click.option("--search-epochs", type=click.IntRange(1, 1000), help="Budget: search epochs (default 30).")
-@click.option("--tune-trials", type=click.IntRange(0, 200), help="Budget: Optuna trials (default 4).")
-@click.option("--tune-epochs", type=click.IntRange(1, 200), help="Budget: epochs per trial (default 8).")
-@click.option("--train-epochs", type=click.IntRange(1, 2000), help="Budget: training epochs (default 60).")
+@click.option("--warmup-epochs", type=click.IntRange(0, 1000), help="Budget: warm-up epochs (default: the server's).")
+@click.option("--search-epochs", type=click.IntRange(1, 1000), help="Budget: search epochs (default: the server's).")
+@click.option("--tune-trials", type=click.IntRange(0, 200), help="Budget: Optuna trials (default: the server's).")
+@click.option("--tune-epochs", type=click.IntRange(1, 200), help="Budget: epochs per trial (default: the server's).")
+@click.option("--train-epochs", type=click.IntRange(1, 2000), help="Budget: training epochs (default: the server's).")
 @click.option("--minutes", type=click.FloatRange(min=0.1), help="Budget: wall-clock cap for search+tune+train.")
 @click.option("--no-tune", is_flag=True, help="Skip the Optuna tuning stage.")
 @click.option("--stop-after", type=click.Choice(["validate", "profile", "search", "tune", "train", "export",

@@ -93,11 +93,12 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 
 @contextmanager
-def serving(tmp_path: Path, *serve_args: str) -> Iterator[tuple[Settings, dict[str, str]]]:
-    """`automl serve` on embedded defaults in a fresh data directory, answering
-    on a free port; stopped (and its exit checked) afterwards."""
-    settings = settings_from_env({}, data_dir=tmp_path / "data", port=free_port(), heartbeat_interval_s=0.5,
-                                 worker_concurrency=1)
+def serving(tmp_path: Path, *serve_args: str, **overrides: Any) -> Iterator[tuple[Settings, dict[str, str]]]:
+    """`automl serve` on embedded defaults (or ``overrides``) in a fresh data
+    directory, answering on a free port; stopped (and its exit checked) afterwards."""
+    values = {"data_dir": tmp_path / "data", "port": free_port(), "heartbeat_interval_s": 0.5,
+              "worker_concurrency": 1, **overrides}
+    settings = settings_from_env({}, **values)
     env = child_env(settings)
     server = Process([*CLI, "serve", *serve_args], env, tmp_path / "serve.log")
     try:

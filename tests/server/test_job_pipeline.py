@@ -228,3 +228,73 @@ def test_cancel_during_a_stage_stops_it_and_keeps_earlier_work(sqlite_farm_app, 
     # What was done before is kept; the cancelled stage recorded no output.
     assert job["result"]["stages_done"] == order[: order.index(stage)]
     assert stage not in job["result"]
+
+
+def test_webhook_receives_every_state_change_signed_with_the_jobs_secret(farm_app):
+    import http.server
+    import json as jsonlib
+
+    from automl_server.webhooks import verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app, _settings, _db = farm_app
+    client = app.test_client()
+    try:
+        response = client.post("/api/v1/jobs", json=job_request(
+            stop_after="validate", webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hooks"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    secret = response.json["webhook_secret"]
+    assert secret.startswith("whsec_")
+    assert client.get(response.headers["Location"]).json["webhook_secret"] is None  # shown once
+    for headers, body in received:
+        verify(secret, headers, body)  # raises if a signature does not match
+    states = [jsonlib.loads(body)["data"]["state"] for _headers, body in received]
+    assert states == ["queued", "running", "succeeded"]
+    assert len({headers["webhook-id"] for headers, _body in received}) == 3
+
+
+def test_bad_webhook_url_is_refused_and_nothing_is_stored(farm_app):
+    app, _settings, _db = farm_app
+    client = app.test_client()
+
+    response = client.post("/api/v1/jobs", json=job_request(webhook_url="ftp://example.org/hook"))
+
+    assert response.status_code == 422 and response.json["field"] == "webhook_url"
+    assert "http" in response.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []
+
+
+def test_comparison_measures_each_specialised_network_on_every_device(farm_app):
+    app, _settings, _db = farm_app
+    client = app.test_client()
+
+    response = client.post("/api/v1/comparisons", json={
+        "dataset": "digits", "devices": ["cpu-1", "cpu-2"], "latency_target_ms": 0.05, "space": "tiny",
+        "budget": {**SMALL_BUDGET, "tune_trials": 0}, "params": {"calibration_networks": 5}})
+
+    assert response.status_code == 202, response.json
+    comparison = client.get(response.headers["Location"]).json
+    assert [j["state"] for j in comparison["jobs"]] == ["succeeded", "succeeded"], comparison["jobs"]
+    assert comparison["done"] is True
+    assert len(comparison["matrix"]) == 2 and all(v is not None and v > 0 for row in comparison["matrix"] for v in row)
+    csv_text = client.get(f"{response.headers['Location']}/matrix.csv").data.decode()
+    header, *rows = csv_text.strip().splitlines()
+    assert header.startswith("specialised_for,latency_ms_on_cpu-1:onnxruntime,latency_ms_on_cpu-2:onnxruntime")
+    assert [r.split(",")[0] for r in rows] == ["cpu-1:onnxruntime", "cpu-2:onnxruntime"]

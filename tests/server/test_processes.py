@@ -32,8 +32,9 @@ def run_job_through_worker(settings, tmp_path) -> dict:  # type: ignore[no-untyp
     client = create_app(settings, celery=make_celery(settings)).test_client()
     upload(client, archives.good_zip(tmp_path, per_class=4), name="pets")
     client.post("/api/v1/devices", json=DEVICE)
-    job_id = client.post("/api/v1/jobs", json={"dataset": "pets", "device": "bench-cpu",
-                                               "latency_target_ms": 5}).json["id"]
+    # The validate stage only: whole jobs need a device agent (test_job_processes.py).
+    job_id = client.post("/api/v1/jobs", json={"dataset": "pets", "device": "bench-cpu", "latency_target_ms": 5,
+                                               "stop_after": "validate"}).json["id"]
     worker = Process([*CLI, "worker", "--queues", "default", "--pool", "solo", "--hostname", f"t{uuid.uuid4().hex[:6]}@%h"],
                      child_env(settings), tmp_path / "worker.log")
     try:
@@ -91,7 +92,8 @@ def test_serve_takes_an_upload_and_runs_a_job_to_success(served, tmp_path):
 
     with path.open("rb") as handle:
         uploaded = requests.post(f"{url}/api/v1/datasets", files={"file": ("insects.zip", handle)}, timeout=60)
-    submitted = cli_json(env, "jobs", "submit", "--dataset", "insects", "--device", "local-cpu", "--target-ms", "10")
+    submitted = cli_json(env, "jobs", "submit", "--dataset", "insects", "--device", "local-cpu", "--target-ms", "10",
+                         "--stop-after", "validate")
     waited = cli(env, "jobs", "wait", submitted["id"])
     listed = {d["name"] for d in cli_json(env, "datasets", "list")}
 

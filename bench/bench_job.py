@@ -1,0 +1,120 @@
+"""The push-button job end to end, the way a user runs it: `automl serve` on
+embedded defaults (SQLite, the embedded Celery worker, the local CPU agent),
+a job submitted over the REST API, followed to the end.
+
+Prints the wall time of every stage, the test accuracy, and the predicted
+and measured latency of the exported model with their ratio. With no
+``--target-ms``, a first job with ``stop_after: profile`` reads the space's
+achievable range on this CPU, and the target is placed inside it
+(``--target-frac`` of the way from the fastest to the slowest network), so
+that the target is feasible and binding.
+
+    .venv/bin/python bench/bench_job.py                       # digits, tiny space, default budget
+    .venv/bin/python bench/bench_job.py --space proxyless-mobile --target-frac 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        job = requests.get(f"{url}/jobs/{job_id}", timeout=30).json()
+        line = f"  {job['state']:<9} {job['stage'] or '':<9} {job['progress'] * 100:5.1f}%"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job["done"]:
+            return job
+        time.sleep(2)
+    raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--space", default="tiny")
+    parser.add_argument("--runtime", default="onnxruntime")
+    parser.add_argument("--target-ms", type=float)
+    parser.add_argument("--target-frac", type=float, default=0.5)
+    parser.add_argument("--budget", default="{}", help="JSON budget, e.g. '{\"train_epochs\": 20}'")
+    parser.add_argument("--timeout-s", type=float, default=3600)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="automl-bench-job-"))
+    port = free_port()
+    env = {**os.environ, "AUTOML_DATA_DIR": str(data_dir), "AUTOML_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "automl_server.cli", "serve"], env=env, cwd=ROOT,
+                              stdout=open(data_dir / "serve.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                devices = requests.get(f"{url}/devices", timeout=5).json()["devices"]
+                if any(d["status"] == "online" for d in devices):
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        else:
+            raise SystemExit(f"the server or its agent did not start; see {data_dir / 'serve.log'}")
+        base = {"dataset": args.dataset, "device": "local-cpu", "runtime": args.runtime, "space": args.space,
+                "budget": json.loads(args.budget)}
+        target = args.target_ms
+        if target is None:
+            probe = requests.post(f"{url}/jobs", timeout=60, json={**base, "latency_target_ms": 1e3,
+                                                                   "stop_after": "profile"}).json()
+            print(f"profiling {args.space} on local-cpu ({args.runtime}) to read the achievable range")
+            probed = wait(url, probe["id"], args.timeout_s)
+            low, high = probed["result"]["profile"]["achievable_ms"]
+            target = low + args.target_frac * (high - low)
+            print(f"achievable {low:.4g}-{high:.4g} ms -> target {target:.4g} ms")
+        started = time.monotonic()
+        job = requests.post(f"{url}/jobs", timeout=60, json={**base, "latency_target_ms": target}).json()
+        done = wait(url, job["id"], args.timeout_s)
+        wall = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    if done["state"] != "succeeded":
+        raise SystemExit(f"job {done['state']}: {done['error']}")
+    report = done["result"]["report"]
+    lat = report["latency"]
+    print(f"\njob on {args.dataset} / {args.space} / local-cpu ({args.runtime}), budget {args.budget}")
+    print(f"{'stage':<10}{'seconds':>10}")
+    for stage, seconds in report["cost"]["stage_seconds"].items():
+        print(f"{stage:<10}{seconds:>10.1f}")
+    print(f"{'total':<10}{wall:>10.1f}  (wall, submit to done)")
+    print(f"test accuracy        {report['accuracy']['test'] * 100:.2f}% on {report['accuracy']['test_samples']} images")
+    print(f"latency target       {report['latency_target_ms']:.4g} ms (achievable {lat['achievable_ms'][0]:.4g}-"
+          f"{lat['achievable_ms'][1]:.4g} ms)")
+    print(f"predicted            {lat['predicted_ms']:.4g} ms ({'calibrated' if lat['calibrated'] else 'LUT sum'})")
+    print(f"measured             {lat['measured_ms']:.4g} ms (the exported file: {lat['measured_file']})")
+    print(f"measured/predicted   {lat['measured_over_predicted']:.3f}  within 10%: {lat['within_10pct']}  "
+          f"meets target: {lat['meets_target']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Whole push-button jobs through real processes: `automl serve` with its
+worker and local CPU agent, the CLI, PostgreSQL + Redis, and a worker killed
+in the middle of a search."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.conftest import (
+    POSTGRES_URL, REDIS_URL, _forget_database, create_postgres_database, drop_postgres_database, need_service,
+)
+from tests.server.processes import cli, cli_json, serving, wait_for
+
+pytestmark = pytest.mark.slow
+
+SMALL_JOB = ("--dataset", "digits", "--device", "local-cpu", "--runtime", "onnxruntime", "--space", "tiny",
+             "--warmup-epochs", "1", "--search-epochs", "2", "--tune-trials", "1", "--tune-epochs", "1",
+             "--train-epochs", "2", "--param", "calibration_networks=5")
+
+
+def agent_online(env: dict[str, str]) -> None:
+    wait_for(lambda: [d for d in cli_json(env, "devices", "list") if d["status"] == "online"], 90,
+             "the local CPU agent")
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_push_button_job_from_the_cli_on_postgres_and_redis(tmp_path):
+    redis_url = need_service(REDIS_URL, "AUTOML_TEST_REDIS_URL")
+    server = need_service(POSTGRES_URL, "AUTOML_TEST_POSTGRES_URL")
+    redis.Redis.from_url(redis_url).flushdb()
+    database_url = create_postgres_database(server, "automl_job")
+    try:
+        with serving(tmp_path, database_url=database_url, broker_url=redis_url, result_backend=redis_url) as (
+                _settings, env):
+            agent_online(env)
+            waited = cli(env, "jobs", "submit", *SMALL_JOB, "--target-ms", "0.05", "--wait", timeout_s=600)
+            job_id = re.search(r"job (\w+) succeeded", waited.stdout).group(1)  # type: ignore[union-attr]
+            report = cli_json(env, "jobs", "report", job_id)
+    finally:
+        _forget_database(database_url)
+        drop_postgres_database(server, database_url)
+
+    assert "test accuracy" in waited.stdout and "latency measured" in waited.stdout
+    # One progress bar per stage, each line naming its stage.
+    for stage in ("validate", "profile", "search", "tune", "train", "export", "verify", "report"):
+        assert stage in waited.stderr
+    assert report["job_id"] == job_id and report["latency"]["measured_ms"] > 0
+    assert report["downloads"]["onnx"].endswith("/artifacts/onnx")
+
+
+def _pool_children(worker_pid: int) -> list[int]:
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def _worker_pid(serve_pid: int) -> int:
+    for pid in _pool_children(serve_pid):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"worker" in cmdline:
+            return pid
+    raise AssertionError("no embedded worker process under `automl serve`")
+
+
+def test_a_worker_killed_mid_search_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+    with serving(tmp_path) as (settings, env):
+        agent_online(env)
+        url = f"{settings.resolved_server_url}/api/v1"
+        job = requests.post(f"{url}/jobs", timeout=30, json={
+            "dataset": "digits", "device": "local-cpu", "runtime": "onnxruntime", "space": "tiny",
+            "latency_target_ms": 0.05, "tune": False, "params": {"calibration_networks": 5},
+            "budget": {"warmup_epochs": 1, "search_epochs": 30, "train_epochs": 2}}).json()
+
+        def search_epochs() -> list[int]:
+            events = requests.get(f"{url}/jobs/{job['id']}/events", params={"page_size": 500}, timeout=30).json()
+            return [e["data"]["epoch"] for e in events["events"]
+                    if e["kind"] == "metric" and e["stage"] == "search" and "block_probs" in e["data"]]
+
+        wait_for(lambda: len(search_epochs()) >= 3, 300, "three search epochs")
+        pool = _pool_children(_worker_pid(_serve_pid(settings.port)))
+        for pid in pool:  # the process running the search dies without a word
+            os.kill(pid, signal.SIGKILL)
+        before = search_epochs()
+        done = wait_for(lambda: (j := requests.get(f"{url}/jobs/{job['id']}", timeout=30).json())["done"] and j, 600,
+                        "the job to finish after the kill")
+        after = search_epochs()
+        log = [e["message"] for e in requests.get(f"{url}/jobs/{job['id']}/events", params={"page_size": 500},
+                                                   timeout=30).json()["events"] if e["kind"] == "log"]
+
+    assert done["state"] == "succeeded", done["error"]
+    assert done["recoveries"] >= 1 and any("resumed: its worker was lost" in m for m in log)
+    # Resumed from the checkpoint: no epoch ran twice except, at most, the one cut short.
+    resumed = after[len(before):]
+    assert resumed and resumed[0] >= before[-1] and resumed[-1] == 31
+    assert after.count(1) == 1
+    assert json.dumps(done["result"]["report"]["arch"])
+
+
+def _serve_pid(port: int) -> int:
+    """The `automl serve` process listening on ``port``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmdline and any(b"automl" in part for part in cmdline):
+            environ = (entry / "environ").read_bytes()
+            if f"AUTOML_PORT={port}".encode() in environ:
+                return int(entry.name)
+    raise AssertionError(f"no `automl serve` on port {port}")
