@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("dataset_name", sa.String(length=200), nullable=False),
         sa.Column("targets", sa.JSON(), nullable=False),
         sa.Column("request", sa.JSON(), nullable=False),
+        sa.Column("cells", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_comparisons")),
     )

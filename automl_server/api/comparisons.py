@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
 from flask import Response
@@ -72,18 +71,8 @@ def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[
     return out, 202, {"Location": f"/api/v1/comparisons/{comparison_id}"}
 
 
-def _measured_on(session: Session, target: dict[str, str], arch: dict[str, Any]) -> float | None:
-    """The latest end-to-end measurement of ``arch`` on ``target`` in the latency database."""
-    from latency_db.models import LatencyNetworkMeasurement as Network
-    from latency_db.models import LatencyTarget
-
-    rows = session.execute(
-        select(Network.arch, Network.measured_ms).join(LatencyTarget, LatencyTarget.id == Network.target_id)
-        .where(LatencyTarget.device_name == target["device"], LatencyTarget.backend == target["runtime"])
-        .order_by(Network.measured_at.desc(), Network.id.desc())
-    ).all()
-    # JSON equality is compared here, not in SQL: JSON columns do not compare portably.
-    return next((float(ms) for stored, ms in rows if stored == arch), None)
+def _name(target: dict[str, str]) -> str:
+    return f"{target['device']}:{target['runtime']}"
 
 
 def to_out(session: Session, comparison: Comparison) -> ComparisonOut:
@@ -102,10 +91,15 @@ def to_out(session: Session, comparison: Comparison) -> ComparisonOut:
             elif col_target == row_target:
                 row.append(report["latency"]["measured_ms"])
             else:
-                row.append(_measured_on(session, col_target, report["arch"]))
+                cell = comparison.cells.get(f"{_name(row_target)}|{_name(col_target)}")
+                row.append(float(cell) if isinstance(cell, (int, float)) else None)
         matrix.append(row)
     finished = all(JobState(j.state).is_terminal for j in jobs)
-    filled = all(v is not None for r, row in zip(accuracy, matrix) if r is not None for v in row)
+    # Done when every job ended and every cell that can come has come (a failed
+    # measurement is recorded with its error, and then stays empty).
+    expected = {f"{_name(r)}|{_name(c)}" for r, a in zip(comparison.targets, accuracy) if a is not None
+                for c in comparison.targets if c != r}
+    filled = expected <= set(comparison.cells)
     return ComparisonOut(
         id=comparison.id, dataset_name=comparison.dataset_name, targets=comparison.targets,
         jobs=[{"id": j.id, "device": j.device_name, "runtime": j.runtime, "state": j.state, "stage": j.stage,
@@ -119,6 +113,10 @@ def to_out(session: Session, comparison: Comparison) -> ComparisonOut:
     responses={200: ComparisonOut}, errors=(404,),
 )
 def get_comparison(comparison_id: str) -> ComparisonOut:
+    return _load(comparison_id)
+
+
+def _load(comparison_id: str) -> ComparisonOut:
     from automl_server.app import state
 
     with state().db.session() as session:
@@ -134,13 +132,12 @@ def get_comparison(comparison_id: str) -> ComparisonOut:
 )
 def get_comparison_csv(comparison_id: str) -> Response:
     """Rows: network specialised for a device; columns: its latency (ms) measured on each device."""
-    out = get_comparison(comparison_id)
+    out = _load(comparison_id)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     names = [f"{t['device']}:{t['runtime']}" for t in out.targets]
     writer.writerow(["specialised_for", *[f"latency_ms_on_{n}" for n in names], "test_accuracy"])
     for name, row, acc in zip(names, out.matrix, out.accuracy):
         writer.writerow([name, *["" if v is None else f"{v:.6g}" for v in row], "" if acc is None else acc])
-    _ = json  # JSON is the default representation (get_comparison)
     return Response(buffer.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="comparison-{comparison_id}.csv"'})

@@ -176,6 +176,8 @@ class Comparison(Base):
     # [{"device": name, "runtime": runtime}, ...] in the order of the matrix.
     targets: Mapped[list[Any]] = mapped_column(default=list)
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # "row-target|column-target" -> ms: a job's network measured on another device.
+    cells: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from celery import shared_task
+
 from automl_server.jobs.context import StageContext
 
 REPORT_FORMAT = 1
@@ -83,7 +85,7 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
     comparison; the measurements land in the latency database (whole networks)
     where the comparison's matrix reads them."""
     from automl_server.db.models import Comparison
-    from automl_server.profiling import ProfilingError, dispatch_network_measurement, resolve_target
+    from automl_server.profiling import MEASURE_NETWORK, ProfilingError, resolve_target
     from search_spaces import Arch
 
     with ctx.db.session() as session:
@@ -98,9 +100,31 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
         except ProfilingError as exc:
             ctx.event("log", f"cannot measure on {t['device']}: {exc}")
             continue
-        dispatch_network_measurement(ctx.celery, target, Arch.from_dict(arch))
-        sent.append(f"{t['device']}:{t['runtime']}")
+        row, column = f"{ctx.params['device']}:{ctx.params['runtime']}", f"{t['device']}:{t['runtime']}"
+        ctx.celery.signature(MEASURE_NETWORK, args=[target.to_dict(), Arch.from_dict(arch).to_dict(), {}],
+                             queue=f"device.{target.device_name}").apply_async(
+            link=ctx.celery.signature(RECORD_COMPARISON_CELL, args=[ctx.params["comparison_id"], f"{row}|{column}"],
+                                      queue="default"))
+        sent.append(column)
     return sent
+
+
+RECORD_COMPARISON_CELL = "automl.record_comparison_cell"
+
+
+@shared_task(name=RECORD_COMPARISON_CELL, bind=True, acks_late=True)
+def record_comparison_cell(self: Any, payload: dict[str, Any], comparison_id: str, cell: str) -> None:  # type: ignore[misc]
+    """One cell of a comparison's matrix: a network measured on another device."""
+    from automl_server.celery_app import settings_of
+    from automl_server.db.engine import get_database
+    from automl_server.db.models import Comparison
+
+    db = get_database(settings_of(self.app).resolved_database_url)
+    value: Any = payload.get("measured_ms") if "error" not in payload else {"error": payload["error"]}
+    with db.session() as session:
+        comparison = session.get(Comparison, comparison_id, with_for_update=True)
+        if comparison is not None:  # a new dict: SQLAlchemy does not track in-place JSON mutation
+            comparison.cells = {**comparison.cells, cell: value}
 
 
 def _artifact_kinds(ctx: StageContext) -> set[str]:
