@@ -36,16 +36,9 @@ def _context(device: str, runtime: str | None, threads: int):  # type: ignore[no
 
 def _offline_since(db, device: str) -> str | None:  # type: ignore[no-untyped-def]
     """The device's last heartbeat when it is offline, else None."""
-    from sqlalchemy import select
+    from automl_server.profiling import offline_since
 
-    from automl_server.api.devices import device_status
-    from automl_server.db.models import Device
-
-    with db.session() as session:
-        row = session.scalar(select(Device).where(Device.name == device))
-        if row is not None and device_status(row, get_settings().heartbeat_timeout_s) != "online":
-            return str(row.last_heartbeat_at or "never")
-    return None
+    return offline_since(db, device, get_settings().heartbeat_timeout_s)
 
 
 def _require_online(db, device: str) -> None:  # type: ignore[no-untyped-def]
