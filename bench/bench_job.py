@@ -104,13 +104,16 @@ def main() -> None:
     lat = report["latency"]
     print(f"\njob on {args.dataset} / {args.space} / local-cpu ({args.runtime}), budget {args.budget}")
     print(f"{'stage':<10}{'seconds':>10}")
-    for stage, seconds in report["cost"]["stage_seconds"].items():
-        print(f"{stage:<10}{seconds:>10.1f}")
+    seconds_of = report["cost"]["stage_seconds"]  # JSON objects come back key-sorted: print in job order
+    for stage in ("validate", "profile", "search", "tune", "train", "export", "verify", "report"):
+        if stage in seconds_of:
+            print(f"{stage:<10}{seconds_of[stage]:>10.1f}")
     print(f"{'total':<10}{wall:>10.1f}  (wall, submit to done)")
     print(f"test accuracy        {report['accuracy']['test'] * 100:.2f}% on {report['accuracy']['test_samples']} images")
     print(f"latency target       {report['latency_target_ms']:.4g} ms (achievable {lat['achievable_ms'][0]:.4g}-"
           f"{lat['achievable_ms'][1]:.4g} ms)")
     print(f"predicted            {lat['predicted_ms']:.4g} ms ({'calibrated' if lat['calibrated'] else 'LUT sum'})")
+    print(f"load average         {os.getloadavg()[0]:.2f} (1 min; this machine has {os.cpu_count()} CPUs)")
     print(f"measured             {lat['measured_ms']:.4g} ms (the exported file: {lat['measured_file']})")
     print(f"measured/predicted   {lat['measured_over_predicted']:.3f}  within 10%: {lat['within_10pct']}  "
           f"meets target: {lat['meets_target']}")
