@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(DEPS_HASH)
+# The browser tests (tests/web) drive Debian's Chromium through Playwright:
+# `playwright install` downloads its own build, which cannot be reached here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: run test setup setup-test clean
@@ -19,7 +23,7 @@ test: setup-test
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)
-setup-test: $(TEST_STAMP)
+setup-test: $(TEST_STAMP) $(CHROMIUM)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +39,11 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 $(TEST_STAMP): $(STAMP)
 	$(PIP) --no-build-isolation -e '.[test]'
 	touch $@
+
+# Nothing to do (no apt call) while the browser is installed.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf $(VENV) data

@@ -1,0 +1,178 @@
+"""The product team's path in a real browser (Chromium through Playwright)
+against `automl serve` with its worker and local CPU agent: upload by drag
+and drop, a refused archive explained, a search started from the form, the
+stage timeline followed to the end, the architecture diagram, the ONNX
+download, and every page captured as a screenshot under tests/web/artifacts/."""
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.datasets.archives import good_zip, not_a_zip
+from tests.server.processes import cli_json, serving, wait_for
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["validate", "profile", "search", "tune", "train", "export", "verify", "report"]
+
+
+def drop_file(page: Any, selector: str, path: Path) -> None:
+    """Drop a file on an element the way a user dragging it from the desktop does."""
+    payload = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: "application/zip"}));
+            return transfer;
+        }""", [path.name, payload])
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event(selector, event, {"dataTransfer": transfer})
+
+
+def stage_statuses(page: Any) -> dict[str, str]:
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('#timeline li')]"
+                         ".map((li) => [li.dataset.stage, li.className]))")
+
+
+def test_upload_search_watch_and_download_in_a_browser(browser, artifacts_dir, tmp_path):
+    errors: list[str] = []
+    failure: Exception | None = None
+    with serving(tmp_path) as (settings, env):
+        wait_for(lambda: [d for d in cli_json(env, "devices", "list") if d["status"] == "online"], 90,
+                 "the local CPU agent")
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        # The one error response expected: the refused upload (422).
+        page.on("console", lambda msg: errors.append(f"console: {msg.text}")
+                if msg.type == "error" and "status of 422" not in msg.text else None)
+        page.set_default_timeout(30_000)
+        try:
+            _product_team_path(page, settings.resolved_server_url, tmp_path, artifacts_dir)
+        except Exception as exc:
+            failure = exc  # raised below: serving() would replace an AssertionError with the server's log
+            page.screenshot(path=artifacts_dir / "failure.png", full_page=True)
+        finally:
+            context.close()
+    if failure is not None:
+        raise AssertionError(f"{failure}\nbrowser errors: {errors}") from failure
+    assert not errors, errors
+
+
+def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path) -> None:
+    import onnxruntime
+
+    # Datasets: a good archive dropped on the zone is kept; a broken one is explained next to its name.
+    page.goto(f"{url}/datasets")
+    drop_file(page, "#drop-zone", good_zip(tmp_path, classes=("cat", "dog"), per_class=4, size=(12, 12)))
+    accepted = page.locator('#uploads li[data-file="good.zip"] .ok')
+    accepted.wait_for()
+    assert "8 images in 2 classes" in accepted.inner_text()
+    page.locator("#dataset-good").wait_for()
+    broken = not_a_zip(tmp_path)
+    drop_file(page, "#drop-zone", broken)
+    refusal = page.locator(f'#uploads li[data-file="{broken.name}"] .error')
+    refusal.wait_for()
+    assert "not accepted" in refusal.inner_text() and "not a .zip of image folders" in refusal.inner_text()
+    page.locator("#dataset-good summary").click()
+    page.wait_for_function("() => document.querySelector('#dataset-good img').naturalWidth > 0")
+    page.screenshot(path=artifacts_dir / "datasets.png", full_page=True)
+
+    # Delete with confirmation: the dialog first, then the card goes.
+    page.locator('#dataset-good button[data-delete]').click()
+    page.locator("#confirm-delete button[value=delete]").click()
+    page.locator("#dataset-good").wait_for(state="detached")
+
+    # Device farm.
+    page.goto(f"{url}/devices")
+    assert "online" in page.locator("#device-local-cpu").inner_text()
+    page.screenshot(path=artifacts_dir / "devices.png", full_page=True)
+
+    # New search: nothing profiled yet on this fresh farm, so the page says the job will do it.
+    page.goto(f"{url}/new")
+    page.select_option("#dataset", "digits")
+    page.select_option("#device", "local-cpu")
+    page.select_option("#runtime", "onnxruntime")
+    page.select_option("#space", "tiny")
+    page.wait_for_function("() => document.getElementById('range-info').textContent.includes('not profiled yet')")
+    page.fill("#target", "0.05")
+    for name, value in (("warmup_epochs", 1), ("search_epochs", 2), ("tune_trials", 1), ("tune_epochs", 1),
+                        ("train_epochs", 2)):
+        page.fill(f"#budget-{name}", str(value))
+    page.locator("details.field summary").click()
+    page.fill("#param-calibration_networks", "5")
+    page.screenshot(path=artifacts_dir / "new-search.png", full_page=True)
+    page.locator("#start").press("Enter")  # keyboard operable (and no click racing the screenshot's re-layout)
+    page.wait_for_url(f"{url}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # The job page: the timeline advances stage by stage to done.
+    seen: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 240
+    shot_running = False
+    while time.monotonic() < deadline:
+        statuses = stage_statuses(page)
+        seen.update(statuses.items())
+        if not shot_running and statuses.get("search") == "running":
+            page.screenshot(path=artifacts_dir / "job-running.png", full_page=True)
+            shot_running = True
+        if statuses.get("report") == "done" or "failed" in statuses.values():
+            break
+        time.sleep(0.3)
+    statuses = stage_statuses(page)
+    assert statuses == {stage: "done" for stage in STAGES}, (statuses, page.locator("#job-error").inner_text())
+    assert len({stage for stage, status in seen if status == "running"}) >= 3  # watched live, not only at the end
+    page.locator("#outcome").wait_for()
+    assert page.locator("#job-state").inner_text() == "done"
+    assert page.locator("#cancel").is_hidden() and page.locator("#rerun").is_visible()
+    assert "right on new test images" in page.locator("#outcome").inner_text()
+    assert page.locator("#chart-accuracy svg polyline").count() >= 2
+    assert page.locator("#chart-heatmap svg rect").count() > 0
+    assert "Measured on the device" in page.locator("#latency-compare").inner_text()
+    assert page.locator("#log tr").count() > 10
+
+    # The architecture diagram: one box per layer (8 cells of tiny plus 4 fixed layers).
+    page.locator("#arch-details summary").click()
+    diagram = page.locator("#arch-diagram svg")
+    diagram.wait_for()
+    assert diagram.locator("rect").count() == 8 + 4
+    assert "MB" in page.locator("#arch-diagram").get_attribute("aria-label")
+    page.screenshot(path=artifacts_dir / "job-done.png", full_page=True)
+    page.locator("#arch-details").screenshot(path=artifacts_dir / "architecture.png")
+
+    # The ONNX download loads and runs in onnxruntime.
+    with page.expect_download() as download_info:
+        page.locator('a[data-download="onnx"]').click()
+    model_path = tmp_path / "model.onnx"
+    download_info.value.save_as(model_path)
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in first.shape]
+    (logits,) = session.run(None, {first.name: np.zeros(shape, dtype=np.float32)})
+    assert logits.shape == (1, 10)
+
+    # Now the device is profiled: the form shows the range and warns below it.
+    page.goto(f"{url}/new?dataset=digits&device=local-cpu")
+    page.select_option("#runtime", "onnxruntime")
+    page.select_option("#space", "tiny")
+    page.wait_for_function("() => document.getElementById('range-info').textContent.includes('Achievable on local-cpu')")
+    page.fill("#target", "0.000001")
+    assert "Out of range" in page.locator("#target-warning").inner_text()
+
+    # Home and compare list the finished job with its accuracy and measured latency.
+    page.goto(url)
+    row = page.locator(f'tr[data-job="{job_id}"]')
+    assert "done" in row.inner_text() and "%" in row.locator('[data-field="accuracy"]').inner_text()
+    page.screenshot(path=artifacts_dir / "jobs.png", full_page=True)
+    page.goto(f"{url}/devices")
+    assert "complete" in page.locator("#device-local-cpu").inner_text()  # the job profiled tiny at 8x8
+    page.screenshot(path=artifacts_dir / "devices-profiled.png", full_page=True)
+    page.goto(f"{url}/compare")
+    assert page.locator("#scatter svg circle").count() == 1
+    page.screenshot(path=artifacts_dir / "compare.png", full_page=True)

@@ -1,0 +1,211 @@
+"""The web UI's pages and endpoints through Flask's test client: login in
+non-local mode, the session accepted by the API (with its CSRF token), the
+sample grid, the achievable latency range, and paging of the jobs table.
+The whole flow in a real browser is in test_browser.py."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from automl_server.app import create_app
+from automl_server.auth import create_token
+from automl_server.celery_app import make_celery
+from automl_server.db.models import Job
+from tests.conftest import make_settings
+from tests.datasets.archives import good_zip
+
+
+@pytest.fixture
+def locked_app(tmp_path, database_url):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, database_url, auth_mode="always")
+    return create_app(settings, celery=make_celery(settings, eager=True))
+
+
+def _token(app) -> str:  # type: ignore[no-untyped-def]
+    with app.extensions["automl"].db.session() as session:
+        return create_token(session, "web-test").secret
+
+
+def _csrf(page_html: str) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', page_html).group(1)  # type: ignore[union-attr]
+
+
+def test_pages_ask_for_a_token_and_the_session_then_opens_pages_and_api(locked_app):
+    client = locked_app.test_client()
+    secret = _token(locked_app)
+
+    to_login = client.get("/datasets")
+    refused = client.post("/login", data={"token": "aml_wrong", "next": "/datasets"})
+    accepted = client.post("/login", data={"token": secret, "next": "/datasets"})
+    page = client.get("/datasets")
+    api_read = client.get("/api/v1/jobs")
+
+    assert to_login.status_code == 302 and "/login?next=/datasets" in to_login.location
+    assert refused.status_code == 401 and "not accepted" in refused.get_data(as_text=True)
+    assert accepted.status_code == 302 and accepted.location.endswith("/datasets")
+    cookie = accepted.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert page.status_code == 200 and "Upload images" in page.get_data(as_text=True)
+    assert api_read.status_code == 200
+
+
+def test_api_writes_from_the_session_need_the_pages_csrf_token(locked_app):
+    client = locked_app.test_client()
+    client.post("/login", data={"token": _token(locked_app)})
+    csrf = _csrf(client.get("/").get_data(as_text=True))
+
+    forged = client.post("/api/v1/jobs/nope/cancel")
+    genuine = client.post("/api/v1/jobs/nope/cancel", headers={"X-CSRF-Token": csrf})
+
+    assert forged.status_code == 403 and forged.json["field"] == "X-CSRF-Token"
+    assert genuine.status_code == 404  # past authentication: the job does not exist
+
+
+def test_logout_and_a_revoked_token_end_the_session(locked_app):
+    from automl_server.db.models import ApiToken, utcnow
+
+    client = locked_app.test_client()
+    client.post("/login", data={"token": _token(locked_app)})
+    csrf = _csrf(client.get("/").get_data(as_text=True))
+    with locked_app.extensions["automl"].db.session() as session:
+        for row in session.query(ApiToken):
+            row.revoked_at = utcnow()
+
+    revoked_page = client.get("/devices")
+    revoked_api = client.get("/api/v1/devices")
+    client.post("/logout", data={"csrf": csrf})
+
+    assert revoked_page.status_code == 302 and "/login" in revoked_page.location
+    assert revoked_api.status_code == 401
+    assert client.get("/api/v1/devices").status_code == 401
+
+
+def test_session_cookie_is_secure_over_https_and_login_never_redirects_off_site(locked_app):
+    client = locked_app.test_client()
+    secret = _token(locked_app)
+
+    over_https = client.post("/login", data={"token": secret, "next": "//evil.example/x"},
+                             headers={"X-Forwarded-Proto": "https"})
+
+    assert "Secure" in over_https.headers["Set-Cookie"]
+    assert over_https.location == "/"
+
+
+def test_local_mode_needs_no_login(client):
+    assert client.get("/devices").status_code == 200
+    assert client.get("/login").status_code == 200
+
+
+def _upload(client, tmp_path) -> dict:  # type: ignore[no-untyped-def]
+    path = good_zip(tmp_path, classes=("cat", "dog", "owl"), per_class=5, size=(8, 8))
+    with path.open("rb") as handle:
+        answer = client.post("/api/v1/datasets", data={"file": (handle, "pets.zip")})
+    assert answer.status_code == 201, answer.json
+    return answer.json
+
+
+def test_sample_grid_is_a_png_with_a_row_per_class(client, tmp_path):
+    dataset = _upload(client, tmp_path)
+
+    grid = client.get(f"/api/v1/datasets/{dataset['name']}/samples.png?per_class=2")
+    again = client.get(f"/api/v1/datasets/{dataset['id']}/samples.png?per_class=2")
+    bad = client.get(f"/api/v1/datasets/{dataset['id']}/samples.png?per_class=0")
+    missing = client.get("/api/v1/datasets/nothing/samples.png")
+
+    image = Image.open(io.BytesIO(grid.data))
+    assert grid.status_code == 200 and grid.mimetype == "image/png"
+    # 8x8 images are drawn at 48 px: three rows of 48 px plus gaps, two columns after the labels.
+    assert image.height == 3 * (48 + 4) + 4 and image.width == 110 + 2 * (48 + 4)
+    assert again.data == grid.data
+    assert bad.status_code == 422 and bad.json["field"] == "per_class"
+    assert missing.status_code == 404
+    for response in (grid, again):
+        response.close()
+
+
+def test_datasets_page_shows_histogram_size_and_samples(client, tmp_path):
+    dataset = _upload(client, tmp_path)
+
+    page = client.get("/datasets").get_data(as_text=True)
+
+    assert f"/api/v1/datasets/{dataset['id']}/samples.png" in page
+    assert "Images per class: cat 5, dog 5, owl 5" in page
+    assert "8×8 px" in page
+
+
+def test_achievable_range_says_when_the_device_is_not_profiled_yet(client, tmp_path):
+    _upload(client, tmp_path)
+    client.post("/api/v1/devices", json={"name": "pi", "kind": "raspberry-pi", "runtimes": [{"name": "onnxruntime"}]})
+
+    fresh = client.get("/api/v1/devices/pi/achievable-range?dataset=pets&space=tiny")
+    unknown = client.get("/api/v1/devices/nope/achievable-range?dataset=pets&space=tiny")
+    wrong_runtime = client.get("/api/v1/devices/pi/achievable-range?dataset=pets&space=tiny&runtime=litert")
+
+    assert fresh.status_code == 200
+    assert fresh.json["profiled"] is False and fresh.json["fastest_ms"] is None
+    assert fresh.json["message"].startswith("not profiled yet: the job will profile it first")
+    assert fresh.json["ops_measured"] == 0 and fresh.json["input_shape"] == [8, 8, 3]
+    assert unknown.status_code == 404
+    assert wrong_runtime.status_code == 422 and wrong_runtime.json["field"] == "runtime"
+
+
+def test_achievable_range_comes_from_the_latency_table_once_complete(client, app, tmp_path):
+    from automl_server.profiling import repository, resolve_target
+    from latency_db import MeasurementStats
+    from search_spaces import get_space, space_keys
+
+    _upload(client, tmp_path)
+    client.post("/api/v1/devices", json={"name": "pi", "kind": "raspberry-pi",
+                                         "runtimes": [{"name": "onnxruntime", "version": "1.0"}]})
+    db = app.extensions["automl"].db
+    repo = repository(db)
+    record = repo.target(resolve_target(db, "pi").spec)
+    keys = space_keys(get_space("tiny").layout(8, 3, 3))
+    for i, key in enumerate(keys):  # every op 0.01 ms, the later ones slower
+        ms = 0.01 * (1 + i % 4)
+        repo.record(record, key, MeasurementStats(3, 1, ms, ms, 0.0, ms, ms, 0.0), "test")
+
+    answer = client.get("/api/v1/devices/pi/achievable-range?dataset=pets&space=tiny").json
+
+    assert answer["profiled"] is True and answer["ops_measured"] == answer["ops_total"] == len(keys)
+    assert 0 < answer["fastest_ms"] < answer["slowest_ms"]
+    assert "run in" in answer["message"]
+
+
+def test_jobs_table_pages_newest_first_and_filters(client, app, tmp_path):
+    from datetime import timedelta
+
+    from automl_server.db.models import utcnow
+
+    db = app.extensions["automl"].db
+    now = utcnow()
+    with db.session() as session:
+        for i in range(30):
+            session.add(Job(dataset_name="digits", device_name="pi" if i % 2 else "phone", runtime="onnxruntime",
+                            space="tiny", pipeline="standard", latency_target_ms=1.0 + i, params={},
+                            state="succeeded" if i < 10 else "queued", created_at=now + timedelta(seconds=i)))
+
+    first = client.get("/").get_data(as_text=True)
+    older_link = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    second = client.get(older_link).get_data(as_text=True)
+    filtered = client.get("/?state=succeeded&device=pi").get_data(as_text=True)
+    expired = client.get("/?page_token=garbage").get_data(as_text=True)
+
+    assert first.count("<tr data-job=") == 25 and "30 ms" in first
+    assert second.count("<tr data-job=") == 5 and "1 ms" in second and 'rel="next"' not in second
+    assert filtered.count("<tr data-job=") == 5
+    assert "That page link has expired" in expired
+
+
+def test_every_page_renders_with_labels_on_its_controls(client, tmp_path):
+    _upload(client, tmp_path)
+    client.post("/api/v1/devices", json={"name": "pi", "kind": "raspberry-pi", "runtimes": [{"name": "onnxruntime"}]})
+
+    for path in ("/", "/datasets", "/devices", "/new", "/compare"):
+        html = client.get(path).get_data(as_text=True)
+        ids = set(re.findall(r'<(?:input|select)[^>]* id="([^"]+)"', html))
+        labelled = set(re.findall(r'<label for="([^"]+)"', html))
+        assert ids <= labelled, (path, ids - labelled)

@@ -1,0 +1,284 @@
+/* Job page: the stage timeline, charts, architecture and event log follow the
+   job live through the API's event stream (Server-Sent Events), falling back
+   to polling the paged events when a stream cannot be held open. */
+"use strict";
+(() => {
+  const data = JSON.parse(document.getElementById("job-data").textContent);
+  const jobId = data.job.id;
+  const base = `/api/v1/jobs/${jobId}`;
+  const { el, fmtMs, fmtPct, fmtDuration } = AutoML;
+  const STATE_WORDS = { queued: "waiting to start", running: "running", succeeded: "done", failed: "failed", cancelled: "cancelled" };
+  const STAGE_WORDS = {
+    validate: "Checks every image and fixes the training / test split.",
+    profile: "Measures how fast each building block runs on the device.",
+    search: "Tries building blocks, keeping those that are accurate and fast on this device.",
+    tune: "Adjusts how strongly speed counts against accuracy.",
+    train: "Trains the chosen network from scratch.",
+    export: "Writes the model as ONNX and TFLite files.",
+    verify: "Times the exported file on the device itself.",
+    report: "Sums up accuracy, speed, size and cost.",
+  };
+
+  let job = data.job;
+  let lastId = 0;
+  const stages = data.stages.map((s) => ({ ...s, status: "waiting", progress: 0, eta: null, detail: "" }));
+  const byName = Object.fromEntries(stages.map((s) => [s.name, s]));
+  const searchMetrics = [], trainMetrics = [];
+  let achievable = null;
+
+  // -- timeline ---------------------------------------------------------------
+  const timeline = document.getElementById("timeline");
+  stages.forEach((s) => {
+    s.node = el("li", { "data-stage": s.name, class: "waiting" },
+      el("div", { class: "name", text: s.name }),
+      el("div", { class: "what", text: STAGE_WORDS[s.name] || s.title }),
+      el("progress", { max: "100", value: "0", "aria-label": `Progress of stage ${s.name}` }),
+      el("div", { class: "status-text", text: "waiting" }),
+      el("div", { class: "detail" }));
+    timeline.append(s.node);
+  });
+  function renderStage(s) {
+    s.node.className = s.status;
+    s.node.querySelector("progress").value = Math.round((s.status === "done" ? 1 : s.progress) * 100);
+    let text = { waiting: "waiting", running: `running · ${Math.round(s.progress * 100)}%`, done: "done", failed: "failed", cancelled: "cancelled", skipped: "not run" }[s.status];
+    if (s.status === "running" && s.eta) text += ` · about ${fmtDuration(s.eta)} left`;
+    s.node.querySelector(".status-text").textContent = text;
+    s.node.querySelector(".detail").textContent = s.status === "done" ? "" : s.detail;
+  }
+  function startStage(name) {
+    for (const s of stages) {
+      if (s.name === name) break;
+      if (s.status === "running" || s.status === "waiting") { s.status = "done"; renderStage(s); }
+    }
+    const s = byName[name];
+    if (s) { s.status = "running"; renderStage(s); }
+  }
+
+  // -- event log ------------------------------------------------------------------
+  const log = document.getElementById("log");
+  function logEvent(e) {
+    const time = new Date(e.created_at.endsWith("Z") || /[+-]\d\d:\d\d$/.test(e.created_at) ? e.created_at : e.created_at + "Z");
+    const row = el("tr", { class: `kind-${e.kind}${e.message.startsWith("job failed") ? " failed" : ""}` },
+      el("td", { text: time.toLocaleTimeString() }), el("td", { text: e.stage || "" }), el("td", { text: e.message }));
+    const wrap = log.closest(".log-wrap");
+    const atBottom = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 30;
+    log.append(row);
+    if (atBottom) wrap.scrollTop = wrap.scrollHeight;
+  }
+
+  // -- events -------------------------------------------------------------------------
+  function handle(e) {
+    if (e.id <= lastId) return;
+    lastId = e.id;
+    logEvent(e);
+    const d = e.data || {};
+    if (e.kind === "state") {
+      const started = /^stage (\S+) started$/.exec(e.message);
+      if (started) startStage(started[1]);
+      else if (e.message === "job succeeded") { stages.forEach((s) => { s.status = "done"; renderStage(s); }); }
+      else if (e.message.startsWith("job failed") || e.message === "job cancelled") {
+        const status = e.message === "job cancelled" ? "cancelled" : "failed";
+        const s = byName[e.stage];
+        if (s) { s.status = status; s.detail = d.error || ""; renderStage(s); }
+        stages.filter((x) => x.status === "waiting").forEach((x) => { x.status = "skipped"; renderStage(x); });
+      }
+      scheduleRefresh();
+    } else if (e.kind === "progress" && byName[e.stage]) {
+      const s = byName[e.stage];
+      if (s.status === "waiting") startStage(e.stage);
+      s.progress = d.stage_progress ?? s.progress;
+      s.eta = d.eta_s ?? null;
+      s.detail = e.message;
+      renderStage(s);
+    } else if (e.kind === "metric") {
+      if (e.stage === "search" && d.block_probs) searchMetrics.push(d);
+      else if (e.stage === "train" && d.train_accuracy !== undefined) trainMetrics.push(d);
+      else if (e.stage === "profile" && d.achievable_ms) achievable = d.achievable_ms;
+      scheduleCharts();
+    }
+  }
+
+  // -- charts -----------------------------------------------------------------------------
+  let chartTimer = null;
+  function scheduleCharts() { if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; drawCharts(); }, 300); }
+  function currentBlocks() {
+    const r = job.result || {};
+    const chosen = (r.tune && r.tune.arch) || (r.search && r.search.arch);
+    if (chosen) return { blocks: chosen.blocks, final: true };
+    const last = searchMetrics[searchMetrics.length - 1];
+    return last && last.derived_blocks ? { blocks: last.derived_blocks, final: false } : null;
+  }
+  function drawCharts() {
+    const nSearch = searchMetrics.length;
+    const accuracy = [
+      { name: "search: training images", color: Charts.PALETTE[0], points: searchMetrics.filter((m) => m.train_accuracy != null).map((m, i) => [i + 1, m.train_accuracy]), dashed: true },
+      { name: "search: held-out images", color: Charts.PALETTE[1], points: searchMetrics.filter((m) => m.holdout_accuracy != null).map((m, i) => [i + 1, m.holdout_accuracy]), dashed: true },
+      { name: "training: training images", color: Charts.PALETTE[2], points: trainMetrics.map((m, i) => [nSearch + i + 1, m.train_accuracy]) },
+      { name: "training: held-out images", color: Charts.PALETTE[3], points: trainMetrics.filter((m) => m.holdout_accuracy != null).map((m, i) => [nSearch + i + 1, m.holdout_accuracy]) },
+    ];
+    const accNode = document.getElementById("chart-accuracy");
+    Charts.line(accNode, accuracy, { xLabel: "epoch (search, then training)", yLabel: "accuracy", yMin: 0, yMax: 1, yFormat: (v) => Math.round(v * 100) + "%" });
+    const lastAcc = trainMetrics.length ? trainMetrics[trainMetrics.length - 1].holdout_accuracy : (nSearch ? searchMetrics[nSearch - 1].holdout_accuracy : null);
+    accNode.setAttribute("aria-label", `Accuracy per epoch: ${nSearch} search epochs, ${trainMetrics.length} training epochs` + (lastAcc != null ? `, latest held-out accuracy ${fmtPct(lastAcc)}` : ""));
+
+    const latNode = document.getElementById("chart-latency");
+    const latPoints = searchMetrics.filter((m) => m.expected_latency_ms != null).map((m, i) => [i + 1, m.expected_latency_ms]);
+    Charts.line(latNode, [{ name: "expected latency of the search's network", color: Charts.PALETTE[4], points: latPoints }],
+      { xLabel: "search epoch", yLabel: "ms", hline: { y: job.latency_target_ms, label: `target ${fmtMs(job.latency_target_ms)}` } });
+    if (latPoints.length) latNode.setAttribute("aria-label", `Expected latency per search epoch, last ${fmtMs(latPoints[latPoints.length - 1][1])}, target ${fmtMs(job.latency_target_ms)}`);
+
+    const layout = data.layout;
+    const chosen = currentBlocks();
+    if (layout && nSearch) {
+      const rows = [], highlight = new Set();
+      layout.cells.forEach((cell, i) => cell.candidates.forEach((block) => {
+        if (chosen && chosen.blocks[i] === block) highlight.add(rows.length);
+        rows.push({ cell: i, label: `layer ${i + 1} · ${blockWords(block)}` });
+      }));
+      const columns = searchMetrics.map((m) => m.block_probs.flat());
+      const heat = document.getElementById("chart-heatmap");
+      Charts.heatmap(heat, rows, columns, { highlight });
+      heat.setAttribute("aria-label", `Architecture probabilities over ${nSearch} search epochs for ${layout.cells.length} layers`);
+    }
+    if (layout && chosen) {
+      const diagram = document.getElementById("arch-diagram");
+      Charts.arch(diagram, layout, chosen.blocks);
+      if (!chosen.final) diagram.prepend(el("p", { class: "muted", text: "Most likely network so far (the search is still running):" }));
+    }
+  }
+  const blockWords = (block) => {
+    const b = Charts.parseBlock(block);
+    return b.kind === "mb" ? `MB${b.expansion} ${b.kernel}×${b.kernel}` : "skip";
+  };
+
+  // -- job state, outcome, downloads -------------------------------------------------------
+  let refreshTimer = null;
+  function scheduleRefresh() { if (!refreshTimer) refreshTimer = setTimeout(() => { refreshTimer = null; refreshJob(); }, 400); }
+  async function refreshJob() {
+    try { job = await AutoML.api("GET", base); } catch (err) { return; }
+    const badge = document.getElementById("job-state");
+    badge.textContent = STATE_WORDS[job.state];
+    badge.className = `badge badge-${job.state}`;
+    document.getElementById("cancel").hidden = job.done;
+    document.getElementById("rerun").hidden = !job.done;
+    const error = document.getElementById("job-error");
+    if (job.error) {
+      error.hidden = false;
+      error.textContent = `The job stopped${job.stage ? ` during “${job.stage}”` : ""}: ${job.error}`;
+    }
+    if (job.result.profile && job.result.profile.achievable_ms) achievable = job.result.profile.achievable_ms;
+    drawCharts();
+    if (job.result.report) showReport(job.result.report);
+    else if (job.result.verify) showLatency(null);
+  }
+
+  function showLatency(report) {
+    const target = job.latency_target_ms;
+    const v = job.result.verify || {};
+    const predicted = report ? report.latency.predicted_ms : v.predicted_ms;
+    const measured = report ? report.latency.measured_ms : v.measured_ms;
+    const range = report ? report.latency.achievable_ms : achievable;
+    const box = document.getElementById("latency-compare");
+    box.replaceChildren();
+    if (measured == null) return;
+    const rows = [["Your target", target], ["Predicted by the latency table", predicted], ["Measured on the device", measured]];
+    const table = el("table", { class: "latency-table" }, el("tbody", {}, ...rows.map(([label, value]) =>
+      el("tr", {}, el("th", { scope: "row", text: label }), el("td", { text: fmtMs(value) })))));
+    if (range) table.tBodies[0].append(el("tr", {}, el("th", { scope: "row", text: "Possible on this device (fastest – slowest network)" }), el("td", { text: `${fmtMs(range[0])} – ${fmtMs(range[1])}` })));
+    box.append(table);
+    const chart = el("div", { class: "chart", role: "img", "aria-label": `Target ${fmtMs(target)}, predicted ${fmtMs(predicted)}, measured ${fmtMs(measured)}` });
+    box.append(chart);
+    Charts.bars(chart, [
+      { label: "predicted by the table", value: predicted, color: Charts.PALETTE[0] },
+      { label: "measured on the device", value: measured, color: Charts.PALETTE[2] },
+    ], { marker: { value: target, label: `your target ${fmtMs(target)}` },
+         band: range ? { from: range[0], to: range[1], label: "green: possible on this device" } : null });
+    const ratio = predicted ? measured / predicted : null;
+    if (ratio) box.append(el("p", { class: "help", text: `The device measured ${ratio.toFixed(2)}× the prediction. ` +
+      (Math.abs(ratio - 1) <= 0.1 ? "The latency table predicted it well." : "Whole-network effects (memory, fused operations, the runtime's overhead) make the real time differ from the sum of the parts; each measured job improves the calibration.") }));
+  }
+
+  function showReport(report) {
+    showLatency(report);
+    const acc = report.accuracy.test, lat = report.latency;
+    const met = lat.meets_target;
+    const outcome = document.getElementById("outcome");
+    const body = document.getElementById("outcome-body");
+    outcome.hidden = false;
+    const blocks = report.arch.blocks;
+    const used = blocks.filter((b) => b !== "zero");
+    const kernels = used.map((b) => Charts.parseBlock(b).kernel);
+    const skipped = blocks.length - used.length;
+    body.replaceChildren(
+      el("div", { class: "big-numbers" },
+        el("div", {}, el("strong", { text: fmtPct(acc) }), "right on new test images"),
+        el("div", {}, el("strong", { text: fmtMs(lat.measured_ms) }), `per image on ${report.device}`),
+        el("div", {}, el("strong", { text: `${(report.model.onnx_bytes / 1024).toFixed(0)} KiB` }), `${report.model.parameters.toLocaleString()} parameters`)),
+      el("p", { text: `${met ? "It meets your target" : "It misses your target"} of ${fmtMs(report.latency_target_ms)}. ` +
+        `Before searching, the service measured every building block on ${report.device}: networks of this space take from ` +
+        `${fmtMs(lat.achievable_ms[0])} to ${fmtMs(lat.achievable_ms[1])} there. The search then chose, for each of the ${blocks.length} layers, ` +
+        `the block that helps accuracy most while keeping the predicted time under the target: it predicted ${fmtMs(lat.predicted_ms)}, ` +
+        `and the finished file measured ${fmtMs(lat.measured_ms)} on the device.` }),
+      el("p", { text: `What it chose: ${used.length} layers with kernels of ${[...new Set(kernels)].sort().map((k) => `${k}×${k}`).join(", ")}` +
+        (skipped ? `, and ${skipped} layer${skipped > 1 ? "s" : ""} skipped to save time` : "") +
+        ". Larger kernels and expansions see more and learn more but cost time; see the diagram below." }),
+    );
+    const list = document.getElementById("downloads");
+    const labels = { onnx: "ONNX model (onnxruntime)", tflite: "TFLite model (LiteRT, Android)", arch: "Architecture (JSON)", weights: "PyTorch weights", report: "Report (JSON)" };
+    list.replaceChildren(...Object.keys(labels).filter((k) => report.downloads[k]).map((kind) =>
+      el("li", {}, el("a", { href: `${base}/artifacts/${kind}`, download: "", "data-download": kind, text: labels[kind] }))));
+    drawCharts();
+  }
+
+  // -- buttons ------------------------------------------------------------------------------
+  const message = document.getElementById("action-message");
+  function say(text, isError) { message.hidden = false; message.textContent = text; message.className = isError ? "error box" : "notice"; }
+  document.getElementById("cancel").addEventListener("click", async () => {
+    try {
+      await AutoML.api("POST", `${base}/cancel`);
+      say("Cancellation requested: the job stops at its next checkpoint and keeps what it finished.");
+    } catch (err) { say("Could not cancel: " + err.message, true); }
+  });
+  document.getElementById("rerun").addEventListener("click", async () => {
+    try {
+      const fresh = await AutoML.api("POST", `${base}/rerun`);
+      window.location.href = `/jobs/${fresh.id}`;
+    } catch (err) { say("Could not start it again: " + err.message, true); }
+  });
+
+  // -- following the job ---------------------------------------------------------------------
+  async function loadAll() {
+    let token = null;
+    do {
+      const page = await AutoML.api("GET", `${base}/events?page_size=500${token ? `&page_token=${encodeURIComponent(token)}` : ""}`);
+      page.events.forEach(handle);
+      token = page.next_page_token;
+    } while (token);
+  }
+  const pageToken = (id) => btoa(JSON.stringify([id])).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  async function poll() {
+    try {
+      const page = await AutoML.api("GET", `${base}/events?page_size=500${lastId ? `&page_token=${pageToken(lastId)}` : ""}`);
+      page.events.forEach(handle);
+      if (job.done && !page.events.length) return;
+    } catch (err) { /* retried below */ }
+    setTimeout(poll, 2000);
+  }
+  function follow() {
+    if (!window.EventSource) { poll(); return; }
+    const stream = new EventSource(`${base}/events/stream?after=${lastId}`);
+    let failures = 0;
+    const onEvent = (m) => { failures = 0; handle(JSON.parse(m.data)); };
+    ["state", "progress", "metric", "log"].forEach((kind) => stream.addEventListener(kind, onEvent));
+    stream.addEventListener("end", () => { stream.close(); refreshJob(); });
+    stream.addEventListener("error", () => {
+      failures += 1;
+      if (stream.readyState === EventSource.CLOSED || failures > 3) { stream.close(); poll(); }
+    });
+  }
+  (async () => {
+    try { await loadAll(); } catch (err) { say("The job's timeline could not be loaded: " + err.message, true); }
+    await refreshJob();
+    if (!job.done) follow();
+  })();
+})();
