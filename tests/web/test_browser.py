@@ -101,7 +101,7 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.select_option("#runtime", "onnxruntime")
     page.select_option("#space", "tiny")
     page.wait_for_function("() => document.getElementById('range-info').textContent.includes('not profiled yet')")
-    page.fill("#target", "0.05")
+    page.fill("#target", "10")  # every tiny network meets it: the flow never depends on this CPU's speed
     for name, value in (("warmup_epochs", 1), ("search_epochs", 2), ("tune_trials", 1), ("tune_epochs", 1),
                         ("train_epochs", 2)):
         page.fill(f"#budget-{name}", str(value))
