@@ -19,7 +19,7 @@ class Budget:
     tune_trials: int = 4
     tune_epochs: int = 8
     # Training the found network from scratch.
-    train_epochs: int = 100
+    train_epochs: int = 150
     # Wall-clock cap for search + tune + train, in minutes (None: epochs decide). When
     # set, each stage stops at the epoch boundary where its share would be exceeded.
     minutes: float | None = None
