@@ -38,9 +38,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], path: 
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["input"], output_names=["logits"])
-    # Static shapes (batch 1), like the networks the latency table was
-    # calibrated with: a dynamic batch axis blocks some of onnxruntime's graph
-    # optimisations and measured ~1.5x slower on tiny networks here.
+    # Static shapes (batch 1): the graph the device measures is then the same
+    # kind the latency table's calibration networks were measured as.
     return path
 
 
