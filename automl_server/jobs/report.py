@@ -17,7 +17,7 @@ def stage_seconds(ctx: StageContext) -> dict[str, float]:
     """Wall time per stage from the timeline (first start to the next stage's start)."""
     from sqlalchemy import select
 
-    from automl_server.db.models import JobEvent
+    from automl_server.db.models import JobEvent, utcnow
 
     with ctx.db.session() as session:
         rows = session.execute(select(JobEvent.stage, JobEvent.created_at).where(
@@ -27,8 +27,6 @@ def stage_seconds(ctx: StageContext) -> dict[str, float]:
     for stage, at in rows:
         starts.setdefault(stage, at)
     ordered = list(starts.items())
-    from automl_server.db.models import utcnow
-
     seconds = {}
     for i, (stage, at) in enumerate(ordered):
         end = ordered[i + 1][1] if i + 1 < len(ordered) else utcnow()
