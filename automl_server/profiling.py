@@ -9,6 +9,7 @@ runtimes, with a thread count.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,16 @@ from sqlalchemy.orm import selectinload
 
 from automl_server.db.engine import Database, get_database
 from automl_server.db.models import Device
-from latency_db import Calibration, CalibrationError, LatencyPredictor, LatencyRepository, MeasurementStats, TargetRecord, TargetSpec
+from latency_db import (
+    Calibration,
+    CalibrationError,
+    LatencyPredictor,
+    LatencyRepository,
+    MeasurementStats,
+    TargetRecord,
+    TargetSpec,
+    yardstick_ms,
+)
 from search_spaces import Arch, arch_keys, get_space, space_keys
 
 PROFILE_OPS = "automl.profile_ops"  # runs on device.<name>, defined in device_agents.tasks
@@ -146,9 +156,22 @@ def record_measurements(self: Any, payload: dict[str, Any]) -> int:  # type: ign
     return len(payload["results"])
 
 
+def paced_measurement(db: Database, payload: dict[str, Any]) -> dict[str, Any]:
+    """An agent's whole-network payload with ``measured_ms`` at its target's
+    pace (latency_db.pace), so that it compares with the target's predictions;
+    ``raw_measured_ms`` keeps what the clock said. Unchanged when it failed or
+    when no yardstick ran beside it (e.g. a phone's benchmark_model)."""
+    if "error" in payload or "stats" not in payload:
+        return payload
+    repo = repository(db)
+    stats = repo.at_target_pace(repo.target(TargetSpec(**payload["target"])), MeasurementStats(**payload["stats"]))
+    return {**payload, "measured_ms": stats.median_ms, "raw_measured_ms": payload["measured_ms"],
+            "stats": dataclasses.asdict(stats)}
+
+
 @shared_task(name=RECORD_NETWORK, bind=True, acks_late=True)
 def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type: ignore[misc]
-    """Store a whole-network measurement with its LUT sum (the calibration's input)."""
+    """Store a whole-network measurement with its LUT sum (the calibration's input), at its target's pace."""
     if "error" in payload:
         return None
     db = _settings_db(self)
@@ -162,9 +185,10 @@ def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type:
         raise ProfilingError(f"{len(missing)} ops of this network have no measurement on {target.describe()} "
                              f"(first: {missing[0]}); run `automl profile` for the space first")
     lut_sum = sum(lut[k] for k in keys)
-    repo.record_network(target, payload["arch"], payload["measured_ms"], lut_sum,
-                        payload.get("agent_version", "unknown"), n_ops=len(keys))
-    return float(payload["measured_ms"])
+    stick = yardstick_ms(MeasurementStats(**payload["stats"])) if "stats" in payload else None
+    stored = repo.record_network(target, payload["arch"], payload["measured_ms"], lut_sum,
+                                 payload.get("agent_version", "unknown"), n_ops=len(keys), yardstick_ms=stick)
+    return stored.measured_ms
 
 
 def offline_since(db: Database, device_name: str, heartbeat_timeout_s: float) -> str | None:

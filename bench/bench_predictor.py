@@ -9,6 +9,12 @@ the measured latency and Kendall's tau, for the plain LUT sum and calibrated.
 
 The anchor: nn-Meter reports 99.0% within +-10% on a mobile CPU. Everything
 runs in this process with the same backend code the device agent uses.
+
+Every measurement is paired with the backend's yardstick (see
+device_agents/profiling/method.py), so each one has two figures: the raw
+median, and the latency at the target's pace (rescaled to the first
+yardstick time, as the latency database does). Both are scored from the same
+runs, side by side.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device_agents.profiling import MeasurementMethod, build_from_key, get_backend  # noqa: E402
-from latency_db import LatencyPredictor, fit_calibration, kendall_tau, within_pct  # noqa: E402
+from latency_db import LatencyPredictor, at_pace, fit_calibration, kendall_tau, within_pct  # noqa: E402
+from latency_db import yardstick_ms as yardstick_of  # noqa: E402
 from search_spaces import arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
 
 
@@ -38,42 +45,55 @@ def main() -> None:
     method = MeasurementMethod(threads=args.threads)
     layout = get_space(args.space).layout(args.resolution, 10, 3)
     started = time.perf_counter()
-    lut = {}
+    pace: list[float] = []  # the first yardstick time: the pace every figure is given at
+
+    def measured(module, shape) -> tuple[float, float]:  # noqa: ANN001 - (raw median, median at the pace)
+        stats = backend.measure_module(module, shape, method)
+        pace[:] = pace or [yardstick_of(stats)]
+        return stats.method["raw_median_ms"], at_pace(stats, pace[0]).median_ms
+
+    lut = {"raw": {}, "paced": {}}
     for key in space_keys(layout):
-        module, shape = build_from_key(key)
-        lut[key] = backend.measure_module(module, shape, method).median_ms
+        lut["raw"][key], lut["paced"][key] = measured(*build_from_key(key))
     op_minutes = (time.perf_counter() - started) / 60
     print(f"{args.backend} {backend.version}, {args.space} at {args.resolution}px, {args.threads} thread(s): "
-          f"{len(lut)} ops profiled in {op_minutes * 60:.0f} s ({len(lut) / op_minutes:.0f} ops/min)")
+          f"{len(lut['raw'])} ops profiled in {op_minutes * 60:.0f} s ({len(lut['raw']) / op_minutes:.0f} ops/min), "
+          f"yardstick {pace[0]:.4f} ms at the start")
 
     archs = sample_archs(args.space, args.calibration + args.held_out, seed=1, resolution=args.resolution,
                          num_classes=10, in_channels=3)
-    rows, repeats = [], []
+    rows = {"raw": [], "paced": []}
+    repeats = {"raw": [], "paced": []}
     for index, arch in enumerate(archs):
         keys = arch_keys(arch)
         net, shape = build_model(arch).eval(), (1, 3, args.resolution, args.resolution)
-        measured = backend.measure_module(net, shape, method).median_ms
-        rows.append((sum(lut[k] for k in keys), len(keys), measured))
-        if index >= args.calibration:  # measured again: how far two measurements of one network agree
-            repeats.append(backend.measure_module(net, shape, method).median_ms)
-    fit_rows, test_rows = rows[: args.calibration], rows[args.calibration:]
-    calibration = fit_calibration(fit_rows)
-    plain = LatencyPredictor(lut)
-    calibrated = LatencyPredictor(lut, calibration)
-    measured = [m for _, _, m in test_rows]
-    predictions = {
-        "LUT sum": [plain.predict(arch_keys(a)) for a in archs[args.calibration:]],
-        "calibrated": [calibrated.predict(arch_keys(a)) for a in archs[args.calibration:]],
-    }
-    print(f"calibration fitted on {len(fit_rows)} networks: {calibration.to_dict()}")
-    print(f"held-out networks: {len(test_rows)}, measured {min(measured):.3f}-{max(measured):.3f} ms")
-    # The noise ceiling: a predictor cannot agree with a measurement better than
-    # a second measurement of the same network does.
-    print(f"{'re-measured':11} within +-10%: {within_pct(repeats, measured, 10):6.1%}   "
-          f"Kendall tau: {kendall_tau(repeats, measured):.3f}   (the same networks measured twice)")
-    for name, predicted in predictions.items():
-        print(f"{name:11} within +-10%: {within_pct(predicted, measured, 10):6.1%}   "
-              f"Kendall tau: {kendall_tau(predicted, measured):.3f}")
+        first = measured(net, shape)
+        # measured again: how far two measurements of one network agree
+        again = measured(net, shape) if index >= args.calibration else None
+        for column, kind in enumerate(("raw", "paced")):
+            rows[kind].append((sum(lut[kind][k] for k in keys), len(keys), first[column]))
+            if again is not None:
+                repeats[kind].append(again[column])
+    held_out = archs[args.calibration:]
+    print(f"held-out networks: {len(held_out)}; calibration fitted on {args.calibration}")
+    for kind in ("raw", "paced"):
+        fit_rows, test_rows = rows[kind][: args.calibration], rows[kind][args.calibration:]
+        calibration = fit_calibration(fit_rows)
+        truth = [m for _, _, m in test_rows]
+        predictions = {
+            "LUT sum": [LatencyPredictor(lut[kind]).predict(arch_keys(a)) for a in held_out],
+            "calibrated": [LatencyPredictor(lut[kind], calibration).predict(arch_keys(a)) for a in held_out],
+        }
+        label = "raw medians" if kind == "raw" else f"at the yardstick's pace ({pace[0]:.4f} ms)"
+        print(f"-- {label}: measured {min(truth):.4f}-{max(truth):.4f} ms; calibration "
+              f"a={calibration.a:.3f} b={calibration.b:.4f} c={calibration.c:.4f} (rel. RMSE {calibration.rel_rmse:.3f})")
+        # The noise ceiling: a predictor cannot agree with a measurement better than
+        # a second measurement of the same network does.
+        print(f"   {'re-measured':11} within +-10%: {within_pct(repeats[kind], truth, 10):6.1%}   "
+              f"Kendall tau: {kendall_tau(repeats[kind], truth):.3f}   (the same networks measured twice)")
+        for name, predicted in predictions.items():
+            print(f"   {name:11} within +-10%: {within_pct(predicted, truth, 10):6.1%}   "
+                  f"Kendall tau: {kendall_tau(predicted, truth):.3f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
   ``MeasurementStats`` that device agents produce, ...).
 - ``repository``: ``LatencyRepository``, the only code that touches the rows;
   YAML import/export in the reference LUT format (``lut_yaml``).
+- ``pace``: ``at_pace``, a measurement rescaled to its target's pace (the
+  yardstick time every latency of that target is given at).
 - ``predictor`` and ``metrics``: LUT sum, per-target calibration on whole
   networks, and the accuracy figures (share within +-10%, Kendall's tau-b).
 
@@ -31,6 +33,7 @@ from latency_db.models import (
     LatencyOp,
     LatencyTarget,
 )
+from latency_db.pace import at_pace, yardstick_ms
 from latency_db.predictor import (
     MIN_CALIBRATION_NETWORKS,
     Calibration,
@@ -74,6 +77,8 @@ __all__ = [
     "fit_calibration",
     "MIN_CALIBRATION_NETWORKS",
     "PredictorReport",
+    "at_pace",
+    "yardstick_ms",
     "within_pct",
     "kendall_tau",
     # errors

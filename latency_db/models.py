@@ -101,6 +101,9 @@ class LatencyTarget(LatencyBase):
     # "float32", "float16", "int8", ...
     dtype: Mapped[str] = mapped_column(String(DTYPE_LEN))
     batch: Mapped[int] = mapped_column(Integer)
+    # The yardstick's time (ms) every latency of this target is given at
+    # (latency_db.pace): the first one an agent reported; None until then.
+    pace_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     measurements: Mapped[list[LatencyMeasurement]] = relationship(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +22,7 @@ from latency_db.errors import LatencyStoreError
 from latency_db.keys import parse_key
 from latency_db.lut_yaml import read_lut_yaml, write_lut_yaml
 from latency_db.models import LatencyMeasurement, LatencyNetworkMeasurement, LatencyOp, LatencyTarget, utcnow
+from latency_db.pace import at_pace, yardstick_ms
 from latency_db.records import (
     MeasurementRecord,
     MeasurementStats,
@@ -95,6 +96,28 @@ class LatencyRepository:
             lambda session: [target_record(row) for row in session.scalars(query)],
         )
 
+    # --- pace -------------------------------------------------------------
+
+    def pace_ms(self, target: TargetRecord) -> float | None:
+        """The yardstick time target's latencies are given at (latency_db.pace); None before the first."""
+
+        def read(session: Session) -> float | None:
+            _require_target(session, target)
+            return _stored_pace(session, target.id)
+
+        return self._run(f"read the pace of target {target.id}", read)
+
+    def at_target_pace(self, target: TargetRecord, stats: MeasurementStats) -> MeasurementStats:
+        """stats rescaled to target's pace, which the first stats with a yardstick time set."""
+        if not isinstance(stats, MeasurementStats):
+            raise TypeError(f"at_target_pace() takes MeasurementStats, got {type(stats).__name__}")
+
+        def scale(session: Session) -> MeasurementStats:
+            _require_target(session, target)
+            return _paced(session, target.id, stats)
+
+        return self._run(f"pace a measurement on target {target.id}", scale)
+
     # --- op measurements ----------------------------------------------
 
     def record(
@@ -105,7 +128,11 @@ class LatencyRepository:
         agent_version: str,
         measured_at: datetime | None = None,
     ) -> MeasurementRecord:
-        """Store a successful measurement of key on target; it becomes the latest value."""
+        """Store a successful measurement of key on target; it becomes the latest value.
+
+        Stats that carry a yardstick time are stored at the target's pace
+        (latency_db.pace), the first such stats setting it.
+        """
         op_key = parse_key(key)
         if not isinstance(stats, MeasurementStats):
             raise TypeError(f"record() takes MeasurementStats, got {type(stats).__name__}")
@@ -114,7 +141,8 @@ class LatencyRepository:
 
         def add(session: Session) -> MeasurementRecord:
             _require_target(session, target)
-            row = measurement_row(target.id, _op_id(session, op_key.key, op_key.kind), stats, agent_version, when)
+            paced = _paced(session, target.id, stats)
+            row = measurement_row(target.id, _op_id(session, op_key.key, op_key.kind), paced, agent_version, when)
             session.add(row)
             session.flush()
             return measurement_record(op_key.key, row)
@@ -285,10 +313,18 @@ class LatencyRepository:
         *,
         n_ops: int,
         measured_at: datetime | None = None,
+        yardstick_ms: float | None = None,
     ) -> NetworkRecord:
-        """Store an end-to-end measurement of a network and the LUT sum over its n_ops ops."""
+        """Store an end-to-end measurement of a network and the LUT sum over its n_ops ops.
+
+        With ``yardstick_ms`` (the yardstick's time beside the measurement),
+        measured_ms is stored at the target's pace, as op measurements are.
+        """
         arch_json = check_json_dict("arch", arch)
         measured = check_float("measured_ms", measured_ms, minimum=0.0)
+        stick = None if yardstick_ms is None else check_float("yardstick_ms", yardstick_ms, minimum=0.0)
+        if stick == 0.0:
+            raise ValueError("yardstick_ms must be > 0 (or None when no yardstick ran)")
         lut_sum = check_float("lut_sum_ms", lut_sum_ms, minimum=0.0)
         check_int("n_ops", n_ops, minimum=1)
         check_agent_version(agent_version)
@@ -296,10 +332,11 @@ class LatencyRepository:
 
         def add(session: Session) -> NetworkRecord:
             _require_target(session, target)
+            factor = 1.0 if stick is None else _set_pace(session, target.id, stick) / stick
             row = LatencyNetworkMeasurement(
                 target_id=target.id,
                 arch=arch_json,
-                measured_ms=measured,
+                measured_ms=measured * factor,
                 lut_sum_ms=lut_sum,
                 n_ops=n_ops,
                 measured_at=when,
@@ -397,6 +434,31 @@ def _require_target(session: Session, target: TargetRecord) -> None:
         raise TypeError(f"expected a TargetRecord from LatencyRepository.target(), got {type(target).__name__}")
     if session.get(LatencyTarget, target.id) is None:
         raise LatencyStoreError(f"latency database: target {target.id} ({target.describe()}) does not exist")
+
+
+def _stored_pace(session: Session, target_id: int) -> float | None:
+    # A column query reads the database, not a row object the session may hold from before.
+    return session.scalar(select(LatencyTarget.pace_ms).where(LatencyTarget.id == target_id))
+
+
+def _set_pace(session: Session, target_id: int, offered_ms: float) -> float:
+    """The target's pace, set to offered_ms if it has none. The conditional
+    UPDATE makes the first writer win when two agents race: on PostgreSQL the
+    second waits for the first's row lock, then finds pace_ms no longer NULL."""
+    session.execute(
+        update(LatencyTarget)
+        .where(LatencyTarget.id == target_id, LatencyTarget.pace_ms.is_(None))
+        .values(pace_ms=offered_ms)
+        .execution_options(synchronize_session=False)
+    )
+    pace = _stored_pace(session, target_id)
+    assert pace is not None  # set just now, or before
+    return pace
+
+
+def _paced(session: Session, target_id: int, stats: MeasurementStats) -> MeasurementStats:
+    offered = yardstick_ms(stats)
+    return stats if offered is None else at_pace(stats, _set_pace(session, target_id, offered))
 
 
 def _op_id(session: Session, key: str, kind: str) -> int:

@@ -117,8 +117,11 @@ def record_comparison_cell(self: Any, payload: dict[str, Any], comparison_id: st
     from automl_server.db.engine import get_database
     from automl_server.db.models import Comparison
 
+    from automl_server.profiling import paced_measurement
+
     db = get_database(settings_of(self.app).resolved_database_url)
-    value: Any = payload.get("measured_ms") if "error" not in payload else {"error": payload["error"]}
+    # At the measuring target's pace, as that target's own job reports its latency.
+    value: Any = paced_measurement(db, payload)["measured_ms"] if "error" not in payload else {"error": payload["error"]}
     with db.session() as session:
         comparison = session.get(Comparison, comparison_id, with_for_update=True)
         if comparison is not None:  # a new dict: SQLAlchemy does not track in-place JSON mutation

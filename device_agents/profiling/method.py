@@ -7,6 +7,24 @@ threshold) or a cap is reached. Block means, not single runs, are the samples:
 one run of a small op is shorter than the clock's noise and the scheduler's
 hiccups, a block of them is not. The median of the block means is the
 headline, robust to the odd block that a background process slowed down.
+
+Pace: a shared or virtual machine does not run at one speed. On the 2-core VM
+this project is developed on, the same ONNX session runs 0.061 ms a call for
+seconds, then 0.128 ms for seconds, then 0.061 again (the host's other
+tenants, frequency changes); two measurements of one network a minute apart
+agree within 10% about half the time, so no table of op latencies measured at
+one moment predicts a network measured at another. What does hold is the
+*ratio* between two workloads timed block by block in turn: the slow spells hit
+both. So each timed block of the measured op is paired with a block of a fixed
+workload, the backend's *yardstick* (one op of the search space, built in the
+same runtime with the same threads), and the samples are the ratios of the two
+block means times the yardstick's median over the measurement. The latency
+database then rescales every value to its target's one yardstick time (first
+one recorded), so every latency of a target is given at one pace and a table
+measured today predicts a network measured tomorrow. This is interleaved
+measurement with a control, as in randomized multiple interleaved trials
+(Abedi & Brecht, ICPE 2017) and duet benchmarking (Bulej et al., ICPE 2020).
+The raw median is kept beside it in ``method["raw_median_ms"]``.
 """
 from __future__ import annotations
 
@@ -24,6 +42,8 @@ from typing import Any, Protocol
 from latency_db.records import MeasurementStats
 
 THERMAL_GLOB = "/sys/class/thermal/thermal_zone*/temp"
+# Most runs of the yardstick in one block (its block is matched to the op's length up to this).
+MAX_YARDSTICK_RUNS = 2000
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,7 @@ class MeasurementMethod:
     threads: int = 1  # intra-op threads the backend runs the op with
     affinity: tuple[int, ...] | None = None  # CPUs to pin the whole process to while measuring; None = as is
     cooldown_s: float = 0.0  # pause before warming up, so a device heated by the previous op can cool
+    yardstick: bool = True  # pair each block with a block of the backend's yardstick (see the module's doc)
 
     def __post_init__(self) -> None:
         for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1)):
@@ -56,6 +77,8 @@ class MeasurementMethod:
             raise ValueError(f"MeasurementMethod.cv_threshold must be a number in (0, 1), got {self.cv_threshold!r}")
         if isinstance(self.cooldown_s, bool) or not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"MeasurementMethod.cooldown_s must be a number >= 0, got {self.cooldown_s!r}")
+        if not isinstance(self.yardstick, bool):
+            raise ValueError(f"MeasurementMethod.yardstick must be true or false, got {self.yardstick!r}")
         if self.affinity is not None:
             cpus = tuple(self.affinity) if isinstance(self.affinity, (list, tuple, set, frozenset)) else ()
             if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
@@ -98,6 +121,7 @@ def measure(
     sync: Callable[[], None] | None = None,
     *,
     timer: BlockTimer | None = None,
+    yardstick: Callable[[], object] | None = None,
 ) -> MeasurementStats:
     """Time ``run`` with ``method``; statistics over block means, in milliseconds per run.
 
@@ -106,25 +130,58 @@ def measure(
     ``method.threads`` is the backend's to apply; affinity and cooldown are
     applied here. The returned ``method`` dict holds the settings plus
     ``blocks`` (how many were timed) and ``converged`` (whether the CV of the
-    block means reached the threshold before ``max_blocks``).
+    samples reached the threshold before ``max_blocks``).
+
+    With ``yardstick`` (and ``method.yardstick``), each block of ``run`` is
+    followed by a block of ``yardstick``, and a sample is the ratio of the two
+    block means times the yardstick's median block mean (see the module's
+    doc); ``method`` then also holds ``yardstick_ms`` and ``raw_median_ms``.
     """
     time_block = timer if timer is not None else wall_clock_timer(sync)
+    paced = yardstick is not None and method.yardstick
     if method.cooldown_s > 0:
         time.sleep(method.cooldown_s)
+    op_means: list[float] = []
+    stick_means: list[float] = []
+    stick_runs = method.block_size
+
+    def one_block() -> float:
+        op_means.append(time_block(run, method.block_size) / method.block_size)
+        if not paced:
+            return op_means[-1]
+        stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
+        return op_means[-1] / stick_means[-1] if stick_means[-1] > 0 else 0.0
+
     with cpu_affinity(method.affinity), _gc_paused():
         for _ in range(method.warmup):
             run()
+            if paced:
+                yardstick()  # type: ignore[misc]
         if sync is not None:
             sync()
-        block_means_ms = [time_block(run, method.block_size) / method.block_size for _ in range(method.min_blocks)]
-        cv = coefficient_of_variation(block_means_ms)
-        while cv > method.cv_threshold and len(block_means_ms) < method.max_blocks:
-            block_means_ms.append(time_block(run, method.block_size) / method.block_size)
-            cv = coefficient_of_variation(block_means_ms)
-    blocks = len(block_means_ms)
-    recorded = {**method.to_dict(), "blocks": blocks, "converged": cv <= method.cv_threshold}
+        if paced:
+            # The yardstick's block lasts about as long as the op's, so that it
+            # samples the same stretch of time (a slow spell that starts in the
+            # middle of a 25 ms block of a large op would be missed by a 0.4 ms
+            # block of the yardstick), within a cap that bounds the cost.
+            op_ms, stick_ms = time_block(run, 1), time_block(yardstick, 1)  # type: ignore[arg-type]
+            if stick_ms > 0:
+                stick_runs = min(MAX_YARDSTICK_RUNS, max(method.block_size, round(method.block_size * op_ms / stick_ms)))
+        samples = [one_block() for _ in range(method.min_blocks)]
+        cv = coefficient_of_variation(samples)
+        while cv > method.cv_threshold and len(samples) < method.max_blocks:
+            samples.append(one_block())
+            cv = coefficient_of_variation(samples)
+    blocks = len(samples)
+    recorded: dict[str, Any] = {**method.to_dict(), "blocks": blocks, "converged": cv <= method.cv_threshold}
+    if paced:
+        stick_ms = statistics.median(stick_means)
+        samples = [ratio * stick_ms for ratio in samples]
+        recorded.update(yardstick_ms=stick_ms, yardstick_runs=stick_runs, raw_median_ms=statistics.median(op_means))
+    else:
+        recorded["yardstick"] = False  # none was run, whatever the method asked for
     stats = MeasurementStats.from_samples(
-        block_means_ms, warmup=method.warmup, method=recorded, temperature_c=read_temperature_c()
+        samples, warmup=method.warmup, method=recorded, temperature_c=read_temperature_c()
     )
     # The statistics describe block means; samples counts the timed runs behind them.
     return replace(stats, samples=blocks * method.block_size)

@@ -10,7 +10,9 @@ conv, ReLU6 fused, as the converters do), so that LiteRT can profile on any
 agent with only ``ai-edge-litert`` (which ships the schema and ``flatbuffers``).
 The result computes what the torch module computes (tests compare outputs).
 
-Supported modules: ``search_spaces.Cell`` / ``MBConv``, ``nn.Sequential`` of
+Supported modules: a whole search-space network (``search_spaces.SingleNet``:
+stem, cells, head, classifier; a skipped Zero cell is the identity, as its
+residual makes it), ``Cell`` / ``MBConv``, ``nn.Sequential`` of
 Conv2d [+ BatchNorm2d] [+ ReLU6], ``AdaptiveAvgPool2d(1)``, ``Flatten``,
 ``Linear``. Anything else raises ``UnsupportedModule``.
 """
@@ -23,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_spaces import Cell, MBConv
+from search_spaces import Cell, MBConv, Zero
+from search_spaces.arch import SingleNet
 
 _FILE_IDENTIFIER = b"TFL3"
 _SCHEMA_VERSION = 3
@@ -98,6 +101,12 @@ class _Graph:
 
     # -- modules -----------------------------------------------------------------
     def emit(self, module: nn.Module, x: int) -> int:
+        if isinstance(module, SingleNet):
+            for cell in module.cells:
+                if isinstance(cell.op, Zero) and not cell.residual:
+                    raise UnsupportedModule("write_tflite cannot express a skipped (zero) cell without a residual")
+            kept = [cell for cell in module.cells if not isinstance(cell.op, Zero)]  # zeros + input = input
+            return self.emit_sequence([module.stem, *kept, module.head, module.classifier], x)
         if isinstance(module, Cell):
             out = self.emit(module.op, x)
             if module.residual:

@@ -23,6 +23,7 @@ from device_agents.profiling import (
     get_backend,
     profile_key,
 )
+from device_agents.profiling.backends.base import YARDSTICK_KEY
 
 MBCONV_KEY = "expanded_conv-input:16x16x24-output:8x8x40-expand:6-kernel:5-stride:2-idskip:0"
 QUICK = MeasurementMethod(warmup=3, block_size=5, min_blocks=3, max_blocks=6, cv_threshold=0.1)
@@ -59,6 +60,19 @@ def test_each_backend_measures_an_mbconv_and_records_its_method(name: str) -> No
     assert stats.method["threads"] == 1 and stats.method["warmup"] == 3
     assert 3 <= stats.method["blocks"] <= 6 and isinstance(stats.method["converged"], bool)
     assert stats.samples == stats.method["blocks"] * 5
+    # Paired with the backend's yardstick, run in the same runtime.
+    assert stats.method["yardstick"] is True and stats.method["yardstick_key"] == YARDSTICK_KEY
+    assert stats.method["yardstick_ms"] > 0 and stats.method["raw_median_ms"] > 0
+    assert stats.method["yardstick_runs"] >= 5
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_each_backend_can_measure_without_the_yardstick(name: str) -> None:
+    stats = profile_key(get_backend(name), MBCONV_KEY, replace(QUICK, yardstick=False))
+
+    assert stats.median_ms > 0
+    assert stats.method["yardstick"] is False
+    assert "yardstick_ms" not in stats.method and "yardstick_key" not in stats.method
 
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)

@@ -136,3 +136,21 @@ def test_litert_torch_converts_and_measures_an_mbconv(tmp_path: Path) -> None:
 def test_unknown_converter_is_refused_listing_the_known_ones() -> None:
     with pytest.raises(ValueError, match="builtin"):
         LiteRTBackend(converter="tf")
+
+
+def test_a_whole_search_space_network_is_written_and_measured_without_a_converter(tmp_path: Path) -> None:
+    # The calibration networks and a job's verification on a LiteRT device are
+    # whole networks; an agent with only ai-edge-litert must run them.
+    from search_spaces import build_model, sample_archs
+
+    arch = next(a for a in sample_archs("tiny", 20, seed=0, resolution=16, num_classes=10, in_channels=3)
+                if "zero" in a.blocks)  # a skipped cell too
+    net = with_trained_batchnorm(build_model(arch)).eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    path = write_tflite(net, (1, 3, 16, 16), tmp_path / "net.tflite")
+    stats = LiteRTBackend(converter="builtin").measure_module(net, (1, 3, 16, 16), QUICK)
+
+    got = run_tflite(path, x.permute(0, 2, 3, 1).contiguous().numpy())
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert stats.median_ms > 0 and stats.method["converter"] == "builtin"

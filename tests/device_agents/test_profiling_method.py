@@ -56,8 +56,59 @@ def test_measure_records_the_settings_it_used() -> None:
     stats = measure(lambda: None, method)
 
     for name, value in method.to_dict().items():
-        assert stats.method[name] == value
+        if name != "yardstick":
+            assert stats.method[name] == value
     assert set(stats.method) == {*method.to_dict(), "blocks", "converged"}
+    assert stats.method["yardstick"] is False  # asked for, but no yardstick was given: says what was done
+
+
+def paced_timer(op_ms: float, stick_ms: float, slowdowns: list[float]) -> Callable[[Callable[[], object], int], float]:
+    """A clock for a machine whose speed changes: block k of the op and the
+    yardstick's block after it both run slowdowns[k] times slower (the calls
+    before the first block, one run of each, at full speed)."""
+    state = {"op": 0, "stick": 0}
+
+    def time_block(run: Callable[[], object], runs: int) -> float:
+        kind = "op" if run is op else "stick"
+        index = state[kind] - 1  # -1: the single runs that size the yardstick's block
+        state[kind] += 1
+        slowdown = slowdowns[index] if index >= 0 else 1.0
+        return runs * (op_ms if kind == "op" else stick_ms) * slowdown
+
+    def op() -> None: ...
+
+    time_block.op = op  # type: ignore[attr-defined]
+    return time_block
+
+
+def test_a_yardstick_cancels_the_machine_slowing_down_between_blocks() -> None:
+    # The machine runs at full speed, then twice as slow, then full speed again:
+    # the raw block means disagree by 2x, their ratios to the yardstick do not.
+    slowdowns = [1.0, 2.0, 2.0, 1.0, 2.0, 1.0]
+    timer = paced_timer(op_ms=0.5, stick_ms=0.1, slowdowns=slowdowns)
+    method = MeasurementMethod(warmup=2, block_size=4, min_blocks=6, max_blocks=6, cv_threshold=0.01)
+
+    stats = measure(timer.op, method, timer=timer, yardstick=lambda: None)  # type: ignore[attr-defined]
+
+    assert stats.cv == pytest.approx(0.0, abs=1e-12) and stats.method["converged"] is True
+    stick_median = 0.1 * 1.5  # median of the yardstick's block means, 0.1 and 0.2 ms three times each
+    assert stats.method["yardstick_ms"] == pytest.approx(stick_median)
+    assert stats.median_ms == pytest.approx(5.0 * stick_median)  # the op is 5 yardsticks long
+    assert stats.method["raw_median_ms"] == pytest.approx(0.75)  # what plain timing would have said
+    # The yardstick's block is matched to the op's: 5x longer runs, so 5x as many of the yardstick.
+    assert stats.method["yardstick_runs"] == 20
+
+
+def test_without_the_yardstick_setting_plain_block_means_are_the_samples() -> None:
+    timer = paced_timer(op_ms=0.5, stick_ms=0.1, slowdowns=[1.0, 2.0, 1.0])
+    method = MeasurementMethod(warmup=0, block_size=2, min_blocks=3, max_blocks=3, yardstick=False)
+    stick_calls = []
+
+    stats = measure(timer.op, method, timer=timer, yardstick=lambda: stick_calls.append(1))  # type: ignore[attr-defined]
+
+    assert stick_calls == [] and stats.method["yardstick"] is False
+    assert "yardstick_ms" not in stats.method
+    assert stats.median_ms == pytest.approx(0.5)  # medians of 0.5, 1.0, 0.5: the slow block shows
 
 
 def test_measure_runs_the_warmup_then_whole_blocks_and_syncs_after_each() -> None:
@@ -104,7 +155,7 @@ def test_a_callable_with_real_jitter_grows_blocks_to_the_cap() -> None:
 
     stats = measure(lambda: busy_wait(next(durations))(), method)
 
-    assert stats.method == {**method.to_dict(), "blocks": 6, "converged": False}
+    assert stats.method == {**method.to_dict(), "blocks": 6, "converged": False, "yardstick": False}
 
 
 def test_cooldown_pauses_before_measuring() -> None:
@@ -204,6 +255,7 @@ def test_affinity_outside_the_allowed_cpus_is_refused_naming_them() -> None:
         ({"affinity": ()}, "affinity"),
         ({"affinity": "0"}, "affinity"),
         ({"cooldown_s": -1}, "cooldown_s"),
+        ({"yardstick": "yes"}, "yardstick"),
     ],
 )
 def test_bad_methods_are_refused_naming_the_setting(settings: dict[str, object], named: str) -> None:

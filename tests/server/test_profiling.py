@@ -79,6 +79,10 @@ def test_profile_predict_measure_export_import(farm, tmp_path):
     assert again["already_present"] is True
     assert predicted["latency_ms"] > 0 and predicted["calibrated"] is False
     assert measured["latency_ms"] > 0 and measured["stats"]["samples"] > 0
+    # Ops and the network were timed beside the yardstick and are given at the target's one pace.
+    assert measured["raw_latency_ms"] > 0 and measured["stats"]["method"]["yardstick"] is True
+    assert measured["stats"]["method"]["pace_ms"] == pytest.approx(
+        measured["stats"]["method"]["yardstick_ms"] * measured["stats"]["method"]["pace_factor"])
     assert imported["latency_ms"] == pytest.approx(predicted["latency_ms"], rel=1e-6)
 
 

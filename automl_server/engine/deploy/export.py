@@ -60,7 +60,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path
 
     model.eval()
     try:
-        return write_tflite(_as_chain(model), input_shape, path), "builtin"
+        return write_tflite(model, input_shape, path), "builtin"
     except UnsupportedModule:
         if importlib.util.find_spec("litert_torch") is None:
             raise
@@ -68,18 +68,6 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path
 
     litert_torch.convert(model, (torch.zeros(input_shape),)).export(str(path))
     return path, "litert-torch"
-
-
-def _as_chain(model: nn.Module) -> nn.Module:
-    """A search-space network as the plain chain the writer walks: stem, cells
-    (a skipped "zero" cell is the identity: zeros plus the residual input), head."""
-    from search_spaces.ops import Zero
-
-    cells = getattr(model, "cells", None)
-    if cells is None:
-        return model
-    kept = [cell for cell in cells if not isinstance(cell.op, Zero)]
-    return nn.Sequential(model.stem, *kept, model.head, model.classifier)
 
 
 def check_tflite(model: nn.Module, path: Path, images: torch.Tensor) -> ExportCheck:

@@ -15,6 +15,11 @@ from latency_db.records import MeasurementStats
 
 # The same input for every backend and every run: timings never depend on which random numbers came up.
 INPUT_SEED = 0
+# The yardstick every backend pairs its blocks with (method.py says why): a
+# mid-sized op of the search spaces, about 0.03-0.1 ms on one core of this
+# machine in each runtime, so that a block of it is neither lost in the clock's
+# noise nor long enough to double the cost of profiling large ops.
+YARDSTICK_KEY = "expanded_conv-input:16x16x16-output:16x16x16-expand:3-kernel:3-stride:1-idskip:1"
 # Warnings that torch's exporters (torch.onnx, torch.export under litert-torch) raise about
 # themselves, not about the model: they say nothing a profiler can act on, and would fail
 # a warnings-as-errors run.
@@ -59,9 +64,18 @@ def fixed_input(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
 
 
 def with_backend(stats: MeasurementStats, backend: ProfilerBackend, **details: Any) -> MeasurementStats:
-    """stats with the backend, its version and its options added to ``method``."""
-    method = {**stats.method, "backend": backend.name, "backend_version": backend.version, **details}
+    """stats with the backend, its version and its options (and the yardstick's key, when one ran) added to ``method``."""
+    paced = {"yardstick_key": YARDSTICK_KEY} if stats.method.get("yardstick") is True else {}
+    method = {**stats.method, "backend": backend.name, "backend_version": backend.version, **paced, **details}
     return replace(stats, method=method)
+
+
+def yardstick_op() -> tuple[nn.Module, tuple[int, ...]]:
+    """The yardstick's module (eval mode, fixed weights) and its input shape."""
+    from device_agents.profiling.ops import build_from_key
+
+    module, input_shape = build_from_key(YARDSTICK_KEY)
+    return module.eval(), input_shape
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from device_agents.profiling.backends.base import (
     exporter_warnings_ignored,
     fixed_input,
     with_backend,
+    yardstick_op,
 )
 from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure
 from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
@@ -53,6 +54,7 @@ class LiteRTBackend:
         _interpreter_class()  # fail here, not in the middle of a profiling run
         self.converter = converter
         self.version = importlib.metadata.version("ai-edge-litert")
+        self._yardsticks: dict[tuple[Any, ...], Any] = {}
 
     def convert(self, module: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> tuple[Path, str]:
         """Write the module as a ``.tflite`` file at ``path``; returns the path and the converter used."""
@@ -70,12 +72,23 @@ class LiteRTBackend:
     def measure_tflite(self, tflite_path: str | Path, method: MeasurementMethod) -> MeasurementStats:
         """Time a ``.tflite`` file as it is: a fixed input is set once, then ``invoke()`` is timed."""
         with cpu_affinity(method.affinity):  # the interpreter's threads start pinned
-            interpreter = _interpreter_class()(model_path=str(tflite_path), num_threads=method.threads)
-            interpreter.allocate_tensors()
-            for detail in interpreter.get_input_details():
-                interpreter.set_tensor(detail["index"], fixed_input(tuple(detail["shape"]), detail["dtype"]))
-            stats = measure(interpreter.invoke, method)
+            interpreter = _ready_interpreter(method, model_path=str(tflite_path))
+            stats = measure(interpreter.invoke, method, yardstick=self._yardstick(method))
         return with_backend(stats, self, num_threads=method.threads)
+
+    def _yardstick(self, method: MeasurementMethod) -> Any:
+        """The yardstick's ``invoke``, one interpreter per thread count and affinity (made inside the pinning)."""
+        if not method.yardstick:
+            return None
+        settings = (method.threads, method.affinity)
+        if settings not in self._yardsticks:
+            module, input_shape = yardstick_op()
+            with tempfile.TemporaryDirectory(prefix="automl-litert-") as tmp:
+                path = Path(tmp) / "yardstick.tflite"
+                write_tflite(module, input_shape, path)
+                content = path.read_bytes()
+            self._yardsticks[settings] = _ready_interpreter(method, model_content=content).invoke
+        return self._yardsticks[settings]
 
     def measure_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
@@ -84,6 +97,15 @@ class LiteRTBackend:
             tflite_path, converter = self.convert(module, input_shape, Path(tmp) / "op.tflite")
             stats = self.measure_tflite(tflite_path, method)
         return with_backend(stats, self, converter=converter)
+
+
+def _ready_interpreter(method: MeasurementMethod, **model: Any) -> Any:
+    """An interpreter for the model (``model_path=`` or ``model_content=``), tensors allocated, fixed inputs set."""
+    interpreter = _interpreter_class()(**model, num_threads=method.threads)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], fixed_input(tuple(detail["shape"]), detail["dtype"]))
+    return interpreter
 
 
 def _interpreter_class() -> Any:

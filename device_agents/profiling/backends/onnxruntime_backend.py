@@ -17,6 +17,7 @@ from device_agents.profiling.backends.base import (
     exporter_warnings_ignored,
     fixed_input,
     with_backend,
+    yardstick_op,
 )
 from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure
 from latency_db.records import MeasurementStats
@@ -64,6 +65,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"opset must be an integer >= 13, got {opset!r}")
         self.provider, self.exporter, self.opset = provider, exporter, opset
         self.version = ort.__version__
+        self._yardsticks: dict[tuple[Any, ...], Callable[[], object]] = {}
 
     def export(self, module: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
         """Write the module (eval mode, float32 input of ``input_shape``) as an ONNX file at ``path``."""
@@ -104,7 +106,7 @@ class OnnxRuntimeBackend:
         with cpu_affinity(method.affinity):
             session = self.create_session(onnx_path, method)
             run = self._runner(session)
-            stats = measure(run, method)
+            stats = measure(run, method, yardstick=self._yardstick(method))
         threads = session.get_session_options().intra_op_num_threads
         return with_backend(
             stats, self, provider=self.provider, intra_op_num_threads=threads, inter_op_num_threads=1,
@@ -118,6 +120,19 @@ class OnnxRuntimeBackend:
             onnx_path = self.export(module, input_shape, Path(tmp) / "op.onnx")
             stats = self.measure_onnx(onnx_path, method)
         return with_backend(stats, self, exporter=self.exporter, opset=self.opset)
+
+    def _yardstick(self, method: MeasurementMethod) -> Callable[[], object] | None:
+        """The yardstick's session run, made once per thread count and affinity (inside the caller's pinning)."""
+        if not method.yardstick:
+            return None
+        settings = (method.threads, method.affinity)
+        if settings not in self._yardsticks:
+            module, input_shape = yardstick_op()
+            with tempfile.TemporaryDirectory(prefix="automl-ort-") as tmp:
+                # The session holds the model in memory; the file can go.
+                session = self.create_session(self.export(module, input_shape, Path(tmp) / "yardstick.onnx"), method)
+            self._yardsticks[settings] = self._runner(session)
+        return self._yardsticks[settings]
 
     def _runner(self, session: Any) -> Callable[[], object]:
         feeds = {}

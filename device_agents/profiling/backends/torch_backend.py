@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from device_agents.profiling.backends.base import BackendUnavailable, fixed_input, with_backend
+from device_agents.profiling.backends.base import BackendUnavailable, fixed_input, with_backend, yardstick_op
 from device_agents.profiling.method import MeasurementMethod, measure
 from latency_db.records import MeasurementStats
 
@@ -43,15 +43,26 @@ class TorchBackend:
         try:
             with torch.inference_mode():
                 run: Callable[[], object] = lambda: model(x)  # noqa: E731
+                yardstick = self._yardstick() if method.yardstick else None
                 if self.device == "cuda":
-                    stats = measure(run, method, sync=torch.cuda.synchronize, timer=_cuda_event_timer)
+                    stats = measure(run, method, sync=torch.cuda.synchronize, timer=_cuda_event_timer,
+                                    yardstick=yardstick)
                     details = {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
                 else:
-                    stats = measure(run, method)
+                    stats = measure(run, method, yardstick=yardstick)
                     details = {"device": "cpu"}
         finally:
             torch.set_num_threads(threads_before)
         return with_backend(stats, self, **details)
+
+    def _yardstick(self) -> Callable[[], object]:
+        """The yardstick's forward pass on this backend's device (call under inference_mode)."""
+        if not hasattr(self, "_yardstick_run"):
+            module, input_shape = yardstick_op()
+            module = module.to(self.device)
+            x = torch.from_numpy(fixed_input(tuple(input_shape))).to(self.device)
+            self._yardstick_run: Callable[[], object] = lambda: module(x)  # noqa: E731
+        return self._yardstick_run
 
 
 def _cuda_event_timer(run: Callable[[], object], runs: int) -> float:
