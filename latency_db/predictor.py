@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ class Calibration:
     c: float  # fixed ms per inference
     n_networks: int = 0  # networks the fit used
     rel_rmse: float = 0.0  # root mean square of (predicted - measured) / measured on those networks
+    outliers: int = 0  # networks left out of the fit as outliers (see fit_calibration)
 
     def __post_init__(self) -> None:
         for name in ("a", "b", "c", "rel_rmse"):
@@ -44,8 +45,10 @@ class Calibration:
             object.__setattr__(self, name, float(value))
         if self.a <= 0:
             raise CalibrationError(f"calibration a must be > 0 (latency grows with the LUT sum), got {self.a!r}")
-        if isinstance(self.n_networks, bool) or not isinstance(self.n_networks, int) or self.n_networks < 0:
-            raise CalibrationError(f"calibration n_networks must be an integer >= 0, got {self.n_networks!r}")
+        for name in ("n_networks", "outliers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CalibrationError(f"calibration {name} must be an integer >= 0, got {value!r}")
 
     def apply(self, lut_sum_ms: float, n_ops: int) -> float:
         """The calibrated latency in ms of a network whose n_ops ops sum to lut_sum_ms."""
@@ -60,6 +63,7 @@ class Calibration:
             "c": self.c,
             "n_networks": self.n_networks,
             "rel_rmse": self.rel_rmse,
+            "outliers": self.outliers,
         }
 
     @classmethod
@@ -73,7 +77,7 @@ class Calibration:
         missing = [name for name in ("a", "b", "c") if name not in data]
         if missing:
             raise CalibrationError(f"calibration lacks {', '.join(missing)}: {dict(data)!r}")
-        unknown = sorted(set(data) - {"model", "a", "b", "c", "n_networks", "rel_rmse"})
+        unknown = sorted(set(data) - {"model", "a", "b", "c", "n_networks", "rel_rmse", "outliers"})
         if unknown:
             raise CalibrationError(f"calibration has unknown field(s) {', '.join(map(str, unknown))}")
         return cls(
@@ -82,14 +86,18 @@ class Calibration:
             c=data["c"],
             n_networks=data.get("n_networks", 0),
             rel_rmse=data.get("rel_rmse", 0.0),
+            outliers=data.get("outliers", 0),
         )
 
 
-def fit_calibration(samples: Sequence[tuple[float, int, float]]) -> Calibration:
+def fit_calibration(samples: Sequence[tuple[float, int, float]], *, trim_outliers: bool = True) -> Calibration:
     """Fit a Calibration on end-to-end measurements ``(lut_sum_ms, n_ops, measured_ms)``.
 
     Needs at least 5 networks whose LUT sums differ; if they all have the same
     op count, the per-op term cannot be told apart from the fixed one and b = 0.
+    With ``trim_outliers``, a network whose relative residual lies more than 3
+    robust sigmas from the others' is dropped and the fit made again, one at
+    a time while more than 5 remain (``outliers`` says how many went).
     """
     rows = list(samples)
     if len(rows) < MIN_CALIBRATION_NETWORKS:
@@ -126,8 +134,28 @@ def fit_calibration(samples: Sequence[tuple[float, int, float]]) -> Calibration:
             "(threads, backend), pin the CPU frequency, and measure more varied networks"
         )
     predicted = full[:, columns] @ solution
-    rel_rmse = float(np.sqrt(np.mean(((predicted - measured) / measured) ** 2)))
+    residuals = (predicted - measured) / measured
+    worst = _worst_outlier(residuals)
+    if trim_outliers and worst is not None and len(rows) > MIN_CALIBRATION_NETWORKS:
+        # One network timed through a disturbance (a burst of load the yardstick
+        # did not fully cancel) pulls a fit of a handful of networks far off.
+        # The worst one goes and the fit is made again, until none is more than
+        # 3 robust sigmas out: one at a time, because the bad network's pull
+        # can push a good one past the bound in the first fit.
+        inner = fit_calibration(rows[:worst] + rows[worst + 1:], trim_outliers=True)
+        return replace(inner, outliers=inner.outliers + 1)
+    rel_rmse = float(np.sqrt(np.mean(residuals ** 2)))
     return Calibration(a=a, b=b, c=c, n_networks=len(rows), rel_rmse=rel_rmse)
+
+
+def _worst_outlier(residuals: np.ndarray) -> int | None:
+    """The index of the network whose relative residual lies furthest from the
+    median one, if that is more than 3 robust sigmas (1.4826 * MAD, at least
+    0.01) out; None otherwise."""
+    distance = np.abs(residuals - np.median(residuals))
+    sigma = max(1.4826 * float(np.median(distance)), 0.01)
+    worst = int(np.argmax(distance))
+    return worst if distance[worst] > 3 * sigma else None
 
 
 def _check_samples(rows: list[tuple[float, int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

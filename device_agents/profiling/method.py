@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import glob
+import math
 import os
 import statistics
 import threading
@@ -42,8 +43,8 @@ from typing import Any, Protocol
 from latency_db.records import MeasurementStats
 
 THERMAL_GLOB = "/sys/class/thermal/thermal_zone*/temp"
-# Most runs of the yardstick in one block (its block is matched to the op's length up to this).
-MAX_YARDSTICK_RUNS = 2000
+# Most runs in one block, of the op (grown to min_block_ms) or of the yardstick (matched to the op's block).
+MAX_BLOCK_RUNS = 2000
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class MeasurementMethod:
     """The settings of one measurement; recorded beside every result so that results can be compared."""
 
     warmup: int = 10  # untimed runs first: caches, allocator, lazy initialisation, CPU clocks ramping up
-    block_size: int = 10  # runs per timed block; the block's mean is one sample
+    block_size: int = 10  # runs per timed block (at least); the block's mean is one sample
+    # Blocks of a fast op grow to last at least this long, as timeit's autorange does: a block of
+    # ten 10-microsecond runs is at the mercy of one timer tick or one interrupt. 0 keeps block_size.
+    min_block_ms: float = 1.0
     min_blocks: int = 5  # blocks always timed before convergence is judged (>= 2: a CV needs two)
     max_blocks: int = 30  # cap: a measurement that never settles stops here and reports converged=False
     cv_threshold: float = 0.05  # stop once std / mean of the block means is at most this
@@ -75,6 +79,10 @@ class MeasurementMethod:
             0 < self.cv_threshold < 1
         ):
             raise ValueError(f"MeasurementMethod.cv_threshold must be a number in (0, 1), got {self.cv_threshold!r}")
+        if isinstance(self.min_block_ms, bool) or not isinstance(self.min_block_ms, (int, float)) or not (
+            0 <= self.min_block_ms <= 1000
+        ):
+            raise ValueError(f"MeasurementMethod.min_block_ms must be a number in [0, 1000], got {self.min_block_ms!r}")
         if isinstance(self.cooldown_s, bool) or not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"MeasurementMethod.cooldown_s must be a number >= 0, got {self.cooldown_s!r}")
         if not isinstance(self.yardstick, bool):
@@ -143,10 +151,10 @@ def measure(
         time.sleep(method.cooldown_s)
     op_means: list[float] = []
     stick_means: list[float] = []
-    stick_runs = method.block_size
+    op_runs = stick_runs = method.block_size
 
     def one_block() -> float:
-        op_means.append(time_block(run, method.block_size) / method.block_size)
+        op_means.append(time_block(run, op_runs) / op_runs)
         if not paced:
             return op_means[-1]
         stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
@@ -159,21 +167,27 @@ def measure(
                 yardstick()  # type: ignore[misc]
         if sync is not None:
             sync()
-        if paced:
-            # The yardstick's block lasts about as long as the op's, so that it
-            # samples the same stretch of time (a slow spell that starts in the
-            # middle of a 25 ms block of a large op would be missed by a 0.4 ms
-            # block of the yardstick), within a cap that bounds the cost.
-            op_ms, stick_ms = time_block(run, 1), time_block(yardstick, 1)  # type: ignore[arg-type]
-            if stick_ms > 0:
-                stick_runs = min(MAX_YARDSTICK_RUNS, max(method.block_size, round(method.block_size * op_ms / stick_ms)))
+        if method.min_block_ms > 0 or paced:
+            # A probe block of each (not kept as a sample) sizes the blocks.
+            op_ms = time_block(run, method.block_size) / method.block_size
+            if method.min_block_ms > 0 and op_ms > 0:
+                op_runs = _runs(method.min_block_ms / op_ms, method.block_size)
+            if paced:
+                # The yardstick's block lasts about as long as the op's, so that it
+                # samples the same stretch of time (a slow spell that starts in the
+                # middle of a 25 ms block of a large op would be missed by a 0.4 ms
+                # block of the yardstick), within a cap that bounds the cost.
+                stick_ms = time_block(yardstick, method.block_size) / method.block_size  # type: ignore[arg-type]
+                if stick_ms > 0:
+                    stick_runs = _runs(op_runs * op_ms / stick_ms, method.block_size)
         samples = [one_block() for _ in range(method.min_blocks)]
         cv = coefficient_of_variation(samples)
         while cv > method.cv_threshold and len(samples) < method.max_blocks:
             samples.append(one_block())
             cv = coefficient_of_variation(samples)
     blocks = len(samples)
-    recorded: dict[str, Any] = {**method.to_dict(), "blocks": blocks, "converged": cv <= method.cv_threshold}
+    recorded: dict[str, Any] = {**method.to_dict(), "blocks": blocks, "block_runs": op_runs,
+                                "converged": cv <= method.cv_threshold}
     if paced:
         stick_ms = statistics.median(stick_means)
         samples = [ratio * stick_ms for ratio in samples]
@@ -184,7 +198,11 @@ def measure(
         samples, warmup=method.warmup, method=recorded, temperature_c=read_temperature_c()
     )
     # The statistics describe block means; samples counts the timed runs behind them.
-    return replace(stats, samples=blocks * method.block_size)
+    return replace(stats, samples=blocks * op_runs)
+
+
+def _runs(wanted: float, minimum: int) -> int:
+    return int(min(MAX_BLOCK_RUNS, max(minimum, math.ceil(wanted))))
 
 
 def coefficient_of_variation(values: list[float]) -> float:

@@ -58,7 +58,7 @@ def test_measure_records_the_settings_it_used() -> None:
     for name, value in method.to_dict().items():
         if name != "yardstick":
             assert stats.method[name] == value
-    assert set(stats.method) == {*method.to_dict(), "blocks", "converged"}
+    assert set(stats.method) == {*method.to_dict(), "blocks", "block_runs", "converged"}
     assert stats.method["yardstick"] is False  # asked for, but no yardstick was given: says what was done
 
 
@@ -113,7 +113,7 @@ def test_without_the_yardstick_setting_plain_block_means_are_the_samples() -> No
 
 def test_measure_runs_the_warmup_then_whole_blocks_and_syncs_after_each() -> None:
     calls, syncs = [], []
-    method = MeasurementMethod(warmup=7, block_size=5, min_blocks=4, max_blocks=4)
+    method = MeasurementMethod(warmup=7, block_size=5, min_blocks=4, max_blocks=4, min_block_ms=0)
 
     stats = measure(lambda: calls.append(1), method, sync=lambda: syncs.append(len(calls)))
 
@@ -123,8 +123,27 @@ def test_measure_runs_the_warmup_then_whole_blocks_and_syncs_after_each() -> Non
     assert stats.samples == 20
 
 
+def test_blocks_of_a_fast_op_grow_to_last_min_block_ms() -> None:
+    # 0.01 ms a run: a block of 10 would last 0.1 ms, so it grows to 100 runs (1 ms).
+    method = MeasurementMethod(warmup=0, block_size=10, min_blocks=3, max_blocks=3, min_block_ms=1.0)
+
+    stats = measure(lambda: None, method, timer=lambda run, runs: runs * 0.01)
+
+    assert stats.method["block_runs"] == 100
+    assert stats.samples == 300
+    assert stats.median_ms == pytest.approx(0.01)
+
+
+def test_a_slow_op_keeps_block_size_runs_a_block() -> None:
+    method = MeasurementMethod(warmup=0, block_size=4, min_blocks=2, max_blocks=2, min_block_ms=1.0)
+
+    stats = measure(lambda: None, method, timer=lambda run, runs: runs * 2.0)
+
+    assert stats.method["block_runs"] == 4 and stats.samples == 8
+
+
 def test_noisy_blocks_grow_to_the_cap_and_report_not_converged() -> None:
-    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=3, max_blocks=8, cv_threshold=0.05)
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=3, max_blocks=8, cv_threshold=0.05, min_block_ms=0)
     timer = scripted_timer([1.0, 3.0] * 10)
 
     stats = measure(lambda: None, method, timer=timer)
@@ -138,7 +157,7 @@ def test_noisy_blocks_grow_to_the_cap_and_report_not_converged() -> None:
 
 def test_blocks_stop_growing_as_soon_as_the_cv_is_under_the_threshold() -> None:
     block_ms = [10.0, 12.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]
-    method = MeasurementMethod(warmup=0, block_size=2, min_blocks=2, max_blocks=12, cv_threshold=0.1)
+    method = MeasurementMethod(warmup=0, block_size=2, min_blocks=2, max_blocks=12, cv_threshold=0.1, min_block_ms=0)
     expected_blocks = next(n for n in range(2, 13) if coefficient_of_variation(block_ms[:n]) <= 0.1)
 
     stats = measure(lambda: None, method, timer=scripted_timer(block_ms))
@@ -151,11 +170,11 @@ def test_blocks_stop_growing_as_soon_as_the_cv_is_under_the_threshold() -> None:
 
 def test_a_callable_with_real_jitter_grows_blocks_to_the_cap() -> None:
     durations = iter([0.05, 1.5] * 50)
-    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=6, cv_threshold=0.05)
+    method = MeasurementMethod(warmup=0, block_size=1, min_blocks=2, max_blocks=6, cv_threshold=0.05, min_block_ms=0)
 
     stats = measure(lambda: busy_wait(next(durations))(), method)
 
-    assert stats.method == {**method.to_dict(), "blocks": 6, "converged": False, "yardstick": False}
+    assert stats.method == {**method.to_dict(), "blocks": 6, "block_runs": 1, "converged": False, "yardstick": False}
 
 
 def test_cooldown_pauses_before_measuring() -> None:
@@ -256,6 +275,7 @@ def test_affinity_outside_the_allowed_cpus_is_refused_naming_them() -> None:
         ({"affinity": "0"}, "affinity"),
         ({"cooldown_s": -1}, "cooldown_s"),
         ({"yardstick": "yes"}, "yardstick"),
+        ({"min_block_ms": -1}, "min_block_ms"),
     ],
 )
 def test_bad_methods_are_refused_naming_the_setting(settings: dict[str, object], named: str) -> None:

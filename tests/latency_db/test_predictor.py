@@ -80,6 +80,26 @@ def test_calibration_is_close_under_measurement_noise() -> None:
     assert PredictorReport.compare(predicted, [m for *_, m in samples], pct=5).within_share == 1.0
 
 
+def test_a_network_timed_through_a_disturbance_is_left_out_of_the_fit() -> None:
+    samples = synthetic_networks(a=0.8, b=0.15, c=4.0, noise=0.005, seed=2)[:12]
+    lut_sum, n_ops, measured = samples[3]
+    samples[3] = (lut_sum, n_ops, measured * 1.3)  # measured 30% slow
+
+    trimmed = fit_calibration(samples)
+    untrimmed = fit_calibration(samples, trim_outliers=False)
+
+    assert trimmed.outliers == 1 and trimmed.n_networks == 11
+    assert trimmed.a == pytest.approx(0.8, rel=0.03)
+    assert trimmed.rel_rmse < 0.01 < untrimmed.rel_rmse
+    assert untrimmed.outliers == 0
+
+
+def test_consistent_networks_are_all_kept() -> None:
+    calibration = fit_calibration(synthetic_networks(a=0.8, b=0.15, c=4.0, noise=0.01, seed=1))
+
+    assert calibration.outliers == 0 and calibration.n_networks == 30
+
+
 def test_same_op_count_everywhere_fits_without_a_per_op_term() -> None:
     samples = [(s, 21, 1.1 * s + 5.0) for s in (30.0, 45.0, 60.0, 75.0, 90.0)]
 
