@@ -115,6 +115,9 @@ class JobOptions(Strict):
     calibration_networks: int = Field(_SPEC.calibration_networks, ge=0, le=100,
                                       description="Whole networks measured to calibrate a new target.")
     device_wait_s: float = Field(_SPEC.device_wait_s, ge=0, le=86400, description="How long to wait for an offline device.")
+    final_fit: Literal["train+holdout", "train"] = Field(
+        _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
+        "split once search and tuning are done (default), or stays out to show a held-out curve.")
 
 
 class JobCreate(Strict):

@@ -43,7 +43,7 @@ def _summary(job: dict[str, Any]) -> str:
                                                  "verify", "report"]), help="End the job after this stage.")
 @click.option("--webhook-url", help="Receives a signed POST on every state change.")
 @click.option("--param", "params", multiple=True, help="Option KEY=VALUE: seed, batch_size, calibration_networks, "
-              "device_wait_s.")
+              "device_wait_s, final_fit (train+holdout or train).")
 @click.option("--idempotency-key", help="Default: a new random key, so this command is safe to retry.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job with a progress bar per stage; print the report.")
 @server_option

@@ -39,6 +39,11 @@ class JobSpec:
     batch_size: int = 64
     # Whole networks measured end to end to calibrate the predictor on a new target.
     calibration_networks: int = 16  # bench/bench_predictor.py: 20 gave 98-100% within +-10%
+    # What the found network is trained on: the holdout split chose the architecture
+    # (search, tune) and has done its work by then, so by default it joins the training
+    # data, as ProxylessNAS retrains the found network on the full training set. "train"
+    # keeps it out, to watch a held-out curve while training. The test split stays unseen.
+    final_fit: str = "train+holdout"
     # How long the job waits for an offline device before it fails.
     device_wait_s: float = 600.0
     stop_after: str | None = None

@@ -24,7 +24,7 @@ def train_standard(ctx: StageContext, spec: JobSpec, arch_dict: dict[str, Any]) 
     from automl_server.engine.train import train_standard as train
     from search_spaces import Arch, build_model
 
-    data, arrays = load_split(ctx)
+    data, arrays = fit_split(ctx, spec)
     arch = Arch.from_dict(arch_dict)
     config = StandardConfig(epochs=spec.budget.train_epochs, batch_size=spec.batch_size, seed=spec.seed)
     with torch.random.fork_rng(devices=[]):
@@ -39,8 +39,9 @@ def train_standard(ctx: StageContext, spec: JobSpec, arch_dict: dict[str, Any]) 
         epochs_run.append(epoch)
         ctx.event("metric", f"train epoch {epoch}/{config.epochs}", phase="train", total_epochs=config.epochs, **row)
         eta = (time.monotonic() - started) / len(epochs_run) * (config.epochs - epoch)
-        ctx.progress(epoch / config.epochs, f"epoch {epoch}/{config.epochs}: holdout accuracy "
-                     f"{row['holdout_accuracy']:.3f}", eta_s=eta)
+        shown = (f"holdout accuracy {row['holdout_accuracy']:.3f}" if row["holdout_accuracy"] is not None
+                 else f"training accuracy {row['train_accuracy']:.3f} (train + holdout)")
+        ctx.progress(epoch / config.epochs, f"epoch {epoch}/{config.epochs}: {shown}", eta_s=eta)
 
     result = train(model, data, config, checkpoint_path=ctx.job_dir() / "train.ckpt", on_step=ctx.check_cancelled,
                    on_epoch=on_epoch, should_stop=(lambda: time.monotonic() > ends) if ends else None)
@@ -53,11 +54,28 @@ def train_standard(ctx: StageContext, spec: JobSpec, arch_dict: dict[str, Any]) 
     weights = ctx.job_dir() / "model.pt"
     torch.save({"arch": arch.to_dict(), "state_dict": model.state_dict(), "mean": data.mean, "std": data.std}, weights)
     ctx.store_artifact("weights", weights)
+    holdout = result.history[-1]["holdout_accuracy"]
     return {"test_accuracy": round(test_accuracy, 6),
-            "holdout_accuracy": round(result.history[-1]["holdout_accuracy"], 6),
+            "holdout_accuracy": None if holdout is None else round(holdout, 6),
+            "trained_on": spec.final_fit, "train_samples": int(len(data.y_train)),
             "epochs": result.epochs, "test_samples": int(len(y_test)),
             "train_seconds": round(time.monotonic() - started, 3),
             "normalisation": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"}}
+
+
+def fit_split(ctx: StageContext, spec: JobSpec):  # type: ignore[no-untyped-def]
+    """The job's splits for the final training: with ``final_fit`` "train+holdout"
+    the holdout split joins the training split and none is held out."""
+    import numpy as np
+
+    from automl_server.engine.data import split_arrays
+
+    if spec.final_fit == "train":
+        return load_split(ctx)
+    arrays = np.load(ctx.job_dir() / "dataset.npz")
+    both = np.concatenate([arrays["train_idx"], arrays["holdout_idx"]])
+    data = split_arrays(arrays["x"], arrays["y"], train_idx=both, holdout_idx=np.array([], dtype=both.dtype))
+    return data, arrays
 
 
 PIPELINES: dict[str, Callable[[StageContext, JobSpec, dict[str, Any]], dict[str, Any]]] = {

@@ -65,3 +65,16 @@ def test_a_raising_step_callback_abandons_training_keeping_the_last_checkpoint(d
                        on_step=cancel_in_second_epoch)
 
     assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
+
+
+def test_training_on_every_labelled_image_reports_no_holdout_accuracy():
+    # A job's final fit: the holdout split joins the training data, none is held out.
+    raw = load_digits()
+    x = np.rint(raw.images * 255 / 16).astype(np.uint8)[..., None][:200]
+    everything = split_arrays(x, raw.target[:200].astype(np.int64), train_idx=np.arange(200),
+                              holdout_idx=np.array([], dtype=np.int64))
+
+    result = train_standard(model_for(everything), everything, StandardConfig(epochs=1, batch_size=32))
+
+    assert len(everything.y_train) == 200
+    assert result.history[0]["holdout_accuracy"] is None and 0 <= result.history[0]["train_accuracy"] <= 1

@@ -121,6 +121,7 @@ def test_idempotency_key_reused_for_another_request_is_refused(client, dataset, 
     ({"latency_target_ms": -1}, "latency_target_ms", "greater than 0"),
     ({"pipeline": "magic"}, "pipeline", "'standard'"),
     ({"colour": "red"}, "colour", "unknown field"),
+    ({"params": {"final_fit": "everything"}}, "params.final_fit", "'train+holdout'"),
 ])
 def test_bad_job_request_names_the_field(client, dataset, device, overrides, field, named):
     response = client.post("/api/v1/jobs", json=job_request(**overrides))

@@ -95,6 +95,9 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app):
     report = client.get(job["links"]["report"]).json
     assert report == job["result"]["report"]
     assert 0.0 <= report["accuracy"]["test"] <= 1.0 and report["accuracy"]["test_samples"] == 359
+    # The found network is trained on train + holdout (1078 + 360 of digits' 1797), tested on the rest.
+    assert report["accuracy"]["trained_on"] == "train+holdout" and report["accuracy"]["train_samples"] == 1438
+    assert report["accuracy"]["holdout"] is None
     assert report["latency"]["measured_ms"] > 0 and report["latency"]["predicted_ms"] > 0
     assert report["latency"]["measured_file"] is True  # the exported ONNX itself was timed
     low, high = report["latency"]["achievable_ms"]

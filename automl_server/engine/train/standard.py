@@ -65,7 +65,7 @@ def train_standard(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train on ``data``'s training split, validating on its holdout split every
-    epoch. ``on_step`` runs after every step and may raise to abandon training
+    epoch (``holdout_accuracy`` is None when the holdout split is empty). ``on_step`` runs after every step and may raise to abandon training
     (the last epoch's checkpoint stays); ``should_stop`` is asked after every epoch."""
     stream = BatchStream(data.x_train, data.y_train, config.batch_size, config.seed + 11)
     steps = stream.batches_per_epoch
@@ -102,7 +102,8 @@ def train_standard(
                 on_step()
         epoch += 1
         history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "holdout_accuracy": evaluate(model, data.x_holdout, data.y_holdout)})
+                        "holdout_accuracy": evaluate(model, data.x_holdout, data.y_holdout) if len(data.y_holdout)
+                        else None})
         if checkpoint_path is not None:
             tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
