@@ -128,9 +128,16 @@ def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: 
     return tasks
 
 
+def network_method(settings: Any) -> dict[str, Any]:
+    """The measurement settings a whole network is timed with on a device: its
+    rounds span ``settings.network_measure_s`` (device_agents.profiling.method)."""
+    return {"min_seconds": float(settings.network_measure_s)}
+
+
 def dispatch_network_measurement(celery: Celery, target: Target, arch: Arch,
                                  method: dict[str, Any] | None = None) -> Any:
-    """Measure one whole network end to end on the device; recorded for calibration."""
+    """Measure one whole network end to end on the device (``method``: see
+    ``network_method``); recorded for calibration."""
     return celery.signature(MEASURE_NETWORK, args=[target.to_dict(), arch.to_dict(), method or {}],
                             queue=f"device.{target.device_name}").apply_async(
         link=celery.signature(RECORD_NETWORK, queue="default"))

@@ -60,6 +60,9 @@ class Settings:
     webhook_max_attempts: int = 8
     # Wait before the first webhook retry, in seconds; doubles after each failed attempt.
     webhook_backoff_s: float = 2.0
+    # Seconds each whole-network measurement spans on a device (calibration, verification,
+    # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
+    network_measure_s: float = 2.0
 
     # -- derived values -------------------------------------------------
     @property
@@ -167,6 +170,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
             values[f.name] = _convert(f.name, raw, f.default)
     values.update(overrides)
     settings = replace(Settings(), **values)
+    if settings.network_measure_s > 3600:
+        raise SettingsError(f"AUTOML_NETWORK_MEASURE_S={settings.network_measure_s!r} must be at most 3600 seconds")
     if settings.auth_mode not in _AUTH_MODES:
         raise SettingsError(f"AUTOML_AUTH_MODE={settings.auth_mode!r}; accepted: {', '.join(_AUTH_MODES)}")
     return settings

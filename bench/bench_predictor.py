@@ -25,7 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from device_agents.profiling import MeasurementMethod, build_from_key, get_backend  # noqa: E402
+from device_agents.profiling import (  # noqa: E402
+    MeasurementMethod,
+    NetworkToTime,
+    build_from_key,
+    get_backend,
+    measure_networks,
+)
+from device_agents.profiling.profiler import open_network  # noqa: E402
 from latency_db import LatencyPredictor, at_pace, fit_calibration, kendall_tau, within_pct  # noqa: E402
 from latency_db import yardstick_ms as yardstick_of  # noqa: E402
 from search_spaces import arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
@@ -39,10 +46,16 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=20, help="networks used to fit the calibration")
     parser.add_argument("--held-out", type=int, default=50, help="networks used to score the predictor")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default="rounds,sequential",
+                        help="how whole networks are timed, in this order: rounds (the service's way: each "
+                             "network in rounds with the yardstick, spanning --min-seconds), side-by-side (all "
+                             "networks of a pass in the same rounds), sequential (one measure_module each)")
+    parser.add_argument("--min-seconds", type=float, default=MeasurementMethod.min_seconds,
+                        help="the least time an interleaved pass spans")
     args = parser.parse_args()
 
     backend = get_backend(args.backend)
-    method = MeasurementMethod(threads=args.threads)
+    method = MeasurementMethod(threads=args.threads, min_seconds=args.min_seconds)
     layout = get_space(args.space).layout(args.resolution, 10, 3)
     started = time.perf_counter()
     pace: list[float] = []  # the first yardstick time: the pace every figure is given at
@@ -62,38 +75,52 @@ def main() -> None:
 
     archs = sample_archs(args.space, args.calibration + args.held_out, seed=1, resolution=args.resolution,
                          num_classes=10, in_channels=3)
-    rows = {"raw": [], "paced": []}
-    repeats = {"raw": [], "paced": []}
-    for index, arch in enumerate(archs):
-        keys = arch_keys(arch)
-        net, shape = build_model(arch).eval(), (1, 3, args.resolution, args.resolution)
-        first = measured(net, shape)
-        # measured again: how far two measurements of one network agree
-        again = measured(net, shape) if index >= args.calibration else None
-        for column, kind in enumerate(("raw", "paced")):
-            rows[kind].append((sum(lut[kind][k] for k in keys), len(keys), first[column]))
-            if again is not None:
-                repeats[kind].append(again[column])
-    held_out = archs[args.calibration:]
-    print(f"held-out networks: {len(held_out)}; calibration fitted on {args.calibration}")
-    for kind in ("raw", "paced"):
-        fit_rows, test_rows = rows[kind][: args.calibration], rows[kind][args.calibration:]
-        calibration = fit_calibration(fit_rows)
-        truth = [m for _, _, m in test_rows]
-        predictions = {
-            "LUT sum": [LatencyPredictor(lut[kind]).predict(arch_keys(a)) for a in held_out],
-            "calibrated": [LatencyPredictor(lut[kind], calibration).predict(arch_keys(a)) for a in held_out],
-        }
-        label = "raw medians" if kind == "raw" else f"at the yardstick's pace ({pace[0]:.4f} ms)"
-        print(f"-- {label}: measured {min(truth):.4f}-{max(truth):.4f} ms; calibration "
-              f"a={calibration.a:.3f} b={calibration.b:.4f} c={calibration.c:.4f} (rel. RMSE {calibration.rel_rmse:.3f})")
-        # The noise ceiling: a predictor cannot agree with a measurement better than
-        # a second measurement of the same network does.
-        print(f"   {'re-measured':11} within +-10%: {within_pct(repeats[kind], truth, 10):6.1%}   "
-              f"Kendall tau: {kendall_tau(repeats[kind], truth):.3f}   (the same networks measured twice)")
-        for name, predicted in predictions.items():
-            print(f"   {name:11} within +-10%: {within_pct(predicted, truth, 10):6.1%}   "
-                  f"Kendall tau: {kendall_tau(predicted, truth):.3f}")
+    shape = (1, 3, args.resolution, args.resolution)
+    fit_archs, held_out = archs[: args.calibration], archs[args.calibration:]
+
+    def timed(group, how: str) -> dict[str, list[float]]:  # noqa: ANN001 - {"raw": [...], "paced": [...]}
+        """Whole networks timed ``how`` (see --methods), as (raw median, median at the pace)."""
+        if how == "sequential":
+            figures = [measured(build_model(a).eval(), shape) for a in group]
+        else:
+            networks = [NetworkToTime(build_model(a).eval(), shape) for a in group]
+            if how == "side-by-side":  # every network of the pass in the same rounds
+                results = backend.measure_runs([open_network(backend, n, method) for n in networks], method)
+            else:  # "rounds": the service's way, each network in rounds with the yardstick only
+                results = measure_networks(backend, networks, method)
+            for stats in results:
+                if isinstance(stats, Exception):
+                    raise stats
+            pace[:] = pace or [yardstick_of(results[0])]
+            figures = [(s.method["raw_median_ms"], at_pace(s, pace[0]).median_ms) for s in results]
+        return {"raw": [f[0] for f in figures], "paced": [f[1] for f in figures]}
+
+    print(f"calibration networks: {len(fit_archs)}; held-out networks: {len(held_out)} (each timed in a pass of "
+          f"its own, then again in a third pass: how far two measurements of one network agree)")
+    for how in args.methods.split(","):
+        started = time.perf_counter()
+        fit_times, truth_times, again_times = timed(fit_archs, how), timed(held_out, how), timed(held_out, how)
+        print(f"== whole networks timed {how} ({time.perf_counter() - started:.0f} s for the three passes)")
+        for kind in ("raw", "paced"):
+            fit_rows = [(sum(lut[kind][k] for k in arch_keys(a)), len(arch_keys(a)), m)
+                        for a, m in zip(fit_archs, fit_times[kind])]
+            calibration = fit_calibration(fit_rows)
+            truth = truth_times[kind]
+            predictions = {
+                "LUT sum": [LatencyPredictor(lut[kind]).predict(arch_keys(a)) for a in held_out],
+                "calibrated": [LatencyPredictor(lut[kind], calibration).predict(arch_keys(a)) for a in held_out],
+            }
+            label = "raw medians" if kind == "raw" else f"at the yardstick's pace ({pace[0]:.4f} ms)"
+            print(f"-- {label}: measured {min(truth):.4f}-{max(truth):.4f} ms; calibration a={calibration.a:.3f} "
+                  f"b={calibration.b:.4f} c={calibration.c:.4f} (rel. RMSE {calibration.rel_rmse:.3f}, "
+                  f"{calibration.outliers} outliers)")
+            # The noise ceiling: a predictor cannot agree with a measurement better than
+            # a second measurement of the same network does.
+            rows = [("re-measured", again_times[kind]), *predictions.items()]
+            for name, predicted in rows:
+                note = "   (the same networks measured again)" if name == "re-measured" else ""
+                print(f"   {name:11} within +-10%: {within_pct(predicted, truth, 10):6.1%}   "
+                      f"Kendall tau: {kendall_tau(predicted, truth):.3f}{note}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
     the architecture is rebuilt and exported here as for any network.
     """
     from device_agents.agent import AGENT_VERSION
+    from device_agents.profiling import NetworkToTime, measure_networks
     from search_spaces import Arch, build_model
 
     spec = Arch.from_dict(arch)
@@ -97,15 +98,21 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
         backend = backend_for(target["backend"])
         settings = _method(target, method)
         runner = {"onnx": "measure_onnx", "tflite": "measure_tflite"}.get((model_file or {}).get("format", ""))
-        if runner and hasattr(backend, runner):
-            with tempfile.TemporaryDirectory(prefix="automl-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="automl-model-") as tmp:
+            if runner and hasattr(backend, runner):
                 path = Path(tmp) / f"model.{model_file['format']}"  # type: ignore[index]
                 path.write_bytes(base64.b64decode(model_file["b64"]))  # type: ignore[index]
-                stats = getattr(backend, runner)(path, settings)
-            measured_file = True
-        else:
-            stats = backend.measure_module(
-                build_model(spec).eval(), (1, spec.in_channels, spec.resolution, spec.resolution), settings)
+                network = NetworkToTime(path=path)
+                measured_file = True
+            else:
+                network = NetworkToTime(build_model(spec).eval(),
+                                        (1, spec.in_channels, spec.resolution, spec.resolution))
+            # A network is timed in rounds with the yardstick spanning method.min_seconds
+            # (method.measure_interleaved), alone: side by side with other networks it
+            # would be timed with the cache they leave (see profiler.measure_networks).
+            (stats,) = measure_networks(backend, [network], settings)
+        if isinstance(stats, Exception):
+            raise stats
     except Exception as exc:  # noqa: BLE001 - the service stores the reason
         return {"target": target, "arch": arch, "agent_version": AGENT_VERSION,
                 "error": f"{exc.__class__.__name__}: {exc}"}

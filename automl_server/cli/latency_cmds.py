@@ -171,12 +171,12 @@ def latency_measure(device: str, arch_path: Path, runtime: str | None, threads: 
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     from automl_server.celery_app import make_celery
-    from automl_server.profiling import dispatch_network_measurement, paced_measurement
+    from automl_server.profiling import dispatch_network_measurement, network_method, paced_measurement
 
     settings, db, target = _context(device, runtime, threads)
     arch = _arch(arch_path)
     _require_online(db, device)
-    pending = dispatch_network_measurement(make_celery(settings), target, arch)
+    pending = dispatch_network_measurement(make_celery(settings), target, arch, network_method(settings))
     try:
         payload = pending.get(timeout=timeout, disable_sync_subtasks=False)
     except CeleryTimeout:

@@ -75,7 +75,7 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
 
 
 def verify_on_device(ctx: StageContext) -> dict[str, Any]:
-    from automl_server.profiling import MEASURE_NETWORK
+    from automl_server.profiling import MEASURE_NETWORK, network_method
 
     spec = JobSpec.from_params(ctx.params)
     target = job_target(ctx)
@@ -106,7 +106,8 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
             data = (ctx.job_dir() / f"model.{fmt}").read_bytes()
             if len(data) <= MAX_SHIPPED_BYTES:
                 model_file = {"format": fmt, "b64": base64.b64encode(data).decode()}
-        ctx.celery.signature(MEASURE_NETWORK, args=[target.to_dict(), arch.to_dict(), {}, model_file],
+        ctx.celery.signature(MEASURE_NETWORK,
+                             args=[target.to_dict(), arch.to_dict(), network_method(ctx.settings), model_file],
                              queue=f"device.{target.device_name}").apply_async(
             link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id], queue="default"))
         state["sent_at"] = time.time()

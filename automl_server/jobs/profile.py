@@ -105,7 +105,13 @@ def _wait_for_device(ctx: StageContext, spec: JobSpec, state: dict[str, Any], pa
 
 
 def profile_target(ctx: StageContext) -> dict[str, Any]:
-    from automl_server.profiling import dispatch_network_measurement, dispatch_profiling, predictor, repository
+    from automl_server.profiling import (
+        dispatch_network_measurement,
+        dispatch_profiling,
+        network_method,
+        predictor,
+        repository,
+    )
     from search_spaces import op_key, sample_archs, space_keys
 
     spec = JobSpec.from_params(ctx.params)
@@ -151,7 +157,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
                      *sample_archs(layout.space, max(wanted - len(networks) - 2, 0), spec.seed + 7,
                                    layout.resolution, layout.num_classes, layout.in_channels)]
             for arch in archs:
-                dispatch_network_measurement(ctx.celery, target, arch)
+                dispatch_network_measurement(ctx.celery, target, arch, network_method(ctx.settings))
             state["networks_sent_at"] = time.time()
             state["networks_to_measure"] = len(archs)
             state["networks_before"] = len(networks)

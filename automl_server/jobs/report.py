@@ -84,7 +84,7 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
     comparison; the measurements land in the latency database (whole networks)
     where the comparison's matrix reads them."""
     from automl_server.db.models import Comparison
-    from automl_server.profiling import MEASURE_NETWORK, ProfilingError, resolve_target
+    from automl_server.profiling import MEASURE_NETWORK, ProfilingError, network_method, resolve_target
     from search_spaces import Arch
 
     with ctx.db.session() as session:
@@ -100,7 +100,8 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
             ctx.event("log", f"cannot measure on {t['device']}: {exc}")
             continue
         row, column = f"{ctx.params['device']}:{ctx.params['runtime']}", f"{t['device']}:{t['runtime']}"
-        ctx.celery.signature(MEASURE_NETWORK, args=[target.to_dict(), Arch.from_dict(arch).to_dict(), {}],
+        ctx.celery.signature(MEASURE_NETWORK,
+                             args=[target.to_dict(), Arch.from_dict(arch).to_dict(), network_method(ctx.settings)],
                              queue=f"device.{target.device_name}").apply_async(
             link=ctx.celery.signature(RECORD_COMPARISON_CELL, args=[ctx.params["comparison_id"], f"{row}|{column}"],
                                       queue="default"))

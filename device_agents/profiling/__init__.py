@@ -22,9 +22,15 @@ from device_agents.profiling.backends import (
     get_backend,
     register_backend,
 )
-from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure, read_temperature_c
+from device_agents.profiling.method import (
+    MeasurementMethod,
+    cpu_affinity,
+    measure,
+    measure_interleaved,
+    read_temperature_c,
+)
 from device_agents.profiling.ops import build_from_key
-from device_agents.profiling.profiler import profile_key
+from device_agents.profiling.profiler import NetworkToTime, measure_networks, profile_key
 from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "ConverterMissing",
     "LiteRTBackend",
     "MeasurementMethod",
+    "NetworkToTime",
     "OnnxRuntimeBackend",
     "ProfilerBackend",
     "TorchBackend",
@@ -41,6 +48,8 @@ __all__ = [
     "cpu_affinity",
     "get_backend",
     "measure",
+    "measure_interleaved",
+    "measure_networks",
     "profile_key",
     "read_temperature_c",
     "register_backend",

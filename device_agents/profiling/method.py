@@ -33,10 +33,11 @@ import gc
 import glob
 import math
 import os
+import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -63,9 +64,13 @@ class MeasurementMethod:
     affinity: tuple[int, ...] | None = None  # CPUs to pin the whole process to while measuring; None = as is
     cooldown_s: float = 0.0  # pause before warming up, so a device heated by the previous op can cool
     yardstick: bool = True  # pair each block with a block of the backend's yardstick (see the module's doc)
+    # Whole networks (measure_interleaved): at least this many rounds, each timing one block of the
+    # network (and of the yardstick), and rounds go on until they span min_seconds (see that function).
+    min_rounds: int = 7
+    min_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1)):
+        for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1), ("min_rounds", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"MeasurementMethod.{name} must be an integer >= {minimum}, got {value!r}")
@@ -85,6 +90,10 @@ class MeasurementMethod:
             raise ValueError(f"MeasurementMethod.min_block_ms must be a number in [0, 1000], got {self.min_block_ms!r}")
         if isinstance(self.cooldown_s, bool) or not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"MeasurementMethod.cooldown_s must be a number >= 0, got {self.cooldown_s!r}")
+        if isinstance(self.min_seconds, bool) or not isinstance(self.min_seconds, (int, float)) or not (
+            0 <= self.min_seconds <= 3600
+        ):
+            raise ValueError(f"MeasurementMethod.min_seconds must be a number in [0, 3600], got {self.min_seconds!r}")
         if not isinstance(self.yardstick, bool):
             raise ValueError(f"MeasurementMethod.yardstick must be true or false, got {self.yardstick!r}")
         if self.affinity is not None:
@@ -154,10 +163,15 @@ def measure(
     op_runs = stick_runs = method.block_size
 
     def one_block() -> float:
-        op_means.append(time_block(run, op_runs) / op_runs)
-        if not paced:
-            return op_means[-1]
-        stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
+        if paced and timer is None and sync is None:
+            op_total, stick_total = _interleaved_block(run, op_runs, yardstick, stick_runs)  # type: ignore[arg-type]
+            op_means.append(op_total / op_runs)
+            stick_means.append(stick_total / stick_runs)
+        else:
+            op_means.append(time_block(run, op_runs) / op_runs)
+            if not paced:
+                return op_means[-1]
+            stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
         return op_means[-1] / stick_means[-1] if stick_means[-1] > 0 else 0.0
 
     with cpu_affinity(method.affinity), _gc_paused():
@@ -201,8 +215,136 @@ def measure(
     return replace(stats, samples=blocks * op_runs)
 
 
+# Most rounds of an interleaved measurement (networks so fast that min_seconds takes many rounds).
+MAX_ROUNDS = 200
+
+
+def measure_interleaved(
+    runs: Sequence[Callable[[], object]],
+    method: MeasurementMethod,
+    sync: Callable[[], None] | None = None,
+    *,
+    yardstick: Callable[[], object] | None = None,
+    timer: BlockTimer | None = None,
+    seed: int = 0,
+) -> list[MeasurementStats]:
+    """Time whole networks in rounds spanning ``method.min_seconds``; one MeasurementStats per run, in order.
+
+    Why not ``measure``: on a shared machine a whole network's time drifts by
+    5-10% over seconds, so a measurement that stops after 20 ms (as soon as
+    its blocks agree) is a measurement of one moment, and two such
+    measurements a minute apart disagree by more than the 10% a predictor is
+    judged by. Here each run is timed in rounds, one block per round (in an
+    order shuffled per round when there are several runs: randomized
+    multiple interleaved trials, Abedi & Brecht, ICPE 2017), and rounds go on
+    until there are ``method.min_rounds`` of them and they span
+    ``method.min_seconds``. Blocks are sized from the timed warm-up runs so
+    that ``min_rounds`` rounds take about ``min_seconds``; a run's figure is
+    the median of its block means. Each block starts with one untimed run,
+    so that a network is timed warm (as it runs deployed, and as its ops
+    were profiled), not in the cache the block before left.
+
+    With ``yardstick`` (and ``method.yardstick``) each block is followed by a
+    block of the yardstick lasting about as long, and the samples are paced as
+    in ``measure``: the common drift cancels. ``timer`` replaces the host
+    clock for the blocks (the rounds' span is always host time); ``seed``
+    fixes the shuffles. Several networks side by side are timed in the cache
+    the others leave; ``profiler.measure_networks`` times them one at a time.
+    """
+    if not runs:
+        return []
+    paced = yardstick is not None and method.yardstick
+    time_block = timer if timer is not None else wall_clock_timer(sync)
+    if method.cooldown_s > 0:
+        time.sleep(method.cooldown_s)
+    count = len(runs)
+    net_means: list[list[float]] = [[] for _ in runs]
+    stick_means: list[list[float]] = [[] for _ in runs]
+    with cpu_affinity(method.affinity), _gc_paused():
+        per_run = [_warm_up(run, method.warmup, time_block) for run in runs]
+        stick_ms = _warm_up(yardstick, method.warmup, time_block) if paced else 0.0  # type: ignore[arg-type]
+        share = method.min_seconds * 1000 / method.min_rounds / (count * (2 if paced else 1))
+        block_ms = max(method.min_block_ms, share)
+        block_runs = [_runs(block_ms / ms, 1) if ms > 0 else MAX_BLOCK_RUNS for ms in per_run]
+        stick_runs = [_runs(runs_ * ms / stick_ms, 1) if stick_ms > 0 else 1
+                      for runs_, ms in zip(block_runs, per_run)]
+        order = list(range(count))
+        shuffle = random.Random(seed).shuffle
+        started = time.perf_counter()
+        rounds = 0
+        while rounds < MAX_ROUNDS and (rounds < method.min_rounds
+                                       or time.perf_counter() - started < method.min_seconds):
+            shuffle(order)
+            for index in order:
+                # One untimed run first: the network before this one evicted this one's weights
+                # from the core's cache, and a deployed network runs warm, as its ops were profiled.
+                runs[index]()
+                net_means[index].append(time_block(runs[index], block_runs[index]) / block_runs[index])
+                if paced:
+                    yardstick()  # type: ignore[misc]
+                    stick_means[index].append(
+                        time_block(yardstick, stick_runs[index]) / stick_runs[index])  # type: ignore[arg-type]
+            rounds += 1
+        seconds = time.perf_counter() - started
+    temperature = read_temperature_c()
+    results = []
+    for index in range(count):
+        means = net_means[index]
+        recorded: dict[str, Any] = {**method.to_dict(), "interleaved_with": count - 1, "rounds": rounds,
+                                    "blocks": rounds, "block_runs": block_runs[index], "seconds": round(seconds, 3)}
+        if paced:
+            sticks = stick_means[index]
+            stick_median = statistics.median(sticks)
+            samples = [(net / stick if stick > 0 else 0.0) * stick_median for net, stick in zip(means, sticks)]
+            recorded.update(yardstick_ms=stick_median, yardstick_runs=stick_runs[index],
+                            raw_median_ms=statistics.median(means))
+        else:
+            samples = list(means)
+            recorded["yardstick"] = False
+        recorded["converged"] = len(samples) < 2 or coefficient_of_variation(samples) <= method.cv_threshold
+        stats = MeasurementStats.from_samples(samples, warmup=method.warmup, method=recorded,
+                                              temperature_c=temperature)
+        results.append(replace(stats, samples=rounds * block_runs[index]))
+    return results
+
+
+def _warm_up(run: Callable[[], object], warmup: int, time_block: BlockTimer) -> float:
+    """Run ``warmup`` untimed-for-the-result runs (at least one) and return the
+    median of their times in ms: a first guess of one run, to size blocks."""
+    times = [time_block(run, 1) for _ in range(max(1, warmup))]
+    return statistics.median(times[len(times) // 2:])
+
+
 def _runs(wanted: float, minimum: int) -> int:
     return int(min(MAX_BLOCK_RUNS, max(minimum, math.ceil(wanted))))
+
+
+def _interleaved_block(
+    run: Callable[[], object], op_runs: int, yardstick: Callable[[], object], stick_runs: int
+) -> tuple[float, float]:
+    """A block of ``op_runs`` runs of the op and ``stick_runs`` of the yardstick,
+    woven together in short alternating stretches (e.g. 4 op runs, 1 yardstick
+    run, 4 op runs, ...) and each stretch timed on the host clock: the op and
+    its yardstick then see the same moments of the machine, not neighbouring
+    ones. Returns the milliseconds spent in each."""
+    stretches = min(op_runs, stick_runs)
+    op_total = stick_total = 0
+    op_done = stick_done = 0
+    clock = time.perf_counter_ns
+    for index in range(1, stretches + 1):
+        op_until, stick_until = op_runs * index // stretches, stick_runs * index // stretches
+        start = clock()
+        while op_done < op_until:
+            run()
+            op_done += 1
+        middle = clock()
+        while stick_done < stick_until:
+            yardstick()
+            stick_done += 1
+        end = clock()
+        op_total += middle - start
+        stick_total += end - middle
+    return op_total / 1e6, stick_total / 1e6
 
 
 def coefficient_of_variation(values: list[float]) -> float:

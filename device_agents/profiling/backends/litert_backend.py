@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from device_agents.profiling.backends.base import (
     with_backend,
     yardstick_op,
 )
-from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure
+from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure, measure_interleaved
 from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
 from latency_db.records import MeasurementStats
 
@@ -75,6 +76,24 @@ class LiteRTBackend:
             interpreter = _ready_interpreter(method, model_path=str(tflite_path))
             stats = measure(interpreter.invoke, method, yardstick=self._yardstick(method))
         return with_backend(stats, self, num_threads=method.threads)
+
+    def open_module(
+        self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
+    ) -> Callable[[], object]:
+        """One ``invoke()`` of the module, converted and loaded in an interpreter (call inside the pinning)."""
+        with tempfile.TemporaryDirectory(prefix="automl-litert-") as tmp:
+            path, _converter = self.convert(module, input_shape, Path(tmp) / "net.tflite")
+            return self.open_file(path, method)
+
+    def open_file(self, tflite_path: str | Path, method: MeasurementMethod) -> Callable[[], object]:
+        """One ``invoke()`` of a ``.tflite`` file as it is; the interpreter keeps the model's bytes."""
+        return _ready_interpreter(method, model_content=Path(tflite_path).read_bytes()).invoke
+
+    def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
+        """Whole networks opened with ``open_module``/``open_file``, timed side by side (measure_interleaved)."""
+        with cpu_affinity(method.affinity):
+            results = measure_interleaved(runs, method, yardstick=self._yardstick(method))
+        return [with_backend(stats, self, num_threads=method.threads) for stats in results]
 
     def _yardstick(self, method: MeasurementMethod) -> Any:
         """The yardstick's ``invoke``, one interpreter per thread count and affinity (made inside the pinning)."""

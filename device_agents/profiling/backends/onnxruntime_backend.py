@@ -19,7 +19,7 @@ from device_agents.profiling.backends.base import (
     with_backend,
     yardstick_op,
 )
-from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure
+from device_agents.profiling.method import MeasurementMethod, cpu_affinity, measure, measure_interleaved
 from latency_db.records import MeasurementStats
 
 CPU = "CPUExecutionProvider"
@@ -112,6 +112,26 @@ class OnnxRuntimeBackend:
             stats, self, provider=self.provider, intra_op_num_threads=threads, inter_op_num_threads=1,
             graph_optimization="ORT_ENABLE_ALL",
         )
+
+    def open_module(
+        self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
+    ) -> Callable[[], object]:
+        """One inference of the module, exported and loaded in a session (call inside the method's pinning)."""
+        with tempfile.TemporaryDirectory(prefix="automl-ort-") as tmp:
+            # The session holds the model in memory; the file can go.
+            return self.open_file(self.export(module, input_shape, Path(tmp) / "net.onnx"), method)
+
+    def open_file(self, onnx_path: str | Path, method: MeasurementMethod) -> Callable[[], object]:
+        """One inference of an ONNX file as it is (symbolic dimensions run as 1)."""
+        return self._runner(self.create_session(onnx_path, method))
+
+    def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
+        """Whole networks opened with ``open_module``/``open_file``, timed side by side (measure_interleaved)."""
+        with cpu_affinity(method.affinity):
+            results = measure_interleaved(runs, method, yardstick=self._yardstick(method))
+        return [with_backend(stats, self, provider=self.provider, intra_op_num_threads=method.threads,
+                             inter_op_num_threads=1, graph_optimization="ORT_ENABLE_ALL", exporter=self.exporter,
+                             opset=self.opset) for stats in results]
 
     def measure_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod

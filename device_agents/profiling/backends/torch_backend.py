@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from device_agents.profiling.backends.base import BackendUnavailable, fixed_input, with_backend, yardstick_op
-from device_agents.profiling.method import MeasurementMethod, measure
+from device_agents.profiling.method import MeasurementMethod, measure, measure_interleaved
 from latency_db.records import MeasurementStats
 
 DEVICES = ("cpu", "cuda")
@@ -54,6 +54,30 @@ class TorchBackend:
         finally:
             torch.set_num_threads(threads_before)
         return with_backend(stats, self, **details)
+
+    def open_module(
+        self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
+    ) -> Callable[[], object]:
+        """One forward pass of a copy of the module on this backend's device (timed by ``measure_runs``)."""
+        model = copy.deepcopy(module).to(self.device).eval()
+        x = torch.from_numpy(fixed_input(tuple(input_shape))).to(self.device)
+        return lambda: model(x)
+
+    def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
+        """Networks opened with ``open_module``, timed side by side (measure_interleaved) under
+        ``inference_mode`` with ``method.threads`` threads; on CUDA each block is synchronised."""
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(method.threads)
+        try:
+            with torch.inference_mode():
+                yardstick = self._yardstick() if method.yardstick else None
+                sync = torch.cuda.synchronize if self.device == "cuda" else None
+                results = measure_interleaved(runs, method, sync, yardstick=yardstick)
+        finally:
+            torch.set_num_threads(threads_before)
+        details = ({"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda} if self.device == "cuda"
+                   else {"device": "cpu"})
+        return [with_backend(stats, self, **details) for stats in results]
 
     def _yardstick(self) -> Callable[[], object]:
         """The yardstick's forward pass on this backend's device (call under inference_mode)."""
