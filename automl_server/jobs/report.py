@@ -57,7 +57,11 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                     "measured_over_predicted": verify["ratio"], "within_10pct": verify["within_10pct"],
                     "meets_target": verify["meets_target"], "achievable_ms": profile["achievable_ms"],
                     "measured_file": verify.get("measured_file"),
-                    "calibrated": profile.get("calibration") is not None},
+                    # measured_ms is at the target's pace (latency_db.pace), as the prediction is;
+                    # this is what the clock said during the measurement.
+                    "raw_measured_ms": verify.get("raw_measured_ms", verify["measured_ms"]),
+                    "calibrated": profile.get("calibration") is not None,
+                    "calibration_rel_rmse": (profile.get("calibration") or {}).get("rel_rmse")},
         "model": {"parameters": export["parameters"], "macs": export["macs"], "onnx_bytes": export["model_bytes"],
                   "tflite_bytes": export.get("tflite", {}).get("size_bytes"), "input": export["input"]},
         "cost": {"device_hours": round(device_s / 3600, 6),

@@ -290,3 +290,24 @@ def test_temperature_is_the_hottest_readable_zone(tmp_path: Path) -> None:
 
     assert read_temperature_c(str(tmp_path / "thermal_zone*" / "temp")) == pytest.approx(51.5)
     assert read_temperature_c(str(tmp_path / "missing*" / "temp")) is None
+
+
+def test_op_and_yardstick_runs_are_woven_together_in_short_stretches() -> None:
+    from device_agents.profiling.method import _interleaved_block
+
+    calls: list[str] = []
+    op_ms, stick_ms = _interleaved_block(lambda: calls.append("op"), 6, lambda: calls.append("stick"), 3)
+
+    # Three stretches of two op runs and one yardstick run: both see the same moments.
+    assert calls == ["op", "op", "stick"] * 3
+    assert op_ms >= 0 and stick_ms >= 0
+
+
+def test_a_paced_measurement_on_the_real_clock_keeps_the_raw_figure_beside_it() -> None:
+    method = MeasurementMethod(warmup=1, block_size=2, min_blocks=3, max_blocks=5, min_block_ms=0.0)
+
+    stats = measure(busy_wait(1.0), method, yardstick=busy_wait(0.5))
+
+    assert stats.method["yardstick"] is True
+    assert stats.method["raw_median_ms"] >= 0.99 and stats.method["yardstick_ms"] >= 0.49
+    assert stats.method["yardstick_runs"] >= 2 and 3 <= stats.method["blocks"] <= 5

@@ -100,6 +100,11 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app):
     assert report["accuracy"]["holdout"] is None
     assert report["latency"]["measured_ms"] > 0 and report["latency"]["predicted_ms"] > 0
     assert report["latency"]["measured_file"] is True  # the exported ONNX itself was timed
+    assert report["latency"]["raw_measured_ms"] > 0  # the clock's figure beside the paced one
+    # Timed in rounds spanning the service's network_measure_s (0.2 s in the tests), with the yardstick.
+    verify_method = job["result"]["verify"]["stats"]["method"]
+    assert verify_method["min_seconds"] == 0.2 and verify_method["rounds"] >= verify_method["min_rounds"]
+    assert verify_method["seconds"] >= 0.2 and verify_method["yardstick_ms"] > 0
     low, high = report["latency"]["achievable_ms"]
     assert 0 < low < high
     assert report["model"]["parameters"] > 0 and report["model"]["macs"] > 0

@@ -40,6 +40,8 @@ def test_environment_overrides_defaults(tmp_path):
     ("AUTOML_MAX_UPLOAD_BYTES", "-5", "must be >= 0"),
     ("AUTOML_HEARTBEAT_TIMEOUT_S", "0", "must be > 0"),
     ("AUTOML_AUTH_MODE", "sometimes", "accepted: auto, always, never"),
+    ("AUTOML_NETWORK_MEASURE_S", "0", "must be > 0"),
+    ("AUTOML_NETWORK_MEASURE_S", "7200", "must be at most 3600 seconds"),
 ])
 def test_bad_values_are_named(variable, value, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
