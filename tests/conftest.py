@@ -98,6 +98,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "database_url": database_url,
         "broker_url": "memory://",
         "result_backend": "cache+memory://",
+        "network_measure_s": float(os.environ["AUTOML_NETWORK_MEASURE_S"]),  # 0.2 s, see the top
     }
     values.update(overrides)
     return settings_from_env({}, **values)
