@@ -83,8 +83,8 @@ def open_network(backend: ProfilerBackend, network: NetworkToTime, method: Measu
     return backend.open_module(network.module, network.input_shape, method)  # type: ignore[attr-defined, no-any-return]
 
 
-def _measure_alone(backend: ProfilerBackend, network: NetworkToTime, method: MeasurementMethod
-                   ) -> MeasurementStats | Exception:
+def _measure_alone(backend: ProfilerBackend, network: NetworkToTime, method: MeasurementMethod) -> MeasurementStats:
+    """A network timed by a backend that cannot hold it open: its own measure_* call."""
     if network.path is not None:
         runner = {".onnx": "measure_onnx", ".tflite": "measure_tflite"}.get(network.path.suffix, "")
         if not hasattr(backend, runner):

@@ -2,7 +2,6 @@
 hold networks open for it (measure_networks)."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -10,15 +9,7 @@ from torch import nn
 
 from device_agents.profiling import MeasurementMethod, NetworkToTime, get_backend, measure_interleaved, measure_networks
 from search_spaces import build_model, sample_archs
-
-
-def busy_wait(ms: float) -> Callable[[], None]:
-    def run() -> None:
-        end = time.perf_counter_ns() + int(ms * 1e6)
-        while time.perf_counter_ns() < end:
-            pass
-
-    return run
+from tests.device_agents.test_profiling_method import busy_wait
 
 
 def counting(name: str, calls: list[str]) -> Callable[[], None]:
