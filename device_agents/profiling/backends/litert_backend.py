@@ -90,7 +90,7 @@ class LiteRTBackend:
         return _ready_interpreter(method, model_content=Path(tflite_path).read_bytes()).invoke
 
     def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
-        """Whole networks opened with ``open_module``/``open_file``, timed side by side (measure_interleaved)."""
+        """Whole networks opened with ``open_module``/``open_file``, timed in rounds (measure_interleaved)."""
         with cpu_affinity(method.affinity):
             results = measure_interleaved(runs, method, yardstick=self._yardstick(method))
         return [with_backend(stats, self, num_threads=method.threads) for stats in results]

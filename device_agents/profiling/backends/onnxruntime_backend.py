@@ -107,11 +107,7 @@ class OnnxRuntimeBackend:
             session = self.create_session(onnx_path, method)
             run = self._runner(session)
             stats = measure(run, method, yardstick=self._yardstick(method))
-        threads = session.get_session_options().intra_op_num_threads
-        return with_backend(
-            stats, self, provider=self.provider, intra_op_num_threads=threads, inter_op_num_threads=1,
-            graph_optimization="ORT_ENABLE_ALL",
-        )
+        return with_backend(stats, self, **self._session_details(session.get_session_options().intra_op_num_threads))
 
     def open_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
@@ -126,12 +122,16 @@ class OnnxRuntimeBackend:
         return self._runner(self.create_session(onnx_path, method))
 
     def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
-        """Whole networks opened with ``open_module``/``open_file``, timed side by side (measure_interleaved)."""
+        """Whole networks opened with ``open_module``/``open_file``, timed in rounds (measure_interleaved)."""
         with cpu_affinity(method.affinity):
             results = measure_interleaved(runs, method, yardstick=self._yardstick(method))
-        return [with_backend(stats, self, provider=self.provider, intra_op_num_threads=method.threads,
-                             inter_op_num_threads=1, graph_optimization="ORT_ENABLE_ALL", exporter=self.exporter,
-                             opset=self.opset) for stats in results]
+        details = {**self._session_details(method.threads), "exporter": self.exporter, "opset": self.opset}
+        return [with_backend(stats, self, **details) for stats in results]
+
+    def _session_details(self, intra_op_threads: int) -> dict[str, Any]:
+        """How ``create_session`` runs a model, recorded beside each result."""
+        return {"provider": self.provider, "intra_op_num_threads": intra_op_threads, "inter_op_num_threads": 1,
+                "graph_optimization": "ORT_ENABLE_ALL"}
 
     def measure_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod

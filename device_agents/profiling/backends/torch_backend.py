@@ -1,8 +1,10 @@
 """Eager PyTorch on the CPU or a CUDA GPU: the runtime the search itself trains and runs in."""
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,49 +37,48 @@ class TorchBackend:
     def measure_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
     ) -> MeasurementStats:
-        # A copy, so that the caller's module keeps its device and mode.
-        model = copy.deepcopy(module).to(self.device).eval()
-        x = torch.from_numpy(fixed_input(tuple(input_shape))).to(self.device)
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(method.threads)
-        try:
-            with torch.inference_mode():
-                run: Callable[[], object] = lambda: model(x)  # noqa: E731
-                yardstick = self._yardstick() if method.yardstick else None
-                if self.device == "cuda":
-                    stats = measure(run, method, sync=torch.cuda.synchronize, timer=_cuda_event_timer,
-                                    yardstick=yardstick)
-                    details = {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
-                else:
-                    stats = measure(run, method, yardstick=yardstick)
-                    details = {"device": "cpu"}
-        finally:
-            torch.set_num_threads(threads_before)
-        return with_backend(stats, self, **details)
+        run = self.open_module(module, input_shape, method)
+        with self._running(method) as yardstick:
+            if self.device == "cuda":
+                stats = measure(run, method, sync=torch.cuda.synchronize, timer=_cuda_event_timer,
+                                yardstick=yardstick)
+            else:
+                stats = measure(run, method, yardstick=yardstick)
+        return with_backend(stats, self, **self._details())
 
     def open_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
     ) -> Callable[[], object]:
-        """One forward pass of a copy of the module on this backend's device (timed by ``measure_runs``)."""
+        """One forward pass of a copy of the module (the caller's keeps its device and mode) on this
+        backend's device; call it inside ``_running`` (``measure_module``, ``measure_runs`` do)."""
         model = copy.deepcopy(module).to(self.device).eval()
         x = torch.from_numpy(fixed_input(tuple(input_shape))).to(self.device)
         return lambda: model(x)
 
     def measure_runs(self, runs: list[Callable[[], object]], method: MeasurementMethod) -> list[MeasurementStats]:
-        """Networks opened with ``open_module``, timed side by side (measure_interleaved) under
-        ``inference_mode`` with ``method.threads`` threads; on CUDA each block is synchronised."""
+        """Networks opened with ``open_module``, timed in rounds (measure_interleaved); on CUDA
+        each block is synchronised."""
+        with self._running(method) as yardstick:
+            sync = torch.cuda.synchronize if self.device == "cuda" else None
+            results = measure_interleaved(runs, method, sync, yardstick=yardstick)
+        return [with_backend(stats, self, **self._details()) for stats in results]
+
+    @contextlib.contextmanager
+    def _running(self, method: MeasurementMethod) -> Iterator[Callable[[], object] | None]:
+        """``inference_mode`` with ``method.threads`` threads (restored after); yields the yardstick
+        when the method asks for one."""
         threads_before = torch.get_num_threads()
         torch.set_num_threads(method.threads)
         try:
             with torch.inference_mode():
-                yardstick = self._yardstick() if method.yardstick else None
-                sync = torch.cuda.synchronize if self.device == "cuda" else None
-                results = measure_interleaved(runs, method, sync, yardstick=yardstick)
+                yield self._yardstick() if method.yardstick else None
         finally:
             torch.set_num_threads(threads_before)
-        details = ({"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda} if self.device == "cuda"
-                   else {"device": "cpu"})
-        return [with_backend(stats, self, **details) for stats in results]
+
+    def _details(self) -> dict[str, Any]:
+        if self.device == "cuda":
+            return {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
+        return {"device": "cpu"}
 
     def _yardstick(self) -> Callable[[], object]:
         """The yardstick's forward pass on this backend's device (call under inference_mode)."""
