@@ -1,0 +1,24 @@
+"""Device side of IOS scheduling: run an ONNX model by its schedule JSON, and measure stages.
+
+Never imports the service (``automl_server``): the schedule is plain JSON.
+"""
+from __future__ import annotations
+
+from device_agents.ios.executor import CpuExecutor, CudaExecutor, SequentialExecutor, split_threads
+from device_agents.ios.measure import LocalStageMeasurer, time_runs
+from device_agents.ios.merge import MergedConv, merge_convs
+from device_agents.ios.program import OnnxModelProgram, ScheduledModel, load_scheduled
+
+__all__ = [
+    "CpuExecutor",
+    "CudaExecutor",
+    "LocalStageMeasurer",
+    "MergedConv",
+    "OnnxModelProgram",
+    "ScheduledModel",
+    "SequentialExecutor",
+    "load_scheduled",
+    "merge_convs",
+    "split_threads",
+    "time_runs",
+]
