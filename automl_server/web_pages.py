@@ -224,7 +224,8 @@ def devices_page() -> str:
 @web.get("/new")
 def new_search_page() -> str:
     from automl_server.api.schemas import JobBudget
-    from automl_server.jobs.train import PIPELINES
+    from automl_server.api.pipelines import to_out as pipeline_out
+    from automl_server.engine.train.registry import pipelines as registered_pipelines
     from search_spaces import list_spaces
 
     s = _state()
@@ -239,14 +240,36 @@ def new_search_page() -> str:
                    for d in db_session.scalars(select(Device).options(selectinload(Device.runtimes))
                                                .order_by(Device.name))]
     spaces = [{"name": sp.name, "description": sp.description} for sp in list_spaces()]
-    pipelines = [{"name": "standard", "label": "Standard training", "available": "standard" in PIPELINES},
-                 {"name": "fedgkt", "label": "Federated (FedGKT)", "available": "fedgkt" in PIPELINES},
-                 {"name": "delayed-sgd", "label": "Delayed SGD", "available": "delayed-sgd" in PIPELINES},
-                 {"name": "sparse-update", "label": "Sparse update (TTE)", "available": "sparse-update" in PIPELINES}]
+    # Every registered pipeline with its settings (the form renders a control per setting).
+    pipelines = [{**pipeline_out(p).model_dump(mode="json"), "controls": setting_controls(p.settings_schema())}
+                 for p in registered_pipelines().values()]
     budget = {name: field.default for name, field in JobBudget.model_fields.items() if name != "minutes"}
     chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "")}
     return render_template("new.html", datasets=datasets, devices=devices, spaces=spaces, pipelines=pipelines,
                            budget=budget, chosen=chosen)
+
+
+def setting_controls(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """One form control per setting of a pipeline, from its JSON Schema: a
+    choice list for an enum, a checkbox for a flag, a number box with the
+    schema's bounds, or a text box; an optional setting may be left empty."""
+    controls = []
+    for name, prop in schema.get("properties", {}).items():
+        options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+        kind = options[0] if options else {}
+        control: dict[str, Any] = {"name": name, "label": prop.get("title", name), "help": prop.get("description", ""),
+                                   "default": prop.get("default"), "optional": len(options) < len(prop.get("anyOf", [prop]))}
+        if "enum" in kind or "const" in kind:
+            control.update(kind="select", options=list(kind.get("enum", [kind.get("const")])))
+        elif kind.get("type") == "boolean":
+            control.update(kind="checkbox")
+        elif kind.get("type") in ("integer", "number"):
+            control.update(kind=kind["type"], min=kind.get("minimum", kind.get("exclusiveMinimum")),
+                           max=kind.get("maximum", kind.get("exclusiveMaximum")))
+        else:
+            control.update(kind="text")
+        controls.append(control)
+    return controls
 
 
 # -- one job ----------------------------------------------------------------------
@@ -278,17 +301,24 @@ def _layout_for(job: Job, dataset: Dataset | None) -> dict[str, Any] | None:
 @web.get("/jobs/<job_id>")
 def job_page(job_id: str) -> str:
     from automl_server.api.jobs import to_out
-    from automl_server.jobs.stages import STAGES, last_stage_of
+    from automl_server.jobs.stages import get_stage, plan_of
 
     with _state().db.session() as db_session:
         job = db_session.get(Job, job_id)
         if job is None:
             abort(404)
         dataset = db_session.get(Dataset, job.dataset_id) if job.dataset_id else None
-        stages = [{"name": st.name, "title": st.title} for st in STAGES[: last_stage_of(job) + 1]]
+        stages = [{"name": name, "title": _stage_title(get_stage, name)} for name in plan_of(job)]
         data = {"job": to_out(job).model_dump(mode="json"), "stages": stages, "layout": _layout_for(job, dataset)}
         summary = job_summary(job)
     return render_template("job.html", job=summary, data=data)
+
+
+def _stage_title(get_stage: Any, name: str) -> str:
+    try:
+        return str(get_stage(name).title)
+    except KeyError:  # a stage no longer registered in this version: its name still shows
+        return name
 
 
 # -- compare ----------------------------------------------------------------------

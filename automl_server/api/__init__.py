@@ -10,7 +10,7 @@ api_blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
 registry = ApiRegistry(API_PREFIX)
 
 # Importing the resource modules declares their routes on the blueprint.
-from automl_server.api import comparisons, datasets, devices, jobs, meta, ui  # noqa: E402,F401
+from automl_server.api import comparisons, datasets, devices, jobs, meta, pipelines, ui  # noqa: E402,F401
 from automl_server.api import auth as _auth  # noqa: E402
 from automl_server.api import problems  # noqa: E402
 

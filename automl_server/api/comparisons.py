@@ -12,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from automl_server.api import api_blueprint, registry
-from automl_server.api.jobs import _build_job, _fingerprint, _invalid, queue_job
+from automl_server.api.jobs import invalid, queue_job, submit
 from automl_server.api.problems import not_found
 from automl_server.api.schemas import ComparisonCreate, ComparisonOut, JobCreate
 from automl_server.db.models import Comparison, Job, JobState
+from automl_server.jobs.submit import InvalidRequest
 
 
 def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
@@ -28,15 +29,15 @@ def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
         name, _, runtime = entry.partition(":")
         device = session.scalar(select(Device).where(Device.name == name).options(selectinload(Device.runtimes)))
         if device is None:
-            raise _invalid(f"devices.{index}", f"no device {name!r}; give names from GET /api/v1/devices")
+            raise invalid(InvalidRequest(f"devices.{index}", f"no device {name!r}; give names from GET /api/v1/devices"))
         runtimes = [r.name for r in device.runtimes]
         runtime = runtime or (runtimes[0] if runtimes else "")
         if runtime not in runtimes:
-            raise _invalid(f"devices.{index}", f"device {name!r} has no runtime {runtime!r}; "
-                           f"accepted: {', '.join(runtimes) or 'none'}")
+            raise invalid(InvalidRequest(f"devices.{index}", f"device {name!r} has no runtime {runtime!r}; "
+                           f"accepted: {', '.join(runtimes) or 'none'}"))
         targets.append({"device": name, "runtime": runtime})
     if len({(t["device"], t["runtime"]) for t in targets}) != len(targets):
-        raise _invalid("devices", "each device (and runtime) may appear once")
+        raise invalid(InvalidRequest("devices", "each device (and runtime) may appear once"))
     return targets
 
 
@@ -60,7 +61,7 @@ def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[
             job_body = JobCreate(dataset=body.dataset, device=t["device"], runtime=t["runtime"],
                                  latency_target_ms=body.latency_target_ms, space=body.space, strategy=body.strategy,
                                  budget=body.budget, tune=body.tune, params=body.params)
-            jobs.append(_build_job(session, job_body, None, _fingerprint(job_body), comparison_id=comparison.id))
+            jobs.append(submit(session, job_body, comparison_id=comparison.id))
         comparison.dataset_name = jobs[0].dataset_name
         queued = [(job.id, job.device_name) for job in jobs]
         comparison_id = comparison.id

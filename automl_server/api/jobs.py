@@ -1,10 +1,9 @@
 """/api/v1/jobs: long-running jobs as operation resources (202, poll, cancel)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from flask import Response, request, stream_with_context
 from sqlalchemy import select
@@ -12,14 +11,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from automl_server.api import api_blueprint, registry
-from automl_server.api.datasets import find_dataset
 from automl_server.api.pagination import bad_token, decode_token, encode_token, newest_first_page
 from automl_server.api.problems import ProblemError, not_found
 from automl_server.api.schemas import JobCreate, JobEventList, JobEventOut, JobLinks, JobList, JobListQuery, JobOut, PageQuery
 from automl_server.db.engine import StorageError
 from automl_server.db.models import Device, Job, JobEvent, JobState
 from automl_server.jobs import service
-from automl_server.jobs.stages import STAGE_NAMES, STAGES
+from automl_server.jobs.stages import plan_of
+from automl_server.jobs.submit import InvalidRequest, request_of, submit_job
+from automl_server.jobs.submit import fingerprint as submitted_fingerprint
 from automl_server.jobs.tasks import dispatch_stage
 
 _MAX_KEY_LENGTH = 200
@@ -41,10 +41,6 @@ def to_out(job: Job, *, with_secret: bool = False) -> JobOut:
     )
 
 
-def _fingerprint(body: JobCreate) -> str:
-    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-
-
 def _replay(session: Session, key: str, fingerprint: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.idempotency_key == key))
     if job is not None and job.request_fingerprint != fingerprint:
@@ -56,58 +52,16 @@ def _replay(session: Session, key: str, fingerprint: str) -> Job | None:
     return job
 
 
-def _invalid(field: str, detail: str) -> ProblemError:
-    return ProblemError(422, "Invalid request", detail, field=field, slug="validation-error")
+def invalid(exc: InvalidRequest) -> ProblemError:
+    """A refused submission as a 422 problem naming the field."""
+    return ProblemError(422, "Invalid request", exc.detail, field=exc.field, slug="validation-error")
 
 
-def _build_job(session: Session, body: JobCreate, key: str | None, fingerprint: str, *,
-               comparison_id: str | None = None, rerun_of: str | None = None) -> Job:
-    from automl_server import webhooks
-    from automl_server.jobs.train import PIPELINES
-    from search_spaces import list_spaces
-
-    dataset = find_dataset(session, body.dataset)
-    if dataset is None:
-        raise _invalid("dataset", f"no dataset {body.dataset!r}; give a dataset id or name from GET /api/v1/datasets")
-    device = session.scalar(select(Device).where(Device.name == body.device).options(selectinload(Device.runtimes)))
-    if device is None:
-        raise _invalid("device", f"no device {body.device!r}; give a device name from GET /api/v1/devices")
-    runtimes = [r.name for r in device.runtimes]
-    runtime = body.runtime or (runtimes[0] if runtimes else "")
-    if runtime not in runtimes:
-        raise _invalid("runtime", f"device {device.name!r} has no runtime {runtime!r}; "
-                       f"accepted: {', '.join(runtimes) or 'none registered'}")
-    spaces = [space.name for space in list_spaces()]
-    if body.space not in spaces:
-        raise _invalid("space", f"no search space {body.space!r}; accepted: {', '.join(spaces)}")
-    if body.pipeline not in PIPELINES:
-        raise _invalid("pipeline", f"pipeline {body.pipeline!r} is not available in this version yet; "
-                       f"available: {', '.join(PIPELINES)}")
-    secret = None
-    if body.webhook_url is not None:
-        try:
-            webhooks.validate_url(body.webhook_url)
-            secret = body.webhook_secret or webhooks.new_secret()
-            webhooks.sign(secret, "check", 0, b"")
-        except ValueError as exc:
-            field = "webhook_url" if body.webhook_secret is None or "secret" not in str(exc) else "webhook_secret"
-            raise _invalid(field, str(exc)) from None
-    elif body.webhook_secret is not None:
-        raise _invalid("webhook_secret", "webhook_secret needs a webhook_url")
-    params = {"strategy": body.strategy, "budget": body.budget.model_dump(), "tune": body.tune,
-              "stop_after": body.stop_after, **body.params.model_dump()}
-    job = Job(
-        dataset_id=dataset.id, dataset_name=dataset.name, device_id=device.id, device_name=device.name,
-        runtime=runtime, space=body.space, pipeline=body.pipeline, latency_target_ms=body.latency_target_ms,
-        params=params, idempotency_key=key, request_fingerprint=fingerprint if key else None,
-        webhook_url=body.webhook_url, webhook_secret=secret, comparison_id=comparison_id, rerun_of=rerun_of,
-    )
-    session.add(job)
-    session.flush()
-    last = STAGE_NAMES.index(body.stop_after) if body.stop_after else len(STAGES) - 1
-    service.record_event(session, job, "state", "job queued", data={"state": job.state,
-                                                                  "stages": list(STAGE_NAMES[: last + 1])})
-    return job
+def submit(session: Session, body: JobCreate, **kwargs: Any) -> Job:
+    try:
+        return submit_job(session, body, **kwargs)
+    except InvalidRequest as exc:
+        raise invalid(exc) from None
 
 
 def queue_job(job_id: str, device_name: str) -> None:
@@ -118,7 +72,9 @@ def queue_job(job_id: str, device_name: str) -> None:
     s = state()
     notify_state_changes(s.celery, s.db, job_id, 0)  # "job queued"
     try:
-        dispatch_stage(s.celery, job_id, STAGES[0].name, device_name)
+        with s.db.session() as session:
+            first = plan_of(session.get_one(Job, job_id))[0]
+        dispatch_stage(s.celery, job_id, first, device_name)
     except Exception as exc:
         # Never leave a job "queued" that no worker will ever see.
         with s.db.session() as session:
@@ -142,13 +98,13 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
     if key is not None and len(key) > _MAX_KEY_LENGTH:
         raise ProblemError(422, "Invalid request", f"Idempotency-Key is longer than {_MAX_KEY_LENGTH} characters",
                            field="Idempotency-Key", slug="validation-error")
-    fingerprint = _fingerprint(body)
+    fingerprint = submitted_fingerprint(body)
     try:
         with s.db.session() as session:
             existing = _replay(session, key, fingerprint) if key else None
             if existing is not None:
                 return to_out(existing), 200, {"Location": f"/api/v1/jobs/{existing.id}"}
-            job = _build_job(session, body, key, fingerprint)
+            job = submit(session, body, idempotency_key=key)
             out = to_out(job, with_secret=True)
     except StorageError as exc:
         # Two retries raced with the same key: the loser replays the winner.
@@ -354,23 +310,7 @@ def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:
         if not JobState(old.state).is_terminal:
             raise ProblemError(409, "Conflict", f"job {job_id} is still {old.state}; re-run it once it has finished "
                                "or cancel it first", field="state", slug="conflict")
-        body = settings_of_job(old)
-        job = _build_job(session, body, None, _fingerprint(body), rerun_of=old.id)  # keeps the webhook secret
+        job = submit(session, request_of(old), rerun_of=old.id)  # keeps the webhook secret
         out = to_out(job)
     queue_job(out.id, out.device_name)
     return out, 202, {"Location": f"/api/v1/jobs/{out.id}"}
-
-
-def settings_of_job(job: Job) -> JobCreate:
-    """The request that would create this job again."""
-    from automl_server.api.schemas import JobBudget, JobOptions
-
-    params = dict(job.params)
-    options = {k: params[k] for k in JobOptions.model_fields if k in params}
-    return JobCreate(
-        dataset=job.dataset_id or job.dataset_name, device=job.device_name, runtime=job.runtime,
-        latency_target_ms=job.latency_target_ms, space=job.space, pipeline=job.pipeline,  # type: ignore[arg-type]
-        strategy=params.get("strategy", "gradient"), budget=JobBudget(**params.get("budget", {})),
-        tune=params.get("tune", True), stop_after=params.get("stop_after"), webhook_url=job.webhook_url,
-        webhook_secret=job.webhook_secret, params=JobOptions(**options),
-    )

@@ -6,14 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from automl_server.jobs.spec import Budget, JobSpec
+from automl_server.jobs.requests import (  # noqa: F401  (re-exported: the API's request models)
+    NAME_PATTERN,
+    ComparisonCreate,
+    JobBudget,
+    JobCreate,
+    JobOptions,
+    Strict,
+)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-
-
-class Strict(BaseModel):
-    # Unknown fields are refused: a typo in a pipeline must not pass silently.
-    model_config = ConfigDict(extra="forbid")
 
 
 class PageQuery(Strict):
@@ -93,50 +94,7 @@ class DeviceList(BaseModel):
 
 
 # -- jobs -----------------------------------------------------------------
-# The defaults live in jobs/spec.py, once; the API documents them from there.
-_BUDGET, _SPEC = Budget(), JobSpec()
-
-
-class JobBudget(Strict):
-    """How much work the job may do; the defaults fit the bundled digits on a 2-core CPU well inside 15 minutes."""
-
-    warmup_epochs: int = Field(_BUDGET.warmup_epochs, ge=0, le=1000, description="Weight-only epochs on random paths.")
-    search_epochs: int = Field(_BUDGET.search_epochs, ge=1, le=1000, description="Epochs of alternating weight/architecture steps.")
-    tune_trials: int = Field(_BUDGET.tune_trials, ge=0, le=200, description="Optuna trials (0: no tuning).")
-    tune_epochs: int = Field(_BUDGET.tune_epochs, ge=1, le=200, description="Epochs per tuning trial.")
-    train_epochs: int = Field(_BUDGET.train_epochs, ge=1, le=2000, description="Epochs to train the found network from scratch.")
-    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60,
-                                  description="Wall-clock cap for search, tune and train (40/30/30%).")
-
-
-class JobOptions(Strict):
-    seed: int = Field(_SPEC.seed, ge=0, le=2**31 - 1)
-    batch_size: int = Field(_SPEC.batch_size, ge=1, le=4096)
-    calibration_networks: int = Field(_SPEC.calibration_networks, ge=0, le=100,
-                                      description="Whole networks measured to calibrate a new target.")
-    device_wait_s: float = Field(_SPEC.device_wait_s, ge=0, le=86400, description="How long to wait for an offline device.")
-    final_fit: Literal["train+holdout", "train"] = Field(
-        _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
-        "split once search and tuning are done (default), or stays out to show a held-out curve.")
-
-
-class JobCreate(Strict):
-    dataset: str = Field(description="Dataset id or name.")
-    device: str = Field(description="Device name.")
-    runtime: str | None = Field(None, description="One of the device's runtimes; default: its first.")
-    latency_target_ms: float = Field(gt=0, le=1e6, description="Latency the search aims at, in milliseconds.")
-    space: str = Field("proxyless-mobile", pattern=NAME_PATTERN, description="Search space name.")
-    strategy: Literal["gradient", "rl"] = Field("gradient", description="Binarized gates (gradient) or REINFORCE.")
-    pipeline: Literal["standard", "fedgkt", "delayed-sgd", "sparse-update"] = "standard"
-    budget: JobBudget = Field(default_factory=JobBudget)
-    tune: bool = Field(True, description="Tune the latency loss with Optuna (tune stage).")
-    stop_after: Literal["validate", "profile", "search", "tune", "train", "export", "verify", "report"] | None = Field(
-        None, description="End the job after this stage (e.g. 'profile' only fills the latency table).")
-    webhook_url: str | None = Field(None, max_length=2000,
-                                    description="Receives a signed POST (Standard Webhooks) on every state change.")
-    webhook_secret: str | None = Field(None, max_length=200, description="whsec_... secret; default: generated "
-                                       "and returned once in the 202 answer.")
-    params: JobOptions = Field(default_factory=JobOptions, description="Less common options.")
+# The request models live in the job layer (every way of submitting speaks them).
 
 
 class JobLinks(BaseModel):
@@ -186,18 +144,6 @@ class JobList(BaseModel):
 class JobListQuery(PageQuery):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
     device: str | None = Field(None, max_length=100, description="Only jobs for this device.")
-
-
-class ComparisonCreate(Strict):
-    dataset: str = Field(description="Dataset id or name.")
-    devices: list[str] = Field(min_length=2, max_length=10, description="Device names (each with its first "
-                               "runtime, or 'name:runtime').")
-    latency_target_ms: float = Field(gt=0, le=1e6)
-    space: str = Field("proxyless-mobile", pattern=NAME_PATTERN)
-    strategy: Literal["gradient", "rl"] = "gradient"
-    budget: JobBudget = Field(default_factory=JobBudget)
-    tune: bool = True
-    params: JobOptions = Field(default_factory=JobOptions)
 
 
 class ComparisonOut(BaseModel):

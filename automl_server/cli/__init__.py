@@ -14,6 +14,7 @@ import click
 
 from automl_server.cli.client import ApiClient
 from automl_server.settings import SettingsError, get_settings
+from device_agents.cli import AgentOptions, device_options, run_agent
 
 
 def _echo_json(value: Any) -> None:
@@ -79,61 +80,19 @@ def worker(queues: str, concurrency: int | None, pool: str, hostname: str) -> No
 
 
 @main.command()
-@click.option("--device", "--name", "name", required=True, help="Device name (unique in the farm).")
-@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu", "android", "raspberry-pi"]))
-@click.option("--backend", type=click.Choice(["torch", "torch-cuda", "onnxruntime", "litert", "android"]),
-              help="Measure with this backend only (registers just its runtime); default: every runtime installed.")
-@click.option("--adb-host", help="android: the phone's address for adb over TCP.")
-@click.option("--adb-port", type=int, default=5555, show_default=True, help="android: adbd's TCP port.")
-@click.option("--adb-serial", help="android: USB serial instead of --adb-host.")
-@click.option("--adb-key", help="android: adb private key (default ~/.android/adbkey, created if missing).")
-@click.option("--benchmark-binary", help="android: local benchmark_model built for the phone's ABI.")
-@click.option("--adb-cpu-mask", default="f0", show_default=True,
-              help="android: taskset mask the benchmark is pinned to (f0 = big cores of a 4+4 SoC).")
-@click.option("--description", default="")
-@click.option("--no-worker", is_flag=True, help="Only register and heartbeat; do not consume device.NAME.")
+@device_options
 @server_option
 @token_option
-def agent(name: str, kind: str, backend: str | None, adb_host: str | None, adb_port: int, adb_serial: str | None,
-          adb_key: str | None, benchmark_binary: str | None, adb_cpu_mask: str, description: str, no_worker: bool,
-          server: str | None, token: str | None) -> None:
+def agent(server: str | None, token: str | None, **device: Any) -> None:
     """Run a device agent: registers the device, sends heartbeats and measures
-    what arrives on the Celery queue device.NAME (one measurement at a time)."""
-    import threading
+    what arrives on the Celery queue device.NAME (one measurement at a time).
 
-    from device_agents.agent import Agent, detect_runtimes
-    from device_agents.tasks import AGENT_CONFIG, BACKEND_RUNTIMES
-    from device_agents.worker import make_agent_celery, run_worker
-
+    The same agent as `automl-agent` (device_agents.cli), with the broker and
+    the service's address taken from this service's settings."""
     settings = get_settings()
-    runtimes = detect_runtimes()
-    options: dict[str, object] = {}
-    if backend == "android":
-        if not (adb_host or adb_serial) or not benchmark_binary:
-            raise click.UsageError("--backend android needs --adb-host (or --adb-serial) and --benchmark-binary")
-        options = {"adb_host": adb_host, "adb_port": adb_port, "adb_serial": adb_serial, "adb_key": adb_key,
-                   "benchmark_binary": benchmark_binary, "cpu_mask": adb_cpu_mask}
-        # The phone runs LiteRT inside benchmark_model; its version is the binary's, not known here.
-        runtimes = [{"name": "litert", "version": ""}]
-    elif backend:
-        runtimes = [r for r in runtimes if r["name"] == BACKEND_RUNTIMES[backend]]
-        if not runtimes:
-            raise click.UsageError(f"backend {backend!r} needs runtime {BACKEND_RUNTIMES[backend]!r}, "
-                                   "which is not installed here")
-    AGENT_CONFIG.update(backend=backend, backend_options=options)
-    runner = Agent(server_url=server or settings.resolved_server_url, name=name, kind=kind, token=token,
-                   interval_s=settings.heartbeat_interval_s, description=description, runtimes=runtimes)
-    if no_worker:
-        runner.install_signal_handlers()
-        runner.run()
-        return
-    heartbeats = threading.Thread(target=runner.run, name="heartbeats", daemon=True)
-    heartbeats.start()
-    try:
-        # The worker owns the main thread and its signals (warm shutdown on SIGTERM).
-        run_worker(make_agent_celery(settings.resolved_broker_url, settings.resolved_result_backend), name)
-    finally:
-        runner.stop_event.set()
+    run_agent(AgentOptions(**device), server_url=server or settings.resolved_server_url,
+              broker_url=settings.resolved_broker_url, result_backend=settings.resolved_result_backend,
+              token=token, interval_s=settings.heartbeat_interval_s)
 
 
 @main.group()
@@ -236,6 +195,24 @@ def devices_list(server: str | None, token: str | None, as_json: bool) -> None:
         return
     _table([[d["name"], d["kind"], d["status"], ",".join(r["name"] for r in d["runtimes"]),
              d["last_heartbeat_at"] or "-"] for d in rows], ["NAME", "KIND", "STATUS", "RUNTIMES", "LAST HEARTBEAT"])
+
+
+@main.command("pipelines")
+@server_option
+@token_option
+@json_option
+def pipelines_list(server: str | None, token: str | None, as_json: bool) -> None:
+    """List the server's training pipelines and their settings (for --pipeline and --param KEY.SETTING=VALUE)."""
+    rows = ApiClient(server, token).json("GET", "/pipelines")["pipelines"]
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']}: {row['title']} - {row['description']}")
+        properties = row["settings_schema"].get("properties", {})
+        for name, default in row["defaults"].items():
+            help_text = properties.get(name, {}).get("description", "")
+            click.echo(f"  --param {row['params_key']}.{name}={json.dumps(default)}  {help_text}")
 
 
 # Importing these registers `automl jobs`, `spaces`, `search`, `profile` and `latency`.

@@ -31,7 +31,7 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--space", default="proxyless-mobile", show_default=True)
 @click.option("--strategy", type=click.Choice(["gradient", "rl"]), default="gradient", show_default=True)
 @click.option("--pipeline", default="standard", show_default=True,
-              type=click.Choice(["standard", "fedgkt", "delayed-sgd", "sparse-update"]))
+              help="Training pipeline; `automl pipelines` lists those the server offers, with their settings.")
 @click.option("--warmup-epochs", type=click.IntRange(0, 1000), help="Budget: warm-up epochs (default: the server's).")
 @click.option("--search-epochs", type=click.IntRange(1, 1000), help="Budget: search epochs (default: the server's).")
 @click.option("--tune-trials", type=click.IntRange(0, 200), help="Budget: Optuna trials (default: the server's).")
@@ -39,11 +39,12 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--train-epochs", type=click.IntRange(1, 2000), help="Budget: training epochs (default: the server's).")
 @click.option("--minutes", type=click.FloatRange(min=0.1), help="Budget: wall-clock cap for search+tune+train.")
 @click.option("--no-tune", is_flag=True, help="Skip the Optuna tuning stage.")
-@click.option("--stop-after", type=click.Choice(["validate", "profile", "search", "tune", "train", "export",
-                                                 "verify", "report"]), help="End the job after this stage.")
+@click.option("--stop-after", help="End the job after this stage (validate, profile, search, tune, train, "
+              "export, verify, report, or a stage a pipeline adds).")
 @click.option("--webhook-url", help="Receives a signed POST on every state change.")
 @click.option("--param", "params", multiple=True, help="Option KEY=VALUE: seed, batch_size, calibration_networks, "
-              "device_wait_s, final_fit (train+holdout or train).")
+              "device_wait_s, final_fit (train+holdout or train); a pipeline's setting as "
+              "KEY.SETTING=VALUE, e.g. fedgkt.clients=8 (see `automl pipelines`).")
 @click.option("--idempotency-key", help="Default: a new random key, so this command is safe to retry.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job with a progress bar per stage; print the report.")
 @server_option
@@ -133,9 +134,18 @@ def _parse_params(params: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
         try:
-            parsed[key] = json.loads(value)
+            decoded = json.loads(value)
         except ValueError:
-            parsed[key] = value
+            decoded = value
+        *groups, name = key.split(".")
+        target = parsed
+        for group in groups:  # "fedgkt.clients=8" -> {"fedgkt": {"clients": 8}}
+            nested = target.setdefault(group, {})
+            if not isinstance(nested, dict):
+                raise click.BadParameter(f"{item!r}: {group!r} is set to a value and cannot also hold settings",
+                                         param_hint="--param")
+            target = nested
+        target[name] = decoded
     return parsed
 
 

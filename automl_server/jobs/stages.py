@@ -1,4 +1,5 @@
-"""The stages of a job, in order, and the runner that executes one stage.
+"""The stages of a job (a registry: each job runs the plan made for it) and
+the runner that executes one stage. The built-in plan is
 
     validate -> profile -> search -> tune -> train -> export -> verify -> report
 
@@ -16,9 +17,10 @@ later while it waits for a device). The runner makes every delivery safe:
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 
@@ -34,19 +36,83 @@ from automl_server.jobs.train import train_network
 from automl_server.jobs.validate import validate_dataset
 from automl_server.settings import Settings
 
-__all__ = ["STAGES", "Dispatch", "StageContext", "StageFailed", "StageWait", "run_stage", "stage_index"]
+__all__ = ["Dispatch", "StageContext", "StageFailed", "StageWait", "get_stage", "plan_for", "plan_of",
+           "register_stage", "run_stage", "stage_names"]
 
-STAGES: list[Stage] = [
+# The stage registry. A stage is registered once, after the stage it follows;
+# ``applies`` decides from a job's params whether the job runs it (a pipeline
+# or a setting adds or skips a stage, e.g. ``schedule`` or ``audit``, without
+# touching the runner). ``plan_for`` gives a job's stages, saved on the job at
+# submission (``job.result["plan"]``) so a later registration never changes a
+# job already running.
+_REGISTRY: list[Stage] = []
+_APPLIES: dict[str, Callable[[dict[str, Any]], bool]] = {}
+
+
+def register_stage(stage: Stage, *, after: str | None = None,
+                   applies: Callable[[dict[str, Any]], bool] | None = None) -> Stage:
+    """Add a stage after ``after`` (default: at the end); re-registering a name replaces it in place."""
+    names = [s.name for s in _REGISTRY]
+    if stage.name in names:
+        _REGISTRY[names.index(stage.name)] = stage
+    elif after is None:
+        _REGISTRY.append(stage)
+    else:
+        if after not in names:
+            raise KeyError(f"cannot register stage {stage.name!r} after unknown stage {after!r}; "
+                           f"stages: {', '.join(names)}")
+        _REGISTRY.insert(names.index(after) + 1, stage)
+    if applies is None:
+        _APPLIES.pop(stage.name, None)
+    else:
+        _APPLIES[stage.name] = applies
+    return stage
+
+
+def unregister_stage(name: str) -> None:
+    _REGISTRY[:] = [s for s in _REGISTRY if s.name != name]
+    _APPLIES.pop(name, None)
+
+
+def stage_names() -> tuple[str, ...]:
+    """Every registered stage, in order (a job runs those its plan names)."""
+    return tuple(s.name for s in _REGISTRY)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in _REGISTRY:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(stage_names())}")
+
+
+def plan_for(params: dict[str, Any]) -> list[str]:
+    """The stages a job with these params runs, in order, up to ``stop_after``."""
+    plan = [s.name for s in _REGISTRY if _APPLIES.get(s.name, _always)(params)]
+    stop_after = params.get("stop_after")
+    if stop_after:
+        if stop_after not in plan:
+            raise KeyError(f"stop_after {stop_after!r} is not a stage of this job; its stages: {', '.join(plan)}")
+        plan = plan[: plan.index(stop_after) + 1]
+    return plan
+
+
+def _always(params: dict[str, Any]) -> bool:
+    return True
+
+
+for _stage in (
     Stage("validate", "default", validate_dataset, "Check the dataset and fix the splits"),
     Stage("profile", "default", profile_target, "Measure the space's operators on the device"),
     Stage("search", "search", search_architecture, "ProxylessNAS search"),
     Stage("tune", "search", tune_latency_loss, "Tune the latency loss with Optuna"),
-    Stage("train", "search", train_network, "Train the found network from scratch"),
+    Stage("train", "search", train_network, "Train the found network with the job's pipeline"),
     Stage("export", "search", export_model, "Export to ONNX (and TFLite)"),
     Stage("verify", "default", verify_on_device, "Measure the exported model on the device"),
     Stage("report", "default", build_report, "Write the report"),
-]
-STAGE_NAMES = tuple(s.name for s in STAGES)
+):
+    register_stage(_stage)
+log = logging.getLogger(__name__)
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 
 
@@ -58,17 +124,12 @@ class Dispatch:
     countdown_s: float = 0.0
 
 
-def stage_index(name: str) -> int:
-    try:
-        return STAGE_NAMES.index(name)
-    except ValueError:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}") from None
-
-
-def last_stage_of(job: Job) -> int:
-    """Index of the job's last stage (``params.stop_after`` ends a job early)."""
-    stop_after = job.params.get("stop_after")
-    return stage_index(stop_after) if stop_after else len(STAGES) - 1
+def plan_of(job: Job) -> list[str]:
+    """The job's saved plan (jobs submitted before plans were saved: planned now)."""
+    saved = job.result.get("plan")
+    if saved:
+        return list(saved)
+    return plan_for({**job.params, "pipeline": job.pipeline})
 
 
 def _take_lease(session: Any, job: Job, stage_name: str, owner: str) -> bool:
@@ -95,14 +156,19 @@ def _release(job: Job) -> None:
 def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *, owner: str = "local",
               celery: Any = None) -> Dispatch | None:
     """Run one stage of a job; returns what to send next, or None."""
-    index = stage_index(stage_name)
-    stage = STAGES[index]
+    stage = get_stage(stage_name)
     with db.session() as session:
         job = session.get(Job, job_id)
         if job is None or JobState(job.state).is_terminal:
             return None
-        last = last_stage_of(job)
-        following = Dispatch(STAGES[index + 1].name) if index < last else None
+        plan = plan_of(job)
+        if stage_name not in plan:
+            # A stale or stray message: the job's plan (fixed at submission) has no such stage.
+            log.warning("job %s: ignoring stage %r, not in its plan (%s)", job_id, stage_name, ", ".join(plan))
+            return None
+        index = plan.index(stage_name)
+        last = len(plan) - 1
+        following = Dispatch(plan[index + 1]) if index < last else None
         if stage_name in job.result.get("stages_done", []):
             return following
         if job.cancel_requested:

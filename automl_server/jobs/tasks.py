@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def queue_for(stage_name: str, device_name: str) -> str:
-    queue = stages.STAGES[stages.stage_index(stage_name)].queue
+    queue = stages.get_stage(stage_name).queue
     return f"device.{device_name}" if queue == "device" else queue
 
 

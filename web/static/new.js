@@ -119,10 +119,22 @@
     const pipeline = form.querySelector('input[name="pipeline"]:checked');
     if (pipeline) data.pipeline = pipeline.value;
     form.querySelectorAll('input[name^="budget."], input[name^="params."]').forEach((input) => {
-      if (input.value === "") return;
+      if (input.value === "" || input.name.split(".").length !== 2) return;
       const [group, key] = input.name.split(".");
       data[group][key] = Number(input.value);
     });
+    // The chosen pipeline's settings, as params.<key>.<setting> (rendered from GET /api/v1/pipelines' schemas).
+    const settings = pipeline && form.querySelector(`.pipeline-settings[data-pipeline="${CSS.escape(pipeline.value)}"]`);
+    if (settings) {
+      settings.querySelectorAll("[data-kind]").forEach((control) => {
+        const [, group, key] = control.name.split(".");
+        const kind = control.dataset.kind;
+        if (kind !== "checkbox" && control.value === "") return;
+        const value = kind === "checkbox" ? control.checked
+          : (kind === "integer" || kind === "number") ? Number(control.value) : control.value;
+        (data.params[group] = data.params[group] || {})[key] = value;
+      });
+    }
     return data;
   }
 
@@ -142,6 +154,15 @@
       showProblem(err);
     }
   });
+
+  function showPipelineSettings() {
+    const chosen = form.querySelector('input[name="pipeline"]:checked');
+    form.querySelectorAll(".pipeline-settings").forEach((box) => {
+      box.hidden = !chosen || box.dataset.pipeline !== chosen.value;
+    });
+  }
+  form.querySelectorAll('input[name="pipeline"]').forEach((r) => r.addEventListener("change", showPipelineSettings));
+  showPipelineSettings();
 
   device.addEventListener("change", () => { fillRuntimes(); loadRange(); });
   [dataset, runtime, space].forEach((n) => n.addEventListener("change", loadRange));
