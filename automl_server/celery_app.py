@@ -2,7 +2,8 @@
 
 Queues: ``default`` (light work: validation, bookkeeping), ``search``
 (ProxylessNAS; give it the GPU workers) and ``device.<name>`` (work that must
-run next to one device, consumed by that device's agent host).
+run next to one device, consumed by that device's agent host; its name and
+the tasks sent there are the contract in ``device_agents.protocol``).
 """
 from __future__ import annotations
 

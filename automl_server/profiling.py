@@ -4,7 +4,8 @@ What a search on a target needs measured (`missing_ops`), how
 the work is sent to the device's agent (`dispatch_profiling`,
 `dispatch_network_measurement`, by task name on ``device.<name>``), and the
 task that records what the agent sends back (on the service's ``default``
-queue, where the database is). A hardware target is a device plus one of its
+queue, where the database is). Task names, queues and payloads are the
+contract in ``device_agents.protocol``, which the agent reads too. A hardware target is a device plus one of its
 runtimes, with a thread count.
 """
 from __future__ import annotations
@@ -19,6 +20,17 @@ from sqlalchemy.orm import selectinload
 
 from automl_server.db.engine import Database, get_database
 from automl_server.db.models import Device
+from device_agents.protocol import (
+    MEASURE_NETWORK,
+    PROFILE_OPS,
+    MeasureNetworkReply,
+    MeasureNetworkRequest,
+    ModelFile,
+    ProfileOpsReply,
+    ProfileOpsRequest,
+    TargetPayload,
+    device_queue,
+)
 from latency_db import (
     Calibration,
     CalibrationError,
@@ -31,8 +43,8 @@ from latency_db import (
 )
 from search_spaces import Arch, arch_keys, get_space, space_keys
 
-PROFILE_OPS = "automl.profile_ops"  # runs on device.<name>, defined in device_agents.tasks
-MEASURE_NETWORK = "automl.measure_network"  # runs on device.<name>, defined in device_agents.tasks
+# PROFILE_OPS and MEASURE_NETWORK (imported above from device_agents.protocol, the contract both
+# sides share) run on device.<name>; the job layer imports them from here too.
 RECORD_MEASUREMENTS = "automl.record_measurements"
 RECORD_NETWORK = "automl.record_network"
 # Ops per profiling task: small enough that progress shows and a lost task costs little.
@@ -55,9 +67,17 @@ class Target:
         return TargetSpec(device_name=self.device_name, backend=self.runtime,
                           backend_version=self.runtime_version, threads=self.threads)
 
+    @property
+    def payload(self) -> TargetPayload:
+        return TargetPayload(device_name=self.device_name, backend=self.runtime,
+                             backend_version=self.runtime_version, threads=self.threads)
+
+    @property
+    def queue(self) -> str:
+        return device_queue(self.device_name)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"device_name": self.device_name, "backend": self.runtime, "backend_version": self.runtime_version,
-                "threads": self.threads, "dtype": "float32", "batch": 1}
+        return self.payload.to_dict()
 
 
 def repository(db: Database) -> LatencyRepository:
@@ -121,8 +141,8 @@ def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: 
     """Send ``keys`` to the device's agent in small tasks; returns how many tasks."""
     tasks = 0
     for start in range(0, len(keys), OPS_PER_TASK):
-        celery.signature(PROFILE_OPS, args=[target.to_dict(), keys[start:start + OPS_PER_TASK], method or {}],
-                         queue=f"device.{target.device_name}").apply_async(
+        request = ProfileOpsRequest(target.payload, tuple(keys[start:start + OPS_PER_TASK]), dict(method or {}))
+        celery.signature(PROFILE_OPS, args=request.to_args(), queue=target.queue).apply_async(
             link=celery.signature(RECORD_MEASUREMENTS, queue="default"))
         tasks += 1
     return tasks
@@ -134,12 +154,19 @@ def network_method(settings: Any) -> dict[str, Any]:
     return {"min_seconds": float(settings.network_measure_s)}
 
 
+def measure_network_signature(celery: Celery, target: Target, arch: Arch, method: dict[str, Any] | None = None,
+                              model_file: ModelFile | None = None) -> Any:
+    """The task that times ``arch`` (or the exported ``model_file``) on the
+    target's device, addressed to its queue; link a recording task to it."""
+    request = MeasureNetworkRequest(target.payload, arch.to_dict(), dict(method or {}), model_file)
+    return celery.signature(MEASURE_NETWORK, args=request.to_args(), queue=target.queue)
+
+
 def dispatch_network_measurement(celery: Celery, target: Target, arch: Arch,
                                  method: dict[str, Any] | None = None) -> Any:
     """Measure one whole network end to end on the device (``method``: see
     ``network_method``); recorded for calibration."""
-    return celery.signature(MEASURE_NETWORK, args=[target.to_dict(), arch.to_dict(), method or {}],
-                            queue=f"device.{target.device_name}").apply_async(
+    return measure_network_signature(celery, target, arch, method).apply_async(
         link=celery.signature(RECORD_NETWORK, queue="default"))
 
 
@@ -152,15 +179,19 @@ def _settings_db(task: Any) -> Database:
 @shared_task(name=RECORD_MEASUREMENTS, bind=True, acks_late=True)
 def record_measurements(self: Any, payload: dict[str, Any]) -> int:  # type: ignore[misc]
     """Store an agent's op measurements; failed ops are stored with their error."""
+    reply = ProfileOpsReply.from_dict(payload)
     repo = repository(_settings_db(self))
-    target: TargetRecord = repo.target(TargetSpec(**payload["target"]))
-    agent_version = payload.get("agent_version", "unknown")
-    for result in payload["results"]:
-        if "error" in result:
-            repo.record_failure(target, result["key"], result["error"], agent_version)
+    target: TargetRecord = repo.target(_spec(reply.target))
+    for result in reply.results:
+        if result.error is not None:
+            repo.record_failure(target, result.key, result.error, reply.agent_version)
         else:
-            repo.record(target, result["key"], MeasurementStats(**result["stats"]), agent_version)
-    return len(payload["results"])
+            repo.record(target, result.key, MeasurementStats(**(result.stats or {})), reply.agent_version)
+    return len(reply.results)
+
+
+def _spec(target: TargetPayload) -> TargetSpec:
+    return TargetSpec(**target.to_dict())
 
 
 def paced_measurement(db: Database, payload: dict[str, Any]) -> dict[str, Any]:
@@ -168,10 +199,11 @@ def paced_measurement(db: Database, payload: dict[str, Any]) -> dict[str, Any]:
     pace (latency_db.pace), so that it compares with the target's predictions;
     ``raw_measured_ms`` keeps what the clock said. Unchanged when it failed or
     when no yardstick ran beside it (e.g. a phone's benchmark_model)."""
-    if "error" in payload or "stats" not in payload:
+    reply = MeasureNetworkReply.from_dict(payload)
+    if reply.error is not None or reply.stats is None:
         return payload
     repo = repository(db)
-    stats = repo.at_target_pace(repo.target(TargetSpec(**payload["target"])), MeasurementStats(**payload["stats"]))
+    stats = repo.at_target_pace(repo.target(_spec(reply.target)), MeasurementStats(**reply.stats))
     return {**payload, "measured_ms": stats.median_ms, "raw_measured_ms": payload["measured_ms"],
             "stats": dataclasses.asdict(stats)}
 
@@ -179,12 +211,13 @@ def paced_measurement(db: Database, payload: dict[str, Any]) -> dict[str, Any]:
 @shared_task(name=RECORD_NETWORK, bind=True, acks_late=True)
 def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type: ignore[misc]
     """Store a whole-network measurement with its LUT sum (the calibration's input), at its target's pace."""
-    if "error" in payload:
+    reply = MeasureNetworkReply.from_dict(payload)
+    if reply.error is not None or reply.measured_ms is None:
         return None
     db = _settings_db(self)
     repo = repository(db)
-    target = repo.target(TargetSpec(**payload["target"]))
-    arch = Arch.from_dict(payload["arch"])
+    target = repo.target(_spec(reply.target))
+    arch = Arch.from_dict(reply.arch)
     keys = arch_keys(arch)
     lut = repo.lut_ms(target)
     missing = [k for k in keys if k not in lut]
@@ -192,9 +225,9 @@ def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type:
         raise ProfilingError(f"{len(missing)} ops of this network have no measurement on {target.describe()} "
                              f"(first: {missing[0]}); run `automl profile` for the space first")
     lut_sum = sum(lut[k] for k in keys)
-    stick = yardstick_ms(MeasurementStats(**payload["stats"])) if "stats" in payload else None
-    stored = repo.record_network(target, payload["arch"], payload["measured_ms"], lut_sum,
-                                 payload.get("agent_version", "unknown"), n_ops=len(keys), yardstick_ms=stick)
+    stick = yardstick_ms(MeasurementStats(**reply.stats)) if reply.stats is not None else None
+    stored = repo.record_network(target, reply.arch, reply.measured_ms, lut_sum,
+                                 reply.agent_version, n_ops=len(keys), yardstick_ms=stick)
     return stored.measured_ms
 
 

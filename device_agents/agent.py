@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from device_agents.protocol import DEVICES_PATH, Registration, Runtime, heartbeat_path
+
 AGENT_VERSION = "0.1.0"
 log = logging.getLogger("automl.agent")
 
@@ -88,13 +90,16 @@ class Agent:
     def register(self) -> dict[str, Any]:
         if not self.runtimes:
             raise AgentError("no inference runtime found; install torch, onnxruntime or ai-edge-litert")
-        return self._call("POST", "/api/v1/devices", {
-            "name": self.name, "kind": self.kind, "description": self.description,
-            "runtimes": self.runtimes, "info": host_info(), "agent_version": AGENT_VERSION,
-        })
+        return self._call("POST", DEVICES_PATH, self.registration().to_dict())
+
+    def registration(self) -> Registration:
+        """What this agent announces about its device (``protocol.Registration``)."""
+        return Registration(name=self.name, kind=self.kind, description=self.description,
+                            runtimes=tuple(Runtime(r["name"], r.get("version", "")) for r in self.runtimes),
+                            info=host_info(), agent_version=AGENT_VERSION)
 
     def heartbeat(self) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/devices/{self.name}/heartbeat", {})
+        return self._call("POST", heartbeat_path(self.name), {})
 
     def run(self) -> None:
         """Register, then heartbeat until stopped; a server that is briefly

@@ -2,13 +2,13 @@
 on its device.
 
 They are sent by name to the queue ``device.<name>`` and consumed only by the
-agent next to that device. They return plain JSON; the service records it
-with a linked task on its own queue, so an agent on a Pi or a phone host
-needs the broker, not the database.
+agent next to that device. Their names, arguments and replies are the
+contract in ``device_agents.protocol``; they return plain JSON, which the
+service records with a linked task on its own queue, so an agent on a Pi or
+a phone host needs the broker, not the database.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import tempfile
 import traceback
@@ -17,8 +17,17 @@ from typing import Any
 
 from celery import shared_task
 
-PROFILE_OPS = "automl.profile_ops"
-MEASURE_NETWORK = "automl.measure_network"
+from device_agents.protocol import (
+    MEASURE_NETWORK,
+    PROFILE_OPS,
+    MeasureNetworkReply,
+    MeasureNetworkRequest,
+    OpResult,
+    ProfileOpsReply,
+    ProfileOpsRequest,
+)
+
+__all__ = ["MEASURE_NETWORK", "PROFILE_OPS", "measure_network", "profile_ops"]
 # The profiler backend that runs each runtime a device can register.
 RUNTIME_BACKENDS = {"pytorch": "torch", "onnxruntime": "onnxruntime", "litert": "litert"}
 # The runtime each backend measures (an Android phone runs LiteRT through benchmark_model).
@@ -48,60 +57,67 @@ def backend_for(runtime: str):  # type: ignore[no-untyped-def]
     return get_backend(RUNTIME_BACKENDS[runtime])
 
 
-def _method(target: dict[str, Any], method: dict[str, Any] | None):  # type: ignore[no-untyped-def]
+def _method(threads: int, method: dict[str, Any]):  # type: ignore[no-untyped-def]
     from device_agents.profiling import MeasurementMethod
 
-    return MeasurementMethod(**{"threads": int(target.get("threads", 1)), **(method or {})})
+    # The target's thread count, unless the request's method names its own.
+    return MeasurementMethod(**{"threads": threads, **method})
 
 
 @shared_task(name=PROFILE_OPS, acks_late=True)
 def profile_ops(target: dict[str, Any], keys: list[str], method: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure each op key; an op that fails is reported with its error and the
-    others still run, so one bad op never loses a batch of measurements."""
+    """Measure each op key (``ProfileOpsRequest``; returns a ``ProfileOpsReply``
+    as a dict); an op that fails is reported with its error and the others
+    still run, so one bad op never loses a batch of measurements."""
     from device_agents.agent import AGENT_VERSION
     from device_agents.profiling import build_from_key
 
-    results: list[dict[str, Any]] = []
+    request = ProfileOpsRequest.from_args(target, keys, method)
+    results: list[OpResult] = []
     try:
-        backend = backend_for(target["backend"])
-        settings = _method(target, method)
+        backend = backend_for(request.target.backend)
+        settings = _method(request.target.threads, request.method)
     except Exception as exc:  # noqa: BLE001 - every op gets the reason
         error = f"{exc.__class__.__name__}: {exc}"
-        return {"target": target, "agent_version": AGENT_VERSION, "results": [{"key": k, "error": error} for k in keys]}
-    for key in keys:
+        return ProfileOpsReply(request.target, AGENT_VERSION,
+                               tuple(OpResult(k, error=error) for k in request.keys)).to_dict()
+    for key in request.keys:
         try:
             module, input_shape = build_from_key(key)
             stats = backend.measure_module(module, input_shape, settings)
-            results.append({"key": key, "stats": dataclasses.asdict(stats)})
+            results.append(OpResult(key, stats=dataclasses.asdict(stats)))
         except Exception as exc:  # noqa: BLE001 - reported per op, by design
-            results.append({"key": key, "error": f"{exc.__class__.__name__}: {exc}",
-                            "trace": traceback.format_exc(limit=3)})
-    return {"target": target, "agent_version": AGENT_VERSION, "results": results}
+            results.append(OpResult(key, error=f"{exc.__class__.__name__}: {exc}",
+                                    trace=traceback.format_exc(limit=3)))
+    return ProfileOpsReply(request.target, AGENT_VERSION, tuple(results)).to_dict()
 
 
 @shared_task(name=MEASURE_NETWORK, acks_late=True)
 def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[str, Any] | None = None,
                     model_file: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure a whole network end to end (the predictor's calibration data).
+    """Measure a whole network end to end (the predictor's calibration data):
+    a ``MeasureNetworkRequest``, answered with a ``MeasureNetworkReply`` as a dict.
 
-    With ``model_file`` ({"format": "onnx" | "tflite", "b64": ...}) the exported
-    file itself is timed, when this agent's backend runs that format; otherwise
-    the architecture is rebuilt and exported here as for any network.
+    With ``model_file`` the exported file itself is timed, when this agent's
+    backend runs that format; otherwise the architecture is rebuilt and
+    exported here as for any network.
     """
     from device_agents.agent import AGENT_VERSION
     from device_agents.profiling import NetworkToTime, measure_networks
     from search_spaces import Arch, build_model
 
-    spec = Arch.from_dict(arch)
+    request = MeasureNetworkRequest.from_args(target, arch, method, model_file)
+    spec = Arch.from_dict(request.arch)
     measured_file = False
     try:
-        backend = backend_for(target["backend"])
-        settings = _method(target, method)
-        runner = {"onnx": "measure_onnx", "tflite": "measure_tflite"}.get((model_file or {}).get("format", ""))
+        backend = backend_for(request.target.backend)
+        settings = _method(request.target.threads, request.method)
+        shipped = request.model_file
+        runner = {"onnx": "measure_onnx", "tflite": "measure_tflite"}.get(shipped.format if shipped else "")
         with tempfile.TemporaryDirectory(prefix="automl-model-") as tmp:
-            if runner and hasattr(backend, runner):
-                path = Path(tmp) / f"model.{model_file['format']}"  # type: ignore[index]
-                path.write_bytes(base64.b64decode(model_file["b64"]))  # type: ignore[index]
+            if shipped is not None and runner and hasattr(backend, runner):
+                path = Path(tmp) / f"model.{shipped.format}"
+                path.write_bytes(shipped.data())
                 network = NetworkToTime(path=path)
                 measured_file = True
             else:
@@ -114,7 +130,7 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
         if isinstance(stats, Exception):
             raise stats
     except Exception as exc:  # noqa: BLE001 - the service stores the reason
-        return {"target": target, "arch": arch, "agent_version": AGENT_VERSION,
-                "error": f"{exc.__class__.__name__}: {exc}"}
-    return {"target": target, "arch": arch, "agent_version": AGENT_VERSION, "measured_ms": stats.median_ms,
-            "stats": dataclasses.asdict(stats), "measured_file": measured_file}
+        return MeasureNetworkReply(request.target, request.arch, AGENT_VERSION,
+                                   error=f"{exc.__class__.__name__}: {exc}").to_dict()
+    return MeasureNetworkReply(request.target, request.arch, AGENT_VERSION, measured_ms=stats.median_ms,
+                               stats=dataclasses.asdict(stats), measured_file=measured_file).to_dict()

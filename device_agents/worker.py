@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from device_agents.protocol import device_queue
+
 
 def make_agent_celery(broker_url: str, result_backend: str | None = None) -> Celery:
     app = Celery("automl-agent", broker=broker_url, backend=result_backend)
@@ -30,6 +32,6 @@ def make_agent_celery(broker_url: str, result_backend: str | None = None) -> Cel
 
 
 def run_worker(app: Celery, device_name: str) -> None:
-    app.worker_main(["worker", "--queues", f"device.{device_name}", "--pool", "solo", "--concurrency", "1",
+    app.worker_main(["worker", "--queues", device_queue(device_name), "--pool", "solo", "--concurrency", "1",
                      "--hostname", f"agent-{device_name}@%h", "--loglevel", "INFO", "--without-mingle",
                      "--without-gossip"])

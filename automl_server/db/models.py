@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from device_agents.protocol import device_queue
+
 # Deterministic constraint names (identical migrations on SQLite and
 # PostgreSQL) and timezone-aware UTC datetimes are defined once, in latency_db,
 # which must stand alone without the service; the service may import it.
@@ -95,7 +97,7 @@ class Device(Base):
 
     @property
     def queue_name(self) -> str:
-        return f"device.{self.name}"
+        return device_queue(self.name)
 
 
 class DeviceRuntime(Base):

@@ -2,6 +2,8 @@
 
 - ``method``: ``MeasurementMethod`` (warm-up, blocks, CV-driven stopping,
   threads, CPU affinity, cool-down) and ``measure``, the timing loop.
+- ``environment``: what a measurement sets up and reads besides the clock
+  (``cpu_affinity``, the paused garbage collector, ``read_temperature_c``).
 - ``ops``: ``build_from_key``, the search space's module for a canonical key.
 - ``backends``: ``ProfilerBackend`` and its runtimes (torch on CPU/CUDA, ONNX
   Runtime, LiteRT), found by name with ``get_backend``.
@@ -22,13 +24,8 @@ from device_agents.profiling.backends import (
     get_backend,
     register_backend,
 )
-from device_agents.profiling.method import (
-    MeasurementMethod,
-    cpu_affinity,
-    measure,
-    measure_interleaved,
-    read_temperature_c,
-)
+from device_agents.profiling.environment import cpu_affinity, read_temperature_c
+from device_agents.profiling.method import MeasurementMethod, measure, measure_interleaved
 from device_agents.profiling.ops import build_from_key
 from device_agents.profiling.profiler import NetworkToTime, measure_networks, profile_key
 from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite

@@ -28,22 +28,22 @@ The raw median is kept beside it in ``method["raw_median_ms"]``.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
-import glob
 import math
-import os
 import random
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+# The environment helpers lived here once; re-exported so that every import path keeps working.
+from device_agents.profiling.environment import THERMAL_GLOB, cpu_affinity, gc_paused, read_temperature_c
 from latency_db.records import MeasurementStats
 
-THERMAL_GLOB = "/sys/class/thermal/thermal_zone*/temp"
+__all__ = [
+    "MAX_BLOCK_RUNS", "MAX_ROUNDS", "THERMAL_GLOB", "BlockTimer", "MeasurementMethod", "coefficient_of_variation",
+    "cpu_affinity", "measure", "measure_interleaved", "read_temperature_c", "wall_clock_timer",
+]
 # Most runs in one block, of the op (grown to min_block_ms) or of the yardstick (matched to the op's block).
 MAX_BLOCK_RUNS = 2000
 
@@ -174,7 +174,7 @@ def measure(
             stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
         return op_means[-1] / stick_means[-1] if stick_means[-1] > 0 else 0.0
 
-    with cpu_affinity(method.affinity), _gc_paused():
+    with cpu_affinity(method.affinity), gc_paused():
         for _ in range(method.warmup):
             run()
             if paced:
@@ -260,7 +260,7 @@ def measure_interleaved(
     count = len(runs)
     net_means: list[list[float]] = [[] for _ in runs]
     stick_means: list[list[float]] = [[] for _ in runs]
-    with cpu_affinity(method.affinity), _gc_paused():
+    with cpu_affinity(method.affinity), gc_paused():
         per_run = [_warm_up(run, method.warmup, time_block) for run in runs]
         stick_ms = _warm_up(yardstick, method.warmup, time_block) if paced else 0.0  # type: ignore[arg-type]
         share = method.min_seconds * 1000 / method.min_rounds / (count * (2 if paced else 1))
@@ -355,75 +355,3 @@ def coefficient_of_variation(values: list[float]) -> float:
     """Sample standard deviation over mean (0 when the mean is 0)."""
     mean = statistics.fmean(values)
     return statistics.stdev(values) / mean if mean > 0 else 0.0
-
-
-def read_temperature_c(pattern: str = THERMAL_GLOB) -> float | None:
-    """The hottest readable thermal zone in degrees Celsius, or None where none can be read (VMs, containers)."""
-    readings = []
-    for path in glob.glob(pattern):
-        try:
-            with open(path) as zone:
-                readings.append(int(zone.read().strip()) / 1000.0)  # the kernel reports millidegrees
-        except (OSError, ValueError):
-            continue
-    return max(readings) if readings else None
-
-
-@contextlib.contextmanager
-def cpu_affinity(cpus: tuple[int, ...] | None) -> Iterator[None]:
-    """Pin every thread of this process to ``cpus`` for the block, then restore each thread's own mask.
-
-    All threads, not just the caller: runtimes run ops on thread pools made
-    before the measurement starts (torch's OpenMP pool, an ONNX Runtime
-    session's), and pinning only the calling thread would leave them roaming.
-    Threads started inside the block inherit the pinned mask and are given
-    the caller's original mask on the way out (a runtime may keep a pool it
-    started there). None leaves the affinity as it is.
-    """
-    if cpus is None:
-        yield
-        return
-    if not hasattr(os, "sched_setaffinity"):
-        raise ValueError(f"CPU affinity {list(cpus)} was requested, but this platform cannot set it")
-    allowed = os.sched_getaffinity(0)
-    outside = sorted(set(cpus) - allowed)
-    if outside:
-        raise ValueError(
-            f"CPU affinity {list(cpus)} names CPUs {outside} this process may not use; allowed: {sorted(allowed)}"
-        )
-    saved: dict[int, set[int]] = {}
-    try:
-        for tid in _thread_ids():
-            try:
-                saved[tid] = os.sched_getaffinity(tid)
-                os.sched_setaffinity(tid, cpus)
-            except ProcessLookupError:  # the thread ended meanwhile
-                saved.pop(tid, None)
-        yield
-    finally:
-        caller_mask = saved.get(0, allowed)
-        for tid in _thread_ids():
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, saved.get(tid, caller_mask))
-
-
-def _thread_ids() -> list[int]:
-    # 0 is the calling thread; it goes first so that threads it starts meanwhile inherit the new mask.
-    own = threading.get_native_id()
-    try:
-        others = [int(name) for name in os.listdir("/proc/self/task") if int(name) != own]
-    except OSError:  # no procfs: only the calling thread can be pinned
-        others = []
-    return [0, *others]
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # As timeit does: a collection in the middle of a block would be charged to the op.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
