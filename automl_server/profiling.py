@@ -233,7 +233,7 @@ def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type:
 
 def offline_since(db: Database, device_name: str, heartbeat_timeout_s: float) -> str | None:
     """The device's last heartbeat (or "never") when it is offline; None when online."""
-    from automl_server.api.devices import device_status
+    from automl_server.db.models import device_status
 
     with db.session() as session:
         row = session.scalar(select(Device).where(Device.name == device_name))

@@ -137,7 +137,7 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 @web.get("/")
 def jobs_page() -> Any:
-    from automl_server.api.devices import device_status
+    from automl_server.db.models import device_status
     from automl_server.api.pagination import newest_first_page
 
     s = _state()
@@ -195,7 +195,7 @@ TEMPERATURE_KEYS = ("temperature_c", "temp_c", "cpu_temperature_c", "soc_tempera
 
 @web.get("/devices")
 def devices_page() -> str:
-    from automl_server.api.devices import device_status
+    from automl_server.db.models import device_status
 
     s = _state()
     with s.db.session() as db_session:
@@ -233,7 +233,7 @@ def new_search_page() -> str:
         datasets = [{"id": d.id, "name": d.name, "shape": f"{d.image_height}x{d.image_width}x{d.channels}",
                      "classes": len(d.classes), "samples": d.num_samples}
                     for d in db_session.scalars(select(Dataset).order_by(Dataset.name).limit(500))]
-        from automl_server.api.devices import device_status
+        from automl_server.db.models import device_status
 
         devices = [{"name": d.name, "kind": d.kind, "status": device_status(d, s.settings.heartbeat_timeout_s),
                     "runtimes": [r.name for r in d.runtimes]}

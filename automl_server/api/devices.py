@@ -2,7 +2,7 @@
 device is online while its heartbeats keep coming."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -11,14 +11,7 @@ from automl_server.api import api_blueprint, registry
 from automl_server.api.pagination import decode_token, encode_token
 from automl_server.api.problems import not_found
 from automl_server.api.schemas import DeviceList, DeviceOut, DeviceRegister, HeartbeatIn, PageQuery, RuntimeOut
-from automl_server.db.models import Device, DeviceRuntime, utcnow
-
-
-def device_status(device: Device, timeout_s: float, now: datetime | None = None) -> str:
-    if device.last_heartbeat_at is None:
-        return "offline"
-    now = now or utcnow()
-    return "online" if now - device.last_heartbeat_at <= timedelta(seconds=timeout_s) else "offline"
+from automl_server.db.models import Device, DeviceRuntime, device_status, utcnow
 
 
 def to_out(device: Device, timeout_s: float) -> DeviceOut:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -229,3 +229,11 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+def device_status(device: Device, timeout_s: float, now: datetime | None = None) -> str:
+    """"online" while the device's agent has sent a heartbeat within ``timeout_s``."""
+    if device.last_heartbeat_at is None:
+        return "offline"
+    now = now or utcnow()
+    return "online" if now - device.last_heartbeat_at <= timedelta(seconds=timeout_s) else "offline"

@@ -1,7 +1,11 @@
 """ProxylessNAS search engine: mixed ops with binary gates, the supernet, latency models and losses.
 
-Imports torch, numpy, yaml and search_spaces only (never the web, queue or
-database layers), so that search workers and tests can use it on their own.
+Imports torch, numpy, yaml, pydantic and search_spaces (and, in pipelines that
+need them, their engines: Flower, torch.distributed); never the web, queue or
+database layers, ``latency_db`` or ``device_agents`` (tests/engine/test_boundaries.py
+holds this), so that search workers, a device and tests can use it on their own.
+A latency model comes in through the ``LatencyModel`` protocol; the TFLite
+writer through ``export_tflite``'s ``writer`` argument.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from .latency import (
     LatencyModel,
     LutLatencyModel,
     MissingLatencyError,
+    arch_latency_ms,
     key_macs,
     parse_key,
 )
@@ -28,6 +33,7 @@ __all__ = [
     "LatencyModel",
     "LutLatencyModel",
     "MissingLatencyError",
+    "arch_latency_ms",
     "MixedOp",
     "SuperNet",
     "key_macs",

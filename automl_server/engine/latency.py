@@ -15,8 +15,27 @@ from typing import Protocol, cast, runtime_checkable
 
 import yaml
 
-# One error for a missing op latency, whether the table is a YAML file or the database.
-from latency_db.errors import MissingLatencyError
+from search_spaces import Arch, arch_keys
+
+# The engine's own error for a missing op latency (the engine never imports the
+# database layer). latency_db raises its own, same-named class for its tables;
+# both are KeyErrors carrying ``key`` and ``source``, so a caller that holds
+# either kind of latency model catches KeyError or checks ``.key``.
+class MissingLatencyError(KeyError):
+    """The latency table has no entry for a key a network needs."""
+
+    def __init__(self, key: str, source: str = "the latency table") -> None:
+        super().__init__(key)
+        self.key = key
+        self.source = source
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ would quote the whole message; say what to do instead.
+        return (
+            f"no latency for {self.key!r} in {self.source}; measure it on the device with "
+            "`automl profile` (or import a table that has it)"
+        )
+
 
 KEY_TYPES = ("expanded_conv", "Conv", "Conv_1", "Logits")
 
@@ -211,3 +230,8 @@ class FlopsLatencyModel:
 
     def latency_ms(self, key: str) -> float:
         return key_macs(key) / (self.gmacs_per_s * 1e6)
+
+
+def arch_latency_ms(arch: Arch, latency_model: LatencyModel) -> float:
+    """Predicted latency of one concrete architecture (fixed layers + chosen blocks)."""
+    return sum(latency_model.latency_ms(key) for key in arch_keys(arch))

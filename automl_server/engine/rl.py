@@ -10,17 +10,24 @@ otherwise from the latency model.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
+from automl_server.engine.data import BatchStream
+from automl_server.engine.latency import LatencyModel, arch_latency_ms
+from automl_server.engine.supernet import SuperNet
 from search_spaces import Arch
 
-if TYPE_CHECKING:
-    from automl_server.engine.data import BatchStream
-    from automl_server.engine.latency import LatencyModel
-    from automl_server.engine.search import SearchConfig
-    from automl_server.engine.supernet import SuperNet
+
+class RLSettings(Protocol):
+    """What the controller reads of the search's settings (``search.SearchConfig``
+    has these), so this module need not import the search loop that uses it."""
+
+    rl_samples: int
+    rl_exponent: float
+    rl_baseline_decay: float
+    target_ms: float
 
 
 def reward(accuracy: float, latency_ms: float, target_ms: float, exponent: float) -> float:
@@ -31,7 +38,7 @@ def reward(accuracy: float, latency_ms: float, target_ms: float, exponent: float
 
 
 class ReinforceController:
-    def __init__(self, net: SuperNet, latency_model: LatencyModel, config: SearchConfig,
+    def __init__(self, net: SuperNet, latency_model: LatencyModel, config: RLSettings,
                  measure: Callable[[Arch], float] | None = None) -> None:
         self.net, self.latency_model, self.config, self.measure = net, latency_model, config, measure
         self.baseline: float | None = None
@@ -43,8 +50,6 @@ class ReinforceController:
                     blocks=tuple(m.candidates[i] for m, i in zip(self.net.mixed_ops, indices)))
 
     def _latency_ms(self, arch: Arch) -> float:
-        from automl_server.engine.search import arch_latency_ms
-
         return float(self.measure(arch)) if self.measure is not None else arch_latency_ms(arch, self.latency_model)
 
     def step(self, holdout: BatchStream, arch_optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:

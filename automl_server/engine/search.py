@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_server.engine.data import BatchStream, SplitData
-from automl_server.engine.latency import LatencyModel
+from automl_server.engine.latency import LatencyModel, arch_latency_ms  # noqa: F401  (re-exported)
 from automl_server.engine.losses import latency_loss
 from automl_server.engine.rl import ReinforceController
 from automl_server.engine.supernet import SuperNet
-from search_spaces import Arch, SpaceLayout, arch_keys
+from search_spaces import Arch, SpaceLayout
 
 STRATEGIES = ("gradient", "rl")
 DERIVATIONS = ("argmax", "target")
@@ -332,11 +332,6 @@ def recalibrated_batchnorm(net: nn.Module, images: torch.Tensor, batch_size: int
             layer.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
             layer.momentum = momentum
         net.train(was_training)
-
-
-def arch_latency_ms(arch: Arch, latency_model: LatencyModel) -> float:
-    """Predicted latency of one concrete architecture (fixed layers + chosen blocks)."""
-    return sum(latency_model.latency_ms(key) for key in arch_keys(arch))
 
 
 def run_search(

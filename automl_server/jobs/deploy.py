@@ -42,6 +42,9 @@ def _load_model(ctx: StageContext):  # type: ignore[no-untyped-def]
 
 def export_model(ctx: StageContext) -> dict[str, Any]:
     from automl_server.engine.deploy.export import check_onnx, check_tflite, count_macs, export_onnx, export_tflite
+    # The agent's TFLite writer (it builds op models with it too): a library
+    # module of device_agents, the one the service may import besides task names.
+    from device_agents.profiling.tflite_writer import write_tflite
     from automl_server.jobs.search_stage import load_split
 
     model, arch = _load_model(ctx)
@@ -63,7 +66,7 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
     }
     ctx.progress(0.5, "exporting TFLite")
     try:
-        tflite_path, converter = export_tflite(model, shape, ctx.job_dir() / "model.tflite")
+        tflite_path, converter = export_tflite(model, shape, ctx.job_dir() / "model.tflite", write_tflite)
         tflite_check = check_tflite(model, tflite_path, images)
         output["tflite"] = {**ctx.store_artifact("tflite", tflite_path), "converter": converter,
                             "max_abs_diff": tflite_check.max_abs_diff, "agree_top1": tflite_check.agree_top1}

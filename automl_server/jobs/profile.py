@@ -66,7 +66,7 @@ def extreme_archs(layout, op_model):  # type: ignore[no-untyped-def]
 
 def achievable_range_ms(layout, op_model) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Predicted latency of the space's fastest and slowest networks on the target."""
-    from automl_server.engine.search import arch_latency_ms
+    from automl_server.engine.latency import arch_latency_ms
 
     fastest, slowest = extreme_archs(layout, op_model)
     return float(arch_latency_ms(fastest, op_model)), float(arch_latency_ms(slowest, op_model))

@@ -33,7 +33,7 @@ _SCHEMA_VERSION = 3
 _BUFFER_ALIGNMENT = 16  # constant data aligned as the reference converter aligns it
 
 
-class UnsupportedModule(ValueError):
+class UnsupportedModule(ValueError, NotImplementedError):
     """The module holds a layer this writer cannot express; the message names it."""
 
 

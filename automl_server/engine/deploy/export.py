@@ -6,9 +6,9 @@ self-contained file (the dynamo exporter may spill weights to external data).
 TFLite uses the device agents' flatbuffer writer, which expresses every op
 of the search spaces (conv + folded BatchNorm + ReLU6, depthwise conv, add,
 mean, fully connected) without TensorFlow; ``litert-torch`` (the optional
-``tflite`` extra) converts anything else. Deviation from the import map in
-DESIGN.md: the engine imports that writer from ``device_agents`` instead of
-keeping a second copy; it has no agent dependencies (torch and LiteRT's schema).
+``tflite`` extra) converts anything else. The writer is passed in by the
+caller (the job's export stage), so the engine never imports the agent and
+keeps no second copy of it.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,14 +55,21 @@ def check_onnx(model: nn.Module, path: Path, images: torch.Tensor) -> ExportChec
     return _compare(model, images, got, path)
 
 
-def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path) -> tuple[Path, str]:
-    """Returns the path and the converter used ("builtin" or "litert-torch")."""
-    from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
+TFLiteWriter = Callable[[nn.Module, tuple[int, int, int, int], Path], Path]
 
+
+def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path,
+                  writer: TFLiteWriter) -> tuple[Path, str]:
+    """Returns the path and the converter used ("builtin" or "litert-torch").
+
+    ``writer`` is the built-in TFLite writer (``device_agents.profiling.tflite_writer.write_tflite``,
+    which the agent also uses to build op models); it is passed in so that the
+    engine never imports the agent. A NotImplementedError from it (a module it
+    cannot write) falls back to litert-torch where that is installed."""
     model.eval()
     try:
-        return write_tflite(model, input_shape, path), "builtin"
-    except UnsupportedModule:
+        return writer(model, input_shape, path), "builtin"
+    except NotImplementedError:
         if importlib.util.find_spec("litert_torch") is None:
             raise
     import litert_torch  # type: ignore[import-not-found]
