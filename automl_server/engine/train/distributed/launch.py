@@ -149,3 +149,13 @@ def run_workers(nodes: Sequence[Node], out_dir: Path, *, on_event: Callable[[dic
         _kill_all(procs, pid_dir, str(out_dir / "spec.pt").encode())
         for log in logs:
             log.close()
+
+
+def nodes_across_hosts(spec_path: Path, prefixes: Sequence[list[str]], master_addr: str, *, interface: str,
+                       nproc_per_node: int = 1, port: int = 29500, max_restarts: int = 0) -> list[Node]:
+    """One torchrun per emulated host (``prefixes``: e.g. ``ip netns exec NS``),
+    the multi-host command of ``worker``'s docstring with a static rendezvous."""
+    return [Node(prefix + torchrun_command(spec_path, nproc_per_node=nproc_per_node, nnodes=len(prefixes),
+                                           node_rank=i, master=(master_addr, port), max_restarts=max_restarts),
+                 env={"GLOO_SOCKET_IFNAME": interface})
+            for i, prefix in enumerate(prefixes)]

@@ -92,6 +92,7 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(spec.seed * 7919 + epoch))
         totals = StepStats()
         loss_sum = correct = compute_s = 0.0
+        epoch_started = time.perf_counter()
         for step in range(steps):
             started = time.perf_counter()
             start = step * world * spec.batch_size + rank * spec.batch_size
@@ -112,6 +113,7 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
         end = rule.flush(cosine_lr(s.lr, (epoch + 1) * steps - 1, total_steps), density)
         totals.bytes_sent += end.bytes_sent
         totals.wait_s += end.wait_s
+        epoch_s = time.perf_counter() - epoch_started  # every step and the drain: what throughput divides by
         _average_buffers(model, collective)
         summed = collective.all_reduce_sum(torch.tensor(
             [loss_sum, correct, steps * spec.batch_size, totals.bytes_sent, compute_s, totals.wait_s],
@@ -127,7 +129,8 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
             "bytes_sent_per_step": summed[3] / world / steps,  # per worker
             "comm_wait_share": summed[5] / max(summed[4] + summed[5], 1e-12),
             "compute_s": summed[4] / world, "comm_wait_s": summed[5] / world,
-            "density": density, "steps": steps, "workers": world,
+            "density": density, "steps": steps, "workers": world, "epoch_s": epoch_s,
+            "images_per_s": steps * spec.batch_size * world / max(epoch_s, 1e-9),
         })
         if rank_ckpt is not None:
             _save_atomic({"epoch": epoch, "world_size": world, "rule": rule.state_dict()}, rank_ckpt)

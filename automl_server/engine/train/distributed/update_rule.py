@@ -28,7 +28,8 @@ With DGC the compressed tensors (dim > 1) follow DGC instead: the velocity u is
 accumulated (v += u), top-k of v is sent as indices + values by all_gather,
 and momentum factor masking is DGC's own compensation of the buffer; when the
 sparse average arrives it replaces the velocities this worker applied
-locally during that period. Uncompressed tensors (dim <= 1) follow the exact
+locally during that period. Indices, values and the uncompressed tensors
+travel in one all_gather per synchronisation. Uncompressed tensors (dim <= 1) follow the exact
 rule above.
 
 Asynchrony: each synchronisation hands freshly made buffers to the
@@ -57,9 +58,9 @@ from automl_server.engine.train.distributed.dgc import Segments, densify, take_s
 class _InFlight:
     sent_step: int
     due_step: int
-    dense: Pending
+    pending: Pending  # all_reduce of [G(, e)], or (compressed) all_gather of [indices | values | G(, e)]
     dense_local: torch.Tensor  # [G] or [G, e] of this worker, as sent
-    sparse: tuple[Pending, Pending] | None  # all_gather of indices, of values
+    k: int  # entries sent sparsely (0: uncompressed, the pending op is an all_reduce)
     sparse_local: torch.Tensor | None  # velocities this worker applied during the period (compressed entries)
 
 
@@ -164,25 +165,31 @@ class DelayedSparseSGD:
 
     def _send(self, density: float | None) -> int:
         dense_local = (torch.cat([self.grad_sum, self.grad_decayed]) if self.send_e else self.grad_sum.clone())
-        dense = self.collective.all_reduce_sum(dense_local.clone())  # the collective owns this copy
-        bytes_sent = dense_local.numel() * dense_local.element_size()
         self.grad_sum.zero_()
         self.grad_decayed.zero_()
-        sparse, sparse_local = None, None
+        sparse_local, k = None, 0
         if self.compressed:
             if density is None:
                 raise ValueError("a compressed update needs the density of this epoch")
             u_sparse = self.u[self.sparse_idx]
             indices, values = take_sparse(self.velocity_acc, u_sparse, self.segments, density)
             self.u[self.sparse_idx] = u_sparse  # masked momentum written back
-            indices32 = indices.to(torch.int32)
-            sparse = (self.collective.all_gather(indices32), self.collective.all_gather(values))
-            bytes_sent += indices32.numel() * 4 + values.numel() * values.element_size()
+            k = len(indices)
+            # One message per synchronisation (one round trip, not three): the indices'
+            # int32 bits, the values, then the small uncompressed tensors. Every worker
+            # sends the same k, so all_gather's equal sizes hold. The dense part is
+            # gathered too (J copies of a few thousand floats) rather than reduced
+            # in a second collective that would pay the latency again.
+            payload = torch.cat([indices.to(torch.int32).view(torch.float32), values, dense_local])
+            pending = self.collective.all_gather(payload)
             sparse_local, self.applied = self.applied, torch.zeros_like(self.applied)
-        self.in_flight.append(_InFlight(self.step_index, self.step_index + self.delay, dense, dense_local,
-                                        sparse, sparse_local))
+        else:
+            payload = dense_local.clone()  # the collective owns this copy; dense_local stays ours
+            pending = self.collective.all_reduce_sum(payload)
+        self.in_flight.append(_InFlight(self.step_index, self.step_index + self.delay, pending, dense_local, k,
+                                        sparse_local))
         self.steps_in_period = 0
-        return bytes_sent
+        return payload.numel() * payload.element_size()
 
     def _apply_due(self, lr: float, now: int, everything: bool = False) -> float:
         waited = 0.0
@@ -190,18 +197,23 @@ class DelayedSparseSGD:
         while self.in_flight and (everything or self.in_flight[0].due_step <= now):
             entry = self.in_flight.popleft()
             started = time.perf_counter()
-            dense_mean = entry.dense.wait()[0] / world
-            gathered = (entry.sparse[0].wait(), entry.sparse[1].wait()) if entry.sparse else None
+            result = entry.pending.wait()
             waited += time.perf_counter() - started
+            k = entry.k
+            if k:
+                dense_mean = torch.stack([part[2 * k:] for part in result]).sum(0) / world
+                mean_sparse = densify([part[:k].view(torch.int32) for part in result],
+                                      [part[k:2 * k] for part in result], len(self.sparse_idx)) / world
+                assert entry.sparse_local is not None
+                w.index_add_(0, self.sparse_idx, mean_sparse - entry.sparse_local, alpha=-lr)
+            else:
+                dense_mean = result[0] / world
             age = now - entry.sent_step
             nd = len(self.dense_idx)
             delta_g = dense_mean[:nd] - entry.dense_local[:nd]
             delta_e = dense_mean[nd:] - entry.dense_local[nd:] if self.send_e else delta_g
             w.index_add_(0, self.dense_idx, (delta_g - m ** (age + 1) * delta_e) / (1 - m), alpha=-lr)
             u.index_add_(0, self.dense_idx, delta_e, alpha=m ** age)
-            if gathered is not None and entry.sparse_local is not None:
-                mean_sparse = densify(gathered[0], gathered[1], len(self.sparse_idx)) / world
-                w.index_add_(0, self.sparse_idx, mean_sparse - entry.sparse_local, alpha=-lr)
         return waited
 
     def state_dict(self) -> dict[str, object]:
