@@ -58,6 +58,8 @@ def _agent_venv(source: Path) -> Path:
     if (venv / ".complete").exists():
         return venv
     cache.mkdir(parents=True, exist_ok=True)
+    for stale in cache.glob("agent-venv-*"):  # about 1.2 GB each: keep only the current dependency set's
+        shutil.rmtree(stale, ignore_errors=True)
     # The venv is built at its final path (its scripts name their interpreter by absolute path);
     # a half-built one is never marked complete and is rebuilt next time.
     _run([sys.executable, "-m", "venv", "--clear", str(venv)])

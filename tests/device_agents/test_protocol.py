@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,3 +229,20 @@ def test_the_agent_offers_the_device_kinds_the_service_accepts() -> None:
     from automl_server.api.schemas import DEVICE_KINDS as SERVICE_KINDS
 
     assert DEVICE_KINDS == SERVICE_KINDS
+
+
+# Files of the job layer that still address device queues by hand; being moved to the
+# protocol by its owner (automl_server.profiling.measure_network_signature, device_queue).
+PENDING = {"automl_server/jobs/report.py", "automl_server/jobs/deploy.py", "automl_server/jobs/tasks.py"}
+
+
+def test_no_other_module_writes_the_protocols_names_by_hand() -> None:
+    root = Path(__file__).resolve().parents[2]
+    by_hand = re.compile(r"""f["']device\.\{|["']automl\.(profile_ops|measure_network)["']""")
+    offenders = sorted(
+        str(path.relative_to(root)) for package in ("automl_server", "device_agents")
+        for path in (root / package).rglob("*.py")
+        if path.name != "protocol.py" and by_hand.search(path.read_text())
+    )
+
+    assert [path for path in offenders if path not in PENDING] == []
