@@ -153,17 +153,27 @@ class FlowerDeployment:
                 raise DeploymentFailed(f"{name} exited with {process.returncode}:\n{log}")
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM every process group, then SIGKILL what is left after ``grace_s``."""
+        """SIGTERM every process group and every descendant, then SIGKILL what is left after ``grace_s``.
+
+        Descendants are listed before any signal: Flower's SuperExec starts the
+        ServerApp/ClientApp processes outside our process groups, and once their
+        parents die they are re-parented and could no longer be found."""
+        descendants = _descendants([process.pid for process in self.processes.values()])
         for process in self.processes.values():
             _signal_group(process, signal.SIGTERM)
+        for pid in descendants:
+            _signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for process in self.processes.values():
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 pass
+        descendants |= _descendants([process.pid for process in self.processes.values()])
         for process in self.processes.values():
             _signal_group(process, signal.SIGKILL)  # the group's children too, even if the leader is gone
+        for pid in descendants:
+            _signal_pid(pid, signal.SIGKILL)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -179,3 +189,32 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)  # start_new_session: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _descendants(roots: list[int]) -> set[int]:
+    """Every live descendant of ``roots`` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
