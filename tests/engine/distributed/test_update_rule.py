@@ -90,8 +90,12 @@ def test_no_delay_no_period_no_compression_equals_synchronous_sgd_and_one_proces
     synchronous: dict[int, nn.Module] = {}
     dts: dict[int, nn.Module] = {}
 
+    # Built here, not in the threads: torch's global seed is one for all threads.
+    sync_models = [tiny_net() for _ in range(world)]
+    dts_models = [tiny_net() for _ in range(world)]
+
     def sync_body(rank: int, collective: ThreadCollective) -> None:
-        model = tiny_net()
+        model = sync_models[rank]
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
         for x, y in data:
             opt.zero_grad()
@@ -103,7 +107,7 @@ def test_no_delay_no_period_no_compression_equals_synchronous_sgd_and_one_proces
         synchronous[rank] = model
 
     def dts_body(rank: int, collective: ThreadCollective) -> None:
-        model = tiny_net()
+        model = dts_models[rank]
         rule = DelayedSparseSGD(list(model.parameters()), collective, momentum=momentum, weight_decay=wd)
         for x, y in data:
             model.zero_grad()
@@ -124,10 +128,10 @@ def test_no_delay_no_period_no_compression_equals_synchronous_sgd_and_one_proces
 @pytest.mark.parametrize(("delay", "period", "compress"), [(2, 1, False), (1, 3, False), (3, 2, True)])
 def test_after_a_flush_every_worker_holds_the_same_weights(delay, period, compress):
     data = batches(7, 4, 2)
-    models: dict[int, nn.Module] = {}
+    models = {rank: tiny_net() for rank in range(2)}  # not in the threads: one global seed
 
     def body(rank: int, collective: ThreadCollective) -> None:
-        model = tiny_net()
+        model = models[rank]
         rule = DelayedSparseSGD(list(model.parameters()), collective, momentum=0.9, delay=delay, period=period,
                                 compress=compress)
         for x, y in data:
@@ -135,7 +139,6 @@ def test_after_a_flush_every_worker_holds_the_same_weights(delay, period, compre
             F.cross_entropy(model(x[rank::2]), y[rank::2]).backward()
             rule.step(0.05, density=0.1)
         rule.flush(0.05, density=0.1)
-        models[rank] = model
 
     run_workers(2, body)
 
