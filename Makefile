@@ -13,8 +13,15 @@ TEST_STAMP := $(VENV)/.installed-test-$(DEPS_HASH)
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
+# The on-device training runtime (device_agents/ort_training) lives in its own
+# environment: onnxruntime-training and the server's onnxruntime install the same
+# package and overwrite each other. Its wheels stop at Python 3.11.
+ORT_VENV := .venv-ort-training
+ORT_REQS := device_agents/ort_training/requirements.txt
+ORT_STAMP := $(ORT_VENV)/.installed-$(shell cat $(ORT_REQS) | sha1sum | cut -c1-12)
+ORT_PYTHON ?= $(shell command -v python3.11)
 
-.PHONY: run test setup setup-test clean
+.PHONY: run test setup setup-test ort-training-venv clean
 
 run: setup
 	$(BIN)/automl serve
@@ -23,7 +30,8 @@ test: setup-test
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)
-setup-test: $(TEST_STAMP) $(CHROMIUM)
+setup-test: $(TEST_STAMP) $(CHROMIUM) $(ORT_STAMP)
+ort-training-venv: $(ORT_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +48,18 @@ $(TEST_STAMP): $(STAMP)
 	$(PIP) --no-build-isolation -e '.[server,test]'
 	touch $@
 
+# Rebuilt from scratch when the pins change (the stamp names their hash).
+$(ORT_STAMP): $(ORT_REQS)
+	@test -n "$(ORT_PYTHON)" || { echo "python3.11 is needed for $(ORT_VENV) (onnxruntime-training has no newer wheels)"; exit 1; }
+	rm -rf $(ORT_VENV)
+	$(ORT_PYTHON) -m venv $(ORT_VENV)
+	$(ORT_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(ORT_REQS)
+	touch $@
+
 # Nothing to do (no apt call) while the browser is installed.
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(ORT_VENV) data

@@ -1,0 +1,188 @@
+"""On-device sparse update with ONNX Runtime training: the exported model computes
+what the network computes, its trainable names are the scheme's, and N SGD steps
+run by ONNX Runtime training (in its own environment, as a subprocess) follow
+PyTorch's loss curve from the same weights on the same batches, leaving every
+frozen tensor untouched."""
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from automl_server.engine.data import SplitData
+from automl_server.engine.train.sparse_update import SparseNet, SparseScheme
+from automl_server.engine.train.sparse_update.on_device import LOSS_TOLERANCE, compare_loss_curves, torch_steps
+from automl_server.engine.train.sparse_update.ort_export import (
+    export_for_ort_training,
+    load_trained_values,
+    trainable_names,
+    write_step_data,
+)
+from automl_server.engine.train.sparse_update.scheme import bias_only
+from tests.engine.sparse_update.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[3]
+TRAINING_PYTHON = ROOT / ".venv-ort-training" / "bin" / "python"
+STEPS, BATCH, LR, SAMPLES = 8, 8, 0.05, 24
+
+
+def mixed_scheme(n_layers: int) -> SparseScheme:
+    """Every kind of update: biases of the last 4 layers, the last weight at half of its
+    input channels, the one before at a quarter, the one before that fully."""
+    return SparseScheme(4, ((n_layers - 1, 0.5), (n_layers - 2, 0.25), (n_layers - 3, 1.0)))
+
+
+def initializers(path: Path) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def net(pretrained: dict[str, torch.Tensor]) -> SparseNet:
+    model = tiny_model()
+    model.load_state_dict(pretrained)
+    return SparseNet(model.eval(), 8)
+
+
+def test_the_export_computes_the_networks_logits_and_names_the_schemes_tensors(net, new_classes: SplitData,
+                                                                               tmp_path):
+    scheme = mixed_scheme(len(net.layers))
+    x = new_classes.x_train[:5]
+
+    export = export_for_ort_training(net, scheme, tmp_path / "model.onnx")
+
+    session = ort.InferenceSession(str(export.model_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {export.input_name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert np.abs(logits - expected).max() < 1e-4
+    written = initializers(export.model_path)
+    last = net.infos[-1]  # 1x1 conv, half of its input channels trained
+    assert written[f"net.{last.name}.conv.weight_part"].shape[1] == last.in_ch // 2
+    assert written[f"net.{last.name}.conv.weight_rest"].shape[1] == last.in_ch - last.in_ch // 2
+    assert f"net.{last.name}.conv.weight" not in written
+    assert set(export.trainable) <= set(written)
+    assert set(export.trainable) == set(trainable_names(net, scheme))
+    assert not set(export.trainable) & set(export.frozen)
+
+
+def test_a_bias_only_scheme_trains_the_last_biases_and_the_classifier(net):
+    names = trainable_names(net, bias_only(2))
+
+    expected = {f"net.{info.name}.conv.bias" for info in net.infos[-2:]} | {"net.classifier.weight",
+                                                                              "net.classifier.bias"}
+    assert set(names) == expected
+
+
+def require_training_venv() -> None:
+    if TRAINING_PYTHON.exists():
+        return
+    message = f"the ONNX Runtime training environment {TRAINING_PYTHON.parent.parent} is missing " \
+              "(`make ort-training-venv` builds it)"
+    if os.environ.get("AUTOML_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}, and AUTOML_TEST_REQUIRE_SERVICES=1 forbids skipping this test")
+    pytest.skip(message)
+
+
+@dataclass
+class DeviceRun:
+    result: dict[str, Any]
+    params: dict[str, np.ndarray]
+    initial: dict[str, np.ndarray]
+    trainable: list[str]
+
+
+@pytest.fixture(scope="module")
+def device_run(net, new_classes: SplitData, tmp_path_factory) -> DeviceRun:
+    require_training_venv()
+    folder = tmp_path_factory.mktemp("ort-training")
+    export = export_for_ort_training(net, mixed_scheme(len(net.layers)), folder / "model.onnx")
+    data = write_step_data(folder / "data.npz", new_classes.x_train[:SAMPLES], new_classes.y_train[:SAMPLES])
+    command = [str(TRAINING_PYTHON), "-m", "device_agents.ort_training", "--model", str(export.model_path),
+               "--trainable", ",".join(export.trainable), "--data", str(data), "--steps", str(STEPS),
+               "--lr", str(LR), "--batch", str(BATCH), "--out", str(folder / "result.json"),
+               "--params-out", str(folder / "params.npz")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(folder / "params.npz") as params:
+        trained = {name: params[name] for name in params.files}
+    return DeviceRun(json.loads((folder / "result.json").read_text()), trained,
+                     initializers(export.model_path), export.trainable)
+
+
+def test_onnx_runtime_training_follows_pytorchs_loss_curve(net, new_classes: SplitData, device_run: DeviceRun):
+    x, y = new_classes.x_train[:SAMPLES], new_classes.y_train[:SAMPLES]
+
+    reference = torch_steps(net, mixed_scheme(len(net.layers)), x, y, steps=STEPS, lr=LR, batch=BATCH)
+
+    device_losses = [step["loss"] for step in device_run.result["steps"]]
+    comparison = compare_loss_curves(reference.losses, device_losses)
+    assert comparison["within_tolerance"], (reference.losses, device_losses)
+    assert comparison["max_abs_loss_diff"] <= LOSS_TOLERANCE
+    # The tensors the device trained are PyTorch's, partial weight channels included.
+    torch_params = dict(reference.net.named_parameters())
+    for name in device_run.trainable:
+        assert np.abs(device_run.params[name] - torch_params[name].detach().numpy()).max() < 1e-4, name
+
+
+def test_frozen_tensors_stay_as_exported_and_trained_ones_move(device_run: DeviceRun):
+    frozen = [name for name in device_run.params if name not in device_run.trainable]
+
+    assert frozen and device_run.result["frozen_max_abs_change"] == 0.0
+    for name in frozen:  # the rest of each partial weight among them
+        np.testing.assert_array_equal(device_run.params[name], device_run.initial[name], err_msg=name)
+    assert sorted(device_run.result["trainable"]) == sorted(device_run.trainable)
+    for name in device_run.trainable:
+        assert not np.array_equal(device_run.params[name], device_run.initial[name]), name
+
+
+def test_the_device_reports_loss_accuracy_and_peak_memory_per_step(device_run: DeviceRun):
+    steps = device_run.result["steps"]
+
+    assert [s["step"] for s in steps] == list(range(STEPS))
+    assert all(0.0 <= s["accuracy"] <= 1.0 and s["loss"] > 0 for s in steps)
+    peaks = [s["peak_rss_kb"] for s in steps]
+    assert peaks == sorted(peaks) and peaks[0] > 0  # a high-water mark only grows
+    assert device_run.result["peak_rss_kb"] >= peaks[-1]
+    assert 0.0 <= device_run.result["final_accuracy"] <= 1.0
+    assert device_run.result["runtime"].startswith("onnxruntime-training 1.19")
+
+
+def test_device_trained_values_load_back_into_the_network(net, device_run: DeviceRun):
+    scheme = mixed_scheme(len(net.layers))
+    target = copy.deepcopy(net)
+
+    loaded = load_trained_values(target, scheme, {n: device_run.params[n] for n in device_run.trainable})
+
+    assert loaded == sorted(device_run.trainable)
+    last = target.layers[-1]
+    assert last.keep is not None and last.weight_part is not None
+    kept = last.weight.detach().index_select(1, last.keep).numpy()
+    np.testing.assert_allclose(kept, device_run.params[f"net.{target.infos[-1].name}.conv.weight_part"])
+
+
+def test_the_on_device_package_imports_only_the_training_runtime_onnx_and_numpy():
+    allowed_tops = {"onnxruntime", "onnx", "numpy", "__future__"}
+    found = {}
+    for path in sorted((ROOT / "device_agents" / "ort_training").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        bad = sorted(name for name in names if name.split(".")[0] not in allowed_tops | sys.stdlib_module_names
+                     and not name.startswith("device_agents.ort_training"))
+        if bad:
+            found[path.name] = bad
+
+    assert found == {}
