@@ -22,7 +22,8 @@ BLOCKS = ("mb3_k3",) * 8
 
 
 class FakeCallbacks:
-    def __init__(self, cancel_after_progress: int | None = None) -> None:
+    def __init__(self, cancel_after_progress: int | None = None, stop_after_epochs: int | None = None) -> None:
+        self.stop_after_epochs = stop_after_epochs
         self.metrics: list[dict[str, Any]] = []
         self.progress_calls = 0
         self.cancel_after_progress = cancel_after_progress
@@ -42,7 +43,7 @@ class FakeCallbacks:
         pass
 
     def should_stop(self) -> bool:
-        return False
+        return self.stop_after_epochs is not None and len(self.metrics) >= self.stop_after_epochs
 
     def store_artifact(self, kind: str, path: Path) -> None:
         pass
@@ -72,13 +73,13 @@ def worker_pids(tmp_path: Path) -> list[int]:
     return found
 
 
-def test_two_workers_train_report_every_epoch_and_leave_no_process(tmp_path):
+def test_two_workers_train_report_every_epoch_stop_with_the_budget_and_leave_no_process(tmp_path):
     pipeline = get_pipeline("delayed-sgd")
     settings = pipeline.parse({"workers": 2, "delay": 2, "period": 2, "compression": 0.05,
                                "sparsity_warmup_epochs": 1})
-    inputs = make_inputs(tmp_path)
+    inputs = make_inputs(tmp_path, epochs=5)
     before = {k: v.clone() for k, v in inputs.model.state_dict().items()}
-    callbacks = FakeCallbacks()
+    callbacks = FakeCallbacks(stop_after_epochs=1)  # the budget runs out in epoch 1: workers stop after epoch 2
 
     outcome = pipeline.run(inputs, settings, callbacks)
 

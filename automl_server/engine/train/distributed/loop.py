@@ -59,11 +59,14 @@ def _average_buffers(model: nn.Module, collective: Collective) -> None:
 
 def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec, collective: Collective, *,
                  on_step: Callable[[int, int, int], None] | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 stop_requested: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
     """Train this rank's share; returns the per-epoch history (the same on every rank).
 
     ``on_step(epoch, step, steps)`` runs after every step (raise to abandon);
-    ``on_epoch(row)`` after every epoch on every rank (rank 0 reports it)."""
+    ``on_epoch(row)`` after every epoch on every rank (rank 0 reports it);
+    ``stop_requested()`` is asked on rank 0 at every epoch's end and, if true,
+    every rank stops there together (the job's budget of minutes is spent)."""
     s, rank, world = spec.settings, collective.rank, collective.world_size
     x_train, y_train = data["x_train"], data["y_train"]
     steps = steps_per_epoch(len(x_train), world, spec.batch_size)
@@ -115,8 +118,9 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
         totals.wait_s += end.wait_s
         epoch_s = time.perf_counter() - epoch_started  # every step and the drain: what throughput divides by
         _average_buffers(model, collective)
+        stop = float(rank == 0 and stop_requested is not None and stop_requested())
         summed = collective.all_reduce_sum(torch.tensor(
-            [loss_sum, correct, steps * spec.batch_size, totals.bytes_sent, compute_s, totals.wait_s],
+            [loss_sum, correct, steps * spec.batch_size, totals.bytes_sent, compute_s, totals.wait_s, stop],
             dtype=torch.float64)).wait()[0].tolist()
         epoch += 1
         seen = summed[2]
@@ -139,4 +143,6 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
                           "step_index": rule.step_index}, main_ckpt)
         if on_epoch is not None:
             on_epoch(history[-1])
+        if summed[6] > 0:  # rank 0's word, the same on every rank
+            break
     return history

@@ -42,6 +42,7 @@ def run_delayed_sgd(inputs: PipelineInputs, settings: DelayedSGDSettings,
                       settings=settings.model_dump(), epochs=epochs, batch_size=batch_size, seed=inputs.seed,
                       max_shift=max(1, data.resolution // 8))
     (out_dir / "final.pt").unlink(missing_ok=True)
+    (out_dir / "stop").unlink(missing_ok=True)
     steps = steps_per_epoch(len(data.y_train), settings.workers, batch_size)
     history: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -61,6 +62,9 @@ def run_delayed_sgd(inputs: PipelineInputs, settings: DelayedSGDSettings,
                              phase="train", total_epochs=epochs, **event)
             eta = (time.monotonic() - started) / max(len(history), 1) * (epochs - epoch)
             callbacks.progress(epoch / epochs, f"epoch {epoch}/{epochs}", eta_s=eta)
+            if epoch < epochs and callbacks.should_stop():
+                # The workers see it at their next epoch's end (they are already in it).
+                (out_dir / "stop").touch()
 
     callbacks.log(f"delayed-sgd: {settings.workers} workers, delay {settings.delay}, period {settings.period}, "
                   f"compression {settings.compression}, {steps} steps per epoch of {settings.workers} x "
@@ -70,6 +74,8 @@ def run_delayed_sgd(inputs: PipelineInputs, settings: DelayedSGDSettings,
     inputs.model.load_state_dict(torch.load(out_dir / "final.pt", weights_only=True))
     checkpoint = torch.load(out_dir / "dts.ckpt", weights_only=False)
     full_history = checkpoint["history"]  # every epoch, also those of an earlier, resumed run
+    if len(full_history) < epochs:
+        callbacks.log(f"training stopped after {len(full_history)} of {epochs} epochs: the budget's minutes ran out")
     holdout = full_history[-1]["holdout_accuracy"] if full_history else None
     if len(data.y_holdout) and holdout is None:
         holdout = evaluate(inputs.model, data.x_holdout, data.y_holdout)

@@ -6,7 +6,8 @@
 The spec file (written by ``launch.write_spec``) holds the network, the data,
 the settings and where to write. Rank 0 appends its progress and per-epoch
 rows to ``events.jsonl`` beside the spec and, at the end, the trained weights
-to ``final.pt``. Every rank writes its pid to ``pids/`` so the launcher can
+to ``final.pt``. A file ``stop`` beside the spec ends the run at the next
+epoch's end (the job's budget of minutes is spent). Every rank writes its pid to ``pids/`` so the launcher can
 end it by its id.
 
 Across hosts (the same spec file on every host, e.g. on a shared volume; the
@@ -98,7 +99,8 @@ def main(spec_path: str) -> None:
     loop = LoopSpec(settings=settings, epochs=spec["epochs"], batch_size=spec["batch_size"], seed=spec["seed"],
                     max_shift=spec["max_shift"], checkpoint_dir=out_dir)
     try:
-        train_worker(model, data, loop, TorchCollective(), on_step=on_step, on_epoch=on_epoch)
+        train_worker(model, data, loop, TorchCollective(), on_step=on_step, on_epoch=on_epoch,
+                     stop_requested=(out_dir / "stop").exists)
         if rank == 0:
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_dir / "final.pt.tmp")
             os.replace(out_dir / "final.pt.tmp", out_dir / "final.pt")
