@@ -4,10 +4,13 @@ CPU: the groups of a stage run on a pool of threads. Threads are split so the
 stage never asks for more intra-op threads than the executor owns: with T
 threads and g groups, group i gets T // g threads plus one for the first
 T % g groups, and at least one (g > T oversubscribes, which the stage's
-measured latency then shows and the scheduler avoids). PyTorch's OpenMP
+measured latency then shows and the scheduler avoids). A stage of one group
+runs inline on the caller's thread. PyTorch's OpenMP
 thread count is per calling thread (an OpenMP ICV), so each worker sets its own
-with ``torch.set_num_threads``; a stage of one group runs inline on the
-caller's thread with the caller's count. Each worker enters inference mode
+with ``torch.set_num_threads``; ONNX Runtime kernels read the count through
+``current_threads()``. On a CPU shared with other work, set
+OMP_WAIT_POLICY=PASSIVE before torch loads: spinning OpenMP barriers on
+oversubscribed cores cost several times the work (measured 4x here). Each worker enters inference mode
 itself because grad mode is thread-local too.
 
 CUDA: one stream per group (the reference's design). Each stream first waits
@@ -25,6 +28,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import torch
 
 Task = Callable[[], None]
+_current = threading.local()
+
+
+def current_threads(default: int) -> int:
+    """Intra-op threads the executor gave the group running on this thread
+    (for kernels that take a count per call, as ONNX Runtime sessions do)."""
+    return getattr(_current, "threads", None) or default
 
 
 def split_threads(total: int, groups: int) -> list[int]:
@@ -50,6 +60,7 @@ class CpuExecutor:
         self._local = threading.local()
 
     def _in_worker(self, task: Task, threads: int) -> None:
+        _current.threads = threads
         if getattr(self._local, "threads", None) != threads:
             # Read first: a thread's first read initialises its count from the
             # process-wide value, which would otherwise overwrite ours later.
@@ -61,6 +72,7 @@ class CpuExecutor:
 
     def run(self, tasks: Sequence[Task]) -> None:
         if len(tasks) == 1:
+            _current.threads = self.threads
             tasks[0]()
             return
         futures = [self._pool.submit(self._in_worker, task, n)

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
-from device_agents.ios.program import Executor, OnnxModelProgram
+from device_agents.ios.program import Executor
 
 
 class LocalStageMeasurer:
-    """``measurer(stage) -> ms`` for the scheduler; ``stage`` is a Stage (``to_dict()``) or its dict."""
+    """``measurer(stage) -> ms`` for the scheduler; ``stage`` is a Stage (``to_dict()``) or its dict.
+    ``program`` is an OnnxModelProgram or an OrtModelProgram: stages are timed on the kernels they will run on."""
 
-    def __init__(self, program: OnnxModelProgram, inputs: Sequence[torch.Tensor], executor: Executor,
+    def __init__(self, program: Any, inputs: Sequence[torch.Tensor], executor: Executor,
                  warmup: int = 2, number: int = 6, repeat: int = 6) -> None:
         if warmup < 0 or number < 1 or repeat < 1:
             raise ValueError(f"need warmup >= 0, number >= 1, repeat >= 1; got {warmup}, {number}, {repeat}")
@@ -34,7 +35,7 @@ class LocalStageMeasurer:
         runnable = self.program.stage(spec["kind"], spec["groups"], spec["ops"])
         env = dict(self.env)
         self.calls += 1
-        sync = torch.cuda.synchronize if self.program.device.type == "cuda" else (lambda: None)
+        sync = torch.cuda.synchronize if str(self.program.device).startswith("cuda") else (lambda: None)
         with torch.inference_mode():
             for _ in range(self.warmup):
                 runnable.run(env, self.executor)

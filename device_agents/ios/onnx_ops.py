@@ -33,7 +33,29 @@ def constants_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     for node in model.graph.node:
         if node.op_type == "Constant":
             values[node.output[0]] = numpy_helper.to_array(attrs_of(node)["value"])
+        elif node.op_type == "Identity" and node.input[0] in values:
+            # The TorchScript exporter names shared weights through Identity nodes: constants, not ops.
+            values[node.output[0]] = values[node.input[0]]
     return values
+
+
+def fold_identity_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose Identity-of-constant nodes are initializers (as the scheduler sees them)."""
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    known = {t.name for t in folded.graph.initializer}
+    values = constants_of(model)
+    keep = []
+    for node in folded.graph.node:
+        if node.op_type == "Identity" and node.output[0] in values and node.input[0] in values:
+            folded.graph.initializer.append(numpy_helper.from_array(np.asarray(values[node.output[0]]),
+                                                                    node.output[0]))
+            known.add(node.output[0])
+            continue
+        keep.append(node)
+    del folded.graph.node[:]
+    folded.graph.node.extend(keep)
+    return folded
 
 
 def _pads(attrs: dict[str, Any], rank: int = 2) -> tuple[list[int], bool]:
@@ -218,7 +240,7 @@ def compile_nodes(model: onnx.ModelProto, device: torch.device | str = "cpu") ->
     tensors = {name: torch.from_numpy(np.array(value)).to(device) for name, value in constants.items()}
     compiled: dict[str, CompiledNode] = {}
     for node in model.graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" or node.output[0] in constants:
             continue
         builder = BUILDERS.get(node.op_type)
         if builder is None:

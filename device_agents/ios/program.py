@@ -98,9 +98,10 @@ class OnnxModelProgram:
 
 
 class ScheduledModel:
-    """The model and its schedule: ``model(x, executor=...)`` runs it stage by stage."""
+    """The model and its schedule: ``model(x, executor=...)`` runs it stage by stage
+    (on an OnnxModelProgram's PyTorch kernels or an OrtModelProgram's ORT ones)."""
 
-    def __init__(self, program: OnnxModelProgram, schedule: Mapping[str, Any]) -> None:
+    def __init__(self, program: Any, schedule: Mapping[str, Any]) -> None:
         if schedule.get("format") != FORMAT:
             raise ValueError(f"not an IOS schedule: format {schedule.get('format')!r}, expected {FORMAT!r}")
         self.program = program
@@ -120,9 +121,16 @@ class ScheduledModel:
         return [env[name] for name in self.program.outputs]
 
 
-def load_scheduled(model_path: Path | str, schedule_path: Path | str,
-                   device: torch.device | str = "cpu") -> ScheduledModel:
-    """The device side's entry: an ONNX file and the schedule JSON beside it."""
+def load_scheduled(model_path: Path | str, schedule_path: Path | str, device: torch.device | str = "cpu",
+                   backend: str = "torch", threads: int = 1) -> ScheduledModel:
+    """The device side's entry: an ONNX file and the schedule JSON beside it, run on
+    PyTorch kernels (``backend="torch"``, CPU or CUDA) or ONNX Runtime's (``"ort"``, CPU)."""
     model = onnx.load(str(model_path))
     schedule = json.loads(Path(schedule_path).read_text())
+    if backend == "ort":
+        from device_agents.ios.ort_program import OrtModelProgram
+
+        return ScheduledModel(OrtModelProgram(model, threads), schedule)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'ort', got {backend!r}")
     return ScheduledModel(OnnxModelProgram(model, device), schedule)

@@ -17,6 +17,7 @@ from device_agents.ios import (
     CudaExecutor,
     LocalStageMeasurer,
     OnnxModelProgram,
+    OrtModelProgram,
     ScheduledModel,
     SequentialExecutor,
     load_scheduled,
@@ -148,6 +149,21 @@ def test_a_scheduled_run_on_threads_equals_the_sequential_run_and_onnx_runtime(m
     for out in outputs:
         torch.testing.assert_close(out, sequential, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs[0].numpy(), session.run(None, {"input": x.numpy()})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_same_schedule_on_onnx_runtime_kernels_equals_the_sequential_run(model, tmp_path):
+    torch_program = OnnxModelProgram(model)
+    schedule = schedule_with_every_stage_kind(torch_program)
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "model.schedule.json").write_text(json.dumps(schedule))
+    x = torch.randn(1, 3, 12, 12)
+
+    scheduled = load_scheduled(tmp_path / "model.onnx", tmp_path / "model.schedule.json", backend="ort", threads=2)
+    with CpuExecutor(threads=2) as executor:
+        out = scheduled(x.numpy(), executor=executor)[0]
+
+    assert isinstance(scheduled.program, OrtModelProgram)
+    np.testing.assert_allclose(out, torch_program.run_sequential(x)[0].numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_schedule_that_skips_nodes_is_refused(model):

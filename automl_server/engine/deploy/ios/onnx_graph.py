@@ -41,6 +41,9 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             for attr in node.attribute:
                 if attr.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attr.t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            # The TorchScript exporter names shared weights through Identity nodes: constants, not ops.
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 
@@ -111,7 +114,7 @@ def graph_from_onnx(model: onnx.ModelProto) -> OpGraph:
     """The operator graph of ``model`` (its nodes are topologically sorted, as ONNX requires)."""
     constants = _constants(model)
     shapes = _shapes(model)
-    compute = [n for n in model.graph.node if n.op_type != "Constant"]
+    compute = [n for n in model.graph.node if n.op_type != "Constant" and n.output[0] not in constants]
     consumers: dict[str, int] = {}
     for node in compute:
         for name in node.input:
