@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -101,16 +103,20 @@ def load_dataset(name_or_path: str):  # type: ignore[no-untyped-def]
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint file: written every epoch, resumed from when it exists.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the derived architecture here.")
+@click.option("--tune-trials", type=click.IntRange(0, 200), default=0, show_default=True,
+              help="Then tune the latency loss (beta, learning rates) with Optuna TPE for this many trials, "
+              "each warm-started from the searched supernet, as a job's tune stage does.")
+@click.option("--tune-epochs", type=click.IntRange(1, 200), default=2, show_default=True, help="Epochs per trial.")
 @json_option
 def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epochs: int, batch_size: int,
            strategy: str, loss_kind: str, loss_lambda: float, arch_lr: float, arch_every: int, derive: str,
            seed: int, lut: Path | None, gmacs: float | None, checkpoint: Path | None,
-           out: Path | None, as_json: bool) -> None:
+           out: Path | None, tune_trials: int, tune_epochs: int, as_json: bool) -> None:
     """Run a ProxylessNAS search on this machine, without the server."""
     from automl_server.engine.data import split_arrays
     from automl_server.engine.latency import FlopsLatencyModel, LutLatencyModel
     from automl_server.engine.search import SearchConfig, run_search
-    from search_spaces import get_space
+    from search_spaces import Arch, get_space
 
     try:
         layout_space = get_space(space)
@@ -132,19 +138,60 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
             bar.update(1)
             bar.set_postfix_str(f"{report.phase} acc {report.holdout_accuracy:.3f} "
                                 f"E[lat] {report.expected_latency_ms:.3f} ms")
+        scratch = tempfile.TemporaryDirectory()  # the supernet's checkpoint, for tuning, when --checkpoint is not given
+        checkpoint_path = checkpoint or Path(scratch.name) / "search.ckpt"
         try:
-            result = run_search(layout, data, latency_model, config, progress=progress, checkpoint_path=checkpoint)
+            result = run_search(layout, data, latency_model, config, progress=progress, checkpoint_path=checkpoint_path)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    summary = {"arch": result.arch.to_dict(), "expected_latency_ms": round(result.expected_latency_ms, 6),
-               "holdout_accuracy": round(result.holdout_accuracy, 4), "target_ms": target_ms}
+    summary: dict[str, Any] = {"arch": result.arch.to_dict(), "expected_latency_ms": round(result.expected_latency_ms, 6),
+                               "holdout_accuracy": round(result.holdout_accuracy, 4), "target_ms": target_ms}
+    if tune_trials:
+        summary["tune"] = _tune(layout, data, latency_model, config, checkpoint_path, summary, tune_trials,
+                                tune_epochs, target_ms, seed, quiet=as_json)
+        if summary["tune"]["used_trial"]:
+            summary.update({k: summary["tune"][k] for k in ("arch", "expected_latency_ms", "holdout_accuracy")})
+            result = replace(result, arch=Arch.from_dict(summary["arch"]),
+                             expected_latency_ms=summary["expected_latency_ms"],
+                             holdout_accuracy=summary["holdout_accuracy"])
+    scratch.cleanup()
     if out is not None:
         out.write_text(result.arch.to_json() + "\n")
     if as_json:
         _echo_json(summary)
         return
+    if tune_trials:
+        t = summary["tune"]
+        click.echo(f"tuning: {t['trials']} trials; best {t['best_params']} "
+                   f"({'used' if t['used_trial'] else 'the searched network stays: no trial beat it'})")
     click.echo(f"architecture: {' '.join(result.arch.blocks)}")
     click.echo(f"expected latency: {result.expected_latency_ms:.3f} ms (target {target_ms} ms)")
     click.echo(f"held-out accuracy: {result.holdout_accuracy:.4f} ({len(data.y_holdout)} images)")
     if out is not None:
         click.echo(f"written to {out}")
+
+
+def _tune(layout: Any, data: Any, latency_model: Any, config: Any, checkpoint_path: Path, searched: dict[str, Any],
+          trials: int, epochs: int, target_ms: float, seed: int, *, quiet: bool) -> dict[str, Any]:
+    """Optuna over the searched supernet (engine.tune), with a progress bar per trial."""
+    import torch
+
+    from automl_server.engine.tune import Candidate, tune
+
+    warm = torch.load(checkpoint_path, weights_only=False)["net"]
+    with tqdm(total=trials, unit="trial", disable=quiet, desc="tune") as bar:
+        def on_trial(number: int, candidate: Candidate) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"acc {candidate.holdout_accuracy:.3f} lat {candidate.predicted_ms:.3f} ms")
+
+        try:
+            outcome = tune(layout, data, latency_model, config, warm,
+                           Candidate(searched["arch"], searched["expected_latency_ms"], searched["holdout_accuracy"]),
+                           trials=trials, epochs=epochs, target_ms=target_ms, seed=seed, study_name="cli-tune",
+                           on_trial=on_trial)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    return {"arch": outcome.chosen.arch, "expected_latency_ms": outcome.chosen.predicted_ms,
+            "holdout_accuracy": round(outcome.chosen.holdout_accuracy, 4), "used_trial": outcome.used_trial,
+            "best_params": outcome.best_params, "best_value": outcome.best_value,
+            "searched_value": outcome.searched_value, "trials": outcome.trials}

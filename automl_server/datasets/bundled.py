@@ -21,18 +21,31 @@ class BundledDataset:
     build: Callable[[Path], None]  # writes an .npz (x uint8 NHWC, y int64, classes) to the path
 
 
-def _write_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+def _write_npz(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str] = DIGIT_CLASSES) -> None:
     # Writing through an open file stops numpy from appending ".npz" to the name.
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, x=x, y=y.astype(np.int64), classes=np.array(DIGIT_CLASSES))
+        np.savez_compressed(fh, x=x, y=y.astype(np.int64), classes=np.array(classes))
 
 
-def build_digits(path: Path) -> None:
+def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # imported lazily: sklearn is slow to import
 
     digits = load_digits()  # images (1797, 8, 8) with intensities 0..16
-    x = np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)[..., np.newaxis]
-    _write_npz(path, x, digits.target)
+    return np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)[..., np.newaxis], digits.target
+
+
+def build_digits(path: Path) -> None:
+    _write_npz(path, *_digits())
+
+
+def digit_subset(first: int, last: int) -> Callable[[Path], None]:
+    """The digits first..last only, relabelled 0..n-1: with its complement, a
+    transfer task (train on 0-4, fine-tune on 5-9) for the sparse-update pipeline."""
+    def build(path: Path) -> None:
+        x, y = _digits()
+        keep = (y >= first) & (y <= last)
+        _write_npz(path, x[keep], y[keep] - first, [str(d) for d in range(first, last + 1)])
+    return build
 
 
 def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +81,18 @@ BUNDLED_DATASETS: dict[str, BundledDataset] = {
             description="1,797 handwritten digits 0-9, 8x8 grayscale",
             source="sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
             build=build_digits,
+        ),
+        BundledDataset(
+            name="digits-0-4",
+            description="the digits 0-4 of 'digits' (about 900 images, 8x8): a network to fine-tune on 5-9",
+            source="sklearn.datasets.load_digits, classes 0-4",
+            build=digit_subset(0, 4),
+        ),
+        BundledDataset(
+            name="digits-5-9",
+            description="the digits 5-9 of 'digits' (about 900 images, 8x8): fine-tune a digits-0-4 network here",
+            source="sklearn.datasets.load_digits, classes 5-9 (labelled 0-4, class names '5'-'9')",
+            build=digit_subset(5, 9),
         ),
         BundledDataset(
             name="mnist-5k",

@@ -9,7 +9,6 @@ into the job's directory; the stage waits for it without holding a worker.
 """
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from celery import shared_task
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
+from automl_server.jobs.search_stage import chosen
 from automl_server.jobs.spec import JobSpec
 
 RECORD_VERIFICATION = "automl.record_verification"
@@ -78,14 +78,15 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
 
 
 def verify_on_device(ctx: StageContext) -> dict[str, Any]:
-    from automl_server.profiling import MEASURE_NETWORK, network_method
+    from automl_server.profiling import measure_network_signature, network_method
+    from device_agents.protocol import ModelFile
 
     spec = JobSpec.from_params(ctx.params)
     target = job_target(ctx)
     result_path = ctx.job_dir() / "verify.json"
     state_path = ctx.job_dir() / "verify-state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    predicted = (ctx.results.get("tune") or ctx.results["search"])["predicted_ms"]
+    predicted = chosen(ctx.results)["predicted_ms"]
     if result_path.exists():
         measured = json.loads(result_path.read_text())
         if "error" in measured:
@@ -103,15 +104,13 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
             raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s; "
                               "check its agent's log, then re-run this job")
         _, arch = _load_model(ctx)
-        model_file = None
+        model_file: ModelFile | None = None
         fmt = FILE_FORMATS.get(target.runtime)
         if fmt and fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]:
             data = (ctx.job_dir() / f"model.{fmt}").read_bytes()
             if len(data) <= MAX_SHIPPED_BYTES:
-                model_file = {"format": fmt, "b64": base64.b64encode(data).decode()}
-        ctx.celery.signature(MEASURE_NETWORK,
-                             args=[target.to_dict(), arch.to_dict(), network_method(ctx.settings), model_file],
-                             queue=f"device.{target.device_name}").apply_async(
+                model_file = ModelFile.from_bytes(fmt, data)
+        measure_network_signature(ctx.celery, target, arch, network_method(ctx.settings), model_file).apply_async(
             link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id], queue="default"))
         state["sent_at"] = time.time()
         state_path.write_text(json.dumps(state))

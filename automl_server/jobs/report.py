@@ -9,6 +9,7 @@ from typing import Any
 from celery import shared_task
 
 from automl_server.jobs.context import StageContext
+from automl_server.jobs.search_stage import chosen as chosen_stage
 
 REPORT_FORMAT = 1
 
@@ -38,7 +39,7 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     r = ctx.results
-    chosen = r.get("tune") or r["search"]
+    chosen = chosen_stage(r)
     verify, export, train, profile = r["verify"], r["export"], r["train"], r["profile"]
     seconds = stage_seconds(ctx)
     compute_s = sum(seconds.get(s, 0.0) for s in ("validate", "search", "tune", "train", "export"))
@@ -88,7 +89,7 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
     comparison; the measurements land in the latency database (whole networks)
     where the comparison's matrix reads them."""
     from automl_server.db.models import Comparison
-    from automl_server.profiling import MEASURE_NETWORK, ProfilingError, network_method, resolve_target
+    from automl_server.profiling import ProfilingError, measure_network_signature, network_method, resolve_target
     from search_spaces import Arch
 
     with ctx.db.session() as session:
@@ -104,9 +105,7 @@ def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[st
             ctx.event("log", f"cannot measure on {t['device']}: {exc}")
             continue
         row, column = f"{ctx.params['device']}:{ctx.params['runtime']}", f"{t['device']}:{t['runtime']}"
-        ctx.celery.signature(MEASURE_NETWORK,
-                             args=[target.to_dict(), Arch.from_dict(arch).to_dict(), network_method(ctx.settings)],
-                             queue=f"device.{target.device_name}").apply_async(
+        measure_network_signature(ctx.celery, target, Arch.from_dict(arch), network_method(ctx.settings)).apply_async(
             link=ctx.celery.signature(RECORD_COMPARISON_CELL, args=[ctx.params["comparison_id"], f"{row}|{column}"],
                                       queue="default"))
         sent.append(column)

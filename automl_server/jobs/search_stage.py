@@ -12,9 +12,8 @@ its finished trials.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +160,6 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     base = search_config(ctx, spec)
     checkpoint = torch.load(ctx.job_dir() / "search.ckpt", weights_only=False)
     study_name = f"job-{ctx.job_id}-tune"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The service's own database: optuna-dashboard can open it (`optuna-dashboard <database url>`).
     storage = optuna.storages.RDBStorage(ctx.settings.resolved_database_url)
     try:
@@ -170,68 +168,52 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
         storage.engine.dispose()  # Optuna's own connection pool; never left for the garbage collector
 
 
-def _tune(ctx, spec, searched, storage, study_name, layout, data, model, target_ms, base,  # type: ignore[no-untyped-def]
-          checkpoint) -> dict[str, Any]:
-    import optuna
+def _tune(ctx: StageContext, spec: JobSpec, searched: dict[str, Any], storage: Any, study_name: str, layout: Any,
+          data: Any, model: Any, target_ms: float, base: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    from automl_server.engine.tune import Candidate, tune
 
-    from automl_server.engine.search import ProxylessSearch
-
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed), load_if_exists=True)
-    # A trial left RUNNING by a lost worker is marked failed; a resumed stage runs only what is left.
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     ends = deadline(ctx, spec, "tune")
     started = time.monotonic()
+    trials = spec.budget.tune_trials
 
-    def objective(trial: optuna.Trial) -> float:
-        config = replace(base, warmup_epochs=0, search_epochs=spec.budget.tune_epochs,
-                         loss_beta=trial.suggest_float("loss_beta", 0.1, 3.0, log=True),
-                         arch_lr=trial.suggest_float("arch_lr", 3e-4, 3e-2, log=True),
-                         lr=trial.suggest_float("lr", 1e-3, 5e-2, log=True), seed=spec.seed + 100 + trial.number)
-        search = ProxylessSearch(layout, data, model, config)
-        search.net.load_state_dict(checkpoint["net"])  # warm start: the searched weights and alphas
-        search.on_step = ctx.check_cancelled
-        for _ in range(config.total_epochs):
-            report = search.run_epoch()
-            ctx.event("metric", f"tune trial {trial.number} epoch {report.epoch}/{report.total_epochs}",
-                      trial=trial.number, epoch=report.epoch, holdout_accuracy=report.holdout_accuracy,
-                      expected_latency_ms=report.expected_latency_ms)
-        result = search.result()
-        over = max(0.0, result.expected_latency_ms / target_ms - 1.0)
-        trial.set_user_attr("arch", result.arch.to_dict())
-        trial.set_user_attr("predicted_ms", result.expected_latency_ms)
-        trial.set_user_attr("holdout_accuracy", result.holdout_accuracy)
-        done = trial.number + 1
-        ctx.progress(done / spec.budget.tune_trials,
-                     f"trial {trial.number}: holdout accuracy {result.holdout_accuracy:.3f}, "
-                     f"predicted {result.expected_latency_ms:.4g} ms",
-                     eta_s=(time.monotonic() - started) / max(done - finished, 1) * (spec.budget.tune_trials - done))
-        return result.holdout_accuracy - 2.0 * over  # a network over the target loses to one under it
+    def on_epoch(number: int, report: Any) -> None:
+        ctx.event("metric", f"tune trial {number} epoch {report.epoch}/{report.total_epochs}",
+                  trial=number, epoch=report.epoch, holdout_accuracy=report.holdout_accuracy,
+                  expected_latency_ms=report.expected_latency_ms)
 
-    remaining = spec.budget.tune_trials - finished
-    for _ in range(max(remaining, 0)):
-        if ends is not None and time.monotonic() > ends:
-            break
-        study.optimize(objective, n_trials=1, catch=())
-    best = study.best_trial
-    searched_value = searched["holdout_accuracy"] - 2.0 * max(0.0, searched["predicted_ms"] / target_ms - 1.0)
-    use_trial = best.value is not None and best.value > searched_value
-    chosen = {"arch": best.user_attrs["arch"], "predicted_ms": round(best.user_attrs["predicted_ms"], 6),
-              "holdout_accuracy": round(best.user_attrs["holdout_accuracy"], 6)} if use_trial else {
-        "arch": searched["arch"], "predicted_ms": searched["predicted_ms"],
-        "holdout_accuracy": searched["holdout_accuracy"]}
-    if not math.isfinite(chosen["predicted_ms"]):
-        raise StageFailed("tuning produced no usable network")
-    return {**chosen, "study_name": study_name, "trial_number": best.number, "trial_params": best.params,
-            "trial_value": best.value, "search_value": searched_value, "used_trial": use_trial,
-            "trials": len(study.trials), "tune_seconds": round(time.monotonic() - started, 3)}
+    def on_trial(number: int, candidate: Candidate) -> None:
+        done = number + 1
+        ctx.progress(done / trials, f"trial {number}: holdout accuracy {candidate.holdout_accuracy:.3f}, "
+                     f"predicted {candidate.predicted_ms:.4g} ms",
+                     eta_s=(time.monotonic() - started) / max(done, 1) * (trials - done))
+
+    try:
+        outcome = tune(layout, data, model, base, checkpoint["net"],
+                       Candidate(searched["arch"], searched["predicted_ms"], searched["holdout_accuracy"]),
+                       trials=trials, epochs=spec.budget.tune_epochs, target_ms=target_ms, seed=spec.seed,
+                       study_name=study_name, storage=storage, on_step=ctx.check_cancelled, on_epoch=on_epoch,
+                       on_trial=on_trial, should_stop=(lambda: time.monotonic() > ends) if ends else None)
+    except ValueError as exc:
+        raise StageFailed(str(exc)) from None
+    chosen = outcome.chosen
+    return {"arch": chosen.arch, "predicted_ms": chosen.predicted_ms, "holdout_accuracy": chosen.holdout_accuracy,
+            "study_name": study_name, "trial_number": outcome.best_number, "trial_params": outcome.best_params,
+            "trial_value": outcome.best_value, "search_value": outcome.searched_value,
+            "used_trial": outcome.used_trial, "trials": outcome.trials,
+            "tune_seconds": round(time.monotonic() - started, 3)}
+
+
+def chosen(results: dict[str, Any]) -> dict[str, Any]:
+    """The output of the stage that chose the job's network: tune if it ran,
+    else search, else adopt (a finished job's network, fine-tuned)."""
+    picked: dict[str, Any] = results.get("tune") or results.get("search") or results["adopt"]
+    return picked
 
 
 def chosen_arch(results: dict[str, Any]) -> dict[str, Any]:
-    """The architecture the job trains: the tuned one if tuning ran, else the searched one."""
-    return (results.get("tune") or results["search"])["arch"]
+    """The architecture the job trains."""
+    arch: dict[str, Any] = chosen(results)["arch"]
+    return arch
 
 
 def arch_path(ctx: StageContext) -> Path:

@@ -3,6 +3,9 @@ the runner that executes one stage. The built-in plan is
 
     validate -> profile -> search -> tune -> train -> export -> verify -> report
 
+(with ``adopt`` in place of search and tune when the job fine-tunes a finished
+job's network).
+
 Each stage runs as its own Celery task on its queue and sends the next one
 when it is done (a chain built as it goes, so a stage may also re-send itself
 later while it waits for a device). The runner makes every delivery safe:
@@ -29,6 +32,7 @@ from automl_server.db.models import Job, JobState, utcnow
 from automl_server.jobs import service
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
+from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
 from automl_server.jobs.report import build_report
 from automl_server.jobs.search_stage import search_architecture, tune_latency_loss
@@ -101,17 +105,27 @@ def _always(params: dict[str, Any]) -> bool:
     return True
 
 
-for _stage in (
-    Stage("validate", "default", validate_dataset, "Check the dataset and fix the splits"),
-    Stage("profile", "default", profile_target, "Measure the space's operators on the device"),
-    Stage("search", "search", search_architecture, "ProxylessNAS search"),
-    Stage("tune", "search", tune_latency_loss, "Tune the latency loss with Optuna"),
-    Stage("train", "search", train_network, "Train the found network with the job's pipeline"),
-    Stage("export", "search", export_model, "Export to ONNX (and TFLite)"),
-    Stage("verify", "default", verify_on_device, "Measure the exported model on the device"),
-    Stage("report", "default", build_report, "Write the report"),
+def _searches(params: dict[str, Any]) -> bool:
+    return parent_of(params) is None
+
+
+def _adopts(params: dict[str, Any]) -> bool:
+    return parent_of(params) is not None
+
+
+for _stage, _applies in (
+    (Stage("validate", "default", validate_dataset, "Check the dataset and fix the splits"), None),
+    (Stage("profile", "default", profile_target, "Measure the space's operators on the device"), None),
+    # A job fine-tuning a finished job's network takes it instead of searching (jobs/parent.py).
+    (Stage("adopt", "default", adopt_parent, "Take the parent job's trained network"), _adopts),
+    (Stage("search", "search", search_architecture, "ProxylessNAS search"), _searches),
+    (Stage("tune", "search", tune_latency_loss, "Tune the latency loss with Optuna"), _searches),
+    (Stage("train", "search", train_network, "Train the found network with the job's pipeline"), None),
+    (Stage("export", "search", export_model, "Export to ONNX (and TFLite)"), None),
+    (Stage("verify", "default", verify_on_device, "Measure the exported model on the device"), None),
+    (Stage("report", "default", build_report, "Write the report"), None),
 ):
-    register_stage(_stage)
+    register_stage(_stage, applies=_applies)
 log = logging.getLogger(__name__)
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 

@@ -17,6 +17,7 @@ from automl_server import webhooks
 from automl_server.db.models import Dataset, Device, Job
 from automl_server.engine.train.registry import DataFacts, InvalidPipelineSettings, pipelines
 from automl_server.jobs import service
+from automl_server.jobs.parent import parent_of, parent_problem
 from automl_server.jobs.requests import JobBudget, JobCreate, JobOptions
 from automl_server.jobs.stages import plan_for
 from automl_server.jobs.validate import HOLDOUT_FRACTION, TEST_FRACTION
@@ -81,6 +82,17 @@ def pipeline_settings(body: JobCreate, dataset: Dataset) -> dict[str, Any]:
     return {pipeline.params_key: settings.model_dump(mode="json")}
 
 
+def check_parent(session: Session, body: JobCreate, dataset: Dataset, params: dict[str, Any]) -> None:
+    """A pipeline that fine-tunes a finished job's network needs one that fits this job."""
+    parent = parent_of({**params, "pipeline": body.pipeline})
+    if parent is None:
+        return
+    problem = parent_problem(session, parent, dataset, body.space)
+    if problem is not None:
+        key = pipelines()[body.pipeline].params_key
+        raise InvalidRequest(f"params.{key}.parent_job", problem)
+
+
 def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None = None,
                comparison_id: str | None = None, rerun_of: str | None = None) -> Job:
     """Check the request and add the queued job (with its plan) to the session.
@@ -115,6 +127,7 @@ def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None
     options = {k: v for k, v in body.params.model_dump().items() if k in JobOptions.model_fields}
     params = {"strategy": body.strategy, "budget": body.budget.model_dump(), "tune": body.tune,
               "stop_after": body.stop_after, **options, **settings}
+    check_parent(session, body, dataset, params)
     try:
         plan = plan_for({**params, "pipeline": body.pipeline})
     except KeyError as exc:

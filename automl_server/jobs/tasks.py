@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from automl_server.db.engine import Database, get_database
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs import stages
+from device_agents.protocol import device_queue
 
 RUN_STAGE = "automl.run_stage"
 RECOVER = "automl.recover_stages"
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def queue_for(stage_name: str, device_name: str) -> str:
     queue = stages.get_stage(stage_name).queue
-    return f"device.{device_name}" if queue == "device" else queue
+    return device_queue(device_name) if queue == "device" else queue
 
 
 def dispatch_stage(app: Celery, job_id: str, stage_name: str, device_name: str, countdown_s: float = 0.0) -> None:

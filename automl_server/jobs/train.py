@@ -65,6 +65,19 @@ def fit_split(ctx: StageContext, spec: JobSpec) -> tuple[SplitData, Any]:
     return data, arrays
 
 
+def start_from_parent(ctx: StageContext, model: torch.nn.Module) -> None:
+    """Load the adopted parent's trained weights; tensors whose shape differs
+    (the classifier, when the classes differ) keep their fresh initialisation."""
+    saved = torch.load(ctx.job_dir() / "parent.pt", weights_only=False)["state_dict"]
+    own = model.state_dict()
+    kept = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(kept, strict=False)
+    fresh = sorted(k for k in own if k not in kept)
+    ctx.event("log", f"starting from job {ctx.results['adopt']['parent_job']}'s weights"
+              + (f"; re-initialised for this dataset's classes: {', '.join(fresh)}" if fresh else ""),
+              parent_job=ctx.results["adopt"]["parent_job"], reinitialised=fresh)
+
+
 def train_network(ctx: StageContext) -> dict[str, Any]:
     spec = JobSpec.from_params(ctx.params)
     name = ctx.params["pipeline"]
@@ -86,6 +99,8 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = build_model(arch)
+    if "adopt" in ctx.results:
+        start_from_parent(ctx, model)
     x_test = data.normalise(arrays["x"][arrays["test_idx"]])
     y_test = torch.from_numpy(arrays["y"][arrays["test_idx"]].astype("int64"))
     inputs = PipelineInputs(arch=arch, model=model, data=data, x_test=x_test, y_test=y_test,
@@ -96,7 +111,8 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
     try:
         outcome = pipeline.run(inputs, settings, StageCallbacks(ctx, deadline(ctx, spec, "train")))
     except InvalidPipelineSettings as exc:
-        raise StageFailed(f"params.{pipeline.params_key}.{exc.field}: {exc.detail}") from None
+        field = exc.field if exc.field.startswith(f"{pipeline.params_key}.") else f"{pipeline.params_key}.{exc.field}"
+        raise StageFailed(f"params.{field}: {exc.detail}") from None
     test_accuracy = evaluate(outcome.model, x_test, y_test)
     weights = ctx.job_dir() / "model.pt"
     torch.save({"arch": arch.to_dict(), "state_dict": outcome.model.state_dict(), "mean": data.mean,

@@ -103,7 +103,7 @@
   function scheduleCharts() { if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; drawCharts(); }, 300); }
   function currentBlocks() {
     const r = job.result || {};
-    const chosen = (r.tune && r.tune.arch) || (r.search && r.search.arch);
+    const chosen = (r.tune && r.tune.arch) || (r.search && r.search.arch) || (r.adopt && r.adopt.arch);
     if (chosen) return { blocks: chosen.blocks, final: true };
     const last = searchMetrics[searchMetrics.length - 1];
     return last && last.derived_blocks ? { blocks: last.derived_blocks, final: false } : null;

@@ -1,0 +1,113 @@
+"""Each built-in pipeline run by a job (eager Celery, every stage for real, on
+SQLite): delayed-sgd through torchrun workers, fedgkt through Flower's
+SuperLink and SuperNodes, and sparse-update fine-tuning a finished job's
+network on another dataset (digits 0-4 -> 5-9). Tiny settings: what is
+checked is that the job runs the pipeline and reports what it did; the
+algorithms are tested in tests/engine/*."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from automl_server.db.engine import get_database
+from automl_server.db.migrate import upgrade
+from tests.conftest import _forget_database
+from tests.server.test_job_pipeline import SMALL_BUDGET, events, job_request, make_farm
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("pipeline-jobs")
+    url = f"sqlite:///{tmp / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    yield make_farm(tmp, url)
+    _forget_database(url)
+
+
+def run_job(client: Any, **overrides: Any) -> dict[str, Any]:
+    response = client.post("/api/v1/jobs", json=job_request(tune=False, **overrides))
+    assert response.status_code == 202, response.json
+    job: dict[str, Any] = client.get(response.headers["Location"]).json
+    return job
+
+
+@pytest.fixture(scope="module")
+def parent(farm: Any) -> dict[str, Any]:
+    """A finished job on digits 0-4: the network the sparse-update jobs fine-tune."""
+    job = run_job(farm[0].test_client(), dataset="digits-0-4", stop_after="train")
+    assert job["state"] == "succeeded", job["error"]
+    return job
+
+
+def test_a_sparse_update_job_fine_tunes_a_finished_jobs_network_on_other_classes(farm, parent):
+    app, _settings, db = farm
+    job = run_job(app.test_client(), dataset="digits-5-9", pipeline="sparse-update", params={
+        "calibration_networks": 5,
+        "sparse_update": {"parent_job": parent["id"], "epochs": 1, "analysis_steps": 1,
+                          "compare_baselines": False, "measure_peak_rss": False}})
+
+    assert job["state"] == "succeeded", job["error"]
+    result = job["result"]
+    assert result["plan"] == ["validate", "profile", "adopt", "train", "export", "verify", "report"]
+    assert result["adopt"]["parent_job"] == parent["id"] and result["adopt"]["arch"]["num_classes"] == 5
+    report = result["train"]["sparse-update"]
+    assert report["scheme"]  # which layers and channels were updated
+    logs = [e.message for e in events(db, job["id"], "log")]
+    assert any(f"starting from job {parent['id']}'s weights" in m for m in logs)
+    assert result["verify"]["measured_ms"] > 0  # the fine-tuned network was exported and measured
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"parent_job": "no-such-job"}, "no job 'no-such-job'"),
+    ({"memory_budget_kb": -1}, "greater than 0"),
+])
+def test_a_bad_sparse_update_setting_is_refused_naming_the_field(farm, settings, named):
+    client = farm[0].test_client()
+    response = client.post("/api/v1/jobs", json=job_request(dataset="digits-5-9", pipeline="sparse-update",
+                                                            params={"sparse_update": settings}))
+
+    assert response.status_code == 422
+    assert response.json["field"] == f"params.sparse_update.{next(iter(settings))}"
+    assert named in response.json["detail"]
+
+
+def test_a_parent_of_another_image_size_is_refused(farm, parent):
+    client = farm[0].test_client()
+    response = client.post("/api/v1/jobs", json=job_request(dataset="mnist-5k", pipeline="sparse-update",
+                                                            params={"sparse_update": {"parent_job": parent["id"]}}))
+
+    assert response.status_code == 422
+    assert response.json["field"] == "params.sparse_update.parent_job"
+    assert "8x8x1 images" in response.json["detail"]
+
+
+def test_a_delayed_sgd_job_trains_with_torchrun_workers_and_reports_their_traffic(farm):
+    app, _settings, db = farm
+    job = run_job(app.test_client(), pipeline="delayed-sgd", stop_after="export", budget=SMALL_BUDGET, params={
+        "calibration_networks": 5, "distributed": {"workers": 2, "epochs": 1, "delay": 1, "period": 1}})
+
+    assert job["state"] == "succeeded", job["error"]
+    report = job["result"]["train"]["delayed-sgd"]
+    assert report["workers"] == 2 and report["bytes_sent_per_step"] > 0
+    epochs = [e.data for e in events(db, job["id"], "metric") if e.stage == "train"]
+    assert len(epochs) == 1 and 0.0 <= epochs[0]["comm_wait_share"] <= 1.0
+    assert job["result"]["export"]["onnx"]
+
+
+def test_a_fedgkt_job_trains_through_flower_clients_and_reports_each_round(farm):
+    app, _settings, db = farm
+    job = run_job(app.test_client(), pipeline="fedgkt", stop_after="export", budget=SMALL_BUDGET, params={
+        "calibration_networks": 5, "fedgkt": {"clients": 2, "rounds": 1, "baselines": False}})
+
+    assert job["state"] == "succeeded", job["error"]
+    report = job["result"]["train"]["fedgkt"]
+    assert report["clients"] == 2 and len(report["client_histograms"]) == 2
+    assert report["bytes_per_round"][0]["up"] > 0 and report["bytes_per_round"][0]["down"] > 0
+    rounds = [e.data for e in events(db, job["id"], "metric") if e.data.get("phase") == "fedgkt"]
+    assert [r["round"] for r in rounds] == [1]
+    assert job["result"]["export"]["onnx"]
