@@ -24,12 +24,19 @@ from onnx import numpy_helper
 
 from automl_server.engine.data import SplitData
 from automl_server.engine.train.sparse_update import SparseNet, SparseScheme
-from automl_server.engine.train.sparse_update.on_device import LOSS_TOLERANCE, compare_loss_curves, torch_steps
+from automl_server.engine.train.sparse_update.on_device import (
+    LOSS_TOLERANCE,
+    DeviceRunPlan,
+    batch_indices,
+    compare_loss_curves,
+    device_report,
+    plan_device_run,
+    torch_steps,
+)
 from automl_server.engine.train.sparse_update.ort_export import (
     export_for_ort_training,
     load_trained_values,
     trainable_names,
-    write_step_data,
 )
 from automl_server.engine.train.sparse_update.scheme import bias_only
 from tests.engine.sparse_update.conftest import tiny_model
@@ -101,37 +108,38 @@ class DeviceRun:
     result: dict[str, Any]
     params: dict[str, np.ndarray]
     initial: dict[str, np.ndarray]
-    trainable: list[str]
+    plan: DeviceRunPlan
+
+    @property
+    def trainable(self) -> list[str]:
+        return self.plan.trainable
 
 
 @pytest.fixture(scope="module")
 def device_run(net, new_classes: SplitData, tmp_path_factory) -> DeviceRun:
     require_training_venv()
     folder = tmp_path_factory.mktemp("ort-training")
-    export = export_for_ort_training(net, mixed_scheme(len(net.layers)), folder / "model.onnx")
-    data = write_step_data(folder / "data.npz", new_classes.x_train[:SAMPLES], new_classes.y_train[:SAMPLES])
-    command = [str(TRAINING_PYTHON), "-m", "device_agents.ort_training", "--model", str(export.model_path),
-               "--trainable", ",".join(export.trainable), "--data", str(data), "--steps", str(STEPS),
-               "--lr", str(LR), "--batch", str(BATCH), "--out", str(folder / "result.json"),
-               "--params-out", str(folder / "params.npz")]
+    plan = plan_device_run(net, mixed_scheme(len(net.layers)), folder, new_classes.x_train[:SAMPLES],
+                           new_classes.y_train[:SAMPLES], steps=STEPS, lr=LR, batch=BATCH)
+    command = plan.argv(str(TRAINING_PYTHON), folder / "result.json", folder / "params.npz")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(folder / "params.npz") as params:
         trained = {name: params[name] for name in params.files}
-    return DeviceRun(json.loads((folder / "result.json").read_text()), trained,
-                     initializers(export.model_path), export.trainable)
+    return DeviceRun(json.loads((folder / "result.json").read_text()), trained, initializers(plan.model_path), plan)
 
 
 def test_onnx_runtime_training_follows_pytorchs_loss_curve(net, new_classes: SplitData, device_run: DeviceRun):
     x, y = new_classes.x_train[:SAMPLES], new_classes.y_train[:SAMPLES]
+    scheme = mixed_scheme(len(net.layers))
 
-    reference = torch_steps(net, mixed_scheme(len(net.layers)), x, y, steps=STEPS, lr=LR, batch=BATCH)
+    report = device_report(net, scheme, x, y, device_run.plan, device_run.result)
 
-    device_losses = [step["loss"] for step in device_run.result["steps"]]
-    comparison = compare_loss_curves(reference.losses, device_losses)
-    assert comparison["within_tolerance"], (reference.losses, device_losses)
-    assert comparison["max_abs_loss_diff"] <= LOSS_TOLERANCE
+    assert report["comparison"]["within_tolerance"], (report["pytorch"]["losses"], report["device"]["losses"])
+    assert report["comparison"]["max_abs_loss_diff"] <= LOSS_TOLERANCE
+    assert report["comparison"]["steps"] == STEPS
     # The tensors the device trained are PyTorch's, partial weight channels included.
+    reference = torch_steps(net, scheme, x, y, steps=STEPS, lr=LR, batch=BATCH)
     torch_params = dict(reference.net.named_parameters())
     for name in device_run.trainable:
         assert np.abs(device_run.params[name] - torch_params[name].detach().numpy()).max() < 1e-4, name
@@ -186,3 +194,13 @@ def test_the_on_device_package_imports_only_the_training_runtime_onnx_and_numpy(
             found[path.name] = bad
 
     assert found == {}
+
+
+def test_batches_wrap_around_and_the_loss_comparison_takes_the_largest_step_difference():
+    assert batch_indices(2, 8, 20).tolist() == [16, 17, 18, 19, 0, 1, 2, 3]
+
+    close = compare_loss_curves([2.0, 1.5, 1.25], [2.0, 1.5004, 1.2498], tolerance=1e-3)
+    apart = compare_loss_curves([2.0, 1.5], [2.0, 1.4], tolerance=1e-3)
+
+    assert close["within_tolerance"] and abs(close["max_abs_loss_diff"] - 4e-4) < 1e-9
+    assert not apart["within_tolerance"] and abs(apart["max_abs_loss_diff"] - 0.1) < 1e-9

@@ -1,5 +1,6 @@
-"""The server's side of an on-device fine-tune: the same steps in PyTorch, from the
-same weights on the same batches, and the comparison of the two loss curves.
+"""The server's side of an on-device fine-tune: the files for the device
+(``plan_device_run``), the same steps in PyTorch from the same weights on the
+same batches, and the report comparing the two loss curves (``device_report``).
 
 The device (``device_agents.ort_training``) trains with plain SGD at a fixed
 learning rate on batches taken in order (step k: samples k*B .. k*B+B-1,
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from automl_server.engine.train.sparse_update.network import SparseNet
+from automl_server.engine.train.sparse_update.ort_export import export_for_ort_training, write_step_data
 from automl_server.engine.train.sparse_update.scheme import SparseScheme
 from automl_server.engine.train.sparse_update.training import train_step
 from automl_server.engine.train.sparse_update.updater import SparseUpdater
@@ -26,6 +29,7 @@ from automl_server.engine.train.sparse_update.updater import SparseUpdater
 # steps at lr 0.1; 1e-3 leaves room for larger networks and longer runs while a wrong gradient,
 # learning rate or batch shows at once (the loss moves by ~1e-2 per step there).
 LOSS_TOLERANCE = 1e-3
+DEVICE_MODULE = "device_agents.ort_training"  # run by name in its own environment, never imported here
 
 
 def batch_indices(step: int, batch: int, n_samples: int) -> torch.Tensor:
@@ -69,3 +73,49 @@ def compare_loss_curves(torch_losses: list[float], device_losses: list[float],
     max_diff = float(diffs.max()) if len(diffs) else 0.0
     return {"steps": len(diffs), "max_abs_loss_diff": max_diff, "tolerance": tolerance,
             "within_tolerance": bool(max_diff <= tolerance)}
+
+
+@dataclass(frozen=True)
+class DeviceRunPlan:
+    """Files and settings of one on-device fine-tune (what the job sends to the device)."""
+
+    model_path: Path
+    data_path: Path
+    trainable: list[str]
+    steps: int
+    lr: float
+    batch: int
+
+    def argv(self, python: str, out: Path, params_out: Path | None = None) -> list[str]:
+        """The device's command line (``python -m device_agents.ort_training``), run from the
+        repository root in the training environment; it writes the result JSON to ``out``."""
+        command = [python, "-m", DEVICE_MODULE, "--model", str(self.model_path), "--trainable",
+                   ",".join(self.trainable), "--data", str(self.data_path), "--steps", str(self.steps),
+                   "--lr", repr(self.lr), "--batch", str(self.batch), "--out", str(out)]
+        return command + (["--params-out", str(params_out)] if params_out is not None else [])
+
+
+def plan_device_run(net: SparseNet, scheme: SparseScheme, folder: Path, x: torch.Tensor, y: torch.Tensor, *,
+                    steps: int, lr: float, batch: int) -> DeviceRunPlan:
+    """Export the model with the scheme's tensors trainable and write the samples, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    export = export_for_ort_training(net, scheme, folder / "sparse_update.onnx")
+    data = write_step_data(folder / "sparse_update_data.npz", x, y)
+    return DeviceRunPlan(export.model_path, data, export.trainable, steps, lr, min(batch, len(y)))
+
+
+def device_report(net: SparseNet, scheme: SparseScheme, x: torch.Tensor, y: torch.Tensor, plan: DeviceRunPlan,
+                  result: dict[str, Any], tolerance: float = LOSS_TOLERANCE) -> dict[str, Any]:
+    """The report's on-device section: the device's figures, PyTorch's same steps, and the comparison."""
+    reference = torch_steps(net, scheme, x, y, steps=plan.steps, lr=plan.lr, batch=plan.batch)
+    device_losses = [float(step["loss"]) for step in result["steps"]]
+    return {
+        "runtime": result.get("runtime"), "steps": plan.steps, "lr": plan.lr, "batch": plan.batch,
+        "trainable": plan.trainable,
+        "device": {"losses": device_losses, "accuracies": [step["accuracy"] for step in result["steps"]],
+                   "final_loss": result.get("final_loss"), "final_accuracy": result.get("final_accuracy"),
+                   "peak_rss_kb": result.get("peak_rss_kb"), "rss_before_kb": result.get("rss_before_kb"),
+                   "seconds": result.get("seconds"), "frozen_max_abs_change": result.get("frozen_max_abs_change")},
+        "pytorch": {"losses": reference.losses, "accuracies": reference.accuracies},
+        "comparison": compare_loss_curves(reference.losses, device_losses, tolerance),
+    }
