@@ -164,7 +164,7 @@ const Charts = (() => {
       const y = T + i * rowH;
       add(root, "text", { x: L - 8, y: y + 15, "text-anchor": "end" }, item.label);
       add(root, "rect", { x: L, y, width: Math.max(1, x(item.value) - L), height: rowH - 8, fill: item.color, rx: 3 });
-      add(root, "text", { x: x(item.value) + 6, y: y + 15 }, niceNumber(item.value) + " ms");
+      add(root, "text", { x: x(item.value) + 6, y: y + 15 }, niceNumber(item.value) + (opts.unit ?? " ms"));
     });
     if (opts.marker) {
       add(root, "line", { x1: x(opts.marker.value), x2: x(opts.marker.value), y1: T - 6, y2: T + items.length * rowH, stroke: "#b3261e", "stroke-width": 2, "stroke-dasharray": "5 3" });

@@ -10,6 +10,7 @@
   const STATE_WORDS = { queued: "waiting to start", running: "running", succeeded: "done", failed: "failed", cancelled: "cancelled" };
   const STAGE_WORDS = {
     validate: "Checks every image and fixes the training / test split.",
+    adopt: "Takes the trained network of the job being fine-tuned.",
     profile: "Measures how fast each building block runs on the device.",
     search: "Tries building blocks, keeping those that are accurate and fast on this device.",
     tune: "Adjusts how strongly speed counts against accuracy.",
@@ -93,6 +94,7 @@
     } else if (e.kind === "metric") {
       if (e.stage === "search" && d.block_probs) searchMetrics.push(d);
       else if (e.stage === "train" && d.train_accuracy !== undefined) trainMetrics.push(d);
+      if (e.stage === "train") pipelineMetrics.push(d);
       else if (e.stage === "profile" && d.achievable_ms) achievable = d.achievable_ms;
       scheduleCharts();
     }
@@ -108,7 +110,81 @@
     const last = searchMetrics[searchMetrics.length - 1];
     return last && last.derived_blocks ? { blocks: last.derived_blocks, final: false } : null;
   }
+  // -- the training pipeline's own figures (per round, per epoch, memory, scheme) -----------
+  const pipelineMetrics = [];
+  const kB = (bytes) => bytes / 1024;
+  function pipelineCharts(titleA, seriesA, optsA, titleB, seriesB, optsB) {
+    document.getElementById("pipeline-a-title").textContent = titleA;
+    document.getElementById("pipeline-b-title").textContent = titleB;
+    const a = document.getElementById("chart-pipeline-a"), b = document.getElementById("chart-pipeline-b");
+    Charts.line(a, seriesA, optsA);
+    a.setAttribute("aria-label", `${titleA}: ${seriesA.map((s) => s.name).join(", ")}`);
+    if (typeof seriesB === "function") seriesB(b); else Charts.line(b, seriesB, optsB);
+    b.setAttribute("aria-label", titleB);
+  }
+  const PIPELINE_VIEWS = {
+    fedgkt(report) {
+      const rounds = pipelineMetrics.filter((m) => m.phase === "fedgkt");
+      const fedavg = pipelineMetrics.filter((m) => m.phase === "fedavg");
+      const flat = (value) => rounds.map((m) => [m.round, value]);
+      const acc = [
+        { name: "edge models (mean of clients)", color: Charts.PALETTE[2], points: rounds.filter((m) => m.edge_accuracy != null).map((m) => [m.round, m.edge_accuracy]) },
+        { name: "server model on edge features", color: Charts.PALETTE[3], points: rounds.filter((m) => m.server_accuracy != null).map((m) => [m.round, m.server_accuracy]) },
+        ...fedavg.map((m, i) => ({ name: `FedAvg baseline: ${m.model === "server_size" ? "server-size model on the edge" : "searched model"}`,
+          color: Charts.PALETTE[5 + i], dashed: true, points: flat(m.accuracy) })),
+      ];
+      const bytes = [
+        { name: "sent up (all clients)", color: Charts.PALETTE[0], points: rounds.map((m) => [m.round, kB(m.bytes_up)]) },
+        { name: "sent down (all clients)", color: Charts.PALETTE[1], points: rounds.map((m) => [m.round, kB(m.bytes_down)]) },
+      ];
+      pipelineCharts("Accuracy per round", acc, { xLabel: "round", yLabel: "accuracy", yMin: 0, yMax: 1, yFormat: (v) => Math.round(v * 100) + "%" },
+        "Bytes exchanged per round", bytes, { xLabel: "round", yLabel: "kB" });
+      if (report) return `${report.clients} clients (${report.partition}); the edge model costs ${niceRatio(report.macs_ratio)} fewer MACs and ${niceRatio(report.params_ratio)} fewer parameters than the server-size model.`;
+      return `${rounds.length} round(s) so far.`;
+    },
+    "delayed-sgd"(report) {
+      const epochs = pipelineMetrics.filter((m) => m.bytes_sent_per_step !== undefined);
+      pipelineCharts("Bytes each worker sends per step", [{ name: "bytes per step", color: Charts.PALETTE[0], points: epochs.map((m) => [m.epoch, kB(m.bytes_sent_per_step)]) }],
+        { xLabel: "epoch", yLabel: "kB" },
+        "Share of time waiting on communication", [{ name: "waiting", color: Charts.PALETTE[1], points: epochs.map((m) => [m.epoch, m.comm_wait_share]) }],
+        { xLabel: "epoch", yLabel: "share", yMin: 0, yMax: 1, yFormat: (v) => Math.round(v * 100) + "%" });
+      if (report) return `${report.workers} workers, delay ${report.delay}, period ${report.period}, compression ${report.compression ?? "none"}.`;
+      return `${epochs.length} epoch(s) so far.`;
+    },
+    "sparse-update"(report) {
+      const epochs = pipelineMetrics.filter((m) => m.epoch !== undefined && m.train_loss !== undefined);
+      const memory = report && report.memory ? Object.entries(report.memory) : [];
+      pipelineCharts("Fine-tuning loss", [{ name: "training loss", color: Charts.PALETTE[0], points: epochs.map((m) => [m.epoch, m.train_loss]) }],
+        { xLabel: "epoch", yLabel: "loss" },
+        "Training memory of one step", (node) => {
+          if (!memory.length) { node.replaceChildren(el("p", { class: "muted", text: "Measured when fine-tuning ends." })); return; }
+          Charts.bars(node, memory.map(([name, m], i) => ({ label: name.replaceAll("_", " "), value: kB(m.measured_bytes), color: Charts.PALETTE[i % Charts.PALETTE.length] })), { unit: " kB" });
+        });
+      const detail = document.getElementById("pipeline-detail");
+      if (report && report.scheme && report.scheme.layers) {
+        const rows = report.scheme.layers.filter((r) => r.update !== "frozen");
+        detail.replaceChildren(el("h3", { text: "Updated layers (all others frozen)" }), el("table", {},
+          el("thead", {}, el("tr", {}, el("th", { text: "layer" }), el("th", { text: "update" }), el("th", { text: "channels updated" }))),
+          el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", { text: r.layer }), el("td", { text: r.update }),
+            el("td", { text: r.update === "weight" ? `${r.channels_updated} of ${r.channels}` : "bias only" }))))));
+      }
+      if (report) return `Scheme ${report.scheme.kind}: ${report.scheme.layers.filter((r) => r.update !== "frozen").length} of ${report.scheme.layers.length} layers updated, plus the classifier.`;
+      return "Choosing what to update under the memory budget…";
+    },
+  };
+  const niceRatio = (v) => (v == null ? "?" : `${Math.round(v * 10) / 10}x`);
+  function drawPipeline() {
+    const view = PIPELINE_VIEWS[job.pipeline];
+    if (!view) return;
+    const train = (job.result || {}).train;
+    const report = train ? train[job.pipeline] : null;
+    document.getElementById("pipeline-card").hidden = false;
+    document.getElementById("pipeline-title").textContent = `Training pipeline: ${job.pipeline}`;
+    document.getElementById("pipeline-summary").textContent = view(report);
+  }
+
   function drawCharts() {
+    drawPipeline();
     const nSearch = searchMetrics.length;
     const accuracy = [
       { name: "search: training images", color: Charts.PALETTE[0], points: searchMetrics.filter((m) => m.train_accuracy != null).map((m, i) => [i + 1, m.train_accuracy]), dashed: true },
