@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from automl_server.engine.train.sparse_update.on_device import (
     compare_loss_curves,
     device_report,
     plan_device_run,
+    run_in_training_env,
     torch_steps,
 )
 from automl_server.engine.train.sparse_update.ort_export import (
@@ -121,12 +120,10 @@ def device_run(net, new_classes: SplitData, tmp_path_factory) -> DeviceRun:
     folder = tmp_path_factory.mktemp("ort-training")
     plan = plan_device_run(net, mixed_scheme(len(net.layers)), folder, new_classes.x_train[:SAMPLES],
                            new_classes.y_train[:SAMPLES], steps=STEPS, lr=LR, batch=BATCH)
-    command = plan.argv(str(TRAINING_PYTHON), folder / "result.json", folder / "params.npz")
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(folder / "params.npz") as params:
+    result = run_in_training_env(plan, TRAINING_PYTHON, folder, cwd=ROOT, timeout_s=120, params_out=True)
+    with np.load(folder / "device_params.npz") as params:
         trained = {name: params[name] for name in params.files}
-    return DeviceRun(json.loads((folder / "result.json").read_text()), trained, initializers(plan.model_path), plan)
+    return DeviceRun(result, trained, initializers(plan.model_path), plan)
 
 
 def test_onnx_runtime_training_follows_pytorchs_loss_curve(net, new_classes: SplitData, device_run: DeviceRun):
@@ -204,3 +201,30 @@ def test_batches_wrap_around_and_the_loss_comparison_takes_the_largest_step_diff
 
     assert close["within_tolerance"] and abs(close["max_abs_loss_diff"] - 4e-4) < 1e-9
     assert not apart["within_tolerance"] and abs(apart["max_abs_loss_diff"] - 0.1) < 1e-9
+
+
+def test_a_cancelled_device_run_leaves_no_process_behind(net, new_classes: SplitData, tmp_path):
+    require_training_venv()
+    plan = plan_device_run(net, bias_only(1), tmp_path, new_classes.x_train[:8], new_classes.y_train[:8],
+                           steps=1, lr=LR, batch=8)
+    seen: list[int] = []
+
+    def cancel() -> None:
+        seen.extend(int(pid) for pid in os.listdir("/proc") if pid.isdigit()
+                    and "device_agents.ort_training" in _cmdline(pid))
+        if seen:
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_training_env(plan, TRAINING_PYTHON, tmp_path, cwd=ROOT, check_cancelled=cancel)
+
+    assert seen
+    assert not [pid for pid in seen if os.path.exists(f"/proc/{pid}") and _cmdline(str(pid))]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -10,9 +10,14 @@ network and its updater, so the curves differ only by float rounding.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -119,3 +124,38 @@ def device_report(net: SparseNet, scheme: SparseScheme, x: torch.Tensor, y: torc
         "pytorch": {"losses": reference.losses, "accuracies": reference.accuracies},
         "comparison": compare_loss_curves(reference.losses, device_losses, tolerance),
     }
+
+
+class DeviceRunFailed(RuntimeError):
+    pass
+
+
+def run_in_training_env(plan: DeviceRunPlan, python: Path, folder: Path, *, cwd: Path,
+                        check_cancelled: Callable[[], None] | None = None, timeout_s: float = 600.0,
+                        params_out: bool = False) -> dict[str, Any]:
+    """Run the device's fine-tune here, in the training environment ``python`` (an agent host's
+    ``.venv-ort-training``), from ``cwd`` (the directory holding ``device_agents``); returns its
+    result JSON. A cancellation raised by ``check_cancelled`` (polled every 0.2 s) or the timeout
+    ends the whole process group, the artifact generator's child included."""
+    out = folder / "device_result.json"
+    argv = plan.argv(str(python), out, folder / "device_params.npz" if params_out else None)
+    log_path = folder / "device_log.txt"
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while process.poll() is None:
+                if check_cancelled is not None:
+                    check_cancelled()
+                if time.monotonic() - started > timeout_s:
+                    raise DeviceRunFailed(f"the on-device fine-tune ran past {timeout_s:.0f} s")
+                time.sleep(0.2)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    if process.returncode != 0:
+        raise DeviceRunFailed(f"the on-device fine-tune failed (exit {process.returncode}): "
+                              f"{log_path.read_text()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
