@@ -58,8 +58,8 @@ class _ExportConv(nn.Module):
             self.weight = nn.Parameter(weight)
             return
         keep = layer.keep
-        rest = torch.tensor([c for c in range(weight.shape[self.dim]) if c not in set(keep.tolist())],
-                            dtype=torch.long)
+        kept = set(keep.tolist())
+        rest = torch.tensor([c for c in range(weight.shape[self.dim]) if c not in kept], dtype=torch.long)
         self.weight_part = nn.Parameter(layer.weight_part.detach().clone())
         if len(rest):
             self.weight_rest = nn.Parameter(weight.index_select(self.dim, rest))
