@@ -1,6 +1,7 @@
 """The operator graph read from an exported ONNX model."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -57,3 +58,20 @@ def test_convs_reading_one_tensor_merge_only_with_equal_stride_and_centred_kerne
     assert not is_mergeable(graph, mask("b1", "strided"))  # another stride
     assert not is_mergeable(graph, mask("b1", "pool"))  # not a convolution
     assert graph.ops[by_name["b1"]].signature != graph.ops[by_name["b3"]].signature
+
+
+def test_weights_named_through_identity_nodes_are_constants_not_operators():
+    # The TorchScript exporter routes shared weights through Identity nodes.
+    weight = onnx.numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")
+    nodes = [onnx.helper.make_node("Identity", ["w"], ["w_shared"]),
+             onnx.helper.make_node("Conv", ["x", "w_shared"], ["y"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Relu", ["y"], ["z"])]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 4, 5, 5])], [weight])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+    ops = graph_from_onnx(model).ops
+
+    assert [op.nodes for op in ops] == [("y", "z")]
+    assert ops[0].conv is not None and ops[0].conv.kernel == (3, 3)

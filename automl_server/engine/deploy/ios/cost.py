@@ -5,7 +5,8 @@ stage on the target (the device agent; ``device_agents.ios.measure`` for the
 local CPU) with the paper's warm-up and repeated runs. The memo is any
 mutable mapping from stage key to milliseconds: a dict in tests, later the
 latency database for the device, so a second schedule on the same device
-measures only stages it has not seen.
+measures only stages it has not seen. Keys name the stage, not the device or
+the executor: keep one memo per (device, executor backend, thread count).
 """
 from __future__ import annotations
 
