@@ -1,24 +1,16 @@
 """The Flask application factory: REST API under /api/v1 and the web pages."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from celery import Celery
-from flask import Flask, current_app
+from flask import Flask
 
 from automl_server.celery_app import make_celery
-from automl_server.db.engine import Database, get_database
+from automl_server.db.engine import get_database
 from automl_server.db.migrate import require_current_schema
+from automl_server.api import init_app as init_api
+from automl_server.service_state import ServiceState, state  # noqa: F401  (state: re-exported)
 from automl_server.settings import PROJECT_ROOT, Settings, get_settings
-
-
-@dataclass
-class ServiceState:
-    """What every request needs: settings, the database and the Celery app."""
-
-    settings: Settings
-    db: Database
-    celery: Celery
+from automl_server.web_pages import init_app as init_pages
 
 
 def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> Flask:
@@ -40,13 +32,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     )
     app.extensions["automl"] = ServiceState(settings, db, celery or make_celery(settings))
 
-    from automl_server.api import init_app as init_api
-    from automl_server.web_pages import init_app as init_pages
-
     init_api(app)
     init_pages(app)
     return app
 
-
-def state() -> ServiceState:
-    return current_app.extensions["automl"]

@@ -10,11 +10,17 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from automl_server.settings import Settings, get_settings
+from automl_server.settings import Settings, get_settings, settings_of
+
+
+class ServiceCelery(Celery):
+    """The service's Celery app: it carries the settings its tasks read (``settings_of``)."""
+
+    automl_settings: Settings | None = None
 
 
 def make_celery(settings: Settings, *, eager: bool = False) -> Celery:
-    app = Celery("automl", broker=settings.resolved_broker_url, backend=settings.resolved_result_backend)
+    app = ServiceCelery("automl", broker=settings.resolved_broker_url, backend=settings.resolved_result_backend)
     app.conf.update(
         include=["automl_server.jobs.tasks", "automl_server.profiling", "automl_server.webhooks"],
         task_default_queue="default",
@@ -35,7 +41,7 @@ def make_celery(settings: Settings, *, eager: bool = False) -> Celery:
         task_always_eager=eager,
         task_eager_propagates=eager,
     )
-    app.automl_settings = settings  # type: ignore[attr-defined]
+    app.automl_settings = settings
     import automl_server.jobs.tasks  # noqa: F401  (register the shared tasks)
     import automl_server.profiling  # noqa: F401
     import automl_server.webhooks  # noqa: F401
@@ -43,5 +49,6 @@ def make_celery(settings: Settings, *, eager: bool = False) -> Celery:
     return app
 
 
-def settings_of(app: Celery) -> Settings:
-    return getattr(app, "automl_settings", None) or get_settings()
+# settings_of lives in settings.py (tasks import it from there, so that no
+# task module imports this one, which imports them all to register them).
+__all__ = ["make_celery", "settings_of"]

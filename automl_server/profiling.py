@@ -132,9 +132,8 @@ def predictor(db: Database, target: Target, *, calibrated: bool = True, space: s
             # Noisy end-to-end figures (sub-0.1 ms networks on a shared CPU) can
             # defeat the fit; the plain LUT sum is still a prediction.
             failure = str(exc)
-    result = LatencyPredictor(repo.lut_ms(record), calibration, source=f"the latency table of {record.describe()}")
-    result.calibration_error = failure  # type: ignore[attr-defined]
-    return result
+    return LatencyPredictor(repo.lut_ms(record), calibration, source=f"the latency table of {record.describe()}",
+                            calibration_error=failure)
 
 
 def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: dict[str, Any] | None = None) -> int:
@@ -171,13 +170,13 @@ def dispatch_network_measurement(celery: Celery, target: Target, arch: Arch,
 
 
 def _settings_db(task: Any) -> Database:
-    from automl_server.celery_app import settings_of
+    from automl_server.settings import settings_of
 
     return get_database(settings_of(task.app).resolved_database_url)
 
 
 @shared_task(name=RECORD_MEASUREMENTS, bind=True, acks_late=True)
-def record_measurements(self: Any, payload: dict[str, Any]) -> int:  # type: ignore[misc]
+def record_measurements(self: Any, payload: dict[str, Any]) -> int:
     """Store an agent's op measurements; failed ops are stored with their error."""
     reply = ProfileOpsReply.from_dict(payload)
     repo = repository(_settings_db(self))
@@ -209,7 +208,7 @@ def paced_measurement(db: Database, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @shared_task(name=RECORD_NETWORK, bind=True, acks_late=True)
-def record_network(self: Any, payload: dict[str, Any]) -> float | None:  # type: ignore[misc]
+def record_network(self: Any, payload: dict[str, Any]) -> float | None:
     """Store a whole-network measurement with its LUT sum (the calibration's input), at its target's pace."""
     reply = MeasureNetworkReply.from_dict(payload)
     if reply.error is not None or reply.measured_ms is None:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import waitress
 from sqlalchemy import update
@@ -25,6 +26,9 @@ from automl_server.db.engine import get_database
 from automl_server.db.migrate import upgrade
 from automl_server.db.models import ApiToken, utcnow
 from automl_server.settings import ENV_PREFIX, Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger("automl.serve")
 EMBEDDED_AGENT_TOKEN = "embedded-agent"
@@ -99,7 +103,7 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
 RECOVERY_SWEEP_S = 30.0
 
 
-def start_recovery_sweep(app) -> threading.Thread:  # type: ignore[no-untyped-def]
+def start_recovery_sweep(app: Flask) -> threading.Thread:
     """Every 30 s, re-send job stages whose lease ran out: a worker that died
     (killed, machine lost) with a message the broker will not redeliver."""
     from automl_server.jobs.tasks import recover

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "AUTOML_"
@@ -141,20 +141,20 @@ def _convert(name: str, raw: str, default: object) -> object:
         raise SettingsError(f"{env_name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
     if isinstance(default, int):
         try:
-            value = int(raw)
+            integer = int(raw)
         except ValueError:
             raise SettingsError(f"{env_name}={raw!r} is not an integer") from None
-        if value < 0:
+        if integer < 0:
             raise SettingsError(f"{env_name}={raw!r} must be >= 0")
-        return value
+        return integer
     if isinstance(default, float):
         try:
-            value = float(raw)
+            number = float(raw)
         except ValueError:
             raise SettingsError(f"{env_name}={raw!r} is not a number") from None
-        if value <= 0:
+        if number <= 0:
             raise SettingsError(f"{env_name}={raw!r} must be > 0")
-        return value
+        return number
     if isinstance(default, Path):
         return Path(raw).expanduser().resolve()
     return raw
@@ -163,7 +163,8 @@ def _convert(name: str, raw: str, default: object) -> object:
 def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from ``AUTOML_<FIELD>`` variables, then explicit overrides."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    # Any: each field has its own type, which _convert derived from its default.
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         raw = environ.get(ENV_PREFIX + f.name.upper())
         if raw is not None and raw != "":
@@ -181,3 +182,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return settings_from_env()
+
+
+def settings_of(app: Any) -> Settings:
+    """The settings a Celery app was made with (``make_celery`` attaches them),
+    else the process's own: how a task finds its database and data directory."""
+    found = getattr(app, "automl_settings", None)
+    return found if isinstance(found, Settings) else get_settings()

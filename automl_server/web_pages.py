@@ -13,14 +13,16 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
+from werkzeug.wrappers import Response  # what redirect() returns; flask's Response is a subclass
 
 from automl_server.api.problems import ProblemError
 from automl_server.api.ui import SESSION_CSRF, SESSION_TOKEN, profile_coverage
 from automl_server.db.models import Comparison, Dataset, Device, Job, JobState
+from automl_server.service_state import ServiceState, state
 
 web = Blueprint("web", __name__)
 
@@ -41,9 +43,7 @@ class _SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure or forwarded == "https"
 
 
-def _state():  # type: ignore[no-untyped-def]
-    from automl_server.app import state
-
+def _state() -> ServiceState:
     return state()
 
 
@@ -163,7 +163,7 @@ def jobs_page() -> Any:
         devices = list(db_session.scalars(select(Device).order_by(Device.name)))
         farm = [{"name": d.name, "kind": d.kind, "status": device_status(d, s.settings.heartbeat_timeout_s)}
                 for d in devices]
-        has_datasets = db_session.scalar(select(func.count()).select_from(Dataset)) > 0
+        has_datasets = (db_session.scalar(select(func.count()).select_from(Dataset)) or 0) > 0
     filters = {k: v for k, v in (("state", state_filter), ("device", device_filter)) if v}
     next_url = url_for("web.jobs_page") + "?" + urlencode({**filters, "page_token": next_token}) if next_token else None
     first_url = url_for("web.jobs_page") + ("?" + urlencode(filters) if filters else "") if page_token else None
@@ -176,7 +176,7 @@ def jobs_page() -> Any:
 def datasets_page() -> str:
     with _state().db.session() as db_session:
         rows = list(db_session.scalars(select(Dataset).order_by(Dataset.created_at.desc()).limit(200)))
-        datasets = [{
+        datasets: list[dict[str, Any]] = [{
             "id": d.id, "name": d.name, "source": d.source, "format": d.format, "description": d.description,
             "num_samples": d.num_samples, "classes": list(d.classes), "class_counts": dict(d.class_counts),
             "height": d.image_height, "width": d.image_width, "channels": d.channels,
@@ -206,7 +206,7 @@ def devices_page() -> str:
         shapes = [(h, len(c), ch, name) for name, h, c, ch in db_session.execute(
             select(Dataset.name, Dataset.image_height, Dataset.classes, Dataset.channels)
             .order_by(Dataset.created_at.desc()).limit(10)).all()]
-        rows = []
+        rows: list[dict[str, Any]] = []
         for d in devices:
             temperature = next((d.info[k] for k in TEMPERATURE_KEYS if isinstance(d.info.get(k), (int, float))), None)
             rows.append({"name": d.name, "kind": d.kind, "description": d.description,
@@ -281,7 +281,7 @@ def _layout_for(job: Job, dataset: Dataset | None) -> dict[str, Any] | None:
     num_classes = (job.result.get("validate") or {}).get("num_classes")
     if shape is None and dataset is not None:
         shape, num_classes = [dataset.image_height, dataset.image_width, dataset.channels], len(dataset.classes)
-    if shape is None:
+    if shape is None or num_classes is None:
         return None
     try:
         layout = get_space(job.space).layout(int(shape[0]), int(num_classes), int(shape[2]))

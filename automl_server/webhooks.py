@@ -28,7 +28,7 @@ import requests
 from celery import Celery, shared_task
 from celery.exceptions import Retry
 
-from automl_server.celery_app import settings_of
+from automl_server.settings import settings_of
 from automl_server.db.engine import get_database
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs.service import record_event
@@ -172,7 +172,7 @@ def _log(db_url: str, job_id: str, message: str) -> None:
 
 
 @shared_task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, max_retries=None)
-def deliver_webhook(self: Any, job_id: str, event_id: int) -> str:  # type: ignore[misc]
+def deliver_webhook(self: Any, job_id: str, event_id: int) -> str:
     """POST one job event to the job's webhook; retried with back-off until a
     2xx, a 410 Gone, or ``webhook_max_attempts`` attempts. Returns the outcome."""
     settings = settings_of(self.app)
@@ -220,7 +220,7 @@ def notify(celery: Celery, job_id: str, event_ids: list[int]) -> None:
     task = celery.tasks[DELIVER_WEBHOOK]
     for event_id in event_ids:
         try:
-            task.apply_async(args=[job_id, event_id], queue="default")
+            task.apply_async(args=(job_id, event_id), queue="default")
         except Retry:
             # Only an eager app with task_eager_propagates gets here: Celery then
             # raises the first retry to the caller instead of running it.

@@ -1,13 +1,9 @@
 """REST API under /api/v1 for MLOps pipelines and the web UI."""
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Flask
 
-from automl_server.api.openapi import ApiRegistry
-
-API_PREFIX = "/api/v1"
-api_blueprint = Blueprint("api", __name__, url_prefix=API_PREFIX)
-registry = ApiRegistry(API_PREFIX)
+from automl_server.api.blueprint import API_PREFIX, api_blueprint, registry
 
 # Importing the resource modules declares their routes on the blueprint.
 from automl_server.api import comparisons, datasets, devices, jobs, meta, pipelines, ui  # noqa: E402,F401

@@ -10,13 +10,12 @@ from flask import Blueprint, g, request
 
 from automl_server.api.problems import ProblemError
 from automl_server.auth import verify_token
+from automl_server.service_state import state
 
 PUBLIC_ENDPOINTS = {"api.openapi_json", "api.docs", "api.docs_asset", "api.health"}
 
 
 def _require_token() -> None:
-    from automl_server.app import state
-
     if request.endpoint in PUBLIC_ENDPOINTS or not state().settings.auth_required:
         g.token_name = None
         return

@@ -11,12 +11,13 @@ from flask import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.jobs import invalid, queue_job, submit
 from automl_server.api.problems import not_found
 from automl_server.api.schemas import ComparisonCreate, ComparisonOut, JobCreate
 from automl_server.db.models import Comparison, Job, JobState
 from automl_server.jobs.submit import InvalidRequest
+from automl_server.service_state import state
 
 
 def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
@@ -48,8 +49,6 @@ def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
 def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[str, str]]:
     """Starts one job per device; each job's network is then measured on every
     other device. Poll the comparison until ``done``."""
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         targets = _targets(session, body.devices)
@@ -118,8 +117,6 @@ def get_comparison(comparison_id: str) -> ComparisonOut:
 
 
 def _load(comparison_id: str) -> ComparisonOut:
-    from automl_server.app import state
-
     with state().db.session() as session:
         comparison = session.get(Comparison, comparison_id)
         if comparison is None:

@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from flask import request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import newest_first_page
 from automl_server.api.problems import ProblemError, not_found
-from automl_server.api.schemas import DatasetList, DatasetOut, PageQuery
+from automl_server.api.schemas import DATASET_FORMATS, DATASET_SOURCES, DatasetList, DatasetOut, PageQuery, one_of
 from automl_server.datasets.ingest import DatasetRejected
 from automl_server.datasets.store import DatasetConflict, default_name, remove_dataset_files, store_dataset
 from automl_server.db.engine import StorageError
 from automl_server.db.models import Dataset, Job, JobState
+from automl_server.service_state import state
 
-_UPLOAD_FORM = {
+_UPLOAD_FORM: dict[str, dict[str, Any]] = {
     "file": {"type": "string", "format": "binary", "x-required": True,
              "description": "A .zip of class folders of PNG/JPEG images, or an .npz with arrays x and y."},
     "name": {"type": "string", "description": "Unique name; default: the file name without extension."},
@@ -28,7 +30,8 @@ _UPLOAD_FORM = {
 
 def to_out(row: Dataset) -> DatasetOut:
     return DatasetOut(
-        id=row.id, name=row.name, source=row.source, format=row.format, description=row.description,
+        id=row.id, name=row.name, source=one_of(row.source, DATASET_SOURCES), format=one_of(row.format, DATASET_FORMATS),
+        description=row.description,
         size_bytes=row.size_bytes, sha256=row.sha256, num_samples=row.num_samples, num_classes=len(row.classes),
         classes=row.classes, class_counts=row.class_counts, image_height=row.image_height,
         image_width=row.image_width, channels=row.channels, uniform_size=row.uniform_size, created_at=row.created_at,
@@ -51,8 +54,6 @@ def _rejected(exc: DatasetRejected) -> ProblemError:
 def upload_dataset() -> tuple[DatasetOut, int, dict[str, str]]:
     """Validates the whole file before anything is stored; a rejected upload
     leaves no file and no row behind."""
-    from automl_server.app import state
-
     s = state()
     upload = request.files.get("file")
     if upload is None or not upload.filename:
@@ -96,8 +97,6 @@ def upload_dataset() -> tuple[DatasetOut, int, dict[str, str]]:
     query=PageQuery, responses={200: DatasetList},
 )
 def list_datasets(query: PageQuery) -> DatasetList:
-    from automl_server.app import state
-
     with state().db.session() as session:
         rows, token = newest_first_page(session, select(Dataset), Dataset, query.page_size, query.page_token)
     return DatasetList(datasets=[to_out(r) for r in rows], next_page_token=token)
@@ -108,8 +107,6 @@ def list_datasets(query: PageQuery) -> DatasetList:
     responses={200: DatasetOut}, errors=(404,),
 )
 def get_dataset(key: str) -> DatasetOut:
-    from automl_server.app import state
-
     with state().db.session() as session:
         row = find_dataset(session, key)
         if row is None:
@@ -123,8 +120,6 @@ def get_dataset(key: str) -> DatasetOut:
 )
 def delete_dataset(key: str) -> tuple[None, int]:
     """Refused while a queued or running job uses the dataset; finished jobs keep its name."""
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         row = find_dataset(session, key)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import decode_token, encode_token
 from automl_server.api.problems import not_found
 from automl_server.api.schemas import DeviceList, DeviceOut, DeviceRegister, HeartbeatIn, PageQuery, RuntimeOut
 from automl_server.db.models import Device, DeviceRuntime, device_status, utcnow
+from automl_server.service_state import state
 
 
 def to_out(device: Device, timeout_s: float) -> DeviceOut:
@@ -52,8 +53,6 @@ def upsert_device(session: Session, spec: DeviceRegister, *, heartbeat: bool) ->
 )
 def register_device(body: DeviceRegister) -> tuple[DeviceOut, int]:
     """Registration counts as a first heartbeat: the device is online at once."""
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         device, created = upsert_device(session, body, heartbeat=True)
@@ -66,8 +65,6 @@ def register_device(body: DeviceRegister) -> tuple[DeviceOut, int]:
     responses={200: DeviceList},
 )
 def list_devices(query: PageQuery) -> DeviceList:
-    from automl_server.app import state
-
     s = state()
     stmt = select(Device).options(selectinload(Device.runtimes)).order_by(Device.name)
     if query.page_token:
@@ -94,8 +91,6 @@ def _get(session: Session, name: str) -> Device:
     responses={200: DeviceOut}, errors=(404,),
 )
 def get_device(name: str) -> DeviceOut:
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         return to_out(_get(session, name), s.settings.heartbeat_timeout_s)
@@ -106,8 +101,6 @@ def get_device(name: str) -> DeviceOut:
     body=HeartbeatIn, responses={200: DeviceOut}, errors=(404,),
 )
 def heartbeat(name: str, body: HeartbeatIn) -> DeviceOut:
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         device = _get(session, name)

@@ -10,10 +10,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import bad_token, decode_token, encode_token, newest_first_page
 from automl_server.api.problems import ProblemError, not_found
-from automl_server.api.schemas import JobCreate, JobEventList, JobEventOut, JobLinks, JobList, JobListQuery, JobOut, PageQuery
+from automl_server.api.schemas import (
+    JOB_STATES,
+    JobCreate,
+    JobEventList,
+    JobEventOut,
+    JobLinks,
+    JobList,
+    JobListQuery,
+    JobOut,
+    PageQuery,
+    one_of,
+)
 from automl_server.db.engine import StorageError
 from automl_server.db.models import Device, Job, JobEvent, JobState
 from automl_server.jobs import service
@@ -21,6 +32,7 @@ from automl_server.jobs.stages import plan_of
 from automl_server.jobs.submit import InvalidRequest, request_of, submit_job
 from automl_server.jobs.submit import fingerprint as submitted_fingerprint
 from automl_server.jobs.tasks import dispatch_stage
+from automl_server.service_state import state
 
 _MAX_KEY_LENGTH = 200
 
@@ -30,7 +42,7 @@ def to_out(job: Job, *, with_secret: bool = False) -> JobOut:
     return JobOut(
         recoveries=job.recoveries or 0, comparison_id=job.comparison_id, rerun_of=job.rerun_of,
         webhook_url=job.webhook_url, webhook_secret=job.webhook_secret if with_secret else None,
-        id=job.id, state=job.state, stage=job.stage, progress=round(job.progress, 4),
+        id=job.id, state=one_of(job.state, JOB_STATES), stage=job.stage, progress=round(job.progress, 4),
         done=JobState(job.state).is_terminal, error=job.error, dataset_id=job.dataset_id,
         dataset_name=job.dataset_name, device_name=job.device_name, runtime=job.runtime, space=job.space,
         pipeline=job.pipeline, latency_target_ms=job.latency_target_ms, params=job.params, result=job.result,
@@ -66,7 +78,6 @@ def submit(session: Session, body: JobCreate, **kwargs: Any) -> Job:
 
 def queue_job(job_id: str, device_name: str) -> None:
     """Send a committed job's first stage; fail it (503) if the broker refuses."""
-    from automl_server.app import state
     from automl_server.jobs.tasks import notify_state_changes
 
     s = state()
@@ -91,8 +102,6 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
     """Answers 202 with the operation resource. With an ``Idempotency-Key``
     header, a retry of the same request returns the same job (200) instead of
     starting a second one."""
-    from automl_server.app import state
-
     s = state()
     key = request.headers.get("Idempotency-Key", "").strip() or None
     if key is not None and len(key) > _MAX_KEY_LENGTH:
@@ -124,8 +133,6 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
     responses={200: JobList},
 )
 def list_jobs(query: JobListQuery) -> JobList:
-    from automl_server.app import state
-
     stmt = select(Job)
     if query.state:
         stmt = stmt.where(Job.state == query.state)
@@ -148,8 +155,6 @@ def _get(session: Session, job_id: str) -> Job:
     responses={200: JobOut}, errors=(404,),
 )
 def get_job(job_id: str) -> JobOut:
-    from automl_server.app import state
-
     with state().db.session() as session:
         return to_out(_get(session, job_id))
 
@@ -160,8 +165,6 @@ def get_job(job_id: str) -> JobOut:
 )
 def cancel_job(job_id: str) -> tuple[JobOut, int]:
     """A queued job is cancelled at once; a running one stops at its next checkpoint."""
-    from automl_server.app import state
-
     with state().db.session() as session:
         job = _get(session, job_id)
         try:
@@ -186,8 +189,6 @@ def _event_out(event: JobEvent) -> JobEventOut:
     query=PageQuery, responses={200: JobEventList}, errors=(404,),
 )
 def list_job_events(job_id: str, query: PageQuery) -> JobEventList:
-    from automl_server.app import state
-
     after = 0
     if query.page_token:
         (after,) = decode_token(query.page_token, 1)
@@ -211,8 +212,6 @@ def stream_job_events(job_id: str) -> Response:
     """Sends every event as an SSE message (``id`` is the event id, so a
     reconnecting client resumes with ``Last-Event-ID``) and closes once the
     job has finished and its last event was sent."""
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as session:
         _get(session, job_id)
@@ -257,8 +256,6 @@ def stream_job_events(job_id: str) -> Response:
 def get_job_report(job_id: str) -> Response:
     """Accuracy, predicted and measured latency, size, cost, architecture and
     downloads. 409 while the report stage has not run (the detail says where the job is)."""
-    from automl_server.app import state
-
     with state().db.session() as session:
         job = _get(session, job_id)
         report = job.result.get("report")
@@ -278,7 +275,6 @@ def download_artifact(job_id: str, kind: str) -> Response:
     """``kind``: onnx, tflite, arch, weights or report."""
     from flask import send_file
 
-    from automl_server.app import state
     from automl_server.db.models import Artifact
 
     downloadable = {"onnx": "model.onnx", "tflite": "model.tflite", "arch": "arch.json", "weights": "model.pt",
@@ -303,8 +299,6 @@ def download_artifact(job_id: str, kind: str) -> Response:
 )
 def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:
     """A new job with the finished job's dataset, device, target and options."""
-    from automl_server.app import state
-
     with state().db.session() as session:
         old = _get(session, job_id)
         if not JobState(old.state).is_terminal:

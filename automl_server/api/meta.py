@@ -7,8 +7,9 @@ from flask import Response, json, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from automl_server import __version__
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.schemas import Health
+from automl_server.service_state import state
 
 # Served from the swagger-ui-bundle package: no CDN, works offline.
 _SWAGGER_DIR = Path(swagger_ui_path)
@@ -26,8 +27,6 @@ window.ui = SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLin
 
 @registry.operation(api_blueprint, "/health", "GET", summary="Service health", tag="meta", responses={200: Health})
 def health() -> Health:
-    from automl_server.app import state
-
     s = state()
     with s.db.engine.connect() as conn:
         conn.exec_driver_sql("SELECT 1")

@@ -167,7 +167,8 @@ def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:
 def _serialise(result: Any) -> Any:
     if isinstance(result, Response):
         return result
-    status, headers = 200, {}
+    status: int = 200
+    headers: dict[str, str] = {}
     if isinstance(result, tuple):
         result, status, *rest = result
         headers = rest[0] if rest else {}

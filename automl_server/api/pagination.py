@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
@@ -51,11 +51,21 @@ def decode_time_position(token: str) -> tuple[datetime, str]:
         raise bad_token(token) from None
 
 
-Row = TypeVar("Row")
+class _TimeOrdered(Protocol):
+    """An ORM row that pages by (created_at, id)."""
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+Row = TypeVar("Row", bound=_TimeOrdered)
 
 
 def newest_first_page(
-    session: Session, stmt: Select[tuple[Row]], model: Any, page_size: int, page_token: str | None
+    session: Session, stmt: Select[Row], model: Any, page_size: int, page_token: str | None
 ) -> tuple[list[Row], str | None]:
     """One page of ``stmt`` ordered newest first by (created_at, id), and the
     token of the next page (None on the last one)."""
@@ -67,4 +77,4 @@ def newest_first_page(
     if len(rows) <= page_size:
         return rows, None
     rows = rows[:page_size]
-    return rows, encode_time_position(rows[-1].created_at, rows[-1].id)  # type: ignore[attr-defined]
+    return rows, encode_time_position(rows[-1].created_at, rows[-1].id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.problems import not_found
 from automl_server.engine.train.registry import Pipeline, pipelines
 from automl_server.jobs.requests import inline_schema

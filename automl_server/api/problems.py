@@ -96,9 +96,9 @@ def init_app(app: Flask) -> None:
         return problem_response(exc)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
+    def _unexpected(exc: Exception) -> Response | HTTPException:
         if isinstance(exc, HTTPException):
-            return _http(exc)  # type: ignore[return-value]
+            return _http(exc)
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         if not request.path.startswith("/api/"):
             raise exc

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,24 @@ from automl_server.jobs.requests import (  # noqa: F401  (re-exported: the API's
     Strict,
 )
 
+# The values a database string column may hold where the API promises one of a few.
+DatasetSource = Literal["upload", "bundled"]
+DatasetFormat = Literal["zip", "npz"]
+DeviceStatus = Literal["online", "offline"]
+JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+DATASET_SOURCES: tuple[DatasetSource, ...] = get_args(DatasetSource)
+DATASET_FORMATS: tuple[DatasetFormat, ...] = get_args(DatasetFormat)
+JOB_STATES: tuple[JobStateName, ...] = get_args(JobStateName)
+
+_Name = TypeVar("_Name", bound=str)
+
+
+def one_of(value: str, accepted: tuple[_Name, ...]) -> _Name:
+    """``value`` as the one of ``accepted`` it equals (typed as that Literal); ValueError if none."""
+    for name in accepted:
+        if value == name:
+            return name
+    raise ValueError(f"{value!r} is not one of {', '.join(accepted)}")
 
 
 class PageQuery(Strict):
@@ -26,8 +44,8 @@ class PageQuery(Strict):
 class DatasetOut(BaseModel):
     id: str
     name: str
-    source: Literal["upload", "bundled"]
-    format: Literal["zip", "npz"]
+    source: DatasetSource
+    format: DatasetFormat
     description: str
     size_bytes: int
     sha256: str
@@ -79,7 +97,7 @@ class DeviceOut(BaseModel):
     name: str
     kind: str
     description: str
-    status: Literal["online", "offline"]
+    status: DeviceStatus
     queue: str
     runtimes: list[RuntimeOut]
     info: dict[str, Any]
@@ -110,7 +128,7 @@ class JobOut(BaseModel):
     """An operation resource: poll it until ``done``."""
 
     id: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobStateName
     stage: str | None
     progress: float
     done: bool
@@ -142,7 +160,7 @@ class JobList(BaseModel):
 
 
 class JobListQuery(PageQuery):
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    state: JobStateName | None = None
     device: str | None = Field(None, max_length=100, description="Only jobs for this device.")
 
 

@@ -10,18 +10,22 @@ import hmac
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flask import Response, request, session
 from pydantic import BaseModel, Field
 
-from automl_server.api import api_blueprint, registry
+from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.datasets import find_dataset
 from automl_server.api.problems import ProblemError, not_found
 from automl_server.api.schemas import NAME_PATTERN, Strict
 from automl_server.db.engine import Database
 from automl_server.db.models import Dataset
+from automl_server.service_state import state
+
+if TYPE_CHECKING:  # Pillow is imported when an image is drawn
+    from PIL.ImageFont import FreeTypeFont, ImageFont
 
 # Session keys written by the login page (web_pages.py).
 SESSION_TOKEN = "api_token"
@@ -60,7 +64,7 @@ class SamplesQuery(Strict):
     per_class: int = Field(4, ge=1, le=16, description="Images per class (one row per class).")
 
 
-def _font():  # type: ignore[no-untyped-def]
+def _font() -> FreeTypeFont | ImageFont:
     from PIL import ImageFont
 
     try:
@@ -87,7 +91,7 @@ def render_sample_grid(x: np.ndarray, y: np.ndarray, classes: list[str], per_cla
         label = name if len(name) <= 14 else name[:13] + "…"
         draw.text((4, top + tile_h // 2 - 8), label, fill="black", font=font)
         members = np.flatnonzero(y == row)
-        picks = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        picks: np.ndarray | list[int] = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
         for col, index in enumerate(sorted(picks)):
             pixels = x[index]
             image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
@@ -125,8 +129,6 @@ def dataset_samples(key: str, query: SamplesQuery) -> Response:
     """One PNG: a row per class (the first 20 classes) with its name and up to
     ``per_class`` images, scaled up so that small images stay visible."""
     from flask import send_file
-
-    from automl_server.app import state
 
     s = state()
     with s.db.session() as db_session:
@@ -182,7 +184,7 @@ def achievable_range(db: Database, device: str, runtime: str | None, row: Datase
     # find_target reads only: looking at a range must not create latency-table rows.
     records = [r for r in repo.find_target(device, target.runtime) if r.spec == target.spec]
     missing = repo.missing(records[0], keys) if records else keys
-    base = dict(device=device, runtime=target.runtime, space=space, dataset=row.name,
+    base: dict[str, Any] = dict(device=device, runtime=target.runtime, space=space, dataset=row.name,
                 input_shape=[row.image_height, row.image_width, row.channels], ops_total=len(keys),
                 ops_measured=len(keys) - len(missing))
     if missing:
@@ -206,8 +208,6 @@ def device_achievable_range(name: str, query: RangeQuery) -> AchievableRange:
     """The predicted latency of the fastest and slowest network of a search
     space on this device at the dataset's input size, from the latency
     database; a target below the fastest fails the job's profile stage."""
-    from automl_server.app import state
-
     s = state()
     with s.db.session() as db_session:
         row = find_dataset(db_session, query.dataset)

@@ -5,44 +5,16 @@ Every listing and result command takes ``--json`` for machine-readable output.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from automl_server.cli.base import _echo_json, _table, json_option, main, server_option, token_option
 from automl_server.cli.client import ApiClient
-from automl_server.settings import SettingsError, get_settings
+from automl_server.settings import get_settings
 from device_agents.cli import AgentOptions, device_options, run_agent
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _table(rows: list[list[Any]], headers: list[str]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-
-
-server_option = click.option("--server", envvar="AUTOML_SERVER_URL", help="Service URL (default: the local one).")
-token_option = click.option("--token", envvar="AUTOML_TOKEN", help="API token (or AUTOML_TOKEN).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-@click.group()
-@click.version_option(package_name="automl-server")
-def main() -> None:
-    """Hardware-aware AutoML service with a device farm."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks are not news
-    try:
-        get_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 # -- running the service ----------------------------------------------------
@@ -216,7 +188,7 @@ def pipelines_list(server: str | None, token: str | None, as_json: bool) -> None
 
 
 # Importing these registers `automl jobs`, `spaces`, `search`, `profile` and `latency`.
-from automl_server.cli import engine_cmds, jobs_cmds, latency_cmds  # noqa: E402
+from automl_server.cli import engine_cmds, jobs_cmds, latency_cmds  # noqa: E402  (they import cli.base, not this module)
 
 __all__ = ["main", "engine_cmds", "jobs_cmds", "latency_cmds"]
 

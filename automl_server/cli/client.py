@@ -60,7 +60,9 @@ class ApiClient:
         """Events from the Server-Sent Events stream until the job ends."""
         response = self.request("GET", f"/jobs/{job_id}/events/stream", params={"after": after}, stream=True,
                                 timeout=(10, 120))
-        for line in response.iter_lines(decode_unicode=True):
+        for raw in response.iter_lines(decode_unicode=True):
+            # requests yields bytes when the response names no charset.
+            line = raw.decode() if isinstance(raw, bytes) else raw
             if line and line.startswith("data: "):
                 payload = json.loads(line[len("data: "):])
                 if payload:

@@ -4,12 +4,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
 
-from automl_server.cli import _echo_json, _table, json_option, main
+from automl_server.cli.base import _echo_json, _table, json_option, main
+
+if TYPE_CHECKING:  # numpy, torch and Pillow load when a command runs, not for --help
+    from automl_server.datasets.ingest import Arrays
+    from automl_server.engine.search import EpochReport
 
 
 @main.group()
@@ -23,8 +27,9 @@ def spaces_list(as_json: bool) -> None:
     """List the registered search spaces."""
     from search_spaces import list_spaces
 
-    rows = [{"name": s.name, "description": s.description, "width_mult": s.width_mult,
-             "candidates": list(s.candidates), "allow_zero": s.allow_zero} for s in list_spaces()]
+    rows: list[dict[str, Any]] = [{"name": s.name, "description": s.description, "width_mult": s.width_mult,
+                                   "candidates": list(s.candidates), "allow_zero": s.allow_zero}
+                                  for s in list_spaces()]
     if as_json:
         _echo_json(rows)
         return
@@ -56,7 +61,7 @@ def spaces_sample(space: str, count: int, seed: int, resolution: int, num_classe
             click.echo(" ".join(arch.blocks))
 
 
-def load_dataset(name_or_path: str):  # type: ignore[no-untyped-def]
+def load_dataset(name_or_path: str) -> Arrays:
     """Arrays of a bundled dataset (by name) or of a .zip/.npz file."""
     from automl_server.datasets.bundled import BUNDLED_DATASETS
     from automl_server.datasets.ingest import DatasetRejected, detect_format, load_arrays
@@ -134,7 +139,7 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
     latency_model = LutLatencyModel.from_yaml(lut) if lut else (
         FlopsLatencyModel(gmacs_per_s=gmacs) if gmacs else FlopsLatencyModel())
     with tqdm(total=config.total_epochs, unit="epoch", disable=as_json, desc="search") as bar:
-        def progress(report) -> None:  # type: ignore[no-untyped-def]
+        def progress(report: EpochReport) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{report.phase} acc {report.holdout_accuracy:.3f} "
                                 f"E[lat] {report.expected_latency_ms:.3f} ms")

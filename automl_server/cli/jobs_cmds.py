@@ -8,7 +8,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from automl_server.cli import _echo_json, json_option, main, server_option, token_option
+from automl_server.cli.base import _echo_json, json_option, main, server_option, token_option
 from automl_server.cli.client import ApiClient
 
 

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
-from automl_server.cli import _echo_json, json_option, main
-from automl_server.settings import get_settings
+from automl_server.cli.base import _echo_json, json_option, main
+from automl_server.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the database, the profiler and torch load when a command runs, not for --help
+    from automl_server.db.engine import Database
+    from automl_server.profiling import Target
+    from search_spaces import Arch
 
 device_option = click.option("--device", required=True, help="Device name.")
 runtime_option = click.option("--runtime", help="Runtime on the device (default: its first).")
 threads_option = click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
 
 
-def _context(device: str, runtime: str | None, threads: int):  # type: ignore[no-untyped-def]
+def _context(device: str, runtime: str | None, threads: int) -> tuple[Settings, Database, Target]:
     from automl_server.db.engine import get_database
     from automl_server.db.migrate import require_current_schema
     from automl_server.profiling import ProfilingError, resolve_target
@@ -34,14 +40,14 @@ def _context(device: str, runtime: str | None, threads: int):  # type: ignore[no
         raise click.UsageError(str(exc)) from None
 
 
-def _offline_since(db, device: str) -> str | None:  # type: ignore[no-untyped-def]
+def _offline_since(db: Database, device: str) -> str | None:
     """The device's last heartbeat when it is offline, else None."""
     from automl_server.profiling import offline_since
 
     return offline_since(db, device, get_settings().heartbeat_timeout_s)
 
 
-def _require_online(db, device: str) -> None:  # type: ignore[no-untyped-def]
+def _require_online(db: Database, device: str) -> None:
     last = _offline_since(db, device)
     if last is not None:
         raise click.ClickException(f"device {device!r} is offline (last heartbeat: {last}); "
@@ -121,7 +127,7 @@ def latency() -> None:
     """The latency database: predict, measure, export, import."""
 
 
-def _arch(path: Path):  # type: ignore[no-untyped-def]
+def _arch(path: Path) -> Arch:
     from search_spaces import Arch
 
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 
@@ -19,6 +19,10 @@ from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
 from automl_server.jobs.search_stage import chosen
 from automl_server.jobs.spec import JobSpec
+
+if TYPE_CHECKING:  # torch loads when a stage runs
+    from search_spaces import Arch
+    from search_spaces.arch import SingleNet
 
 RECORD_VERIFICATION = "automl.record_verification"
 # Exported files up to this size travel through the broker to the agent.
@@ -28,7 +32,7 @@ VERIFY_TIMEOUT_S = 900.0
 FILE_FORMATS = {"onnxruntime": "onnx", "litert": "tflite"}
 
 
-def _load_model(ctx: StageContext):  # type: ignore[no-untyped-def]
+def _load_model(ctx: StageContext) -> tuple[SingleNet, Arch]:
     import torch
 
     from search_spaces import Arch, build_model
@@ -119,10 +123,10 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
 
 
 @shared_task(name=RECORD_VERIFICATION, bind=True, acks_late=True)
-def record_verification(self: Any, payload: dict[str, Any], job_id: str) -> None:  # type: ignore[misc]
+def record_verification(self: Any, payload: dict[str, Any], job_id: str) -> None:
     """The agent's measurement of a job's exported model: kept for the verify
     stage, and (as any whole network) for the target's calibration."""
-    from automl_server.celery_app import settings_of
+    from automl_server.settings import settings_of
     from automl_server.db.engine import get_database
     from automl_server.profiling import ProfilingError, paced_measurement, record_network
 

@@ -26,7 +26,8 @@ def stage_seconds(ctx: StageContext) -> dict[str, float]:
             .order_by(JobEvent.id)).all()
     starts: dict[str, Any] = {}
     for stage, at in rows:
-        starts.setdefault(stage, at)
+        if stage is not None:  # a stage's "started" event always names it
+            starts.setdefault(stage, at)
     ordered = list(starts.items())
     seconds = {}
     for i, (stage, at) in enumerate(ordered):
@@ -116,9 +117,9 @@ RECORD_COMPARISON_CELL = "automl.record_comparison_cell"
 
 
 @shared_task(name=RECORD_COMPARISON_CELL, bind=True, acks_late=True)
-def record_comparison_cell(self: Any, payload: dict[str, Any], comparison_id: str, cell: str) -> None:  # type: ignore[misc]
+def record_comparison_cell(self: Any, payload: dict[str, Any], comparison_id: str, cell: str) -> None:
     """One cell of a comparison's matrix: a network measured on another device."""
-    from automl_server.celery_app import settings_of
+    from automl_server.settings import settings_of
     from automl_server.db.engine import get_database
     from automl_server.db.models import Comparison
 

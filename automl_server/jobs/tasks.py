@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import Celery, Task, shared_task
 from sqlalchemy import func, select
 
 from automl_server.db.engine import Database, get_database
@@ -33,7 +33,7 @@ def dispatch_stage(app: Celery, job_id: str, stage_name: str, device_name: str, 
             time.sleep(countdown_s)  # eager (tests): no broker to hold the message
         else:
             options["countdown"] = countdown_s
-    app.tasks[RUN_STAGE].apply_async(args=[job_id, stage_name, device_name], **options)
+    app.tasks[RUN_STAGE].apply_async(args=(job_id, stage_name, device_name), **options)
 
 
 def last_event_id(db: Database, job_id: str) -> int:
@@ -56,8 +56,8 @@ def notify_state_changes(app: Celery, db: Database, job_id: str, after_event_id:
 
 
 @shared_task(name=RUN_STAGE, bind=True, acks_late=True)
-def run_stage(self, job_id: str, stage_name: str, device_name: str) -> str | None:  # type: ignore[no-untyped-def]
-    from automl_server.celery_app import settings_of
+def run_stage(self: Task[Any, Any], job_id: str, stage_name: str, device_name: str) -> str | None:
+    from automl_server.settings import settings_of
 
     settings = settings_of(self.app)
     db = get_database(settings.resolved_database_url)
@@ -74,9 +74,9 @@ def run_stage(self, job_id: str, stage_name: str, device_name: str) -> str | Non
 
 
 @shared_task(name=RECOVER, bind=True)
-def recover_stages(self) -> list[str]:  # type: ignore[no-untyped-def]
+def recover_stages(self: Task[Any, Any]) -> list[str]:
     """Re-send the stages whose lease ran out (their worker died with the message)."""
-    from automl_server.celery_app import settings_of
+    from automl_server.settings import settings_of
 
     db = get_database(settings_of(self.app).resolved_database_url)
     return recover(self.app, db)
