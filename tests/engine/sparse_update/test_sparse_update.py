@@ -168,7 +168,7 @@ def test_a_budget_below_the_smallest_scheme_says_what_it_needs(parent, new_class
     needed = minimum_budget_kb(parent, 8, 32)
 
     with pytest.raises(InvalidPipelineSettings) as error:
-        pipeline.run(inputs_for(parent, new_classes, tmp_path), pipeline.parse({"memory_budget_kb": 10}),
+        pipeline.run(inputs_for(parent, new_classes, tmp_path), pipeline.parse({"memory_budget_kb": 10, "batch_size": 32}),
                      RecordingCallbacks())
 
     assert error.value.field == "sparse_update.memory_budget_kb" and f"{needed:.1f}" in error.value.detail
