@@ -174,14 +174,30 @@ def test_a_budget_below_the_smallest_scheme_says_what_it_needs(parent, new_class
     assert error.value.field == "sparse_update.memory_budget_kb" and f"{needed:.1f}" in error.value.detail
 
 
-def test_on_device_is_refused_at_submission_for_now():
+def test_on_device_without_the_training_environment_is_refused_naming_the_field(monkeypatch, tmp_path):
     pipeline = get_pipeline("sparse-update")
     from automl_server.engine.train.registry import DataFacts
 
+    monkeypatch.setenv("AUTOML_ORT_TRAINING_PYTHON", str(tmp_path / "missing" / "bin" / "python"))
     with pytest.raises(InvalidPipelineSettings) as error:
         pipeline.check(pipeline.parse({"on_device": True}), DataFacts(100, 5, 8, 1))  # type: ignore[misc]
 
-    assert error.value.field == "sparse_update.on_device"
+    assert error.value.field == "sparse_update.on_device" and "make ort-training-venv" in error.value.detail
+
+
+def test_an_on_device_run_is_compared_with_pytorchs_same_steps_in_the_report(parent, new_classes, tmp_path):
+    from tests.engine.sparse_update.test_ort_training import require_training_venv
+
+    require_training_venv()
+    pipeline = get_pipeline("sparse-update")
+    settings = pipeline.parse({"scheme": "bias-only", "on_device": True, "on_device_steps": 6,
+                               "compare_baselines": False, "measure_peak_rss": False, "memory_budget_kb": 4096})
+    outcome = pipeline.run(inputs_for(parent, new_classes, tmp_path), settings, RecordingCallbacks())
+
+    on_device = outcome.report["on_device"]
+    assert len(on_device["device"]["losses"]) == len(on_device["pytorch"]["losses"]) == 6
+    assert on_device["comparison"]["within_tolerance"], on_device["comparison"]
+    assert on_device["device"]["peak_rss_kb"] > 0
 
 
 def test_a_cancelled_fine_tune_resumes_from_its_checkpoint_with_the_same_scheme(parent, new_classes, tmp_path):
