@@ -121,7 +121,7 @@ def train_worker(model: nn.Module, data: dict[str, torch.Tensor], spec: LoopSpec
         stop = float(rank == 0 and stop_requested is not None and stop_requested())
         summed = collective.all_reduce_sum(torch.tensor(
             [loss_sum, correct, steps * spec.batch_size, totals.bytes_sent, compute_s, totals.wait_s, stop],
-            dtype=torch.float64)).wait()[0].tolist()
+            dtype=torch.float64, device=rule.params.flat.device)).wait()[0].tolist()  # NCCL: on the GPU
         epoch += 1
         seen = summed[2]
         # Rank 0's weights are the ones exported; only it evaluates them.
