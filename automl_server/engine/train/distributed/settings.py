@@ -4,7 +4,7 @@ Defaults follow the papers: DTS (Zhu et al., 2019) reports (delay, period,
 compression) = (4, 4, 1%) within half a point of synchronous SGD on ImageNet;
 DGC (Lin et al., ICLR 2018) uses momentum 0.9 and a sparsity warm-up of
 0.25, 0.063, 0.015, 0.004, 0.001 (share of entries sent) over the first epochs.
-The pipeline's defaults are the synchronous baseline-compatible (4, 4, 1%).
+The pipeline defaults to DTS's (4, 4, 1%) with DGC's warm-up; (0, 1, null) is synchronous SGD.
 """
 from __future__ import annotations
 
