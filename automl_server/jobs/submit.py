@@ -74,7 +74,7 @@ def pipeline_settings(body: JobCreate, dataset: Dataset) -> dict[str, Any]:
     if pipeline.check is not None:
         facts = DataFacts(train_samples=_training_samples(dataset, body.params.final_fit),
                           num_classes=len(dataset.classes), resolution=dataset.image_height,
-                          epochs=body.budget.train_epochs)
+                          epochs=body.budget.train_epochs, batch_size=body.params.batch_size)
         try:
             pipeline.check(settings, facts)
         except InvalidPipelineSettings as exc:

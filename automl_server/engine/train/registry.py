@@ -122,6 +122,7 @@ class DataFacts:
     num_classes: int
     resolution: int
     epochs: int
+    batch_size: int = 64  # the job's batch size (params.batch_size)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,6 @@ from automl_server.engine.train.registry import DataFacts, InvalidPipelineSettin
 # DGC's warm-up: the density (share of each compressed tensor sent) in the first
 # epochs, before the target density applies (Lin et al. 2018, section 3.3).
 DGC_WARMUP_DENSITIES = (0.25, 0.063, 0.015, 0.004, 0.001)
-# DataFacts carries no batch size; the job's default per-worker batch until it does.
-DEFAULT_JOB_BATCH_SIZE = 64
-
 
 class DelayedSGDSettings(PipelineConfig):
     workers: int = Field(2, ge=1, le=64, description="Data-parallel worker processes J (torchrun --nproc-per-node "
@@ -71,7 +68,7 @@ def density_for_epoch(settings: DelayedSGDSettings, epoch: int) -> float | None:
 def check_settings(settings: Any, facts: DataFacts, batch_size: int | None = None) -> None:
     """Refuse settings this job's data cannot run, naming the field."""
     assert isinstance(settings, DelayedSGDSettings)
-    per_worker = settings.batch_size or batch_size or getattr(facts, "batch_size", None) or DEFAULT_JOB_BATCH_SIZE
+    per_worker = settings.batch_size or batch_size or facts.batch_size
     if facts.train_samples < settings.workers:
         raise InvalidPipelineSettings("distributed.workers", f"{settings.workers} workers need at least as many "
                                       f"training images; this job has {facts.train_samples}")
