@@ -120,3 +120,33 @@ def _serve_pid(port: int) -> int:
             if f"AUTOML_PORT={port}".encode() in environ:
                 return int(entry.name)
     raise AssertionError(f"no `automl serve` on port {port}")
+
+
+def test_distributed_and_federated_pipelines_run_under_automl_serves_prefork_worker(tmp_path):
+    """torchrun workers and Flower's SuperLink/SuperNodes are started from a
+    Celery prefork child (which may not fork children of its own through
+    multiprocessing): both pipelines end, and no process of theirs is left."""
+    with serving(tmp_path) as (_settings, env):
+        agent_online(env)
+        tiny = (*SMALL_JOB, "--no-tune", "--stop-after", "train", "--target-ms", "10")
+        dsgd = cli(env, "jobs", "submit", *tiny, "--pipeline", "delayed-sgd", "--param", "distributed.epochs=1",
+                   "--param", "distributed.delay=1", "--param", "distributed.period=1", "--wait", timeout_s=600)
+        fedgkt = cli(env, "jobs", "submit", *tiny, "--pipeline", "fedgkt", "--param", "fedgkt.clients=2",
+                     "--param", "fedgkt.rounds=1", "--param", "fedgkt.baselines=false", "--wait", timeout_s=600)
+        leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))
+                     and any(name in _cmdline(pid) for name in ("torch.distributed.run", "flower-", "flwr"))]
+
+    assert re.search(r"job \w+ succeeded", dsgd.stdout), dsgd.stdout + dsgd.stderr
+    assert re.search(r"job \w+ succeeded", fedgkt.stdout), fedgkt.stdout + fedgkt.stderr
+    assert leftovers == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _mentions(pid: str, text: str) -> bool:
+    return text in _cmdline(pid)

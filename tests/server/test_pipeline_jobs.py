@@ -48,7 +48,7 @@ def test_a_sparse_update_job_fine_tunes_a_finished_jobs_network_on_other_classes
     app, _settings, db = farm
     job = run_job(app.test_client(), dataset="digits-5-9", pipeline="sparse-update", params={
         "calibration_networks": 5,
-        "sparse_update": {"parent_job": parent["id"], "epochs": 1, "analysis_steps": 1,
+        "sparse_update": {"parent_job": parent["id"], "epochs": 1, "scheme": "bias-only",
                           "compare_baselines": False, "measure_peak_rss": False}})
 
     assert job["state"] == "succeeded", job["error"]
