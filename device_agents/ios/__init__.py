@@ -8,7 +8,8 @@ from device_agents.ios.executor import CpuExecutor, CudaExecutor, SequentialExec
 from device_agents.ios.measure import LocalStageMeasurer, time_runs
 from device_agents.ios.merge import MergedConv, merge_convs
 from device_agents.ios.ort_program import OrtModelProgram
-from device_agents.ios.program import OnnxModelProgram, ScheduledModel, load_scheduled
+from device_agents.ios.loading import load_scheduled
+from device_agents.ios.program import OnnxModelProgram, ScheduledModel
 
 __all__ = [
     "CpuExecutor",

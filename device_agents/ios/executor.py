@@ -24,10 +24,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Protocol
 
 import torch
 
 Task = Callable[[], None]
+
+
+class Executor(Protocol):
+    """What runs the groups of one stage (here so that both programs import it without a circle)."""
+
+    def run(self, tasks: Sequence[Task]) -> None: ...
+
+
 _current = threading.local()
 
 

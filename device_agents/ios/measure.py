@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from device_agents.ios.program import Executor
+from device_agents.ios.executor import Executor
 
 
 class LocalStageMeasurer:

@@ -19,9 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
-from device_agents.ios.executor import current_threads
+from device_agents.ios.executor import Executor, current_threads
 from device_agents.ios.onnx_ops import fold_identity_constants
-from device_agents.ios.program import Executor
 
 
 def session_options(threads: int) -> ort.SessionOptions:

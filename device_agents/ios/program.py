@@ -7,24 +7,19 @@ of convolutions. This module reads it without importing the service.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import onnx
 import torch
 
+from device_agents.ios.executor import Executor
 from device_agents.ios.merge import MergedConv, merge_convs
 from device_agents.ios.onnx_ops import CompiledNode, compile_nodes
 
 FORMAT = "ios-schedule/1"
 Tensor = torch.Tensor
-
-
-class Executor(Protocol):
-    def run(self, tasks: Sequence[Callable[[], None]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,18 +114,3 @@ class ScheduledModel:
             for stage in self.stages:
                 stage.run(env, executor)
         return [env[name] for name in self.program.outputs]
-
-
-def load_scheduled(model_path: Path | str, schedule_path: Path | str, device: torch.device | str = "cpu",
-                   backend: str = "torch", threads: int = 1) -> ScheduledModel:
-    """The device side's entry: an ONNX file and the schedule JSON beside it, run on
-    PyTorch kernels (``backend="torch"``, CPU or CUDA) or ONNX Runtime's (``"ort"``, CPU)."""
-    model = onnx.load(str(model_path))
-    schedule = json.loads(Path(schedule_path).read_text())
-    if backend == "ort":
-        from device_agents.ios.ort_program import OrtModelProgram
-
-        return ScheduledModel(OrtModelProgram(model, threads), schedule)
-    if backend != "torch":
-        raise ValueError(f"backend must be 'torch' or 'ort', got {backend!r}")
-    return ScheduledModel(OnnxModelProgram(model, device), schedule)
