@@ -25,7 +25,11 @@ from typing import Any
 # Celery task names. The agent registers them (device_agents.tasks); the service sends them by name.
 PROFILE_OPS = "automl.profile_ops"
 MEASURE_NETWORK = "automl.measure_network"
-AGENT_TASKS = (PROFILE_OPS, MEASURE_NETWORK)
+# IOS scheduling (automl_server.jobs.schedule): time candidate stages of an ONNX
+# model, then the whole model under several schedules side by side.
+MEASURE_IOS_STAGES = "automl.measure_ios_stages"
+TIME_SCHEDULES = "automl.time_schedules"
+AGENT_TASKS = (PROFILE_OPS, MEASURE_NETWORK, MEASURE_IOS_STAGES, TIME_SCHEDULES)
 
 DEVICE_QUEUE_PREFIX = "device."
 
@@ -272,6 +276,129 @@ class MeasureNetworkReply:
             measured_file=_typed(payload.get("measured_file", False), bool, "reply.measured_file"),
             error=_optional(payload, "error", str, "reply"),
         )
+
+
+@dataclass(frozen=True)
+class IOSStagePayload:
+    """One stage of an IOS schedule, as ``device_agents.ios`` rebuilds it: its
+    canonical key (the latency database's), ``kind`` ("parallel" or "merge"),
+    the groups of op names, and each op's model node ids (first output tensors)."""
+
+    key: str
+    kind: str
+    groups: tuple[tuple[str, ...], ...]
+    ops: dict[str, tuple[str, ...]] = field(hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "groups": [list(g) for g in self.groups],
+                "ops": {name: list(nodes) for name, nodes in self.ops.items()}}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any], where: str = "stage") -> IOSStagePayload:
+        kind = _field(payload, "kind", str, where)
+        if kind not in ("parallel", "merge"):
+            raise ProtocolError(f"{where}.kind must be 'parallel' or 'merge', got {kind!r}")
+        groups = _field(payload, "groups", list, where)
+        ops = _field(payload, "ops", dict, where)
+        return cls(_field(payload, "key", str, where), kind,
+                   tuple(tuple(_typed(n, str, f"{where}.groups[{i}]") for n in _typed(g, list, f"{where}.groups[{i}]"))
+                         for i, g in enumerate(groups)),
+                   {str(name): tuple(_typed(nodes, list, f"{where}.ops[{name!r}]")) for name, nodes in ops.items()})
+
+
+@dataclass(frozen=True)
+class MeasureStagesRequest:
+    """Time each stage of ``model_file`` on ``target`` (task ``MEASURE_IOS_STAGES``)."""
+
+    target: TargetPayload
+    model_file: ModelFile  # the ONNX model the stages belong to
+    stages: tuple[IOSStagePayload, ...]
+    method: dict[str, Any] = field(default_factory=dict, hash=False)  # MeasurementMethod overrides
+
+    def to_args(self) -> list[Any]:
+        return [self.target.to_dict(), self.model_file.to_dict(), [s.to_dict() for s in self.stages],
+                dict(self.method)]
+
+    @classmethod
+    def from_args(cls, target: Mapping[str, Any], model_file: Mapping[str, Any], stages: Sequence[Any],
+                  method: Mapping[str, Any] | None = None) -> MeasureStagesRequest:
+        stages = _typed(stages, (list, tuple), "stages")
+        return cls(TargetPayload.from_dict(target), ModelFile.from_dict(model_file),
+                   tuple(IOSStagePayload.from_dict(s, f"stages[{i}]") for i, s in enumerate(stages)), _method(method))
+
+
+@dataclass(frozen=True)
+class MeasureStagesReply:
+    """One result per stage, in order: its key and statistics, or its error (an ``OpResult`` each)."""
+
+    target: TargetPayload
+    agent_version: str
+    results: tuple[OpResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target.to_dict(), "agent_version": self.agent_version,
+                "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> MeasureStagesReply:
+        results = _field(payload, "results", list, "reply")
+        return cls(TargetPayload.from_dict(_field(payload, "target", dict, "reply"), "reply.target"),
+                   _typed(payload.get("agent_version", "unknown"), str, "reply.agent_version"),
+                   tuple(OpResult.from_dict(r, f"reply.results[{i}]") for i, r in enumerate(results)))
+
+
+@dataclass(frozen=True)
+class TimeSchedulesRequest:
+    """Time ``model_file`` end to end under each schedule (name -> "ios-schedule/1" JSON),
+    and under ONNX Runtime's own sequential and parallel execution modes, side by
+    side in interleaved rounds (task ``TIME_SCHEDULES``)."""
+
+    target: TargetPayload
+    model_file: ModelFile
+    schedules: dict[str, dict[str, Any]] = field(hash=False)
+    method: dict[str, Any] = field(default_factory=dict, hash=False)  # MeasurementMethod overrides
+
+    def to_args(self) -> list[Any]:
+        return [self.target.to_dict(), self.model_file.to_dict(), dict(self.schedules), dict(self.method)]
+
+    @classmethod
+    def from_args(cls, target: Mapping[str, Any], model_file: Mapping[str, Any], schedules: Mapping[str, Any],
+                  method: Mapping[str, Any] | None = None) -> TimeSchedulesRequest:
+        schedules = _typed(schedules, Mapping, "schedules")
+        return cls(TargetPayload.from_dict(target), ModelFile.from_dict(model_file),
+                   {str(k): dict(_typed(v, Mapping, f"schedules[{k!r}]")) for k, v in schedules.items()},
+                   _method(method))
+
+
+@dataclass(frozen=True)
+class TimeSchedulesReply:
+    """Milliseconds per inference by name (the request's schedules, "ort_sequential",
+    "ort_parallel"), with each one's statistics; or why there are none."""
+
+    target: TargetPayload
+    agent_version: str
+    latencies_ms: dict[str, float] = field(default_factory=dict, hash=False)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+    skipped: dict[str, str] = field(default_factory=dict, hash=False)  # name -> why it was not timed
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target.to_dict(), "agent_version": self.agent_version,
+                               "latencies_ms": dict(self.latencies_ms), "stats": dict(self.stats),
+                               "skipped": dict(self.skipped)}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> TimeSchedulesReply:
+        latencies = _typed(payload.get("latencies_ms", {}), Mapping, "reply.latencies_ms")
+        return cls(TargetPayload.from_dict(_field(payload, "target", dict, "reply"), "reply.target"),
+                   _typed(payload.get("agent_version", "unknown"), str, "reply.agent_version"),
+                   {str(k): float(_typed(v, (int, float), f"reply.latencies_ms[{k!r}]")) for k, v in latencies.items()},
+                   dict(_typed(payload.get("stats", {}), Mapping, "reply.stats")),
+                   dict(_typed(payload.get("skipped", {}), Mapping, "reply.skipped")),
+                   _optional(payload, "error", str, "reply"))
 
 
 @dataclass(frozen=True)

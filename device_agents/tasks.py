@@ -18,16 +18,21 @@ from typing import Any
 from celery import shared_task
 
 from device_agents.protocol import (
+    MEASURE_IOS_STAGES,
     MEASURE_NETWORK,
     PROFILE_OPS,
+    TIME_SCHEDULES,
     MeasureNetworkReply,
     MeasureNetworkRequest,
+    MeasureStagesRequest,
     OpResult,
     ProfileOpsReply,
     ProfileOpsRequest,
+    TimeSchedulesRequest,
 )
 
-__all__ = ["MEASURE_NETWORK", "PROFILE_OPS", "measure_network", "profile_ops"]
+__all__ = ["MEASURE_IOS_STAGES", "MEASURE_NETWORK", "PROFILE_OPS", "TIME_SCHEDULES", "measure_ios_stages",
+           "measure_network", "profile_ops", "time_schedules"]
 # The profiler backend that runs each runtime a device can register.
 RUNTIME_BACKENDS = {"pytorch": "torch", "onnxruntime": "onnxruntime", "litert": "litert"}
 # The runtime each backend measures (an Android phone runs LiteRT through benchmark_model).
@@ -134,3 +139,36 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
                                    error=f"{exc.__class__.__name__}: {exc}").to_dict()
     return MeasureNetworkReply(request.target, request.arch, AGENT_VERSION, measured_ms=stats.median_ms,
                                stats=dataclasses.asdict(stats), measured_file=measured_file).to_dict()
+
+def _ios_yardstick(runtime: str) -> Any:
+    """The yardstick of the runtime's profiler backend (method -> run), so that IOS
+    timings are paced like op measurements; None when the backend has none."""
+    try:
+        backend = backend_for(runtime)
+    except WrongRuntime:
+        return None
+    return getattr(backend, "_yardstick", None)
+
+
+@shared_task(name=MEASURE_IOS_STAGES, acks_late=True)
+def measure_ios_stages(target: dict[str, Any], model_file: dict[str, Any], stages: list[dict[str, Any]],
+                       method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time candidate stages of an IOS schedule (``MeasureStagesRequest`` ->
+    ``MeasureStagesReply`` as a dict; device_agents.ios.remote)."""
+    from device_agents.agent import AGENT_VERSION
+    from device_agents.ios.remote import measure_stages
+
+    request = MeasureStagesRequest.from_args(target, model_file, stages, method)
+    return measure_stages(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
+
+
+@shared_task(name=TIME_SCHEDULES, acks_late=True)
+def time_schedules(target: dict[str, Any], model_file: dict[str, Any], schedules: dict[str, Any],
+                   method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time a model under several schedules side by side (``TimeSchedulesRequest`` ->
+    ``TimeSchedulesReply`` as a dict; device_agents.ios.remote)."""
+    from device_agents.agent import AGENT_VERSION
+    from device_agents.ios.remote import time_schedules as run
+
+    request = TimeSchedulesRequest.from_args(target, model_file, schedules, method)
+    return run(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()

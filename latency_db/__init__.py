@@ -23,7 +23,7 @@ from latency_db.errors import (
     LutFormatError,
     MissingLatencyError,
 )
-from latency_db.keys import ACCEPTED_FORMS, KINDS, OpKey, parse_key
+from latency_db.keys import ACCEPTED_FORMS, IOS_STAGE, KINDS, OpKey, StageKey, parse_key
 from latency_db.lut_yaml import read_lut_yaml, write_lut_yaml
 from latency_db.metrics import PredictorReport, kendall_tau, within_pct
 from latency_db.models import (
@@ -51,7 +51,9 @@ from latency_db.repository import LatencyRepository
 
 __all__ = [
     # keys
+    "IOS_STAGE",
     "OpKey",
+    "StageKey",
     "parse_key",
     "KINDS",
     "ACCEPTED_FORMS",

@@ -25,7 +25,14 @@ ACCEPTED_FORMS = (
     "Conv-input:{H}x{W}x{C}-output:{h}x{w}x{c}",
     "Conv_1-input:{H}x{W}x{C}-output:{h}x{w}x{c}",
     "Logits-input:{H}x{W}x{C}-output:{N}",
+    "ios-stage/1:{parallel|merge}:{40 hex digits}",
 )
+# A stage of an IOS schedule (automl_server.engine.deploy.ios.stage): a set of
+# operators run side by side, or merged, named by a hash of its canonical form.
+# Its cost is stored per target like an op's, so a second schedule on the same
+# device reuses it.
+IOS_STAGE = "ios_stage"
+_IOS_STAGE_PATTERN = re.compile(r"ios-stage/1:(parallel|merge):[0-9a-f]{40}")
 
 _INT = r"([1-9][0-9]*)"
 _SHAPE = rf"{_INT}x{_INT}x{_INT}"
@@ -102,10 +109,26 @@ class OpKey:
         return self.key
 
 
-def parse_key(key: str) -> OpKey:
-    """The OpKey of a canonical key string; InvalidKeyError naming it and the accepted forms otherwise."""
+@dataclass(frozen=True)
+class StageKey:
+    """The key of an IOS stage (kind ``IOS_STAGE``); it has no shape fields, the hash covers them."""
+
+    key: str
+    kind: str = IOS_STAGE
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def parse_key(key: str) -> OpKey | StageKey:
+    """The OpKey (or, for an IOS stage, the StageKey) of a canonical key string;
+    InvalidKeyError naming it and the accepted forms otherwise."""
     if not isinstance(key, str):
         raise InvalidKeyError(_message(repr(key), f"a key is a string, got {type(key).__name__}"))
+    if key.startswith("ios-stage/"):
+        if _IOS_STAGE_PATTERN.fullmatch(key) is None:
+            return _raise(key, "it does not have the IOS stage form")
+        return StageKey(key)
     kind = key.split("-", 1)[0]
     pattern = _PATTERNS.get(kind)
     if pattern is None:
@@ -121,7 +144,7 @@ def parse_key(key: str) -> OpKey:
     return OpKey(kind, (v[0], v[1]), v[2], (v[3], v[4]), v[5])
 
 
-def _raise(key: str, reason: str) -> OpKey:
+def _raise(key: str, reason: str) -> OpKey:  # never returns; typed for the callers' returns
     raise InvalidKeyError(_message(repr(key), reason))
 
 

@@ -86,6 +86,8 @@ class JobOptions(BaseModel):
     final_fit: Literal["train+holdout", "train"] = Field(
         _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
         "split once search and tuning are done (default), or stays out to show a held-out curve.")
+    schedule: bool = Field(_SPEC.schedule, description="Make an IOS inter-operator schedule of the exported model "
+                           "with stage latencies measured on the device (schedule stage, after export); false skips it.")
 
     @model_validator(mode="before")
     @classmethod

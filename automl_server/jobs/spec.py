@@ -46,6 +46,8 @@ class JobSpec:
     final_fit: str = "train+holdout"
     # How long the job waits for an offline device before it fails.
     device_wait_s: float = 600.0
+    # An IOS schedule of the exported model (stage "schedule", jobs/schedule.py); false skips the stage.
+    schedule: bool = True
     stop_after: str | None = None
 
     @classmethod

@@ -35,6 +35,7 @@ from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
 from automl_server.jobs.report import build_report
+from automl_server.jobs.schedule import schedule_model
 from automl_server.jobs.search_stage import search_architecture, tune_latency_loss
 from automl_server.jobs.train import train_network
 from automl_server.jobs.validate import validate_dataset
@@ -126,6 +127,10 @@ for _stage, _applies in (
     (Stage("report", "default", build_report, "Write the report"), None),
 ):
     register_stage(_stage, applies=_applies)
+# An IOS schedule of the exported model for every pipeline; params.schedule false skips it.
+register_stage(Stage("schedule", "default", schedule_model, "Schedule the exported model's operators (IOS) "
+                     "with latencies measured on the device"), after="export",
+               applies=lambda p: bool(p.get("schedule", True)))
 log = logging.getLogger(__name__)
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 

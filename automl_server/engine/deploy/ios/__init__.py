@@ -10,6 +10,7 @@ in ``device_agents.ios``, which this package never imports.
 """
 from __future__ import annotations
 
+from automl_server.engine.deploy.ios.candidates import MissingStageCost, RecordedCost, candidate_stages
 from automl_server.engine.deploy.ios.cost import MeasureFn, MemoisedStageCost
 from automl_server.engine.deploy.ios.endings import groups_of, is_ending, is_mergeable, iter_endings
 from automl_server.engine.deploy.ios.graph import ConvSpec, Op, OpGraph
@@ -33,11 +34,14 @@ __all__ = [
     "IOSSettings",
     "MeasureFn",
     "MemoisedStageCost",
+    "MissingStageCost",
     "Op",
+    "RecordedCost",
     "OpGraph",
     "Schedule",
     "Stage",
     "blocks",
+    "candidate_stages",
     "check_schedule",
     "export_module_onnx",
     "graph_from_onnx",

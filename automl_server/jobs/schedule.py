@@ -1,0 +1,266 @@
+"""Stage "schedule": an IOS inter-operator schedule of the exported ONNX model,
+its stage costs measured on the job's device (Ding et al., MLSys 2021).
+
+Two phases, like profiling. (1) The candidate stages the dynamic program can
+price are fixed by the graph and the pruning (r, s), not by their costs
+(``engine.deploy.ios.candidate_stages``), so they are enumerated first; those
+whose cost the latency database already holds for this target are reused
+(keyed by the stage's canonical key, a key kind of ``latency_db.keys``), the
+rest go to the device's agent in chunks (``MEASURE_IOS_STAGES``) and a
+recording task stores each cost. The stage re-sends itself (``StageWait``)
+until all are recorded. (2) The DP runs on the recorded costs, the schedule
+is written as ``schedule.json``, and the agent times the whole model side by
+side under the sequential schedule, the greedy one, ONNX Runtime's own
+parallel mode and the IOS schedule (``TIME_SCHEDULES``). When IOS measures
+slower than sequential, the sequential schedule is the one deployed: a slower
+schedule is never shipped.
+
+``advance`` holds both phases for any ONNX file and work folder, so that the
+job stage and the deploy-only endpoint (``api/schedules.py``) share them; it
+raises ``Pending`` while the device still has work.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery import shared_task
+
+from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.profile import POLL_S, RESEND_AFTER_S, _wait_for_device, job_target
+from automl_server.jobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from automl_server.db.engine import Database
+    from automl_server.profiling import Target
+    from automl_server.settings import Settings
+
+RECORD_STAGE_COSTS = "automl.record_ios_stages"
+RECORD_SCHEDULE_TIMES = "automl.record_schedule_times"
+STAGES_PER_TASK = 16  # small enough that progress shows and a lost task costs little
+MAX_MODEL_BYTES = 32 * 1024 * 1024  # as the verify stage: files up to this size travel through the broker
+STATE_FILE = "schedule-state.json"
+TIMES_FILE = "schedule-times.json"
+SCHEDULE_FILE = "schedule.json"
+IOS_SCHEDULE_FILE = "schedule-ios.json"
+METHODS = ("sequential", "greedy", "ort_parallel", "ios")
+
+
+class Pending(Exception):
+    """The device still has work for this schedule; ``fraction`` and ``data`` say how far it is."""
+
+    def __init__(self, message: str, fraction: float, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fraction = fraction
+        self.data = data
+
+
+class ScheduleFailed(Exception):
+    """The schedule cannot be made; the message says why and what to do."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _model_file(onnx_path: Path) -> Any:
+    from device_agents.protocol import ModelFile
+
+    data = onnx_path.read_bytes()
+    if len(data) > MAX_MODEL_BYTES:
+        raise ScheduleFailed(f"the ONNX model is {len(data)} bytes; models up to {MAX_MODEL_BYTES} bytes "
+                             "travel to a device agent")
+    return ModelFile.from_bytes("onnx", data)
+
+
+def advance(db: Database, settings: Settings, celery: Celery, target: Target, onnx_path: Path, work_dir: Path,
+            relative_dir: str, store: Callable[[str, Path], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One step of the schedule of ``onnx_path`` on ``target``: the finished
+    result, or ``Pending`` after sending what the device must measure next.
+    ``work_dir`` (``settings.artifacts_dir / relative_dir``) keeps its state."""
+    import onnx
+
+    from automl_server.engine.deploy.ios import (
+        IOSSettings,
+        RecordedCost,
+        candidate_stages,
+        graph_from_onnx,
+        greedy_schedule,
+        ios_schedule,
+        schedule_to_json,
+        sequential_schedule,
+    )
+    from automl_server.profiling import network_method, repository
+    from device_agents.protocol import (
+        MEASURE_IOS_STAGES,
+        TIME_SCHEDULES,
+        IOSStagePayload,
+        MeasureStagesRequest,
+        TimeSchedulesRequest,
+    )
+
+    state_path = work_dir / STATE_FILE
+    state = _read(state_path)
+    state.setdefault("started", time.time())
+    graph = graph_from_onnx(onnx.load(str(onnx_path)))
+    ios_settings = IOSSettings()
+    candidates = candidate_stages(graph, ios_settings)
+    repo = repository(db)
+    record = repo.target(target.spec)
+    missing = repo.missing(record, list(candidates))
+    state.setdefault("candidates", len(candidates))
+    state.setdefault("reused", len(candidates) - len(missing))
+    failed = repo.failures(record, missing)
+    if failed:
+        key, error = next(iter(failed.items()))
+        raise ScheduleFailed(f"{len(failed)} stages could not be measured on {record.describe()} "
+                             f"(first: {key}: {error})")
+
+    # Phase 1: the stages the database lacks, measured on the device.
+    if missing:
+        if "stages_sent_at" not in state or time.time() - state["stages_sent_at"] > RESEND_AFTER_S:
+            model_file = _model_file(onnx_path)
+            for start in range(0, len(missing), STAGES_PER_TASK):
+                chunk = [candidates[k] for k in missing[start:start + STAGES_PER_TASK]]
+                payloads = tuple(IOSStagePayload(s.key, s.kind, tuple(tuple(op.name for op in g) for g in s.groups),
+                                                 {op.name: tuple(op.nodes) for op in s.ops}) for s in chunk)
+                request = MeasureStagesRequest(target.payload, model_file, payloads)
+                celery.signature(MEASURE_IOS_STAGES, args=request.to_args(), queue=target.queue).apply_async(
+                    link=celery.signature(RECORD_STAGE_COSTS, queue="default"))
+            state["stages_sent_at"] = time.time()
+            state["to_measure"] = max(state.get("to_measure", 0), len(missing))
+            _write(state_path, state)
+            missing = repo.missing(record, list(candidates))  # an eager farm has answered already
+    if missing:
+        done = state["to_measure"] - len(missing)
+        elapsed = time.time() - state["stages_sent_at"]
+        raise Pending(f"{done} of {state['to_measure']} stages measured on {target.device_name}",
+                      0.8 * done / max(state["to_measure"], 1),
+                      eta_s=elapsed / done * len(missing) if done > 0 else None, measured=done,
+                      to_measure=state["to_measure"])
+    state.setdefault("stages_done_at", time.time())
+
+    # Phase 2: the DP on the recorded costs, then the whole model timed under each schedule.
+    lut = repo.lut_ms(record)
+    cost = RecordedCost({k: lut[k] for k in candidates})
+    ios = ios_schedule(graph, cost, ios_settings)
+    sequential, greedy = sequential_schedule(graph), greedy_schedule(graph)
+    search = {"candidates": len(candidates), "measured": state.get("to_measure", 0), "reused": state["reused"]}
+    schedules = {s.method: schedule_to_json(s, graph, ios_settings, search) for s in (sequential, greedy, ios)}
+    _write(work_dir / IOS_SCHEDULE_FILE, schedules["ios"])
+    times_path = work_dir / TIMES_FILE
+    if not times_path.exists():
+        if "times_sent_at" not in state or time.time() - state["times_sent_at"] > RESEND_AFTER_S:
+            request = TimeSchedulesRequest(target.payload, _model_file(onnx_path), schedules,
+                                           network_method(settings))
+            celery.signature(TIME_SCHEDULES, args=request.to_args(), queue=target.queue).apply_async(
+                link=celery.signature(RECORD_SCHEDULE_TIMES, args=[relative_dir], queue="default"))
+            state["times_sent_at"] = time.time()
+            _write(state_path, state)
+    if not times_path.exists():
+        raise Pending(f"timing the model under {', '.join(METHODS)} on {target.device_name}", 0.9)
+    times = _read(times_path)
+    if "error" in times:
+        raise ScheduleFailed(f"the device could not time the schedules: {times['error']}")
+    latency = {name: times["latencies_ms"].get(name) for name in (*METHODS, "ort_sequential")}
+    faster = latency["ios"] is not None and latency["sequential"] is not None and latency["ios"] < latency["sequential"]
+    deployed = "ios" if faster else "sequential"
+    chosen = {**schedules[deployed], "deployed": deployed, "latency_ms": latency}
+    _write(work_dir / SCHEDULE_FILE, chosen)
+    artifact = store("schedule", work_dir / SCHEDULE_FILE) if store else {"path": str(work_dir / SCHEDULE_FILE)}
+    spent = (state.get("stages_done_at", state["started"]) - state["started"]) if "stages_sent_at" in state else 0.0
+    spent += float(times.get("seconds", 0.0))
+    output: dict[str, Any] = {
+        "target": target.to_dict(), "ops": len(graph),
+        "stages": [{"kind": s["kind"], "groups": s["groups"]} for s in schedules["ios"]["stages"]],
+        "num_stages": len(ios.stages), "merges": sum(s.kind == "merge" for s in ios.stages),
+        "max_groups": max((len(s.groups) for s in ios.stages), default=0),
+        "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms},
+        "latency_ms": latency, "speedup": (latency["sequential"] / latency["ios"]) if latency["ios"] else None,
+        "deployed": deployed, "stages_measured": state.get("to_measure", 0), "stages_reused": state["reused"],
+        "candidate_stages": len(candidates), "device_seconds": round(spent, 3), "schedule": artifact,
+        "skipped": times.get("skipped", {}),
+    }
+    if not faster:
+        output["note"] = ("the IOS schedule measured slower than the sequential one on this device; "
+                          "the sequential schedule is deployed")
+    return output
+
+
+def schedule_model(ctx: StageContext) -> dict[str, Any]:
+    """The job stage: ``advance`` on the job's exported ONNX model and device."""
+    spec = JobSpec.from_params(ctx.params)
+    target = job_target(ctx)
+    onnx_path = ctx.job_dir() / "model.onnx"
+    if not onnx_path.exists():
+        raise StageFailed("no exported ONNX model to schedule; the export stage must run first")
+    state_path = ctx.job_dir() / STATE_FILE
+    _wait_for_device(ctx, spec, _read(state_path), ctx.job_dir() / "schedule-device.json",
+                     "the schedule's stages need measuring on it")
+    try:
+        output = advance(ctx.db, ctx.settings, ctx.celery, target, onnx_path, ctx.job_dir(), ctx.job_id,
+                         ctx.store_artifact)
+    except Pending as pending:
+        ctx.progress(pending.fraction, pending.message, device_status="online", **pending.data)
+        raise StageWait(POLL_S, pending.message) from None
+    except ScheduleFailed as exc:
+        raise StageFailed(str(exc)) from exc
+    latency = output["latency_ms"]
+    if output["deployed"] == "sequential":
+        ctx.event("log", output["note"], latency_ms=latency)
+    else:
+        ctx.event("metric", f"IOS schedule: {latency['ios']:.4g} ms vs {latency['sequential']:.4g} ms sequential "
+                  f"({output['speedup']:.2f}x)", latency_ms=latency)
+    return output
+
+
+def _settings_of(task: Any) -> Settings:
+    from automl_server.settings import settings_of
+
+    return settings_of(task.app)
+
+
+@shared_task(name=RECORD_STAGE_COSTS, bind=True, acks_late=True)
+def record_stage_costs(self: Any, payload: dict[str, Any]) -> int:
+    """Store an agent's stage measurements under their stage keys for the target (failures with their error)."""
+    from automl_server.db.engine import get_database
+    from automl_server.profiling import repository
+    from device_agents.protocol import MeasureStagesReply
+    from latency_db import MeasurementStats, TargetSpec
+
+    reply = MeasureStagesReply.from_dict(payload)
+    repo = repository(get_database(_settings_of(self).resolved_database_url))
+    target = repo.target(TargetSpec(**reply.target.to_dict()))
+    for result in reply.results:
+        if result.error is not None:
+            repo.record_failure(target, result.key, result.error, reply.agent_version)
+        else:
+            repo.record(target, result.key, MeasurementStats(**(result.stats or {})), reply.agent_version)
+    return len(reply.results)
+
+
+@shared_task(name=RECORD_SCHEDULE_TIMES, bind=True, acks_late=True)
+def record_schedule_times(self: Any, payload: dict[str, Any], relative_dir: str) -> None:
+    """Keep the agent's side-by-side timings in the schedule's work folder (read by ``advance``)."""
+    from device_agents.protocol import TimeSchedulesReply
+
+    if Path(relative_dir).is_absolute() or ".." in Path(relative_dir).parts:
+        raise ValueError(f"relative_dir must name a folder under the artifacts folder, got {relative_dir!r}")
+    reply = TimeSchedulesReply.from_dict(payload)
+    directory = _settings_of(self).artifacts_dir / relative_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    seconds = sum(float(s.get("method", {}).get("seconds", 0.0)) for s in reply.stats.values()) / max(
+        len(reply.stats), 1)  # the rounds span the same seconds for every run: one span
+    _write(directory / TIMES_FILE, {**reply.to_dict(), "seconds": seconds})

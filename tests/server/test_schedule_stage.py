@@ -1,0 +1,58 @@
+"""The schedule stage in a job, in-process (eager Celery: the agent's tasks
+run inside the request): an IOS schedule of the exported network with its
+stage latencies measured through the agent protocol and kept in the latency
+database, so a second job on the same device measures none."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from automl_server.db.engine import get_database
+from automl_server.db.migrate import upgrade
+from automl_server.jobs import stages
+from tests.conftest import _forget_database
+from tests.server.test_job_pipeline import make_farm, submit
+
+FAST_BUDGET = {"warmup_epochs": 1, "search_epochs": 1, "tune_trials": 1, "tune_epochs": 1, "train_epochs": 1}
+
+
+@pytest.fixture
+def farm(tmp_path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    yield make_farm(tmp_path, url)
+    _forget_database(url)
+
+
+def test_the_schedule_stage_follows_export_and_can_be_skipped():
+    plan = stages.plan_for({})
+    assert plan[plan.index("export") + 1] == "schedule"
+    assert "schedule" not in stages.plan_for({"schedule": False})
+
+
+def test_a_job_schedules_its_network_and_a_second_job_reuses_the_stage_costs(farm):  # type: ignore[no-untyped-def]
+    app, settings, _db = farm
+    client = app.test_client()
+    first = submit(client, stop_after="schedule", budget=FAST_BUDGET, tune=False)
+    assert first["state"] == "succeeded", first["error"]
+    out = first["result"]["schedule"]
+    # Every candidate stage was measured on the device, none was known before.
+    assert out["stages_measured"] == out["candidate_stages"] > 0 and out["stages_reused"] == 0
+    assert set(out["latency_ms"]) >= {"sequential", "greedy", "ort_parallel", "ios"}
+    assert all(out["latency_ms"][m] > 0 for m in ("sequential", "greedy", "ort_parallel", "ios"))
+    # Never a slower schedule deployed.
+    assert out["deployed"] == ("ios" if out["latency_ms"]["ios"] < out["latency_ms"]["sequential"] else "sequential")
+    ops = sum(len(g) for s in out["stages"] for g in s["groups"])
+    assert ops == out["ops"]  # every operator scheduled once
+    schedule = json.loads((Path(settings.artifacts_dir) / first["id"] / "schedule.json").read_text())
+    assert schedule["format"] == "ios-schedule/1" and schedule["deployed"] == out["deployed"]
+
+    second = submit(client, stop_after="schedule", budget=FAST_BUDGET, tune=False)
+    assert second["state"] == "succeeded", second["error"]
+    again = second["result"]["schedule"]
+    # The same seed finds the same network: every stage cost comes from the database.
+    assert again["candidate_stages"] == out["candidate_stages"]
+    assert again["stages_measured"] == 0 and again["stages_reused"] == again["candidate_stages"]
