@@ -147,7 +147,14 @@ def _ios_yardstick(runtime: str) -> Any:
         backend = backend_for(runtime)
     except WrongRuntime:
         return None
-    return getattr(backend, "_yardstick", None)
+    stick = getattr(backend, "_yardstick", None)
+    if stick is None:
+        return None
+    import inspect
+
+    # The ONNX Runtime backend makes its yardstick per method (thread count), PyTorch's has one.
+    takes_method = len(inspect.signature(stick).parameters) >= 1
+    return lambda method: stick(method) if takes_method else stick()
 
 
 @shared_task(name=MEASURE_IOS_STAGES, acks_late=True)
