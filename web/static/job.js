@@ -246,6 +246,29 @@
     drawCharts();
     if (job.result.report) showReport(job.result.report);
     else if (job.result.verify) showLatency(null);
+    if (job.result.schedule) showSchedule(job.result.schedule);
+  }
+
+  // -- deployment schedule (IOS): stages as columns, groups as lanes, merges marked ------------
+  function showSchedule(s) {
+    document.getElementById("schedule-card").hidden = false;
+    const lat = s.latency_ms || {};
+    const speed = s.speedup ? `${s.speedup.toFixed(2)}× the sequential speed` : "";
+    document.getElementById("schedule-summary").textContent =
+      `${s.num_stages} stages for ${s.ops} operators (${s.merges} merged, up to ${s.max_groups} side by side); ${speed}. ` +
+      `Deployed: ${s.deployed}${s.note ? ` (${s.note})` : ""}. Stages measured on the device: ${s.stages_measured}, ` +
+      `reused from earlier schedules: ${s.stages_reused}, device time ${s.device_seconds.toFixed(1)} s.`;
+    const short = (name) => name.replace(/_output_0$/, "").split("/").filter(Boolean).slice(-2).join("/");
+    const grid = document.getElementById("schedule-stages");
+    grid.replaceChildren(...s.stages.map((stage, i) => el("div", { class: `schedule-stage schedule-${stage.kind}`, title: `stage ${i + 1}: ${stage.kind}` },
+      el("div", { class: "muted", text: `${i + 1}${stage.kind === "merge" ? " ⊕ merged" : ""}` }),
+      ...stage.groups.map((group) => el("div", { class: "schedule-lane", text: group.map(short).join(" → ") })))));
+    grid.style.display = "flex";
+    grid.style.overflowX = "auto";
+    grid.style.gap = "4px";
+    const names = [["sequential", "sequential"], ["greedy", "greedy"], ["ort_parallel", "ONNX Runtime parallel"], ["ios", "IOS"]];
+    Charts.bars(document.getElementById("chart-schedule"), names.filter(([k]) => lat[k] != null).map(([k, label], i) =>
+      ({ label, value: lat[k], color: Charts.PALETTE[i % Charts.PALETTE.length] })), { unit: " ms" });
   }
 
   function showLatency(report) {
