@@ -27,6 +27,7 @@ run: setup
 	$(BIN)/automl serve
 
 test: setup-test
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)

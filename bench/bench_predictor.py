@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,8 +37,9 @@ from device_agents.profiling import (  # noqa: E402
 )
 from device_agents.profiling.profiler import open_network  # noqa: E402
 from latency_db import LatencyPredictor, at_pace, fit_calibration, kendall_tau, within_pct  # noqa: E402
+from latency_db import MeasurementStats  # noqa: E402
 from latency_db import yardstick_ms as yardstick_of  # noqa: E402
-from search_spaces import arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
+from search_spaces import Arch, arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
 
 
 def main() -> None:
@@ -60,12 +64,21 @@ def main() -> None:
     started = time.perf_counter()
     pace: list[float] = []  # the first yardstick time: the pace every figure is given at
 
-    def measured(module, shape) -> tuple[float, float]:  # noqa: ANN001 - (raw median, median at the pace)
+    def set_pace(stats: MeasurementStats) -> None:
+        """The first yardstick time becomes the pace (once)."""
+        if not pace:
+            first = yardstick_of(stats)
+            if first is None:
+                raise SystemExit(f"backend {args.backend} ran no yardstick; this bench compares paced figures")
+            pace.append(first)
+
+    def measured(module: nn.Module, shape: tuple[int, ...]) -> tuple[float, float]:
+        """(raw median, median at the pace) of one measure_module."""
         stats = backend.measure_module(module, shape, method)
-        pace[:] = pace or [yardstick_of(stats)]
+        set_pace(stats)
         return stats.method["raw_median_ms"], at_pace(stats, pace[0]).median_ms
 
-    lut = {"raw": {}, "paced": {}}
+    lut: dict[str, dict[str, float]] = {"raw": {}, "paced": {}}
     for key in space_keys(layout):
         lut["raw"][key], lut["paced"][key] = measured(*build_from_key(key))
     op_minutes = (time.perf_counter() - started) / 60
@@ -78,21 +91,26 @@ def main() -> None:
     shape = (1, 3, args.resolution, args.resolution)
     fit_archs, held_out = archs[: args.calibration], archs[args.calibration:]
 
-    def timed(group, how: str) -> dict[str, list[float]]:  # noqa: ANN001 - {"raw": [...], "paced": [...]}
+    def timed(group: Sequence[Arch], how: str) -> dict[str, list[float]]:  # {"raw": [...], "paced": [...]}
         """Whole networks timed ``how`` (see --methods), as (raw median, median at the pace)."""
         if how == "sequential":
             figures = [measured(build_model(a).eval(), shape) for a in group]
         else:
             networks = [NetworkToTime(build_model(a).eval(), shape) for a in group]
+            results: Sequence[MeasurementStats | Exception]
             if how == "side-by-side":  # every network of the pass in the same rounds
+                if not hasattr(backend, "measure_runs"):
+                    raise SystemExit(f"backend {args.backend} cannot time networks side by side")
                 results = backend.measure_runs([open_network(backend, n, method) for n in networks], method)
             else:  # "rounds": the service's way, each network in rounds with the yardstick only
                 results = measure_networks(backend, networks, method)
+            timed_stats = []
             for stats in results:
                 if isinstance(stats, Exception):
                     raise stats
-            pace[:] = pace or [yardstick_of(results[0])]
-            figures = [(s.method["raw_median_ms"], at_pace(s, pace[0]).median_ms) for s in results]
+                timed_stats.append(stats)
+            set_pace(timed_stats[0])
+            figures = [(s.method["raw_median_ms"], at_pace(s, pace[0]).median_ms) for s in timed_stats]
         return {"raw": [f[0] for f in figures], "paced": [f[1] for f in figures]}
 
     print(f"calibration networks: {len(fit_archs)}; held-out networks: {len(held_out)} (each timed in a pass of "

@@ -13,7 +13,7 @@ import dataclasses
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 
@@ -31,6 +31,9 @@ from device_agents.protocol import (
     TimeSchedulesRequest,
 )
 
+if TYPE_CHECKING:  # the profiler (torch and the runtimes) is imported when a task runs
+    from device_agents.profiling import MeasurementMethod, ProfilerBackend
+
 __all__ = ["MEASURE_IOS_STAGES", "MEASURE_NETWORK", "PROFILE_OPS", "TIME_SCHEDULES", "measure_ios_stages",
            "measure_network", "profile_ops", "time_schedules"]
 # The profiler backend that runs each runtime a device can register.
@@ -46,7 +49,7 @@ class WrongRuntime(RuntimeError):
     pass
 
 
-def backend_for(runtime: str):  # type: ignore[no-untyped-def]
+def backend_for(runtime: str) -> ProfilerBackend:
     """The backend measuring ``runtime`` here: the agent's own when it was
     started with --backend, else the default backend of that runtime."""
     from device_agents.profiling import get_backend
@@ -62,7 +65,7 @@ def backend_for(runtime: str):  # type: ignore[no-untyped-def]
     return get_backend(RUNTIME_BACKENDS[runtime])
 
 
-def _method(threads: int, method: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _method(threads: int, method: dict[str, Any]) -> MeasurementMethod:
     from device_agents.profiling import MeasurementMethod
 
     # The target's thread count, unless the request's method names its own.
@@ -139,6 +142,7 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
                                    error=f"{exc.__class__.__name__}: {exc}").to_dict()
     return MeasureNetworkReply(request.target, request.arch, AGENT_VERSION, measured_ms=stats.median_ms,
                                stats=dataclasses.asdict(stats), measured_file=measured_file).to_dict()
+
 
 def _ios_yardstick(runtime: str) -> Any:
     """The yardstick of the runtime's profiler backend (method -> run), so that IOS

@@ -12,9 +12,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+# What the functions take: a list of floats, or a float array (which compare passes on).
+Floats = Sequence[float] | npt.NDArray[np.floating[Any]]
 
 
-def within_pct(predicted: Sequence[float], measured: Sequence[float], pct: float = 10) -> float:
+def within_pct(predicted: Floats, measured: Floats, pct: float = 10) -> float:
     """The share (0..1) of networks whose prediction is within +-pct % of the measured latency."""
     p, m = _pair("within_pct", predicted, measured)
     if not pct >= 0 or not math.isfinite(pct):
@@ -25,7 +29,7 @@ def within_pct(predicted: Sequence[float], measured: Sequence[float], pct: float
     return float(np.mean(np.abs(p - m) <= m * pct / 100 * (1 + 1e-12)))
 
 
-def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+def kendall_tau(a: Floats, b: Floats) -> float:
     """Kendall's tau-b rank correlation of two paired sequences, in [-1, 1].
 
     tau_b = (C - D) / sqrt((n0 - n1) * (n0 - n2)), n0 = n(n-1)/2 pairs, n1 and
@@ -83,7 +87,7 @@ class PredictorReport:
         )
 
 
-def _pair(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(name: str, a: Floats, b: Floats) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     x = np.asarray(a, dtype=float)
     y = np.asarray(b, dtype=float)
     if x.ndim != 1 or y.ndim != 1 or x.size != y.size:

@@ -187,6 +187,7 @@ class LatencyPredictor:
         lut: Mapping[str, float],
         calibration: Calibration | None = None,
         source: str = "the latency table",
+        calibration_error: str | None = None,
     ) -> None:
         self._lut: dict[str, float] = {}
         for key, value in lut.items():
@@ -197,6 +198,8 @@ class LatencyPredictor:
             raise TypeError(f"calibration must be a Calibration or None, got {type(calibration).__name__}")
         self.calibration = calibration
         self.source = source
+        # Why there is no calibration although enough networks were measured (the fit failed).
+        self.calibration_error = calibration_error
 
     def latency_ms(self, key: str) -> float:
         """One op's latency; MissingLatencyError naming the key otherwise."""

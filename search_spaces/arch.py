@@ -11,12 +11,12 @@ import random
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from search_spaces.ops import Cell, MBConv, build_op, conv_bn
+from search_spaces.ops import Cell, MBConv, Zero, build_op, conv_bn
 from search_spaces.spaces import SpaceLayout, get_space
 
 _REQUIRED_FIELDS = ("space", "resolution", "num_classes", "blocks")
@@ -173,19 +173,19 @@ def arch_of(model: nn.Module) -> Arch:
     cells = getattr(model, "cells", None)
     if not isinstance(built, Arch) or not isinstance(cells, nn.ModuleList):
         raise ValueError(f"arch_of needs a model from build_model, got {type(model).__name__}")
-    num_classes = model.classifier.out_features
-    in_channels = model.stem.first_conv.conv.in_channels
+    num_classes = _submodule(model, "classifier", nn.Linear).out_features
+    in_channels = _submodule(model, "stem.first_conv.conv", nn.Conv2d).in_channels
     specs = get_space(built.space).layout(built.resolution, num_classes, in_channels).cells
     if len(cells) != len(specs):
         raise ValueError(f"model has {len(cells)} cells; space {built.space!r} has {len(specs)}")
     blocks = []
     for spec, cell in zip(specs, cells):
-        op = cell.op
-        block = getattr(op, "block_string", None)
-        if block is None:
+        op = getattr(cell, "op", cell)
+        if not isinstance(op, (MBConv, Zero)):
             raise ValueError(
                 f"cell {spec.index} holds {type(op).__name__}, not a single op; derive the arch from the supernet"
             )
+        block = op.block_string
         found = (op.in_ch, op.out_ch, op.stride, cell.residual)
         expected = (spec.in_ch, spec.out_ch, spec.stride, spec.residual)
         if found != expected:
@@ -194,6 +194,20 @@ def arch_of(model: nn.Module) -> Arch:
             )
         blocks.append(block)
     return Arch(built.space, built.resolution, num_classes, in_channels, tuple(blocks))
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _submodule(model: nn.Module, path: str, kind: type[_M]) -> _M:
+    """The module at ``path`` (dotted), which must be a ``kind``, as build_model makes it."""
+    try:
+        found = model.get_submodule(path)
+    except AttributeError:
+        found = None
+    if not isinstance(found, kind):
+        raise ValueError(f"arch_of needs a model from build_model; its {path} is not an {kind.__name__}")
+    return found
 
 
 def sample_archs(

@@ -287,7 +287,7 @@ def _is_colour(img: Image.Image) -> bool:
     if img.mode in ("P", "PA"):
         palette = img.getpalette() or []
         # Only palette entries the pixels use matter; PA colours are (index, alpha).
-        used = [c if isinstance(c, int) else c[0] for _, c in img.getcolors(256) or []]
+        used = [c[0] if isinstance(c, tuple) else int(c) for _, c in img.getcolors(256) or []]
         return any(len(set(palette[3 * i : 3 * i + 3])) > 1 for i in used)
     return img.mode not in ("1", "L", "LA", "La", "I", "F") and not img.mode.startswith("I;16")
 

@@ -5,7 +5,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData
+from sqlalchemy import Connection, MetaData
 
 from automl_server.db.engine import Database, StorageError
 from automl_server.settings import PROJECT_ROOT
@@ -50,7 +50,7 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
-def _adopt_legacy_version_table(conn) -> None:  # type: ignore[no-untyped-def]
+def _adopt_legacy_version_table(conn: Connection) -> None:
     """Databases made before VERSION_TABLE recorded our revision in alembic_version: move it."""
     from sqlalchemy import inspect, text
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -231,7 +231,7 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
-def device_status(device: Device, timeout_s: float, now: datetime | None = None) -> str:
+def device_status(device: Device, timeout_s: float, now: datetime | None = None) -> Literal["online", "offline"]:
     """"online" while the device's agent has sent a heartbeat within ``timeout_s``."""
     if device.last_heartbeat_at is None:
         return "offline"

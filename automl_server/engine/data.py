@@ -7,6 +7,7 @@ a job's validated ``dataset.npz``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -92,6 +93,14 @@ def split_arrays(
     )
 
 
+class BatchStreamState(TypedDict):
+    """What a search checkpoint keeps of a BatchStream to resume it mid-epoch."""
+
+    generator: torch.Tensor  # torch.Generator.get_state()
+    order: torch.Tensor  # this epoch's permutation
+    pos: int  # index of the next batch's first sample in `order`
+
+
 class BatchStream:
     """Endless shuffled mini-batches with their own generator, so the order is
     reproducible and its state can be checkpointed and restored."""
@@ -117,10 +126,10 @@ class BatchStream:
         self._pos += self.batch_size
         return self.x[idx], self.y[idx]
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> BatchStreamState:
         return {"generator": self.generator.get_state(), "order": self._order.clone(), "pos": self._pos}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.generator.set_state(state["generator"])  # type: ignore[arg-type]
-        self._order = state["order"].clone()  # type: ignore[union-attr]
-        self._pos = int(state["pos"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: BatchStreamState) -> None:
+        self.generator.set_state(state["generator"])
+        self._order = state["order"].clone()
+        self._pos = int(state["pos"])

@@ -34,7 +34,7 @@ class _TwoPathGates(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         gates: torch.Tensor,
@@ -53,7 +53,7 @@ class _TwoPathGates(torch.autograd.Function):
         return out.detach()
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_detached, out = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0] and out.requires_grad:
@@ -80,6 +80,8 @@ class MixedOp(nn.Module):
     (architecture step); ``"fixed"`` runs ``active_index`` (set it, or call
     ``fix_chosen``); ``"random"`` samples uniformly (warm-up).
     """
+
+    gates: torch.Tensor  # a buffer (register_buffer in __init__); declared so it types as a Tensor
 
     def __init__(self, candidates: Sequence[str], ops: Sequence[nn.Module]) -> None:
         super().__init__()

@@ -10,6 +10,8 @@ otherwise from the latency model.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any, Callable, Protocol
 
 import torch
@@ -66,12 +68,12 @@ class ReinforceController:
                 accuracy = (self.net(x).argmax(1) == y).float().mean().item()
             rewards.append(reward(accuracy, self._latency_ms(self._arch(indices)), self.config.target_ms,
                                   self.config.rl_exponent))
-            log_probs.append(sum(torch.log_softmax(m.alpha, 0)[i] for m, i in zip(self.net.mixed_ops, indices)))
+            log_probs.append(_total(torch.log_softmax(m.alpha, 0)[i] for m, i in zip(self.net.mixed_ops, indices)))
         mean_reward = sum(rewards) / len(rewards)
         # The advantage uses the baseline from before this batch (unbiased); the
         # first batch starts the moving average at its own mean.
         baseline = mean_reward if self.baseline is None else self.baseline
-        loss = -sum((r - baseline) * lp for r, lp in zip(rewards, log_probs)) / len(rewards)
+        loss = -_total((r - baseline) * lp for r, lp in zip(rewards, log_probs)) / len(rewards)
         arch_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         arch_optimizer.step()
@@ -84,3 +86,8 @@ class ReinforceController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.baseline = state["baseline"]
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """t0 + t1 + ..., the same additions as the built-in sum (whose 0 start types as int)."""
+    return functools.reduce(torch.add, terms)

@@ -312,8 +312,10 @@ def recalibrated_batchnorm(net: nn.Module, images: torch.Tensor, batch_size: int
     """Eval mode with BatchNorm statistics recomputed on ``images`` for the
     current path; every BatchNorm buffer is restored on exit."""
     layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
-             for m in layers]  # type: ignore[union-attr]
+    # The live buffers: reset_running_stats and forward update them in place.
+    buffers = [_running_stats(m) for m in layers]
+    saved = [[buffer.clone() for buffer in live] for live in buffers]
+    momenta = [m.momentum for m in layers]
     was_training = net.training
     try:
         for layer in layers:
@@ -326,12 +328,20 @@ def recalibrated_batchnorm(net: nn.Module, images: torch.Tensor, batch_size: int
         net.eval()
         yield
     finally:
-        for layer, (mean, var, count, momentum) in zip(layers, saved):
-            layer.running_mean.copy_(mean)  # type: ignore[union-attr]
-            layer.running_var.copy_(var)  # type: ignore[union-attr]
-            layer.num_batches_tracked.copy_(count)  # type: ignore[union-attr]
+        for layer, live, kept, momentum in zip(layers, buffers, saved, momenta):
+            for buffer, value in zip(live, kept):
+                buffer.copy_(value)
             layer.momentum = momentum
         net.train(was_training)
+
+
+def _running_stats(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean, variance and batch count (the search space's layers track them)."""
+    mean, var, count = layer.running_mean, layer.running_var, layer.num_batches_tracked
+    if mean is None or var is None or count is None:
+        raise ValueError(f"{type(layer).__name__} keeps no running statistics (track_running_stats=False); "
+                         "BatchNorm recalibration needs them")
+    return mean, var, count
 
 
 def run_search(

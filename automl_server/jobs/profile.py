@@ -13,18 +13,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.spec import JobSpec
 from latency_db import MIN_CALIBRATION_NETWORKS
+
+if TYPE_CHECKING:  # imported where used, so that loading the stage loads neither torch nor the profiler
+    from automl_server.engine.latency import LatencyModel
+    from automl_server.profiling import Target
+    from search_spaces import Arch, SpaceLayout
 
 POLL_S = 2.0
 # Profiling tasks not answered after this long are sent again (their agent lost them).
 RESEND_AFTER_S = 600.0
 
 
-def job_layout(ctx: StageContext):  # type: ignore[no-untyped-def]
+def job_layout(ctx: StageContext) -> SpaceLayout:
     """The job's search space made concrete for the dataset (resolution, classes, channels)."""
     from search_spaces import get_space
 
@@ -40,7 +45,7 @@ def ctx_space(ctx: StageContext) -> str:
     return str(ctx.params["space"])
 
 
-def job_target(ctx: StageContext):  # type: ignore[no-untyped-def]
+def job_target(ctx: StageContext) -> Target:
     from automl_server.profiling import ProfilingError, resolve_target
 
     try:
@@ -49,22 +54,24 @@ def job_target(ctx: StageContext):  # type: ignore[no-untyped-def]
         raise StageFailed(str(exc)) from exc
 
 
-def extreme_archs(layout, op_model):  # type: ignore[no-untyped-def]
+def extreme_archs(layout: SpaceLayout, op_model: LatencyModel) -> tuple[Arch, Arch]:
     """The space's fastest and slowest networks under ``op_model`` (cells are independent)."""
     from search_spaces import Arch, op_key
     from search_spaces.ops import ZERO
 
-    fast, slow = [], []
+    fast: list[str] = []
+    slow: list[str] = []
     for cell in layout.cells:
         costs = {block: 0.0 if block == ZERO else op_model.latency_ms(op_key(layout, cell, block))
                  for block in cell.candidates}
         fast.append(min(costs, key=costs.__getitem__))
         slow.append(max(costs, key=costs.__getitem__))
-    return tuple(Arch(layout.space, layout.resolution, layout.num_classes, layout.in_channels, tuple(blocks))
-                 for blocks in (fast, slow))
+    fastest, slowest = (Arch(layout.space, layout.resolution, layout.num_classes, layout.in_channels, tuple(blocks))
+                        for blocks in (fast, slow))
+    return fastest, slowest
 
 
-def achievable_range_ms(layout, op_model) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def achievable_range_ms(layout: SpaceLayout, op_model: LatencyModel) -> tuple[float, float]:
     """Predicted latency of the space's fastest and slowest networks on the target."""
     from automl_server.engine.latency import arch_latency_ms
 
@@ -173,7 +180,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
                   measured=len(networks))
 
     lat = predictor(ctx.db, target, space=layout.space, resolution=layout.resolution)
-    if getattr(lat, "calibration_error", None):
+    if lat.calibration_error:
         ctx.event("log", f"predicting without calibration: {lat.calibration_error}")
     op_model = lat.op_model(op_key(layout, layout.fixed[0]))
     fastest, slowest = achievable_range_ms(layout, op_model)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from automl_server.engine.train.registry import pipelines
-from automl_server.jobs.spec import Budget, JobSpec
+from automl_server.jobs.spec import Budget, FinalFit, JobSpec
 from automl_server.jobs.stages import stage_names
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -83,7 +83,7 @@ class JobOptions(BaseModel):
     calibration_networks: int = Field(_SPEC.calibration_networks, ge=0, le=100,
                                       description="Whole networks measured to calibrate a new target.")
     device_wait_s: float = Field(_SPEC.device_wait_s, ge=0, le=86400, description="How long to wait for an offline device.")
-    final_fit: Literal["train+holdout", "train"] = Field(
+    final_fit: FinalFit = Field(
         _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
         "split once search and tuning are done (default), or stays out to show a held-out curve.")
     schedule: bool = Field(_SPEC.schedule, description="Make an IOS inter-operator schedule of the exported model "

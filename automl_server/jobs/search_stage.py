@@ -15,11 +15,19 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed
 from automl_server.jobs.profile import job_layout, job_target
 from automl_server.jobs.spec import MINUTE_SHARES, JobSpec
+
+if TYPE_CHECKING:  # torch and numpy load when a stage runs
+    from numpy.lib.npyio import NpzFile
+
+    from automl_server.engine.data import SplitData
+    from automl_server.engine.latency import LatencyModel
+    from automl_server.engine.search import SearchConfig
+    from search_spaces import SpaceLayout
 
 # The job keeps the network's predicted latency at least this far under the
 # user's target (ours; the paper reports the argmax network, which may land on
@@ -42,7 +50,7 @@ def target_band(ctx: StageContext) -> tuple[float, float, float]:
     return top / (1 + margin), margin, top
 
 
-def load_split(ctx: StageContext):  # type: ignore[no-untyped-def]
+def load_split(ctx: StageContext) -> tuple[SplitData, NpzFile]:
     """The job's fixed splits as tensors, normalised with the training split's statistics."""
     import numpy as np
 
@@ -53,7 +61,7 @@ def load_split(ctx: StageContext):  # type: ignore[no-untyped-def]
     return data, arrays
 
 
-def latency_model(ctx: StageContext, layout):  # type: ignore[no-untyped-def]
+def latency_model(ctx: StageContext, layout: SpaceLayout) -> LatencyModel:
     """The target's calibrated per-op latencies (see LatencyPredictor.op_model)."""
     from automl_server.profiling import predictor
     from search_spaces import op_key
@@ -61,7 +69,7 @@ def latency_model(ctx: StageContext, layout):  # type: ignore[no-untyped-def]
     return predictor(ctx.db, job_target(ctx), space=layout.space, resolution=layout.resolution).op_model(op_key(layout, layout.fixed[0]))
 
 
-def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any):  # type: ignore[no-untyped-def]
+def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:
     from automl_server.engine.search import SearchConfig
 
     target_ms, tolerance, _top = target_band(ctx)

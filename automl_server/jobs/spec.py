@@ -7,7 +7,10 @@ here, once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
+
+# What the found network is trained on (JobSpec.final_fit).
+FinalFit = Literal["train+holdout", "train"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class JobSpec:
     # (search, tune) and has done its work by then, so by default it joins the training
     # data, as ProxylessNAS retrains the found network on the full training set. "train"
     # keeps it out, to watch a held-out curve while training. The test split stays unseen.
-    final_fit: str = "train+holdout"
+    final_fit: FinalFit = "train+holdout"
     # How long the job waits for an offline device before it fails.
     device_wait_s: float = 600.0
     # An IOS schedule of the exported model (stage "schedule", jobs/schedule.py); false skips the stage.

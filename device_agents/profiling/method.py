@@ -155,7 +155,8 @@ def measure(
     doc); ``method`` then also holds ``yardstick_ms`` and ``raw_median_ms``.
     """
     time_block = timer if timer is not None else wall_clock_timer(sync)
-    paced = yardstick is not None and method.yardstick
+    stick = yardstick if method.yardstick else None  # the yardstick that paces the blocks, if any
+    paced = stick is not None
     if method.cooldown_s > 0:
         time.sleep(method.cooldown_s)
     op_means: list[float] = []
@@ -163,22 +164,22 @@ def measure(
     op_runs = stick_runs = method.block_size
 
     def one_block() -> float:
-        if paced and timer is None and sync is None:
-            op_total, stick_total = _interleaved_block(run, op_runs, yardstick, stick_runs)  # type: ignore[arg-type]
+        if stick is not None and timer is None and sync is None:
+            op_total, stick_total = _interleaved_block(run, op_runs, stick, stick_runs)
             op_means.append(op_total / op_runs)
             stick_means.append(stick_total / stick_runs)
         else:
             op_means.append(time_block(run, op_runs) / op_runs)
-            if not paced:
+            if stick is None:
                 return op_means[-1]
-            stick_means.append(time_block(yardstick, stick_runs) / stick_runs)  # type: ignore[arg-type]
+            stick_means.append(time_block(stick, stick_runs) / stick_runs)
         return op_means[-1] / stick_means[-1] if stick_means[-1] > 0 else 0.0
 
     with cpu_affinity(method.affinity), gc_paused():
         for _ in range(method.warmup):
             run()
-            if paced:
-                yardstick()  # type: ignore[misc]
+            if stick is not None:
+                stick()
         if sync is not None:
             sync()
         if method.min_block_ms > 0 or paced:
@@ -186,12 +187,12 @@ def measure(
             op_ms = time_block(run, method.block_size) / method.block_size
             if method.min_block_ms > 0 and op_ms > 0:
                 op_runs = _runs(method.min_block_ms / op_ms, method.block_size)
-            if paced:
+            if stick is not None:
                 # The yardstick's block lasts about as long as the op's, so that it
                 # samples the same stretch of time (a slow spell that starts in the
                 # middle of a 25 ms block of a large op would be missed by a 0.4 ms
                 # block of the yardstick), within a cap that bounds the cost.
-                stick_ms = time_block(yardstick, method.block_size) / method.block_size  # type: ignore[arg-type]
+                stick_ms = time_block(stick, method.block_size) / method.block_size
                 if stick_ms > 0:
                     stick_runs = _runs(op_runs * op_ms / stick_ms, method.block_size)
         samples = [one_block() for _ in range(method.min_blocks)]
@@ -253,7 +254,8 @@ def measure_interleaved(
     """
     if not runs:
         return []
-    paced = yardstick is not None and method.yardstick
+    stick = yardstick if method.yardstick else None  # the yardstick that paces the blocks, if any
+    paced = stick is not None
     time_block = timer if timer is not None else wall_clock_timer(sync)
     if method.cooldown_s > 0:
         time.sleep(method.cooldown_s)
@@ -262,7 +264,7 @@ def measure_interleaved(
     stick_means: list[list[float]] = [[] for _ in runs]
     with cpu_affinity(method.affinity), gc_paused():
         per_run = [_warm_up(run, method.warmup, time_block) for run in runs]
-        stick_ms = _warm_up(yardstick, method.warmup, time_block) if paced else 0.0  # type: ignore[arg-type]
+        stick_ms = _warm_up(stick, method.warmup, time_block) if stick is not None else 0.0
         share = method.min_seconds * 1000 / method.min_rounds / (count * (2 if paced else 1))
         block_ms = max(method.min_block_ms, share)
         block_runs = [_runs(block_ms / ms, 1) if ms > 0 else MAX_BLOCK_RUNS for ms in per_run]
@@ -280,14 +282,13 @@ def measure_interleaved(
                 # from the core's cache, and a deployed network runs warm, as its ops were profiled.
                 runs[index]()
                 net_means[index].append(time_block(runs[index], block_runs[index]) / block_runs[index])
-                if paced:
+                if stick is not None:
                     # The yardstick's block after the network's, not woven with it run by run
                     # as in ``measure``: woven, each yardstick stretch ran cold after a network
                     # run, and in one LiteRT run of bench_predictor.py the paced re-measured
                     # agreement fell to 74% (calibrated 84%) against 100% block after block.
-                    yardstick()  # type: ignore[misc]
-                    stick_means[index].append(
-                        time_block(yardstick, stick_runs[index]) / stick_runs[index])  # type: ignore[arg-type]
+                    stick()
+                    stick_means[index].append(time_block(stick, stick_runs[index]) / stick_runs[index])
             rounds += 1
         seconds = time.perf_counter() - started
     temperature = read_temperature_c()

@@ -35,6 +35,12 @@ class NetworkToTime:
         if (self.path is None) == (self.module is None) or (self.module is not None and self.input_shape is None):
             raise ValueError("a NetworkToTime is either a module with its input_shape, or a model file's path")
 
+    def as_module(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """(module, input_shape) of a network given as a module; ValueError for a model file."""
+        if self.module is None or self.input_shape is None:
+            raise ValueError(f"{self.path} is a model file, not a module with its input shape")
+        return self.module, self.input_shape
+
 
 def measure_networks(
     backend: ProfilerBackend, networks: Sequence[NetworkToTime], method: MeasurementMethod
@@ -65,7 +71,7 @@ def measure_networks(
             # Sessions and interpreters start their thread pools when they are made: pin first.
             with cpu_affinity(method.affinity):
                 run = open_network(backend, network, method)
-                (stats,) = backend.measure_runs([run], method)  # type: ignore[attr-defined]
+                (stats,) = backend.measure_runs([run], method)
             results.append(stats)
         except Exception as exc:  # noqa: BLE001 - reported for this network, the others go on
             results.append(exc)
@@ -79,8 +85,10 @@ def open_network(backend: ProfilerBackend, network: NetworkToTime, method: Measu
         if not hasattr(backend, "open_file"):
             raise ValueError(f"backend {backend.name!r} cannot load a model file ({network.path.name}); "
                              "give the network as a module")
-        return backend.open_file(network.path, method)  # type: ignore[attr-defined, no-any-return]
-    return backend.open_module(network.module, network.input_shape, method)  # type: ignore[attr-defined, no-any-return]
+        return backend.open_file(network.path, method)
+    if not hasattr(backend, "open_module"):
+        raise ValueError(f"backend {backend.name!r} cannot hold a network open; time it with measure_networks")
+    return backend.open_module(*network.as_module(), method)
 
 
 def _measure_alone(backend: ProfilerBackend, network: NetworkToTime, method: MeasurementMethod) -> MeasurementStats:
@@ -89,5 +97,5 @@ def _measure_alone(backend: ProfilerBackend, network: NetworkToTime, method: Mea
         runner = {".onnx": "measure_onnx", ".tflite": "measure_tflite"}.get(network.path.suffix, "")
         if not hasattr(backend, runner):
             raise ValueError(f"backend {backend.name!r} cannot time {network.path.name} as it is")
-        return getattr(backend, runner)(network.path, method)  # type: ignore[no-any-return]
-    return backend.measure_module(network.module, network.input_shape, method)  # type: ignore[arg-type]
+        return getattr(backend, runner)(network.path, method)
+    return backend.measure_module(*network.as_module(), method)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +64,12 @@ def write_tflite(module: nn.Module, input_shape: tuple[int, ...], path: str | Pa
 class _Graph:
     """One subgraph under construction: tensors (with their NHWC shapes), buffers, operators."""
 
-    def __init__(self, schema) -> None:  # type: ignore[no-untyped-def]
-        self.s = schema
-        self.tensors: list = []
+    def __init__(self, schema: ModuleType) -> None:
+        self.s = schema  # ai_edge_litert.schema_py_generated: generated classes, untyped (hence Any below)
+        self.tensors: list[Any] = []
         self.shapes: list[list[int]] = []
-        self.buffers: list = [schema.BufferT()]  # buffer 0: the empty buffer every activation points at
-        self.operators: list = []
+        self.buffers: list[Any] = [schema.BufferT()]  # buffer 0: the empty buffer every activation points at
+        self.operators: list[Any] = []
         self.opcodes: dict[int, int] = {}  # builtin code -> index in the model's operator codes
 
     # -- tensors and operators -------------------------------------------------
@@ -86,8 +88,10 @@ class _Graph:
         self.shapes.append(list(shape))
         return len(self.tensors) - 1
 
-    def constant(self, name: str, value: torch.Tensor | np.ndarray | list, dtype: type = np.float32) -> int:
-        data = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, dtype=dtype)
+    def constant(
+        self, name: str, value: torch.Tensor | np.ndarray | list[Any], dtype: type[np.generic] = np.float32
+    ) -> int:
+        data: np.ndarray = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, dtype=dtype)
         return self.tensor(f"{name}_{len(self.tensors)}", list(data.shape), data)
 
     def op(self, code: int, inputs: list[int], out_shape: list[int], options_type: int, options: object) -> int:
@@ -126,7 +130,8 @@ class _Graph:
         while i < len(layers):
             layer = layers[i]
             if isinstance(layer, nn.Conv2d):
-                bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d) else None
+                following = layers[i + 1] if i + 1 < len(layers) else None
+                bn = following if isinstance(following, nn.BatchNorm2d) else None
                 j = i + 1 + (bn is not None)
                 relu6 = j < len(layers) and isinstance(layers[j], nn.ReLU6)
                 x = self.conv(layer, bn, relu6, x)
@@ -233,18 +238,22 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels)
     if bn is None:
         return weight, bias
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    return weight * scale[:, None, None, None], bn.bias.detach() + (bias - bn.running_mean) * scale
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise UnsupportedModule("write_tflite folds BatchNorm2d's running statistics; this one keeps none "
+                                "(track_running_stats=False)")
+    scale = bn.weight.detach() / torch.sqrt(var + bn.eps)
+    return weight * scale[:, None, None, None], bn.bias.detach() + (bias - mean) * scale
 
 
 @functools.cache
 def _aligned_buffer_type() -> type:
     from ai_edge_litert import schema_py_generated as schema
 
-    class AlignedBufferT(schema.BufferT):  # type: ignore[misc, name-defined]
+    class AlignedBufferT(schema.BufferT):
         """A BufferT whose bytes start on a 16-byte boundary (the generated Pack aligns uint8 data to 1)."""
 
-        def Pack(self, builder):  # type: ignore[no-untyped-def]  # noqa: N802 (flatbuffers' name)
+        def Pack(self, builder: Any) -> int:  # noqa: N802 (flatbuffers' name); builder: flatbuffers.Builder, untyped
             payload = self.data.tobytes()
             builder.StartVector(1, len(payload), _BUFFER_ALIGNMENT)
             builder.head -= len(payload)

@@ -72,7 +72,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path
     except NotImplementedError:
         if importlib.util.find_spec("litert_torch") is None:
             raise
-    import litert_torch  # type: ignore[import-not-found]
+    import litert_torch
 
     litert_torch.convert(model, (torch.zeros(input_shape),)).export(str(path))
     return path, "litert-torch"

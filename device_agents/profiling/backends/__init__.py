@@ -52,7 +52,7 @@ def _android(**options: Any) -> ProfilerBackend:
     # Imported on use: adb-shell is needed only next to a phone.
     from device_agents.android.profiler import AndroidProfilerBackend
 
-    return AndroidProfilerBackend(**options)  # type: ignore[return-value]
+    return AndroidProfilerBackend(**options)
 
 
 register_backend("android", _android)

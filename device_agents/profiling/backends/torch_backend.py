@@ -32,7 +32,7 @@ class TorchBackend:
             )
         self.device = device
         self.name = "torch" if device == "cpu" else "torch-cuda"
-        self.version = torch.__version__
+        self.version: str = torch.__version__  # a TorchVersion (a str); the protocol declares str
 
     def measure_module(
         self, module: nn.Module, input_shape: tuple[int, ...], method: MeasurementMethod
