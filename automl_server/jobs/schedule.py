@@ -163,9 +163,9 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
     times_path = work_dir / TIMES_FILE
     if not times_path.exists():
         if "times_sent_at" not in state or time.time() - state["times_sent_at"] > RESEND_AFTER_S:
-            request = TimeSchedulesRequest(target.payload, _model_file(onnx_path), schedules,
-                                           network_method(settings))
-            celery.signature(TIME_SCHEDULES, args=request.to_args(), queue=target.queue).apply_async(
+            timing = TimeSchedulesRequest(target.payload, _model_file(onnx_path), schedules,
+                                          network_method(settings))
+            celery.signature(TIME_SCHEDULES, args=timing.to_args(), queue=target.queue).apply_async(
                 link=celery.signature(RECORD_SCHEDULE_TIMES, args=[relative_dir], queue="default"))
             state["times_sent_at"] = time.time()
             _write(state_path, state)
