@@ -73,8 +73,14 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
         "arch": chosen["arch"],
         "tuning": ({k: r["tune"].get(k) for k in ("study_name", "trial_number", "trial_params", "used_trial",
                                                    "trials")} if "tune" in r and "study_name" in r["tune"] else None),
+        # The pipeline's own figures (rounds and bytes, workers' traffic, scheme and memory) and the
+        # deployment schedule (IOS) when those stages ran.
+        "training": {"pipeline": train.get("pipeline", ctx.params["pipeline"]), "settings": train.get("settings"),
+                     "epochs": train.get("epochs"),
+                     "figures": train.get(str(train.get("pipeline", ctx.params["pipeline"])))},
+        "schedule": r.get("schedule"),
         "downloads": {kind: f"/api/v1/jobs/{ctx.job_id}/artifacts/{kind}"
-                      for kind in ("onnx", "tflite", "arch", "weights") if kind in _artifact_kinds(ctx)}
+                      for kind in ("onnx", "tflite", "arch", "weights", "schedule") if kind in _artifact_kinds(ctx)}
                      | {"report": f"/api/v1/jobs/{ctx.job_id}/report"},
     }
     path = ctx.job_dir() / "report.json"

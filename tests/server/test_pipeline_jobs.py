@@ -53,7 +53,7 @@ def test_a_sparse_update_job_fine_tunes_a_finished_jobs_network_on_other_classes
 
     assert job["state"] == "succeeded", job["error"]
     result = job["result"]
-    assert result["plan"] == ["validate", "profile", "adopt", "train", "export", "verify", "report"]
+    assert result["plan"] == ["validate", "profile", "adopt", "train", "export", "schedule", "verify", "report"]
     assert result["adopt"]["parent_job"] == parent["id"] and result["adopt"]["arch"]["num_classes"] == 5
     report = result["train"]["sparse-update"]
     assert report["scheme"]  # which layers and channels were updated

@@ -18,7 +18,7 @@ from tests.server.processes import cli_json, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["validate", "profile", "search", "tune", "train", "export", "verify", "report"]
+STAGES = ["validate", "profile", "search", "tune", "train", "export", "schedule", "verify", "report"]
 
 
 def drop_file(page: Any, selector: str, path: Path) -> None:

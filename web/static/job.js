@@ -11,6 +11,7 @@
   const STAGE_WORDS = {
     validate: "Checks every image and fixes the training / test split.",
     adopt: "Takes the trained network of the job being fine-tuned.",
+    schedule: "Finds which operators to run side by side (IOS), timing candidate stages on the device.",
     profile: "Measures how fast each building block runs on the device.",
     search: "Tries building blocks, keeping those that are accurate and fast on this device.",
     tune: "Adjusts how strongly speed counts against accuracy.",
