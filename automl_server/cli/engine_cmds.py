@@ -90,7 +90,8 @@ def load_dataset(name_or_path: str) -> Arrays:
               help="Search epochs after warm-up.")
 @click.option("--warmup-epochs", type=click.IntRange(0, 100_000), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 65_536), default=64, show_default=True)
-@click.option("--strategy", type=click.Choice(["gradient", "rl"]), default="gradient", show_default=True)
+@click.option("--strategy", default="gradient", show_default=True,
+              help="Architecture-search strategy: gradient (binarized gates) or rl (REINFORCE), or a registered one.")
 @click.option("--loss", "loss_kind", type=click.Choice(["mul#log", "add#linear", "add#abs"]),
               default="mul#log", show_default=True,
               help="Latency loss: the paper's mul#log / add#linear, or add#abs to track the target from both sides.")

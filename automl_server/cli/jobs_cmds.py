@@ -29,7 +29,8 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--runtime", help="Runtime on the device (default: its first).")
 @click.option("--target-ms", "latency_target_ms", type=float, required=True, help="Latency target in ms.")
 @click.option("--space", default="proxyless-mobile", show_default=True)
-@click.option("--strategy", type=click.Choice(["gradient", "rl"]), default="gradient", show_default=True)
+@click.option("--strategy", default="gradient", show_default=True,
+              help="Architecture-search strategy: gradient (binarized gates) or rl (REINFORCE), or a registered one.")
 @click.option("--pipeline", default="standard", show_default=True,
               help="Training pipeline; `automl pipelines` lists those the server offers, with their settings.")
 @click.option("--warmup-epochs", type=click.IntRange(0, 1000), help="Budget: warm-up epochs (default: the server's).")

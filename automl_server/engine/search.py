@@ -28,10 +28,10 @@ from automl_server.engine.data import BatchStream, SplitData
 from automl_server.engine.latency import LatencyModel, arch_latency_ms  # noqa: F401  (re-exported)
 from automl_server.engine.losses import latency_loss
 from automl_server.engine.rl import ReinforceController
+from automl_server.engine.strategies import get_strategy, register_strategy
 from automl_server.engine.supernet import SuperNet
 from search_spaces import Arch, SpaceLayout
 
-STRATEGIES = ("gradient", "rl")
 DERIVATIONS = ("argmax", "target")
 # mul#log takes logarithms of latencies, so its strength depends on the unit.
 # The reference tuned a and beta with latencies in ms and an 80 ms mobile
@@ -64,7 +64,8 @@ class SearchConfig:
     loss_a: float = 1.0
     loss_beta: float = 0.6
     loss_lambda: float = 0.1
-    # "gradient" (binarized two-path gates) or "rl" (ProxylessNAS-R, REINFORCE).
+    # A registered strategy (engine/strategies.py): "gradient" (binarized two-path
+    # gates) or "rl" (ProxylessNAS-R, REINFORCE).
     strategy: str = "gradient"
     # ProxylessNAS-R: architectures sampled per update, reward exponent w, baseline decay.
     rl_samples: int = 10
@@ -77,8 +78,7 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy {self.strategy!r} is not known; accepted: {', '.join(STRATEGIES)}")
+        get_strategy(self.strategy)  # ValueError naming the registered strategies
         if self.derive not in DERIVATIONS:
             raise ValueError(f"derive {self.derive!r} is not known; accepted: {', '.join(DERIVATIONS)}")
         if self.target_ms <= 0:
@@ -147,7 +147,8 @@ class ProxylessSearch:
         )
         self.arch_optimizer = torch.optim.Adam(self.net.arch_parameters(), lr=config.arch_lr, betas=(0.0, 0.999),
                                                eps=1e-8, weight_decay=0.0)
-        self.rl = ReinforceController(self.net, latency_model, config, measure) if config.strategy == "rl" else None
+        self.measure = measure
+        self.strategy = get_strategy(config.strategy).build(self)
         self.epoch = 0
         self.history: list[EpochReport] = []
         # Called after every weight step (the service checks for cancellation there).
@@ -170,28 +171,8 @@ class ProxylessSearch:
         return loss.item(), accuracy
 
     def arch_step(self) -> float:
-        """Gradient step on alpha through the binarized two-path gates, with the
-        latency term differentiated through E[LAT] (paper Eq. 4)."""
-        if self.rl is not None:
-            return self.rl.step(self.holdout_stream, self.arch_optimizer, self.gate_generator)
-        self.net.train()
-        self.net.set_mode("two")
-        self.net.sample(self.gate_generator)
-        before = self.net.alphas_snapshot()
-        x, y = self.holdout_stream.next()
-        ce = F.cross_entropy(self.net(x), y)
-        expected = self.net.expected_latency_ms(self.latency_model)
-        loss = latency_loss(ce, expected, self.config.target_ms, kind=self.config.loss_kind, a=self.config.loss_a,
-                            beta=self.config.loss_beta, lam=self.config.loss_lambda,
-                            log_unit_ms=self.config.target_ms / REFERENCE_TARGET_MS)
-        self.net.zero_grad(set_to_none=True)
-        loss.backward()  # alpha.grad now holds the latency term's gradient
-        self.net.set_alpha_grad()  # ... plus the CE term's, mapped from the binary gates
-        self.arch_optimizer.step()
-        self.net.rescale_alpha(before)
-        # The weight gradients of this held-out batch must not leak into the next weight step.
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        """One architecture update by the search's strategy."""
+        return self.strategy.step()
 
     @torch.no_grad()
     def holdout_accuracy(self) -> float:
@@ -259,7 +240,7 @@ class ProxylessSearch:
             "gate_generator": self.gate_generator.get_state(),
             "train_stream": self.train_stream.state_dict(),
             "holdout_stream": self.holdout_stream.state_dict(),
-            "rl": self.rl.state_dict() if self.rl is not None else None,
+            "rl": self.strategy.state_dict(),  # the strategy's own state (key kept for old checkpoints)
             "history": [asdict(r) for r in self.history],
         }
 
@@ -279,8 +260,8 @@ class ProxylessSearch:
         self.gate_generator.set_state(state["gate_generator"])
         self.train_stream.load_state_dict(state["train_stream"])
         self.holdout_stream.load_state_dict(state["holdout_stream"])
-        if self.rl is not None and state["rl"] is not None:
-            self.rl.load_state_dict(state["rl"])
+        if state["rl"] is not None:
+            self.strategy.load_state_dict(state["rl"])
         self.history = [EpochReport(**r) for r in state["history"]]
 
     def save(self, path: Path) -> None:
@@ -378,3 +359,64 @@ def run_search(
             break
     return search.result()
 
+
+class GradientGates:
+    """ProxylessNAS's gradient strategy: binarized two-path gates on the
+    held-out split, the latency term differentiated through E[LAT] (paper Eq. 4)."""
+
+    def __init__(self, search: ProxylessSearch) -> None:
+        self.search = search
+
+    def step(self) -> float:
+        search, config = self.search, self.search.config
+        search.net.train()
+        search.net.set_mode("two")
+        search.net.sample(search.gate_generator)
+        before = search.net.alphas_snapshot()
+        x, y = search.holdout_stream.next()
+        ce = F.cross_entropy(search.net(x), y)
+        expected = search.net.expected_latency_ms(search.latency_model)
+        loss = latency_loss(ce, expected, config.target_ms, kind=config.loss_kind, a=config.loss_a,
+                            beta=config.loss_beta, lam=config.loss_lambda,
+                            log_unit_ms=config.target_ms / REFERENCE_TARGET_MS)
+        search.net.zero_grad(set_to_none=True)
+        loss.backward()  # alpha.grad now holds the latency term's gradient
+        search.net.set_alpha_grad()  # ... plus the CE term's, mapped from the binary gates
+        search.arch_optimizer.step()
+        search.net.rescale_alpha(before)
+        # The weight gradients of this held-out batch must not leak into the next weight step.
+        search.weight_optimizer.zero_grad(set_to_none=True)
+        return float(loss.item())
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None  # everything it uses (alphas, Adam, generator) is in the search's checkpoint
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Reinforce:
+    """ProxylessNAS-R: REINFORCE on the architecture logits (engine/rl.py), with
+    a measured latency when the search was given a ``measure`` callback."""
+
+    def __init__(self, search: ProxylessSearch) -> None:
+        self.search = search
+        self.controller = ReinforceController(search.net, search.latency_model, search.config, search.measure)
+
+    def step(self) -> float:
+        return self.controller.step(self.search.holdout_stream, self.search.arch_optimizer, self.search.gate_generator)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        state: dict[str, Any] = self.controller.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state)
+
+
+register_strategy("gradient", GradientGates, title="Binarized gates (gradient)",
+                  description="ProxylessNAS: two sampled paths per step, gradients through binary gates, "
+                  "latency as a differentiable expectation.")
+register_strategy("rl", Reinforce, title="REINFORCE",
+                  description="ProxylessNAS-R: whole architectures sampled and rewarded by accuracy and "
+                  "latency; works with a non-differentiable (measured) latency.")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import pipelines
 from automl_server.jobs.spec import Budget, FinalFit, JobSpec
 from automl_server.jobs.stages import stage_names
@@ -111,6 +112,10 @@ def _pipeline_names(schema: dict[str, Any]) -> None:
     schema["enum"] = list(pipelines())
 
 
+def _strategy_names(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(strategies())
+
+
 def _stage_names(schema: dict[str, Any]) -> None:
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "string":
@@ -123,7 +128,9 @@ class JobCreate(Strict):
     runtime: str | None = Field(None, description="One of the device's runtimes; default: its first.")
     latency_target_ms: float = Field(gt=0, le=1e6, description="Latency the search aims at, in milliseconds.")
     space: str = Field("proxyless-mobile", pattern=NAME_PATTERN, description="Search space name.")
-    strategy: Literal["gradient", "rl"] = Field("gradient", description="Binarized gates (gradient) or REINFORCE.")
+    strategy: str = Field("gradient", max_length=100, json_schema_extra=_strategy_names,
+                          description="Architecture-search strategy (engine/strategies.py): binarized gates "
+                          "(gradient) or REINFORCE (rl).")
     pipeline: str = Field(DEFAULT_PIPELINE, max_length=100, json_schema_extra=_pipeline_names,
                           description="Training pipeline; GET /api/v1/pipelines lists them with their settings.")
     budget: JobBudget = Field(default_factory=JobBudget)
@@ -143,7 +150,7 @@ class ComparisonCreate(Strict):
                                "runtime, or 'name:runtime').")
     latency_target_ms: float = Field(gt=0, le=1e6)
     space: str = Field("proxyless-mobile", pattern=NAME_PATTERN)
-    strategy: Literal["gradient", "rl"] = "gradient"
+    strategy: str = Field("gradient", max_length=100, json_schema_extra=_strategy_names)
     budget: JobBudget = Field(default_factory=JobBudget)
     tune: bool = True
     params: JobOptions = Field(default_factory=JobOptions)

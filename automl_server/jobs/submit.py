@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from automl_server import webhooks
 from automl_server.db.models import Dataset, Device, Job
+from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import DataFacts, InvalidPipelineSettings, pipelines
 from automl_server.jobs import service
 from automl_server.jobs.parent import parent_of, parent_problem
@@ -112,6 +113,10 @@ def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None
     spaces = [space.name for space in list_spaces()]
     if body.space not in spaces:
         raise InvalidRequest("space", f"no search space {body.space!r}; accepted: {', '.join(spaces)}")
+    known_strategies = strategies()
+    if body.strategy not in known_strategies:
+        raise InvalidRequest("strategy", f"no search strategy {body.strategy!r}; accepted: "
+                             f"{', '.join(repr(name) for name in known_strategies)}")
     settings = pipeline_settings(body, dataset)
     secret = None
     if body.webhook_url is not None:

@@ -188,3 +188,10 @@ def test_a_registered_stage_joins_the_plan_of_the_jobs_it_applies_to(farm):
     assert toy["result"]["toy-audit"] == {"audited": 10}
     assert client.get(f"/api/v1/jobs/{plain['id']}").json["result"]["plan"] == ["validate"]
     assert refused.status_code == 422 and refused.json["field"] == "stop_after"
+
+
+def test_an_unknown_search_strategy_is_refused_listing_the_registered_ones(farm):
+    response = farm[0].test_client().post("/api/v1/jobs", json=job_request(strategy="annealing"))
+
+    assert response.status_code == 422
+    assert response.json["field"] == "strategy" and "'gradient', 'rl'" in response.json["detail"]
