@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Before torch loads OpenMP: spinning barriers on this shared, oversubscribed
 # 2-core VM cost several times the work (see device_agents/ios/executor.py).
@@ -285,14 +286,16 @@ def side_by_side(runs: dict[str, Callable[[], object]], rounds: int, number: int
 
 
 def bench_network(name: str, threads: int, number: int, repeat: int, rounds: int, backend: str,
-                  max_states: int) -> dict[str, object]:
+                  max_states: int) -> dict[str, Any]:
+    """One row of the table: counts, the search's figures and ms per inference of each method."""
     build, resolution = NETWORKS[name]
     torch.manual_seed(0)
     module = build().eval()
     shape = (1, 3, resolution, resolution)
     model = export_module_onnx(module, shape)
     graph = graph_from_onnx(model)
-    program: object = OrtModelProgram(model, threads) if backend == "ort" else OnnxModelProgram(model)
+    # Any: the two programs share their interface (stage, feed, run_sequential) but not a base class.
+    program: Any = OrtModelProgram(model, threads) if backend == "ort" else OnnxModelProgram(model)
     x = torch.randn(shape) if backend == "torch" else torch.randn(shape).numpy()
     executor = CpuExecutor(threads=threads)
     try:
@@ -303,7 +306,7 @@ def bench_network(name: str, threads: int, number: int, repeat: int, rounds: int
         search_s = time.perf_counter() - start
         scheduled = {s.method: ScheduledModel(program, schedule_to_json(s, graph))
                      for s in (sequential_schedule(graph), greedy_schedule(graph), ios)}
-        reference = np.asarray(program.run_sequential(x)[0])  # type: ignore[attr-defined]
+        reference = np.asarray(program.run_sequential(x)[0])
         for method, runner in scheduled.items():
             diff = float(np.abs(np.asarray(runner(x, executor=executor)[0]) - reference).max())
             if diff > 1e-3 * max(1.0, float(np.abs(reference).max())):

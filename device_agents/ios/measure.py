@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from device_agents.ios.executor import Executor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class LocalStageMeasurer:
     """``measurer(stage) -> ms`` for the scheduler; ``stage`` is a Stage (``to_dict()``) or its dict.
     ``program`` is an OnnxModelProgram or an OrtModelProgram: stages are timed on the kernels they will run on."""
 
-    def __init__(self, program: Any, inputs: Sequence[torch.Tensor], executor: Executor,
+    def __init__(self, program: Any, inputs: Sequence[torch.Tensor | np.ndarray], executor: Executor,
                  warmup: int = 2, number: int = 6, repeat: int = 6) -> None:
         if warmup < 0 or number < 1 or repeat < 1:
             raise ValueError(f"need warmup >= 0, number >= 1, repeat >= 1; got {warmup}, {number}, {repeat}")

@@ -82,5 +82,5 @@ def merge_convs(ops: Sequence[Sequence[CompiledNode]]) -> MergedConv:
         outputs.append((op[-1].outputs[0], begin, end))
         begin = end
     activation = ops[0][1] if len(ops[0]) == 2 else None
-    return MergedConv(first.inputs[0], weight, bias, next(iter(strides)), (ph, pw),  # type: ignore[arg-type]
-                      next(iter(dilations)), activation, tuple(outputs))  # type: ignore[arg-type]
+    return MergedConv(first.inputs[0], weight, bias, next(iter(strides)), (ph, pw),
+                      next(iter(dilations)), activation, tuple(outputs))

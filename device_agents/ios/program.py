@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import torch
@@ -17,6 +17,9 @@ import torch
 from device_agents.ios.executor import Executor
 from device_agents.ios.merge import MergedConv, merge_convs
 from device_agents.ios.onnx_ops import CompiledNode, compile_nodes
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT = "ios-schedule/1"
 Tensor = torch.Tensor
@@ -108,7 +111,8 @@ class ScheduledModel:
         if missing or len(scheduled) != len(set(scheduled)):
             raise ValueError(f"the schedule must run every node once; missing {sorted(missing)[:5]}")
 
-    def __call__(self, *inputs: Tensor, executor: Executor) -> list[Tensor]:
+    def __call__(self, *inputs: Tensor | np.ndarray, executor: Executor) -> list[Tensor | np.ndarray]:
+        """The model's outputs; tensors in and out on PyTorch kernels, numpy arrays on ORT's."""
         env = self.program.feed(inputs)
         with torch.inference_mode():
             for stage in self.stages:

@@ -26,6 +26,7 @@ outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -145,7 +146,7 @@ def time_schedules(request: TimeSchedulesRequest, agent_version: str,
             if diff > TOLERANCE * scale:
                 raise ValueError(f"schedule {name!r} computes other outputs than the sequential run "
                                  f"(max |diff| {diff:.3g})")
-            runs[name] = (lambda s=scheduled: s(*inputs, executor=executor))
+            runs[name] = functools.partial(scheduled, *inputs, executor=executor)
         for name, parallel in (("ort_sequential", False), ("ort_parallel", True)):
             try:
                 runs[name] = _ort_session(data, parallel, request.target.threads)

@@ -102,8 +102,8 @@ def _conv_spec(nodes: list[onnx.NodeProto], data_inputs: list[str], shapes: dict
     return ConvSpec(
         input=data_inputs[0],
         kernel=(int(weight.shape[2]), int(weight.shape[3])),
-        stride=tuple(attrs.get("strides", [1, 1])),  # type: ignore[arg-type]
-        dilation=tuple(attrs.get("dilations", [1, 1])),  # type: ignore[arg-type]
+        stride=tuple(attrs.get("strides", [1, 1])),
+        dilation=tuple(attrs.get("dilations", [1, 1])),
         pads=(int(pads[0]), int(pads[1])),
         out_channels=int(weight.shape[0]),
         activation=signatures[1] if len(nodes) == 2 else "",
@@ -166,6 +166,7 @@ def export_module_onnx(module: Any, input_shape: tuple[int, ...]) -> onnx.ModelP
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(module, (torch.zeros(input_shape),), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["output"])
+        # arg-type: the stubs name only paths, but the TorchScript exporter (dynamo=False) writes to a buffer too.
+        torch.onnx.export(module, (torch.zeros(input_shape),), buffer,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=ONNX_OPSET, input_names=["input"], output_names=["output"])
     return onnx.load_from_string(buffer.getvalue())

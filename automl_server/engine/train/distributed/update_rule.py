@@ -46,12 +46,21 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from torch import nn
 
 from automl_server.engine.train.distributed.collective import Collective, Pending
 from automl_server.engine.train.distributed.dgc import Segments, densify, take_sparse
+
+
+class RuleState(TypedDict):
+    """What a checkpoint keeps of a DelayedSparseSGD between epochs."""
+
+    u: torch.Tensor
+    velocity_acc: torch.Tensor
+    step_index: int
 
 
 @dataclass
@@ -216,12 +225,12 @@ class DelayedSparseSGD:
             u.index_add_(0, self.dense_idx, delta_e, alpha=m ** age)
         return waited
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> RuleState:
         if self.in_flight or self.steps_in_period:
             raise RuntimeError("flush() before saving: a synchronisation is in flight")
         return {"u": self.u.clone(), "velocity_acc": self.velocity_acc.clone(), "step_index": self.step_index}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.u.copy_(state["u"])  # type: ignore[arg-type]
-        self.velocity_acc.copy_(state["velocity_acc"])  # type: ignore[arg-type]
-        self.step_index = int(state["step_index"])  # type: ignore[call-overload]
+    def load_state_dict(self, state: RuleState) -> None:
+        self.u.copy_(state["u"])
+        self.velocity_acc.copy_(state["velocity_acc"])
+        self.step_index = int(state["step_index"])

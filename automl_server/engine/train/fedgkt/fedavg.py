@@ -26,7 +26,8 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: list[int]) ->
     averaged = {}
     for name, first in states[0].items():
         if first.is_floating_point():
-            averaged[name] = sum(state[name] * (w / total) for state, w in zip(states, weights))  # type: ignore[misc]
+            terms = [state[name] * (w / total) for state, w in zip(states, weights)]
+            averaged[name] = sum(terms[1:], start=terms[0])
         else:
             averaged[name] = first.clone()
     return averaged

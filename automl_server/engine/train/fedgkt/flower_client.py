@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,20 @@ def blob_record(blob: bytes) -> ArrayRecord:
 
 def record_blob(record: ArrayRecord) -> bytes:
     return record["payload"].numpy().tobytes()
+
+
+def record_int(record: Mapping[str, object], key: str) -> int:
+    """``record[key]`` (a number in a Flower config or metric record) as an int."""
+    value = record[key]
+    if not isinstance(value, (int, float, str, bytes)):
+        raise TypeError(f"record entry {key!r} is a {type(value).__name__}; expected a number")
+    return int(value)
+
+
+def _round_settings(config: Mapping[str, object]) -> RoundSettings:
+    # Any: the values are the server's asdict(RoundSettings), already of the fields' types.
+    values: dict[str, Any] = {name: config[name] for name in RoundSettings.__dataclass_fields__}
+    return RoundSettings(**values)
 
 
 def _shard_path(context: Context) -> Path:
@@ -75,9 +91,9 @@ def identify(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     started = time.monotonic()
     config = message.content["config"]
-    torch.set_num_threads(int(config["threads"]))
-    settings = RoundSettings(**{name: config[name] for name in RoundSettings.__dataclass_fields__})
-    round_index, resume_from = int(config["round"]), int(config["resume_from"])
+    torch.set_num_threads(record_int(config, "threads"))
+    settings = _round_settings(config)
+    round_index, resume_from = record_int(config, "round"), record_int(config, "resume_from")
     shard_path = _shard_path(context)
     client, shard, *_ = read_shard(shard_path)
     edge, optimizer = _load_edge(shard_path, resume_from, settings.lr)
@@ -96,7 +112,8 @@ def train(message: Message, context: Context) -> Message:
     blob = payload.encode(upload)
     metrics.update(client=float(client), bytes_up=float(len(blob)), bytes_down_received=float(bytes_down),
                    wall_s=time.monotonic() - started)
-    return Message(RecordDict({"upload": blob_record(blob), "metrics": MetricRecord(metrics)}), reply_to=message)
+    return Message(RecordDict({"upload": blob_record(blob), "metrics": MetricRecord(dict(metrics))}),
+                   reply_to=message)
 
 
 @client_app.query("export")
@@ -105,7 +122,7 @@ def export(message: Message, context: Context) -> Message:
     shard_path = _shard_path(context)
     bytes_down = len(record_blob(message.content.array_records["reply"])) if "reply" in message.content.array_records \
         else 0
-    edge, _ = _load_edge(shard_path, int(config["round"]), 1e-3)
+    edge, _ = _load_edge(shard_path, record_int(config, "round"), 1e-3)
     buffer = io.BytesIO()
     torch.save(edge.state_dict(), buffer)
     return Message(RecordDict({"edge": blob_record(buffer.getvalue()),

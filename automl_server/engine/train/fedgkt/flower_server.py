@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from automl_server.engine.train.fedgkt import payload
 from automl_server.engine.train.fedgkt.client import RoundSettings
-from automl_server.engine.train.fedgkt.flower_client import blob_record, record_blob
+from automl_server.engine.train.fedgkt.flower_client import blob_record, record_blob, record_int
 from automl_server.engine.train.fedgkt.models import ServerModel
 from automl_server.engine.train.fedgkt.server import ServerTrainer
 from automl_server.engine.train.fedgkt.workspace import Workspace, append_json_line, atomic_save, write_json
@@ -73,7 +73,7 @@ def _identify(grid: Grid, nodes: Iterable[int], clients: int) -> dict[int, int]:
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
             raise ClientFailed(f"node {reply.metadata.src_node_id} failed to identify: {reply.error.reason}")
-        node_of[int(reply.content["identity"]["client"])] = reply.metadata.src_node_id
+        node_of[record_int(reply.content["identity"], "client")] = reply.metadata.src_node_id
     if sorted(node_of) != list(range(clients)):
         raise ClientFailed(f"SuperNodes hold clients {sorted(node_of)}; the job has clients 0..{clients - 1}")
     return node_of
@@ -123,9 +123,10 @@ def run_rounds(grid: Grid, workspace: Workspace) -> None:
             uploads[client] = payload.decode(blob, payload.UPLOAD_FIELDS)
             metrics = dict(received[client]["metrics"])
             client_rows.append({"client": client, "accuracy": metrics["accuracy"] if metrics["test_samples"] else None,
-                                "test_samples": int(metrics["test_samples"]), "train_loss": metrics["train_loss"],
-                                "bytes_up": len(blob), "bytes_up_sent": int(metrics["bytes_up"]),
-                                "bytes_down_received": int(metrics["bytes_down_received"]),
+                                "test_samples": record_int(metrics, "test_samples"),
+                                "train_loss": metrics["train_loss"],
+                                "bytes_up": len(blob), "bytes_up_sent": record_int(metrics, "bytes_up"),
+                                "bytes_down_received": record_int(metrics, "bytes_down_received"),
                                 "bytes_down_sent": len(pending.get(client, b"")), "wall_s": metrics["wall_s"]})
         server_started = time.monotonic()
         server_loss = trainer.train(uploads, round_index)

@@ -89,9 +89,12 @@ def split_edge_model(model: nn.Module, arch: Arch, cut: int) -> EdgeModel:
     layout = arch.layout()
     check_cut(layout, cut)
     n_extractor_cells = sum(1 for cell in layout.cells if cell.stage <= cut)
-    cells = list(model.cells)  # type: ignore[arg-type]
-    extractor = nn.Sequential(model.stem, *cells[:n_extractor_cells])  # type: ignore[arg-type]
-    client_classifier = nn.Sequential(*cells[n_extractor_cells:], model.head, model.classifier)  # type: ignore[arg-type]
+    cells = model.get_submodule("cells")
+    if not isinstance(cells, nn.ModuleList):
+        raise ValueError(f"split_edge_model needs a network from build_model; its cells are a {type(cells).__name__}")
+    stem, head, classifier = (model.get_submodule(name) for name in ("stem", "head", "classifier"))
+    extractor = nn.Sequential(stem, *cells[:n_extractor_cells])
+    client_classifier = nn.Sequential(*cells[n_extractor_cells:], head, classifier)
     return EdgeModel(extractor, client_classifier)
 
 

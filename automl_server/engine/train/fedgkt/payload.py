@@ -12,6 +12,7 @@ Reply (server -> client): ``ids`` and ``logits`` (z_s) per training sample.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,9 @@ REPLY_FIELDS = ("ids", "logits")
 
 def encode(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.ascontiguousarray(value) for name, value in arrays.items()})
+    # Any: typed as arrays, savez's **kwds could also fill its allow_pickle flag.
+    contiguous: dict[str, Any] = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    np.savez(buffer, **contiguous)
     return buffer.getvalue()
 
 

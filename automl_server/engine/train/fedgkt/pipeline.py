@@ -9,6 +9,7 @@ how the two networks are built and ``runner`` for resuming.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any, Literal
 
@@ -148,7 +149,8 @@ def run_fedgkt(inputs: PipelineInputs, settings: FedGKTSettings, callbacks: Trai
     for state in finals:
         edge.load_state_dict(state)
         client_eval.append(evaluate(edge, eval_x, eval_y) if len(eval_y) else None)
-    best = max(range(len(finals)), key=lambda k: client_eval[k] if client_eval[k] is not None else -1.0)
+    scores = [accuracy if accuracy is not None else -1.0 for accuracy in client_eval]
+    best = max(range(len(finals)), key=scores.__getitem__)
     edge.load_state_dict(finals[best])  # inputs.model now holds this client's edge weights
 
     server_size = (settings.server_width_mult, settings.server_depth_mult)
@@ -204,16 +206,16 @@ def _baselines(inputs: PipelineInputs, arch: Any, cut: int, initial_edge: dict[s
     torch.manual_seed(round_settings.seed + 1)
     large = ExtractorAndServer(copy.deepcopy(searched_edge.extractor),
                                ServerModel(arch, cut, settings.server_width_mult, settings.server_depth_mult))
-    common = dict(rounds=settings.rounds, client_epochs=settings.client_epochs, lr=settings.lr,
-                  batch_size=inputs.batch_size, seed=round_settings.seed, eval_x=eval_x, eval_y=eval_y,
-                  on_step=callbacks.check_cancelled)
+    fedavg = functools.partial(run_fedavg, shards=shards, rounds=settings.rounds, client_epochs=settings.client_epochs,
+                               lr=settings.lr, batch_size=inputs.batch_size, seed=round_settings.seed,
+                               eval_x=eval_x, eval_y=eval_y, on_step=callbacks.check_cancelled)
     started = time.monotonic()
-    server_size = run_fedavg(large, shards, **common)  # type: ignore[arg-type]
+    server_size = fedavg(large)
     server_size["wall_s"] = time.monotonic() - started
     callbacks.metric("FedAvg, server-size model on the edge", phase="fedavg", model="server_size",
                      accuracy=server_size["accuracy"], history=server_size["history"])
     started = time.monotonic()
-    edge_only = run_fedavg(searched_edge, shards, **common)  # type: ignore[arg-type]
+    edge_only = fedavg(searched_edge)
     edge_only["wall_s"] = time.monotonic() - started
     callbacks.metric("FedAvg, searched model", phase="fedavg", model="searched", accuracy=edge_only["accuracy"],
                      history=edge_only["history"])

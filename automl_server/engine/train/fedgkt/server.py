@@ -6,12 +6,21 @@ both use ``ServerTrainer``.
 """
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 import numpy as np
 import torch
 from torch import nn
 
 from automl_server.engine.train.fedgkt.client import RoundSettings, batch_order, make_optimizer
 from automl_server.engine.train.fedgkt.losses import server_loss
+
+
+class TrainerState(TypedDict):
+    """What a checkpoint keeps of a ServerTrainer: its model's and its optimizer's state dicts."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
 
 
 class ServerTrainer:
@@ -69,9 +78,9 @@ class ServerTrainer:
                 total += len(upload["test_labels"])
         return correct / total if total else None
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> TrainerState:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: TrainerState) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

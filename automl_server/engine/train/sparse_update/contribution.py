@@ -92,9 +92,9 @@ def analyse_contributions(net: SparseNet, x_train: torch.Tensor, y_train: torch.
 
     accuracies = []
     try:
-        for done, updates in enumerate(candidates, start=1):
+        for done, candidate in enumerate(candidates, start=1):
             net.restore(start)
-            net.apply_updates(updates or frozen)
+            net.apply_updates(candidate or frozen)
             train_batches(net, batches, config)
             accuracies.append(evaluate(net, x_eval, y_eval))
             if on_candidate is not None:

@@ -6,19 +6,39 @@ to it, and the trained values written back into the original network.
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from automl_server.engine.train.sparse_update.scheme import ConvLayerInfo, LayerUpdate, SparseScheme
-from automl_server.engine.train.sparse_update.sparse_conv import SparseConv
+from automl_server.engine.train.sparse_update.sparse_conv import SparseConv, running_stats
 
 
-def _conv_bn_units(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    """Every ``conv_bn`` unit (a Sequential holding ``conv`` and ``bn``) by module path."""
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, nn.Sequential) and isinstance(getattr(module, "conv", None), nn.Conv2d)
-            and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)]
+class _ConvBnUnit(NamedTuple):
+    """A ``conv_bn`` unit (a Sequential holding ``conv`` and ``bn``) and those two."""
+
+    name: str
+    unit: nn.Sequential
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+
+
+def _conv_bn_units(model: nn.Module) -> list[_ConvBnUnit]:
+    """Every ``conv_bn`` unit of ``model``, with its module path."""
+    units = []
+    for name, module in model.named_modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(module, nn.Sequential) and isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            units.append(_ConvBnUnit(name, module, conv, bn))
+    return units
+
+
+def _linear_classifier(model: nn.Module) -> nn.Linear:
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear):
+        raise ValueError(f"SparseNet needs a model with a Linear 'classifier', got {type(classifier).__name__}")
+    return classifier
 
 
 class SparseNet(nn.Module):
@@ -29,16 +49,14 @@ class SparseNet(nn.Module):
         self.net = copy.deepcopy(model)
         self.net.eval()  # folded BN: no statistics to update, no train/eval difference left
         by_module: dict[SparseConv, str] = {}
-        for name, unit in _conv_bn_units(self.net):
-            sparse = SparseConv(unit.conv, unit.bn, act=isinstance(getattr(unit, "act", None), nn.ReLU6))
+        for name, unit, conv, bn in _conv_bn_units(self.net):
+            sparse = SparseConv(conv, bn, act=isinstance(getattr(unit, "act", None), nn.ReLU6))
             unit.conv = sparse
             unit.bn = nn.Identity()
             if hasattr(unit, "act"):
                 unit.act = nn.Identity()  # folded into SparseConv, which saves a mask instead of its input
             by_module[sparse] = name
-        classifier = getattr(self.net, "classifier", None)
-        if not isinstance(classifier, nn.Linear):
-            raise ValueError(f"SparseNet needs a model with a Linear 'classifier', got {type(classifier).__name__}")
+        _linear_classifier(self.net)
         self.layers, self.infos = self._trace(by_module, resolution)
         self.scheme: SparseScheme | None = None
 
@@ -52,7 +70,7 @@ class SparseNet(nn.Module):
 
         handles = [module.register_forward_hook(record) for module in names]
         try:
-            in_ch = self.net.stem.first_conv.conv.in_channels if hasattr(self.net, "stem") else 3
+            in_ch = self._input_channels()
             with torch.no_grad():
                 self.net(torch.zeros(1, in_ch, resolution, resolution))
         finally:
@@ -64,6 +82,16 @@ class SparseNet(nn.Module):
                                input_hw=in_hw, output_hw=out_hw)
                  for i, (m, in_hw, out_hw) in enumerate(order)]
         return layers, infos
+
+    def _input_channels(self) -> int:
+        """The channels of the network's input: its stem's first conv's (3 without a stem)."""
+        if not hasattr(self.net, "stem"):
+            return 3
+        first = self.net.get_submodule("stem.first_conv.conv")
+        if not isinstance(first, (SparseConv, nn.Conv2d)):
+            raise ValueError(f"SparseNet reads the input channels from stem.first_conv.conv, a conv; "
+                             f"got {type(first).__name__}")
+        return first.in_channels
 
     @property
     def classifier(self) -> nn.Linear:
@@ -118,7 +146,7 @@ class SparseNet(nn.Module):
         returns the layers written. A trained layer's BN becomes the identity (statistics
         0 and 1 - eps, scale 1) so that conv weight and bias carry the folded values;
         frozen layers keep their original conv and BN untouched."""
-        units = dict(_conv_bn_units(model))
+        units = {unit.name: unit for unit in _conv_bn_units(model)}
         written = []
         for layer, info in zip(self.layers, self.infos):
             update = self.scheme.updates(len(self.layers))[info.index] if self.scheme is not None else None
@@ -128,12 +156,13 @@ class SparseNet(nn.Module):
             unit = units[info.name]
             unit.conv.weight.copy_(layer.weight)
             bn = unit.bn
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
+            running_mean, running_var = running_stats(bn)
+            running_mean.zero_()
+            running_var.fill_(1.0 - bn.eps)
             bn.weight.fill_(1.0)
             bn.bias.copy_(layer.bias)
             written.append(info.name)
-        target = model.classifier
+        target = _linear_classifier(model)
         target.weight.copy_(self.classifier.weight)
         target.bias.copy_(self.classifier.bias)
         return written

@@ -127,8 +127,9 @@ def _adapt_classifier(model: nn.Module, num_classes: int, callbacks: TrainCallba
                       f"this job has {num_classes}")
         model.classifier = nn.Linear(classifier.in_features, num_classes)
         arch = getattr(model, "arch", None)
-        if dataclasses.is_dataclass(arch) and hasattr(arch, "num_classes"):
-            model.arch = dataclasses.replace(arch, num_classes=num_classes)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(arch) and not isinstance(arch, type) and hasattr(arch, "num_classes"):
+            # setattr: nn.Module's typed __setattr__ takes tensors and modules, not a plain dataclass.
+            setattr(model, "arch", dataclasses.replace(arch, num_classes=num_classes))
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import grad as nn_grad
 
 RELU6_MAX = 6.0
 
@@ -37,7 +38,7 @@ class SparseConvFunction(torch.autograd.Function):
     copy of ``weight[:, keep]`` (or of ``weight[keep]`` for a depthwise conv)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 weight_part: torch.Tensor | None, keep: torch.Tensor | None, stride: int, padding: int,
                 groups: int, act: bool) -> torch.Tensor:
         need_x, need_w, need_b, need_part = ctx.needs_input_grad[:4]
@@ -56,16 +57,16 @@ class SparseConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         mask, weight, saved_x, saved_part, keep = ctx.saved_tensors
         x_shape, w_shape, stride, padding, groups = ctx.conf
         need_x, need_w, need_b, need_part = ctx.needs_input_grad[:4]
         grad = grad_out * mask if mask is not None else grad_out
         grad_x = grad_w = grad_b = grad_part = None
         if need_x:
-            grad_x = torch.nn.grad.conv2d_input(list(x_shape), weight, grad, stride, padding, 1, groups)
+            grad_x = nn_grad.conv2d_input(list(x_shape), weight, grad, stride, padding, 1, groups)
         if need_w:
-            grad_w = torch.nn.grad.conv2d_weight(saved_x, list(w_shape), grad, stride, padding, 1, groups)
+            grad_w = nn_grad.conv2d_weight(saved_x, list(w_shape), grad, stride, padding, 1, groups)
         if need_b:
             grad_b = grad.sum((0, 2, 3))
         if need_part:
@@ -73,12 +74,20 @@ class SparseConvFunction(torch.autograd.Function):
             if groups == 1:
                 # dW[:, c] depends on input channel c only: the kept channels suffice.
                 part_shape = [w_shape[0], n_keep, w_shape[2], w_shape[3]]
-                grad_part = torch.nn.grad.conv2d_weight(saved_part, part_shape, grad, stride, padding, 1, 1)
+                grad_part = nn_grad.conv2d_weight(saved_part, part_shape, grad, stride, padding, 1, 1)
             else:  # depthwise: channel c's filter sees input channel c and output channel c
                 part_shape = [n_keep, 1, w_shape[2], w_shape[3]]
-                grad_part = torch.nn.grad.conv2d_weight(saved_part, part_shape, grad.index_select(1, keep),
+                grad_part = nn_grad.conv2d_weight(saved_part, part_shape, grad.index_select(1, keep),
                                                         stride, padding, 1, n_keep)
         return grad_x, grad_w, grad_b, grad_part, None, None, None, None, None
+
+
+def running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm's (running_mean, running_var); ValueError when it tracks none."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} has no running statistics (track_running_stats=False); "
+                         "the sparse update folds them into the conv")
+    return bn.running_mean, bn.running_var
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:
@@ -95,11 +104,12 @@ class SparseConv(nn.Module):
         super().__init__()
         if conv.groups != 1 and not is_depthwise(conv):
             raise ValueError(f"SparseConv supports plain and depthwise convs, got groups={conv.groups}")
+        running_mean, running_var = running_stats(bn)
         with torch.no_grad():
             # The reference fine-tunes BN-free (folded) graphs: fold the running statistics once.
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            scale = bn.weight / torch.sqrt(running_var + bn.eps)
             weight = conv.weight * scale.view(-1, 1, 1, 1)
-            bias = bn.bias - bn.running_mean * scale
+            bias = bn.bias - running_mean * scale
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         # Registered (as None until a scheme sets them) so they travel in the state dict.
