@@ -5,7 +5,8 @@
   registry, and latency-LUT keys (``op_key``) in the reference ProxylessNAS format.
 - ``arch``: the Arch spec (JSON), ``build_model`` for a plain network, and sampling.
 - ``catalog``: the registered spaces ("proxyless-mobile", "proxyless-cpu",
-  "proxyless-gpu", "tiny").
+  "proxyless-gpu", "tiny", and with parallel branches "inception-mobile",
+  "tiny-branches").
 
 Imports only torch and the standard library. The spec format is described in
 ARCH_SCHEMA.md beside this file.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,8 +133,44 @@ def build_fixed_layers(layout: SpaceLayout) -> tuple[nn.Module, nn.Module, nn.Mo
     return stem, head, nn.Linear(classifier.in_ch, classifier.out_ch)
 
 
+def run_blocks(
+    cells: nn.ModuleList, blocks: Sequence[Sequence[int]], x: torch.Tensor, *, drop_zero: bool
+) -> torch.Tensor:
+    """x through the cells block by block: a one-cell block is a chain step; the
+    branches of a larger block all read its input and their outputs are summed.
+
+    ``drop_zero`` (the plain network) leaves a branch holding a ``Zero`` op out
+    of the graph, so an exported network has no constant-zero operators: its
+    contribution is nothing, or the input when the branch carries the block's
+    shortcut. The supernet keeps it (its MixedOp needs the Zero path's gate).
+    """
+    for block in blocks:
+        if len(block) == 1:
+            x = cells[block[0]](x)
+            continue
+        outputs = []
+        for index in block:
+            cell = cells[index]
+            if drop_zero and isinstance(getattr(cell, "op", None), Zero):
+                if getattr(cell, "residual", False):
+                    outputs.append(x)
+                continue
+            outputs.append(cell(x))
+        if not outputs:
+            raise ValueError(f"block of cells {tuple(block)} has only Zero branches and no shortcut")
+        out = outputs[0]
+        for branch_out in outputs[1:]:
+            out = out + branch_out
+        x = out
+    return x
+
+
 class SingleNet(nn.Module):
-    """The plain network of one Arch: stem, one Cell per block, head, classifier."""
+    """The plain network of one Arch: stem, one Cell per block string, head, classifier.
+
+    ``cells`` holds one Cell per layout cell (branches included, in layout
+    order); ``blocks`` (from the layout) says which of them run side by side.
+    """
 
     def __init__(self, arch: Arch) -> None:
         super().__init__()
@@ -145,11 +181,10 @@ class SingleNet(nn.Module):
             Cell(build_op(block, spec.in_ch, spec.out_ch, spec.stride), spec.residual)
             for block, spec in zip(arch.blocks, layout.cells)
         )
+        self.blocks = layout.blocks()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for cell in self.cells:
-            x = cell(x)
+        x = run_blocks(self.cells, self.blocks, self.stem(x), drop_zero=True)
         return self.classifier(self.head(x))
 
     def to_arch(self) -> Arch:

@@ -46,3 +46,51 @@ register_space(
         last_ch=256,
     )
 )
+
+# Multi-branch spaces, for an inter-operator scheduler (IOS, Ding et al., MLSys
+# 2021) to have independent operators to run side by side. Each searchable
+# position is a block of parallel branches that all read the block's input, as
+# in an Inception module (Szegedy et al., CVPR 2015: 1x1/3x3/5x5 paths from one
+# input), joined by addition as in a NASNet cell (Zoph et al., CVPR 2018) rather
+# than by concatenation, so that every branch keeps the block's full width and
+# the latency key of an ordinary MBConv cell. Each branch chooses its own
+# operator with ProxylessNAS binary gates, so the kernel size per path that
+# Inception fixes by hand is searched. Zero is offered on every branch of a
+# block with an identity shortcut (branch 0 keeps the shortcut, so an all-Zero
+# block is the identity, as a Zero chain cell is). Not a space from a paper.
+register_space(
+    SearchSpace(
+        name="inception-mobile",
+        description="Inception-like blocks of 3 parallel searched MBConv branches (summed), ProxylessNAS ops",
+        width_mult=1.0,
+        candidates=PROXYLESS_CANDIDATES,
+        allow_zero=True,
+        stage_widths=(24, 40, 80, 96, 192, 320),
+        # Fewer positions than the chain (each is three branches): 12 blocks, 36 searched cells.
+        stage_cells=(2, 2, 3, 2, 2, 1),
+        stage_strides=(2, 2, 2, 1, 2, 1),
+        first_conv_ch=32,
+        first_block_ch=16,
+        last_ch=1280,
+        branches=3,
+    )
+)
+
+# The small variant for microcontroller-class targets and tests: the widths of
+# "tiny", 5 blocks of 3 branches (15 searched cells).
+register_space(
+    SearchSpace(
+        name="tiny-branches",
+        description="Small Inception-like space: blocks of 3 parallel searched MBConv branches (summed)",
+        width_mult=0.35,
+        candidates=("mb3_k3", "mb3_k5", "mb6_k3", "mb6_k5"),
+        allow_zero=True,
+        stage_widths=(16, 24, 40, 96),
+        stage_cells=(1, 2, 1, 1),
+        stage_strides=(2, 2, 2, 2),
+        first_conv_ch=16,
+        first_block_ch=8,
+        last_ch=256,
+        branches=3,
+    )
+)

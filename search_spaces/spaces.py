@@ -5,6 +5,13 @@ blocks); ``layout()`` turns it into the concrete per-cell shapes for one input
 resolution, class count and channel count. Latency keys (``op_key``) are
 derived from that layout, so a LUT, the supernet and the final model all see
 the same shapes.
+
+A space may have parallel branches (``branches > 1``): each searchable
+position is then a block of that many cells that all read the block's input
+and whose outputs are summed. Every branch is an ordinary cell (its own
+candidates, MixedOp and latency key), so the search, the keys and the
+profiler treat it exactly as a chain cell; ``SpaceLayout.blocks`` says which
+consecutive cells are the branches of one block.
 """
 from __future__ import annotations
 
@@ -46,12 +53,25 @@ class CellSpec:
     stride: int  # effective stride after the resolution rule (1 or 2)
     input_hw: int  # spatial size of the cell's (square) input
     output_hw: int
-    candidates: tuple[str, ...]  # block strings; "zero" only where the cell is residual
+    candidates: tuple[str, ...]  # block strings; "zero" only where the cell (or its block) is residual
+    branch: int = 0  # position among the parallel branches of its block (0 in a chain space)
+    branches: int = 1  # parallel branches of its block; 1 = a chain cell
+
+    @property
+    def block_residual(self) -> bool:
+        """Whether the cell's block keeps an identity shortcut (stride 1 and in == out)."""
+        return self.stride == 1 and self.in_ch == self.out_ch
 
     @property
     def residual(self) -> bool:
-        """Whether the cell adds its input to the op's output (stride 1 and in == out)."""
-        return self.stride == 1 and self.in_ch == self.out_ch
+        """Whether the cell adds its input to the op's output (stride 1 and in == out).
+
+        In a block of parallel branches only branch 0 carries the block's
+        shortcut: sum_b op_b(x) + x == (op_0(x) + x) + sum_{b>0} op_b(x), so
+        the add is priced inside branch 0's key (idskip:1), as for a chain cell,
+        and a Zero branch 0 still passes the input on.
+        """
+        return self.block_residual and self.branch == 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,13 @@ class SpaceLayout:
     fixed: tuple[FixedLayer, ...]  # forward order; the cells go between first_block and feature_mix
     cells: tuple[CellSpec, ...]
 
+    def blocks(self) -> tuple[tuple[int, ...], ...]:
+        """Cell indices per block, in forward order: one cell in a chain space,
+        the parallel branches (all reading the block's input, outputs summed) otherwise."""
+        return tuple(
+            tuple(range(cell.index, cell.index + cell.branches)) for cell in self.cells if cell.branch == 0
+        )
+
     def fixed_layer(self, name: str) -> FixedLayer:
         """The fixed layer with this name; ValueError listing the names otherwise."""
         for layer in self.fixed:
@@ -101,6 +128,7 @@ class SearchSpace:
     first_conv_ch: int = 32  # stem 3x3 conv, stride 2
     first_block_ch: int = 16  # fixed MBConv1 3x3 block after the stem
     last_ch: int = 1280  # final 1x1 conv; scaled only when width_mult > 1 (reference code, MobileNetV2)
+    branches: int = 1  # parallel branches per searchable position (summed); 1 = the ProxylessNAS chain
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and frozen, so spaces stay hashable and comparable.
@@ -133,7 +161,7 @@ class SearchSpace:
         for stride in self.stage_strides:
             if stride not in (1, 2):
                 raise ValueError(f"{where}: stage strides must be 1 or 2, got {stride!r}")
-        for label in ("first_conv_ch", "first_block_ch", "last_ch"):
+        for label in ("first_conv_ch", "first_block_ch", "last_ch", "branches"):
             check_positive_int(f"{where}: {label}", getattr(self, label))
 
     def channels(self, width: int) -> int:
@@ -142,7 +170,7 @@ class SearchSpace:
 
     @property
     def num_cells(self) -> int:
-        return sum(self.stage_cells)
+        return sum(self.stage_cells) * self.branches
 
     def layout(self, resolution: int, num_classes: int, in_channels: int = 3) -> SpaceLayout:
         """Per-layer channels and spatial sizes for this input.
@@ -178,7 +206,11 @@ class SearchSpace:
                 # skipped cell becomes the identity rather than erasing the features.
                 candidates = self.candidates + ((ZERO,) if residual and self.allow_zero else ())
                 out_hw = conv_out_hw(hw, stride)
-                cells.append(CellSpec(len(cells), stage, in_ch, out_ch, stride, hw, out_hw, candidates))
+                for branch in range(self.branches):
+                    cells.append(
+                        CellSpec(len(cells), stage, in_ch, out_ch, stride, hw, out_hw, candidates,
+                                 branch=branch, branches=self.branches)
+                    )
                 in_ch, hw = out_ch, out_hw
 
         # The reference keeps 1280 for width_mult <= 1: shrinking the last conv costs accuracy for little latency.

@@ -3,6 +3,9 @@
 Fixed stem and head come from ``search_spaces.build_fixed_layers``; every cell
 of the layout becomes ``Cell(MixedOp(...), residual)``, so the derived
 architecture runs exactly the modules a ``search_spaces.build_model`` net has.
+In a space with parallel branches each branch is such a cell with its own
+MixedOp (its own alphas and gates), and the cells of one block read the same
+input and are summed (``search_spaces.arch.run_blocks``).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from search_spaces.arch import Arch, build_fixed_layers
+from search_spaces.arch import Arch, build_fixed_layers, run_blocks
 from search_spaces.keys import space_keys
 from search_spaces.ops import ZERO, Cell, build_op
 from search_spaces.spaces import SpaceLayout, op_key
@@ -32,6 +35,7 @@ class SuperNet(nn.Module):
             ops = [build_op(block, spec.in_ch, spec.out_ch, spec.stride) for block in spec.candidates]
             cells.append(Cell(MixedOp(list(spec.candidates), ops), spec.residual))
         self.cells = nn.ModuleList(cells)
+        self.blocks = layout.blocks()
         # Per latency model: (the model, kept so its id is not reused; fixed-layer ms; per-cell ms tensors).
         self._latency_cache: dict[int, tuple[LatencyModel, float, list[torch.Tensor]]] = {}
 
@@ -40,9 +44,7 @@ class SuperNet(nn.Module):
         return [cast(MixedOp, cell.op) for cell in self.cells]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for cell in self.cells:
-            x = cell(x)
+        x = run_blocks(self.cells, self.blocks, self.stem(x), drop_zero=False)
         return self.classifier(self.head(x))
 
     # -- parameters --------------------------------------------------------
@@ -119,7 +121,14 @@ class SuperNet(nn.Module):
         return self._latencies(latency_model)[0]
 
     def expected_latency_ms(self, latency_model: LatencyModel) -> torch.Tensor:
-        """Fixed layers + sum over cells of sum_j p_j * lat_j; differentiable in the alphas."""
+        """Fixed layers + sum over cells of sum_j p_j * lat_j; differentiable in the alphas.
+
+        Parallel branches are summed like chain cells: the latency of a block is
+        taken as that of running its branches one after another (sequential
+        execution; the adds that join them are not priced). An inter-operator
+        scheduler (IOS) then makes the deployed network faster than this sum,
+        so the expected latency is an upper estimate for branched spaces.
+        """
         fixed_ms, per_cell = self._latencies(latency_model)
         expected = torch.stack([op.expected_latency(lat) for op, lat in zip(self.mixed_ops, per_cell)]).sum()
         return expected + fixed_ms
