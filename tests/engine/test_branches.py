@@ -9,7 +9,8 @@ from sklearn.datasets import load_digits
 
 from automl_server.engine import FlopsLatencyModel, SuperNet
 from automl_server.engine.data import split_arrays
-from automl_server.engine.deploy.ios import PARALLEL, candidate_stages, export_module_onnx, graph_from_onnx
+from automl_server.engine.deploy.export import check_onnx, export_onnx
+from automl_server.engine.deploy.ios import MERGE, PARALLEL, candidate_stages, export_module_onnx, graph_from_onnx
 from automl_server.engine.derive import derive_within_target
 from automl_server.engine.search import SearchConfig, arch_latency_ms, run_search
 from search_spaces import Arch, arch_of, build_model, get_space, op_key
@@ -105,15 +106,19 @@ def test_search_on_8x8_digits_ends_with_a_buildable_branched_arch():
     assert build_model(result.arch)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
-def test_the_exported_network_has_parallel_stages_for_ios():
-    # arrange: a derived network whose non-residual blocks run three branches
+def test_the_exported_network_matches_torch_and_has_parallel_stages_for_ios(tmp_path):
+    # arrange: a derived network whose non-residual blocks run three branches, one residual branch skipped
     layout = get_space(SPACE).layout(8, 10, 1)
-    arch = Arch(SPACE, 8, 10, 1, tuple(cell.candidates[0] for cell in layout.cells))
+    arch = Arch(SPACE, 8, 10, 1, tuple(ZERO if cell.index == 1 else cell.candidates[0] for cell in layout.cells))
     torch.manual_seed(0)
+    model = build_model(arch).eval()
 
-    graph = graph_from_onnx(export_module_onnx(build_model(arch), (1, 1, 8, 8)))
+    check = check_onnx(model, export_onnx(model, (1, 1, 8, 8), tmp_path / "model.onnx"), torch.randn(3, 1, 8, 8))
+    graph = graph_from_onnx(export_module_onnx(model, (1, 1, 8, 8)))
     stages = candidate_stages(graph)
 
+    assert check.max_abs_diff < 1e-4 and check.agree_top1 == 1.0
     assert any(stage.kind == PARALLEL and len(stage.groups) >= 3 for stage in stages.values())
+    assert any(stage.kind == MERGE for stage in stages.values())  # the branches' 1x1 expand convs share an input
     fan_out = [sum(u in preds for preds in graph.preds) for u in range(len(graph))]
     assert max(fan_out) >= 3  # a block's input feeds its three branches
