@@ -75,11 +75,11 @@ def pipeline_settings(body: JobCreate, dataset: Dataset) -> dict[str, Any]:
     if pipeline.check is not None:
         facts = DataFacts(train_samples=_training_samples(dataset, body.params.final_fit),
                           num_classes=len(dataset.classes), resolution=dataset.image_height,
-                          epochs=body.budget.train_epochs, batch_size=body.params.batch_size)
+                          epochs=body.budget.train_epochs, batch_size=body.params.batch_size, space=body.space)
         try:
             pipeline.check(settings, facts)
         except InvalidPipelineSettings as exc:
-            raise InvalidRequest(f"params.{pipeline.params_key}.{exc.field}", exc.detail) from None
+            raise InvalidRequest(pipeline.field_path(exc.field), exc.detail) from None
     return {pipeline.params_key: settings.model_dump(mode="json")}
 
 

@@ -111,8 +111,7 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
     try:
         outcome = pipeline.run(inputs, settings, StageCallbacks(ctx, deadline(ctx, spec, "train")))
     except InvalidPipelineSettings as exc:
-        field = exc.field if exc.field.startswith(f"{pipeline.params_key}.") else f"{pipeline.params_key}.{exc.field}"
-        raise StageFailed(f"params.{field}: {exc.detail}") from None
+        raise StageFailed(f"{pipeline.field_path(exc.field)}: {exc.detail}") from None
     test_accuracy = evaluate(outcome.model, x_test, y_test)
     weights = ctx.job_dir() / "model.pt"
     torch.save({"arch": arch.to_dict(), "state_dict": outcome.model.state_dict(), "mean": data.mean,

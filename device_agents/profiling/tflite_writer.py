@@ -106,6 +106,11 @@ class _Graph:
     # -- modules -----------------------------------------------------------------
     def emit(self, module: nn.Module, x: int) -> int:
         if isinstance(module, SingleNet):
+            if any(len(block) > 1 for block in module.blocks):
+                # Parallel branches summed per block (multi-branch spaces) are not written yet:
+                # refusing beats writing them as a chain, which would be a different network.
+                raise UnsupportedModule("write_tflite writes chain networks only; this one has parallel branches "
+                                        "(a space with branches > 1): use an ONNX Runtime target")
             for cell in module.cells:
                 if isinstance(cell.op, Zero) and not cell.residual:
                     raise UnsupportedModule("write_tflite cannot express a skipped (zero) cell without a residual")

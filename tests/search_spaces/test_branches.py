@@ -116,3 +116,12 @@ def test_inception_mobile_is_registered_with_the_paper_candidates():
     assert space.branches == 3 and space.num_cells == 36 == len(layout.cells)
     assert set(layout.cells[0].candidates) == {"mb3_k3", "mb3_k5", "mb3_k7", "mb6_k3", "mb6_k5", "mb6_k7"}
     assert layout.cells[-1].output_hw == 7
+
+
+def test_the_tflite_writer_refuses_a_network_with_parallel_branches(tmp_path):
+    from device_agents.profiling.tflite_writer import UnsupportedModule, write_tflite
+    from search_spaces import build_model, sample_archs
+
+    arch = sample_archs("tiny-branches", 1, seed=0, resolution=8, num_classes=10, in_channels=1)[0]
+    with pytest.raises(UnsupportedModule, match="parallel branches"):
+        write_tflite(build_model(arch), (1, 8, 8, 1), tmp_path / "m.tflite")

@@ -111,3 +111,21 @@ def test_a_fedgkt_job_trains_through_flower_clients_and_reports_each_round(farm)
     rounds = [e.data for e in events(db, job["id"], "metric") if e.data.get("phase") == "fedgkt"]
     assert [r["round"] for r in rounds] == [1]
     assert job["result"]["export"]["onnx"]
+
+
+def test_fedgkt_on_a_space_with_parallel_branches_is_refused_at_submission(farm):
+    client = farm[0].test_client()
+    response = client.post("/api/v1/jobs", json=job_request(space="tiny-branches", pipeline="fedgkt"))
+
+    assert response.status_code == 422
+    assert response.json["field"] == "params.fedgkt" and "chain" in response.json["detail"]
+
+
+def test_a_pipeline_check_names_the_setting_once(farm):
+    client = farm[0].test_client()
+    # digits: ~1,400 training images, 2 workers x 64 a step: 11 steps an epoch, so a delay of 20 cannot fit.
+    response = client.post("/api/v1/jobs", json=job_request(pipeline="delayed-sgd",
+                                                            params={"distributed": {"delay": 20}}))
+
+    assert response.status_code == 422, response.json
+    assert response.json["field"] == "params.distributed.delay" and "epoch" in response.json["detail"]

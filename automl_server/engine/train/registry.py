@@ -99,8 +99,9 @@ class TrainOutcome:
 
 
 class InvalidPipelineSettings(ValueError):
-    """A setting is wrong for this job's data; ``field`` names it (dotted, under
-    the pipeline's params key) and the message says what would be accepted."""
+    """A setting is wrong for this job's data; ``field`` names it (the setting's
+    name, optionally prefixed by the pipeline's params key) and the message says
+    what would be accepted."""
 
     def __init__(self, field_name: str, detail: str) -> None:
         super().__init__(f"{field_name}: {detail}")
@@ -123,6 +124,7 @@ class DataFacts:
     resolution: int
     epochs: int
     batch_size: int = 64  # the job's batch size (params.batch_size)
+    space: str = ""  # the job's search space
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,12 @@ class Pipeline:
 
     def settings_schema(self) -> dict[str, Any]:
         return self.config.model_json_schema()
+
+    def field_path(self, field_name: str) -> str:
+        """A setting's path in a job request: ``params.<params_key>.<field>`` (a field
+        already starting with the params key, as "fedgkt.clients", is not prefixed twice)."""
+        relative = field_name.removeprefix(f"{self.params_key}.")
+        return f"params.{self.params_key}" + (f".{relative}" if relative and relative != self.params_key else "")
 
     def parse(self, raw: dict[str, Any] | None) -> PipelineConfig:
         """Settings from a job's params (pydantic ValidationError when wrong)."""

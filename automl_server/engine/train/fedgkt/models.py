@@ -88,6 +88,11 @@ def split_edge_model(model: nn.Module, arch: Arch, cut: int) -> EdgeModel:
     """The edge model of a network built by ``build_model(arch)``, sharing its modules and weights."""
     layout = arch.layout()
     check_cut(layout, cut)
+    if any(len(block) > 1 for block in layout.blocks()):
+        # The client classifier is the rest of the chain after the cut; parallel branches
+        # (multi-branch spaces) would need the blocks kept together, which is not built yet.
+        raise ValueError(f"FedGKT cuts chain networks only; space {arch.space!r} has parallel branches: "
+                         "search a chain space (tiny, proxyless-*) for the fedgkt pipeline")
     n_extractor_cells = sum(1 for cell in layout.cells if cell.stage <= cut)
     cells = model.get_submodule("cells")
     if not isinstance(cells, nn.ModuleList):

@@ -48,6 +48,7 @@ from automl_server.engine.train.registry import (
     register_pipeline,
 )
 from automl_server.engine.train.standard import evaluate
+from search_spaces import get_space
 
 
 class FedGKTSettings(PipelineConfig):
@@ -86,7 +87,11 @@ class FedGKTSettings(PipelineConfig):
 
 
 def check_fedgkt(settings: FedGKTSettings, facts: DataFacts) -> None:
-    """More clients than the training split can give 10 samples each is refused at submission."""
+    """More clients than the training split can give 10 samples each is refused at submission,
+    and so is a space with parallel branches (the edge model is cut from a chain)."""
+    if facts.space and get_space(facts.space).branches > 1:
+        raise InvalidPipelineSettings("fedgkt", f"FedGKT cuts chain networks only; space {facts.space!r} has "
+                                      "parallel branches: search a chain space (tiny, proxyless-*) for fedgkt")
     most = facts.train_samples // MIN_SAMPLES_PER_CLIENT
     if settings.clients > most:
         raise InvalidPipelineSettings(
@@ -103,7 +108,11 @@ def run_fedgkt(inputs: PipelineInputs, settings: FedGKTSettings, callbacks: Trai
     cut = settings.cut if settings.cut is not None else default_cut(layout)
     try:
         check_cut(layout, cut)
+        check_fedgkt(settings, DataFacts(len(data.y_train), data.num_classes, data.resolution, inputs.epochs,
+                                         inputs.batch_size, arch.space))
     except ValueError as exc:
+        if isinstance(exc, InvalidPipelineSettings):
+            raise
         raise InvalidPipelineSettings("fedgkt.cut", str(exc)) from None
     eval_name, eval_x, eval_y = (("holdout", data.x_holdout, data.y_holdout) if len(data.y_holdout)
                                  else ("test", inputs.x_test, inputs.y_test))
