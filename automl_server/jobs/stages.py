@@ -1,10 +1,10 @@
 """The stages of a job (a registry: each job runs the plan made for it) and
 the runner that executes one stage. The built-in plan is
 
-    validate -> profile -> search -> tune -> train -> export -> verify -> report
+    validate -> profile -> search -> tune -> train -> export -> schedule -> verify -> report
 
 (with ``adopt`` in place of search and tune when the job fine-tunes a finished
-job's network).
+job's network, and without ``schedule`` when ``params.schedule`` is false).
 
 Each stage runs as its own Celery task on its queue and sends the next one
 when it is done (a chain built as it goes, so a stage may also re-send itself
