@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 # Celery task names. The agent registers them (device_agents.tasks); the service sends them by name.
 PROFILE_OPS = "automl.profile_ops"
@@ -193,8 +193,9 @@ class OpResult:
 
 
 @dataclass(frozen=True)
-class ProfileOpsReply:
-    """What the agent returns for a ``ProfileOpsRequest``: one result per key, in order."""
+class KeyedResultsReply:
+    """One result per measured key, in order, with the target and the agent's version:
+    the shape of every "measure these keys" reply."""
 
     target: TargetPayload
     agent_version: str
@@ -205,12 +206,17 @@ class ProfileOpsReply:
                 "results": [r.to_dict() for r in self.results]}
 
     @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> ProfileOpsReply:
+    def from_dict(cls, payload: Mapping[str, Any]) -> Self:
         results = _field(payload, "results", list, "reply")
         return cls(TargetPayload.from_dict(_field(payload, "target", dict, "reply"), "reply.target"),
                    # An agent from before versions were reported still gets its measurements stored.
                    _typed(payload.get("agent_version", "unknown"), str, "reply.agent_version"),
                    tuple(OpResult.from_dict(r, f"reply.results[{i}]") for i, r in enumerate(results)))
+
+
+@dataclass(frozen=True)
+class ProfileOpsReply(KeyedResultsReply):
+    """What the agent returns for a ``ProfileOpsRequest``: one result per op key, in order."""
 
 
 @dataclass(frozen=True)
@@ -328,23 +334,8 @@ class MeasureStagesRequest:
 
 
 @dataclass(frozen=True)
-class MeasureStagesReply:
+class MeasureStagesReply(KeyedResultsReply):
     """One result per stage, in order: its key and statistics, or its error (an ``OpResult`` each)."""
-
-    target: TargetPayload
-    agent_version: str
-    results: tuple[OpResult, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target.to_dict(), "agent_version": self.agent_version,
-                "results": [r.to_dict() for r in self.results]}
-
-    @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> MeasureStagesReply:
-        results = _field(payload, "results", list, "reply")
-        return cls(TargetPayload.from_dict(_field(payload, "target", dict, "reply"), "reply.target"),
-                   _typed(payload.get("agent_version", "unknown"), str, "reply.agent_version"),
-                   tuple(OpResult.from_dict(r, f"reply.results[{i}]") for i, r in enumerate(results)))
 
 
 @dataclass(frozen=True)
