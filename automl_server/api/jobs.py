@@ -85,13 +85,30 @@ def queue_job(job_id: str, device_name: str) -> None:
     try:
         with s.db.session() as session:
             first = plan_of(session.get_one(Job, job_id))[0]
-        dispatch_stage(s.celery, job_id, first, device_name)
+        _dispatch_with_retries(s.celery, job_id, first, device_name)
     except Exception as exc:
         # Never leave a job "queued" that no worker will ever see.
         with s.db.session() as session:
             service.fail(session, session.get_one(Job, job_id), f"could not queue the job: {exc}")
         raise ProblemError(503, "Service unavailable", f"the job {job_id} could not be queued ({exc}); "
                            "check the broker (AUTOML_BROKER_URL) and submit again", slug="broker-unavailable") from exc
+
+
+# A broker refusing once is often transient: the embedded SQLite broker is
+# briefly locked while `automl serve`'s worker and agent start (a job submitted
+# right then got a 503 in one CI run). A repeated message is harmless (stages
+# are idempotent and leased), a lost one is not: try again before failing.
+DISPATCH_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
+
+def _dispatch_with_retries(celery: Any, job_id: str, stage: str, device_name: str) -> None:
+    for delay in DISPATCH_RETRY_DELAYS_S:
+        try:
+            dispatch_stage(celery, job_id, stage, device_name)
+            return
+        except Exception:  # noqa: BLE001 - the last attempt below raises what the broker said
+            time.sleep(delay)
+    dispatch_stage(celery, job_id, stage, device_name)
 
 
 @registry.operation(

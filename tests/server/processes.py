@@ -105,8 +105,9 @@ def serving(tmp_path: Path, *serve_args: str, **overrides: Any) -> Iterator[tupl
         wait_for(lambda: requests.get(f"{settings.resolved_server_url}/api/v1/health", timeout=2).ok, 120,
                  "the server to answer")
         yield settings, env
-    except AssertionError:
-        raise AssertionError(server.log()) from None
+    except AssertionError as exc:
+        # What failed first, then the server's log (the log alone hid which check failed).
+        raise AssertionError(f"{exc}\n--- automl serve log ---\n{server.log()}") from None
     finally:
         code = server.stop()
         server.kill_group()
