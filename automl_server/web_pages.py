@@ -301,24 +301,18 @@ def _layout_for(job: Job, dataset: Dataset | None) -> dict[str, Any] | None:
 @web.get("/jobs/<job_id>")
 def job_page(job_id: str) -> str:
     from automl_server.api.jobs import to_out
-    from automl_server.jobs.stages import get_stage, plan_of
+    from automl_server.jobs.stages import get_stage, plan_of, stage_names
 
     with _state().db.session() as db_session:
         job = db_session.get(Job, job_id)
         if job is None:
             abort(404)
         dataset = db_session.get(Dataset, job.dataset_id) if job.dataset_id else None
-        stages = [{"name": name, "title": _stage_title(get_stage, name)} for name in plan_of(job)]
+        titles = {name: get_stage(name).title for name in stage_names()}  # a stage no longer registered shows its name
+        stages = [{"name": name, "title": titles.get(name, name)} for name in plan_of(job)]
         data = {"job": to_out(job).model_dump(mode="json"), "stages": stages, "layout": _layout_for(job, dataset)}
         summary = job_summary(job)
     return render_template("job.html", job=summary, data=data)
-
-
-def _stage_title(get_stage: Any, name: str) -> str:
-    try:
-        return str(get_stage(name).title)
-    except KeyError:  # a stage no longer registered in this version: its name still shows
-        return name
 
 
 # -- compare ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from automl_server.engine.latency import arch_latency_ms
 from automl_server.engine.train.registry import pipelines
 from automl_server.jobs.context import StageContext, StageFailed
 from automl_server.jobs.profile import job_layout
-from automl_server.jobs.search_stage import latency_model
+from automl_server.jobs.search_stage import chosen_arch, latency_model
 from search_spaces import Arch
 
 
@@ -44,19 +44,12 @@ def parent_problem(session: Session, parent_id: str, dataset: Dataset, space: st
                 "succeeded (or ran at least its train stage)")
     if parent.space != space:
         return f"job {parent_id} searched space {parent.space!r}; set space to {parent.space!r} to fine-tune it"
-    arch = _parent_arch(parent)
+    arch = chosen_arch(parent.result)
     if (arch["resolution"], arch["in_channels"]) != (dataset.image_height, dataset.channels):
         return (f"job {parent_id}'s network takes {arch['resolution']}x{arch['resolution']}x{arch['in_channels']} "
                 f"images; dataset {dataset.name!r} has {dataset.image_height}x{dataset.image_width}x"
                 f"{dataset.channels}: choose a dataset of the parent's image size")
     return None
-
-
-def _parent_arch(parent: Job) -> dict[str, Any]:
-    result = parent.result
-    chosen = result.get("tune") or result.get("search") or result.get("adopt") or {}
-    arch: dict[str, Any] = chosen["arch"]
-    return arch
 
 
 def adopt_parent(ctx: StageContext) -> dict[str, Any]:
@@ -68,7 +61,7 @@ def adopt_parent(ctx: StageContext) -> dict[str, Any]:
         parent = session.get(Job, parent_id)
         if parent is None:
             raise StageFailed(f"parent job {parent_id} no longer exists")
-        arch_dict = dict(_parent_arch(parent))
+        arch_dict = dict(chosen_arch(parent.result))
         parent_accuracy = (parent.result.get("train") or {}).get("test_accuracy")
         parent_dataset = parent.dataset_name
     weights = ctx.settings.artifacts_dir / parent_id / "model.pt"
