@@ -16,7 +16,7 @@ from automl_server.api.jobs import invalid, queue_job, submit
 from automl_server.api.problems import not_found
 from automl_server.api.schemas import ComparisonCreate, ComparisonOut, JobCreate
 from automl_server.db.models import Comparison, Job, JobState
-from automl_server.jobs.submit import InvalidRequest
+from automl_server.jobs.submit import InvalidRequest, UnknownReference
 from automl_server.service_state import state
 
 
@@ -30,11 +30,11 @@ def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
         name, _, runtime = entry.partition(":")
         device = session.scalar(select(Device).where(Device.name == name).options(selectinload(Device.runtimes)))
         if device is None:
-            raise invalid(InvalidRequest(f"devices.{index}", f"no device {name!r}; give names from GET /api/v1/devices"))
+            raise invalid(UnknownReference(f"devices.{index}", f"no device {name!r}; give names from GET /api/v1/devices"))
         runtimes = [r.name for r in device.runtimes]
         runtime = runtime or (runtimes[0] if runtimes else "")
         if runtime not in runtimes:
-            raise invalid(InvalidRequest(f"devices.{index}", f"device {name!r} has no runtime {runtime!r}; "
+            raise invalid(UnknownReference(f"devices.{index}", f"device {name!r} has no runtime {runtime!r}; "
                            f"accepted: {', '.join(runtimes) or 'none'}"))
         targets.append({"device": name, "runtime": runtime})
     if len({(t["device"], t["runtime"]) for t in targets}) != len(targets):
@@ -44,7 +44,7 @@ def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
 
 @registry.operation(
     api_blueprint, "/comparisons", "POST", summary="Search one dataset for several devices", tag="comparisons",
-    body=ComparisonCreate, responses={202: ComparisonOut},
+    body=ComparisonCreate, responses={202: ComparisonOut}, errors=(503,),
 )
 def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[str, str]]:
     """Starts one job per device; each job's network is then measured on every

@@ -6,6 +6,7 @@ import time
 from typing import Any, Iterator
 
 from flask import Response, request, stream_with_context
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -15,6 +16,7 @@ from automl_server.api.pagination import bad_token, decode_token, encode_token, 
 from automl_server.api.problems import ProblemError, not_found
 from automl_server.api.schemas import (
     JOB_STATES,
+    Strict,
     JobCreate,
     JobEventList,
     JobEventOut,
@@ -29,7 +31,7 @@ from automl_server.db.engine import StorageError
 from automl_server.db.models import Device, Job, JobEvent, JobState
 from automl_server.jobs import service
 from automl_server.jobs.stages import plan_of
-from automl_server.jobs.submit import InvalidRequest, request_of, submit_job
+from automl_server.jobs.submit import InvalidRequest, UnknownReference, request_of, submit_job
 from automl_server.jobs.submit import fingerprint as submitted_fingerprint
 from automl_server.jobs.tasks import dispatch_stage
 from automl_server.service_state import state
@@ -65,8 +67,11 @@ def _replay(session: Session, key: str, fingerprint: str) -> Job | None:
 
 
 def invalid(exc: InvalidRequest) -> ProblemError:
-    """A refused submission as a 422 problem naming the field."""
-    return ProblemError(422, "Invalid request", exc.detail, field=exc.field, slug="validation-error")
+    """A refused submission as a 422 problem naming the field; a request naming
+    something that does not exist gets its own type (``unknown-reference``), so a
+    client (and the contract test) can tell it from a request the schema refuses."""
+    slug = "unknown-reference" if isinstance(exc, UnknownReference) else "validation-error"
+    return ProblemError(422, "Invalid request", exc.detail, field=exc.field, slug=slug)
 
 
 def submit(session: Session, body: JobCreate, **kwargs: Any) -> Job:
@@ -113,7 +118,7 @@ def _dispatch_with_retries(celery: Any, job_id: str, stage: str, device_name: st
 
 @registry.operation(
     api_blueprint, "/jobs", "POST", summary="Submit a job", tag="jobs", body=JobCreate,
-    responses={202: JobOut, 200: JobOut}, errors=(409,),
+    responses={202: JobOut, 200: JobOut}, errors=(409, 503),
 )
 def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
     """Answers 202 with the operation resource. With an ``Idempotency-Key``
@@ -221,22 +226,34 @@ def list_job_events(job_id: str, query: PageQuery) -> JobEventList:
     return JobEventList(events=[_event_out(e) for e in rows], next_page_token=token)
 
 
+class StreamQuery(Strict):
+    after: int = Field(0, ge=0, description="Send only events after this event id (what Last-Event-ID says, "
+                                           "for clients that cannot set headers).")
+
+
+# Seconds of silence after which a stream sends a comment, so that proxies keep a quiet stream open.
+STREAM_KEEPALIVE_S = 15.0
+
+
 @registry.operation(
     api_blueprint, "/jobs/<job_id>/events/stream", "GET", summary="Live timeline (Server-Sent Events)", tag="jobs",
-    responses={200: None}, streams="text/event-stream", errors=(404,),
+    query=StreamQuery, responses={200: None}, streams="text/event-stream", stream_event=JobEventOut, errors=(404,),
+    headers={"Last-Event-ID": {"schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                               "description": "The id of the last event received; the stream resumes after it."}},
 )
-def stream_job_events(job_id: str) -> Response:
+def stream_job_events(job_id: str, query: StreamQuery) -> Response:
     """Sends every event as an SSE message (``id`` is the event id, so a
     reconnecting client resumes with ``Last-Event-ID``) and closes once the
     job has finished and its last event was sent."""
     s = state()
     with s.db.session() as session:
         _get(session, job_id)
-    try:
-        after = int(request.headers.get("Last-Event-ID") or request.args.get("after") or 0)
-    except ValueError:
-        raise ProblemError(400, "Bad request", "Last-Event-ID must be an event id (an integer)",
-                           field="Last-Event-ID", slug="bad-request") from None
+    last_event_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_event_id and not (last_event_id.isascii() and last_event_id.isdigit()):
+        raise ProblemError(400, "Bad request", f"Last-Event-ID {last_event_id!r} is not an event id; send the "
+                           "`id` of the last event received (an integer), or omit it to start from the first",
+                           field="Last-Event-ID", slug="bad-request")
+    after = int(last_event_id) if last_event_id else query.after
 
     def generate() -> Iterator[str]:
         nonlocal after
@@ -257,7 +274,7 @@ def stream_job_events(job_id: str) -> Response:
             elif finished:
                 yield "event: end\ndata: {}\n\n"
                 return
-            elif time.monotonic() - idle_since > 15:
+            elif time.monotonic() - idle_since > STREAM_KEEPALIVE_S:
                 yield ": keep-alive\n\n"  # keeps proxies from closing a quiet stream
                 idle_since = time.monotonic()
             time.sleep(0.5 if not events else 0.0)
@@ -312,7 +329,7 @@ def download_artifact(job_id: str, kind: str) -> Response:
 
 @registry.operation(
     api_blueprint, "/jobs/<job_id>/rerun", "POST", summary="Run a job again with the same settings", tag="jobs",
-    responses={202: JobOut}, errors=(404, 409),
+    responses={202: JobOut}, errors=(404, 409, 422, 503),
 )
 def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:
     """A new job with the finished job's dataset, device, target and options."""

@@ -36,7 +36,11 @@ def health() -> Health:
 
 @api_blueprint.get("/openapi.json")
 def openapi_json() -> Response:
-    spec = registry.spec("Hardware-aware AutoML service", __version__)
+    from automl_server.api.auth import PUBLIC_ENDPOINTS
+
+    public = frozenset(endpoint.removeprefix("api.") for endpoint in PUBLIC_ENDPOINTS)
+    spec = registry.spec("Hardware-aware AutoML service", __version__,
+                         auth_required=state().settings.auth_required, public=public)
     return Response(json.dumps(spec), mimetype="application/json")
 
 

@@ -35,6 +35,10 @@ class Operation:
     streams: str | None = None
     description: str = ""
     errors: tuple[int, ...] = ()
+    # Request headers the view reads (name -> parameter fields: schema, description).
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # For a text/event-stream: the model of each event's JSON data.
+    stream_event: type[BaseModel] | None = None
 
 
 @dataclass
@@ -57,12 +61,15 @@ class ApiRegistry:
         streams: str | None = None,
         description: str = "",
         errors: tuple[int, ...] = (),
+        headers: dict[str, dict[str, Any]] | None = None,
+        stream_event: type[BaseModel] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
             op = Operation(
                 method=method.lower(), rule=rule, summary=summary, tag=tag, operation_id=view.__name__,
                 body=body, query=query, responses=responses, multipart=multipart, streams=streams,
                 description=description or (view.__doc__ or "").strip(), errors=errors,
+                headers=dict(headers or {}), stream_event=stream_event,
             )
             self.operations.append(op)
 
@@ -90,7 +97,11 @@ class ApiRegistry:
 
         return decorator
 
-    def spec(self, title: str, version: str) -> dict[str, Any]:
+    def spec(
+        self, title: str, version: str, *, auth_required: bool = True, public: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The OpenAPI document. ``auth_required``: whether this server asks for a token
+        (local mode does not); ``public``: operation ids open without one."""
         paths: dict[str, dict[str, Any]] = {}
         schemas: dict[str, Any] = {"Problem": _PROBLEM_SCHEMA}
         for op in self.operations:
@@ -103,20 +114,9 @@ class ApiRegistry:
             }
             if op.description:
                 item["description"] = op.description
-            params = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in _RULE_PARAM.findall(op.rule)
-            ]
-            if op.query is not None:
-                query_schema = _schema_of(op.query, schemas)
-                required = set(query_schema.get("required", []))
-                for name, prop in query_schema.get("properties", {}).items():
-                    params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
-            if op.method == "post" and op.rule.startswith("/jobs") and op.body is not None:
-                params.append({
-                    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": "Retries with the same key return the first response instead of a new job.",
-                })
+            if op.operation_id in public:
+                item["security"] = []
+            params = _parameters(op, schemas)
             if params:
                 item["parameters"] = params
             if op.body is not None:
@@ -137,9 +137,9 @@ class ApiRegistry:
                 if model is not None:
                     response["content"] = {"application/json": {"schema": _ref(model, schemas)}}
                 if op.streams and status == 200:
-                    response["content"] = {op.streams: {"schema": {"type": "string"}}}
+                    response["content"] = {op.streams: {"schema": _stream_schema(op, schemas)}}
                 item["responses"][str(status)] = response
-            for status in (*op.errors, 401, 422):
+            for status in _error_statuses(op, auth_required and op.operation_id not in public):
                 item["responses"].setdefault(str(status), {
                     "description": _STATUS_TEXT.get(status, "Error"),
                     "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
@@ -153,8 +153,69 @@ class ApiRegistry:
                 "schemas": schemas,
                 "securitySchemes": {"bearerToken": {"type": "http", "scheme": "bearer"}},
             },
-            "security": [{"bearerToken": []}, {}],
+            # Local mode (loopback, AUTOML_AUTH_MODE=auto) asks for no token; say so, or clients send one for nothing.
+            "security": [{"bearerToken": []}] if auth_required else [],
         }
+
+
+def _parameters(op: Operation, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _RULE_PARAM.findall(op.rule)
+    ]
+    if op.query is not None:
+        query_schema = _schema_of(op.query, schemas)
+        required = set(query_schema.get("required", []))
+        for name, prop in query_schema.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    if op.method == "post" and op.rule.startswith("/jobs") and op.body is not None:
+        params.append({
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "Retries with the same key return the first response instead of a new job.",
+        })
+    for name, fields in op.headers.items():
+        params.append({"name": name, "in": "header", "required": False, **fields})
+    return params
+
+
+def _error_statuses(op: Operation, needs_token: bool) -> list[int]:
+    """The problem statuses an operation can answer besides its own ``errors``:
+    what the shared request handling (this module, problems.py, auth.py) raises."""
+    statuses = list(op.errors)
+    takes_input = op.body is not None or op.multipart is not None
+    if takes_input or op.query is not None or op.headers:
+        statuses += [400, 422]  # unreadable input (400) or input the models refuse (422)
+    if takes_input:
+        statuses.append(415)  # no body, or not of the declared media type
+    if op.multipart is not None:
+        statuses.append(413)
+    if needs_token:
+        statuses.append(401)
+    if op.method not in ("get", "head", "options"):
+        statuses.append(403)  # a browser session's write without its CSRF header (api/ui.py)
+    return sorted(set(statuses))
+
+
+def _stream_schema(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    """Open API 3.1 has the schema of an event stream describe one event (3.2's itemSchema)."""
+    if op.streams != "text/event-stream" or op.stream_event is None:
+        return {"type": "string"}
+    return {
+        "type": "object",
+        "description": "One Server-Sent Event: one of the job's events, then a last event `end` once the job has "
+                       "finished.",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "description": "The event's kind, or `end`."},
+            "id": {"type": "string", "description": "The event id; reconnect with it as Last-Event-ID."},
+            "retry": {"type": "integer", "minimum": 0},
+            "data": {
+                "type": "string", "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_ref(op.stream_event, schemas), {"type": "object", "maxProperties": 0}]},
+            },
+        },
+    }
 
 
 def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:
@@ -191,8 +252,9 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 
 
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request", 401: "Unauthorized",
-    404: "Not found", 409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Invalid input",
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request (unreadable input)",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
+    415: "Unsupported media type", 422: "Invalid input", 503: "Service unavailable",
 }
 
 _PROBLEM_SCHEMA = {

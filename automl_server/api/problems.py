@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, json, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -113,11 +113,18 @@ def init_app(app: Flask) -> None:
             return exc
         status = exc.code or 500
         detail = exc.description or exc.name
+        headers: dict[str, str] = {}
         if status == 413:
             detail = "the request body is larger than this server accepts (AUTOML_MAX_UPLOAD_BYTES)"
-        elif status == 405:
-            allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
+        elif isinstance(exc, MethodNotAllowed):
+            allowed = ", ".join(sorted(exc.valid_methods or []))
             detail = f"method {request.method} is not allowed here; allowed: {allowed}"
+            # RFC 9110 15.5.6: a 405 must say which methods the resource has.
+            headers["Allow"] = allowed
         elif status == 404:
             detail = f"no API route {request.path}; see /api/v1/openapi.json for the routes"
-        return problem_response(ProblemError(status, exc.name, detail, slug=exc.name.lower().replace(" ", "-")))
+        elif status == 400:
+            detail = (f"{detail} (the request could not be read: check its encoding, its Content-Type and that "
+                      "a JSON body is well-formed JSON)")
+        return problem_response(ProblemError(status, exc.name, detail, slug=exc.name.lower().replace(" ", "-"),
+                                             headers=headers))

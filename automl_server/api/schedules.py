@@ -28,7 +28,7 @@ from automl_server.service_state import state
 MAX_MODEL_BYTES = 32 * 1024 * 1024
 _UPLOAD_FORM: dict[str, dict[str, Any]] = {
     "file": {"type": "string", "format": "binary", "x-required": True, "description": "The ONNX model."},
-    "device": {"type": "string", "x-required": True, "description": "Device name."},
+    "device": {"type": "string", "minLength": 1, "pattern": r"\S", "x-required": True, "description": "Device name."},
     "runtime": {"type": "string", "description": "One of the device's runtimes (onnxruntime or pytorch); "
                                                  "default: its first."},
 }

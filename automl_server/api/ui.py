@@ -174,11 +174,11 @@ def achievable_range(db: Database, device: str, runtime: str | None, row: Datase
         target = resolve_target(db, device, runtime)
     except ProfilingError as exc:
         raise ProblemError(404 if "no device" in str(exc) else 422, "Invalid request", str(exc),
-                           field="device" if "no device" in str(exc) else "runtime", slug="validation-error") from None
+                           field="device" if "no device" in str(exc) else "runtime", slug="unknown-reference") from None
     try:
         layout = get_space(space).layout(row.image_height, max(len(row.classes), 1), row.channels)
     except ValueError as exc:
-        raise ProblemError(422, "Invalid request", str(exc), field="space", slug="validation-error") from None
+        raise ProblemError(422, "Invalid request", str(exc), field="space", slug="unknown-reference") from None
     keys = space_keys(layout)
     repo = repository(db)
     # find_target reads only: looking at a range must not create latency-table rows.

@@ -65,6 +65,10 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
 def _pipeline_settings_schema(schema: dict[str, Any]) -> None:
     """Each registered pipeline's settings as a property of ``params``."""
     properties = schema.setdefault("properties", {})
+    # extra="allow" keeps the pipelines' settings (model_extra), but only under
+    # the keys listed here: _known_keys_only refuses any other, so the schema
+    # must not promise additional properties.
+    schema["additionalProperties"] = False
     for pipeline in pipelines().values():
         properties[pipeline.params_key] = {
             **inline_schema(pipeline.settings_schema()),
@@ -123,8 +127,8 @@ def _stage_names(schema: dict[str, Any]) -> None:
 
 
 class JobCreate(Strict):
-    dataset: str = Field(description="Dataset id or name.")
-    device: str = Field(description="Device name.")
+    dataset: str = Field(min_length=1, max_length=200, description="Dataset id or name.")
+    device: str = Field(min_length=1, max_length=200, description="Device name.")
     runtime: str | None = Field(None, description="One of the device's runtimes; default: its first.")
     latency_target_ms: float = Field(gt=0, le=1e6, description="Latency the search aims at, in milliseconds.")
     space: str = Field("proxyless-mobile", pattern=NAME_PATTERN, description="Search space name.")
@@ -145,7 +149,7 @@ class JobCreate(Strict):
 
 
 class ComparisonCreate(Strict):
-    dataset: str = Field(description="Dataset id or name.")
+    dataset: str = Field(min_length=1, max_length=200, description="Dataset id or name.")
     devices: list[str] = Field(min_length=2, max_length=10, description="Device names (each with its first "
                                "runtime, or 'name:runtime').")
     latency_target_ms: float = Field(gt=0, le=1e6)

@@ -35,6 +35,12 @@ class InvalidRequest(ValueError):
         self.detail = detail
 
 
+class UnknownReference(InvalidRequest):
+    """The request is well-formed but names a dataset, device, runtime, search space
+    or job that does not exist here: what no schema can say in advance (the API
+    answers it with its own problem type, ``unknown-reference``)."""
+
+
 def find_dataset(session: Session, key: str) -> Dataset | None:
     """A dataset by id or by name."""
     return session.get(Dataset, key) or session.scalar(select(Dataset).where(Dataset.name == key))
@@ -91,7 +97,7 @@ def check_parent(session: Session, body: JobCreate, dataset: Dataset, params: di
     problem = parent_problem(session, parent, dataset, body.space)
     if problem is not None:
         key = pipelines()[body.pipeline].params_key
-        raise InvalidRequest(f"params.{key}.parent_job", problem)
+        raise UnknownReference(f"params.{key}.parent_job", problem)
 
 
 def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None = None,
@@ -100,19 +106,19 @@ def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None
     Raises InvalidRequest naming the field; the caller commits and queues it."""
     dataset = find_dataset(session, body.dataset)
     if dataset is None:
-        raise InvalidRequest("dataset", f"no dataset {body.dataset!r}; give a dataset id or name from "
+        raise UnknownReference("dataset", f"no dataset {body.dataset!r}; give a dataset id or name from "
                              "GET /api/v1/datasets")
     device = session.scalar(select(Device).where(Device.name == body.device).options(selectinload(Device.runtimes)))
     if device is None:
-        raise InvalidRequest("device", f"no device {body.device!r}; give a device name from GET /api/v1/devices")
+        raise UnknownReference("device", f"no device {body.device!r}; give a device name from GET /api/v1/devices")
     runtimes = [r.name for r in device.runtimes]
     runtime = body.runtime or (runtimes[0] if runtimes else "")
     if runtime not in runtimes:
-        raise InvalidRequest("runtime", f"device {device.name!r} has no runtime {runtime!r}; "
+        raise UnknownReference("runtime", f"device {device.name!r} has no runtime {runtime!r}; "
                              f"accepted: {', '.join(runtimes) or 'none registered'}")
     spaces = [space.name for space in list_spaces()]
     if body.space not in spaces:
-        raise InvalidRequest("space", f"no search space {body.space!r}; accepted: {', '.join(spaces)}")
+        raise UnknownReference("space", f"no search space {body.space!r}; accepted: {', '.join(spaces)}")
     known_strategies = strategies()
     if body.strategy not in known_strategies:
         raise InvalidRequest("strategy", f"no search strategy {body.strategy!r}; accepted: "
