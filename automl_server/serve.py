@@ -17,7 +17,6 @@ import time
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-import waitress
 from sqlalchemy import update
 
 from automl_server.auth import create_token
@@ -26,6 +25,7 @@ from automl_server.db.engine import get_database
 from automl_server.db.migrate import upgrade
 from automl_server.db.models import ApiToken, utcnow
 from automl_server.settings import ENV_PREFIX, Settings
+from automl_server.wsgi_server import serve_wsgi
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -138,8 +138,7 @@ def serve(settings: Settings, *, worker: bool = True, agent: bool = True) -> Non
     log.info("serving on %s (auth %s)", settings.resolved_server_url,
              "required" if settings.auth_required else "off: local mode")
     try:
-        waitress.serve(app, host=settings.host, port=settings.port, threads=16, channel_timeout=300,
-                       ident="automl")
+        serve_wsgi(app, settings)
     except KeyboardInterrupt:
         pass
     finally:

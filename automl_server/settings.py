@@ -60,6 +60,11 @@ class Settings:
     webhook_max_attempts: int = 8
     # Wait before the first webhook retry, in seconds; doubles after each failed attempt.
     webhook_backoff_s: float = 2.0
+    # Threads of the WSGI server (waitress); 0 means 8 per core, at most 64. An open
+    # event stream holds one thread.
+    server_threads: int = 0
+    # Connections the WSGI server accepts at once; more wait in the listen backlog.
+    server_connection_limit: int = 200
     # Seconds each whole-network measurement spans on a device (calibration, verification,
     # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
     network_measure_s: float = 2.0

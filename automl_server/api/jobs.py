@@ -7,12 +7,12 @@ from typing import Any, Iterator
 
 from flask import Response, request, stream_with_context
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from automl_server.api.blueprint import api_blueprint, registry
-from automl_server.api.pagination import bad_token, decode_token, encode_token, newest_first_page
+from automl_server.api.pagination import bad_token, decode_token, encode_token, newest_first_rows
 from automl_server.api.problems import ProblemError, not_found
 from automl_server.api.schemas import (
     JOB_STATES,
@@ -39,9 +39,12 @@ from automl_server.service_state import state
 _MAX_KEY_LENGTH = 200
 
 
-def to_out(job: Job, *, with_secret: bool = False) -> JobOut:
+def to_out(job: Job | Row[Any], *, with_secret: bool = False) -> JobOut:
+    """The operation resource of a job (an ORM object or a row of the jobs table).
+    Built without validation (model_construct): every value comes typed from the
+    database, and validating 50 of them was a third of a list's time."""
     base = f"/api/v1/jobs/{job.id}"
-    return JobOut(
+    return JobOut.model_construct(
         recoveries=job.recoveries or 0, comparison_id=job.comparison_id, rerun_of=job.rerun_of,
         webhook_url=job.webhook_url, webhook_secret=job.webhook_secret if with_secret else None,
         id=job.id, state=one_of(job.state, JOB_STATES), stage=job.stage, progress=round(job.progress, 4),
@@ -50,7 +53,7 @@ def to_out(job: Job, *, with_secret: bool = False) -> JobOut:
         pipeline=job.pipeline, latency_target_ms=job.latency_target_ms, params=job.params, result=job.result,
         cancel_requested=job.cancel_requested, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at,
-        links=JobLinks(self=base, events=f"{base}/events", stream=f"{base}/events/stream", cancel=f"{base}/cancel",
+        links=JobLinks.model_construct(self=base, events=f"{base}/events", stream=f"{base}/events/stream", cancel=f"{base}/cancel",
                        report=f"{base}/report", rerun=f"{base}/rerun"),
     )
 
@@ -155,13 +158,14 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
     responses={200: JobList},
 )
 def list_jobs(query: JobListQuery) -> JobList:
-    stmt = select(Job)
+    # The table's columns, not ORM objects: a list only reads (see newest_first_rows).
+    stmt = select(*Job.__table__.columns)
     if query.state:
         stmt = stmt.where(Job.state == query.state)
     if query.device:
         stmt = stmt.where(Job.device_name == query.device)
     with state().db.session() as session:
-        rows, token = newest_first_page(session, stmt, Job, query.page_size, query.page_token)
+        rows, token = newest_first_rows(session, stmt, Job, query.page_size, query.page_token)
     return JobList(jobs=[to_out(j) for j in rows], next_page_token=token)
 
 

@@ -235,8 +235,10 @@ def _serialise(result: Any) -> Any:
         headers = rest[0] if rest else {}
     if result is None:
         return Response(status=status, headers=headers)
-    payload = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-    return Response(json.dumps(payload), status=status, headers=headers, mimetype="application/json")
+    # pydantic writes the JSON itself (in Rust): for a page of 50 jobs several
+    # times faster than model_dump() and then json.dumps() (bench/bench_api_load.py).
+    text = result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result)
+    return Response(text, status=status, headers=headers, mimetype="application/json")
 
 
 def _schema_of(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:

@@ -64,17 +64,33 @@ class _TimeOrdered(Protocol):
 Row = TypeVar("Row", bound=_TimeOrdered)
 
 
+def _newest_first(stmt: Select[Any], model: Any, page_size: int, page_token: str | None) -> Select[Any]:
+    stmt = stmt.order_by(model.created_at.desc(), model.id.desc())
+    if page_token:
+        created_at, last_id = decode_time_position(page_token)
+        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created_at, last_id))
+    return stmt.limit(page_size + 1)
+
+
+def _cut(rows: list[Any], page_size: int) -> tuple[list[Any], str | None]:
+    if len(rows) <= page_size:
+        return rows, None
+    rows = rows[:page_size]
+    return rows, encode_time_position(rows[-1].created_at, rows[-1].id)
+
+
 def newest_first_page(
     session: Session, stmt: Select[Row], model: Any, page_size: int, page_token: str | None
 ) -> tuple[list[Row], str | None]:
     """One page of ``stmt`` ordered newest first by (created_at, id), and the
     token of the next page (None on the last one)."""
-    stmt = stmt.order_by(model.created_at.desc(), model.id.desc())
-    if page_token:
-        created_at, last_id = decode_time_position(page_token)
-        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created_at, last_id))
-    rows = list(session.scalars(stmt.limit(page_size + 1)))
-    if len(rows) <= page_size:
-        return rows, None
-    rows = rows[:page_size]
-    return rows, encode_time_position(rows[-1].created_at, rows[-1].id)
+    return _cut(list(session.scalars(_newest_first(stmt, model, page_size, page_token))), page_size)
+
+
+def newest_first_rows(
+    session: Session, stmt: Select[Any], model: Any, page_size: int, page_token: str | None
+) -> tuple[list[Any], str | None]:
+    """``newest_first_page`` for a select of columns: plain rows (attribute access
+    by column name), without the ORM's identity map and change tracking, which
+    cost more than the query itself on a page of 50 jobs."""
+    return _cut(list(session.execute(_newest_first(stmt, model, page_size, page_token)).all()), page_size)

@@ -62,3 +62,44 @@ def test_home_page_lists_what_the_service_holds(client, tmp_path):
     page = client.get("/").get_data(as_text=True)
 
     assert "local-cpu" in page and "online" in page and "/api/v1/docs" in page
+
+
+def test_wrong_method_names_the_allowed_ones_in_the_allow_header(client):
+    response = client.delete("/api/v1/jobs")
+
+    assert response.status_code == 405 and response.mimetype == "application/problem+json"
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+@pytest.mark.parametrize(("kwargs", "status"), [
+    ({}, 415),                                                       # no body at all
+    ({"data": "\x00", "content_type": "application/json"}, 400),     # not JSON
+    ({"data": "name=x", "content_type": "application/x-www-form-urlencoded"}, 415),
+])
+def test_a_body_that_is_not_json_is_a_documented_problem(client, spec, kwargs, status):
+    response = client.post("/api/v1/devices", **kwargs)
+
+    assert response.status_code == status and response.mimetype == "application/problem+json"
+    assert response.json["field"] == "body"
+    assert str(status) in spec["paths"]["/api/v1/devices"]["post"]["responses"]
+
+
+def test_a_page_token_we_did_not_issue_is_a_documented_400(client, spec):
+    response = client.get("/api/v1/jobs", query_string={"page_token": "not-ours"})
+
+    assert response.status_code == 400 and response.json["field"] == "page_token"
+    assert "400" in spec["paths"]["/api/v1/jobs"]["get"]["responses"]
+
+
+def test_the_event_stream_documents_its_events(spec):
+    stream = spec["paths"]["/api/v1/jobs/{job_id}/events/stream"]["get"]
+    event = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]
+
+    assert event["required"] == ["event", "data"]
+    assert event["properties"]["data"]["contentMediaType"] == "application/json"
+    assert "Last-Event-ID" in [p["name"] for p in stream["parameters"]]
+
+
+def test_spec_asks_for_a_token_only_where_the_server_does(client, spec):
+    assert spec["security"] == []  # the test app runs in local mode (loopback)
+    assert spec["paths"]["/api/v1/health"]["get"]["security"] == []
