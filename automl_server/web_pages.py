@@ -244,7 +244,10 @@ def new_search_page() -> str:
     pipelines = [{**pipeline_out(p).model_dump(mode="json"), "controls": setting_controls(p.settings_schema())}
                  for p in registered_pipelines().values()]
     budget = {name: field.default for name, field in JobBudget.model_fields.items() if name != "minutes"}
-    chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "")}
+    # Without ?device=, the first online device is preselected: an offline one
+    # (a retired phone, a junk registration) would only make the job wait.
+    first_online = next((d["name"] for d in devices if d["status"] == "online"), "")
+    chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "") or first_online}
     return render_template("new.html", datasets=datasets, devices=devices, spaces=spaces, pipelines=pipelines,
                            budget=budget, chosen=chosen)
 

@@ -35,6 +35,8 @@ class Operation:
     streams: str | None = None
     description: str = ""
     errors: tuple[int, ...] = ()
+    # Request headers the operation reads: (name, required, description).
+    headers: tuple[tuple[str, bool, str], ...] = ()
 
 
 @dataclass
@@ -57,12 +59,14 @@ class ApiRegistry:
         streams: str | None = None,
         description: str = "",
         errors: tuple[int, ...] = (),
+        headers: tuple[tuple[str, bool, str], ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
             op = Operation(
                 method=method.lower(), rule=rule, summary=summary, tag=tag, operation_id=view.__name__,
                 body=body, query=query, responses=responses, multipart=multipart, streams=streams,
                 description=description or (view.__doc__ or "").strip(), errors=errors,
+                headers=headers,
             )
             self.operations.append(op)
 
@@ -117,6 +121,9 @@ class ApiRegistry:
                     "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
                     "description": "Retries with the same key return the first response instead of a new job.",
                 })
+            for header, header_required, header_doc in op.headers:
+                params.append({"name": header, "in": "header", "required": header_required,
+                               "schema": {"type": "string"}, "description": header_doc})
             if params:
                 item["parameters"] = params
             if op.body is not None:
@@ -192,7 +199,7 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request", 401: "Unauthorized",
-    404: "Not found", 409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Invalid input",
+    403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Invalid input",
 }
 
 _PROBLEM_SCHEMA = {

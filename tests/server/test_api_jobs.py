@@ -237,3 +237,16 @@ def test_job_resource_links_resolve(client, dataset, device):
     for link in ("self", "events", "stream"):
         assert client.get(job["links"][link]).status_code == 200
     assert json.loads(json.dumps(job))["links"]["cancel"].endswith("/cancel")
+
+
+def test_job_and_comparison_naming_a_runtime_the_device_lacks_are_refused_at_submission(client, dataset, device):
+    # The case: runtime "l20" was accepted and failed later, in profile.
+    job = client.post("/api/v1/jobs", json=job_request(runtime="l20"))
+    comparison = client.post("/api/v1/comparisons", json={
+        "dataset": "pets", "devices": ["pi-4:onnxruntime", "pi-4:l20"], "latency_target_ms": 25.0})
+
+    assert job.status_code == 422 and job.json["field"] == "runtime"
+    assert job.json["detail"] == "device 'pi-4' has no runtime 'l20'; accepted: litert, onnxruntime"
+    assert comparison.status_code == 422 and comparison.json["field"] == "devices.1"
+    assert "has no runtime 'l20'; accepted: litert, onnxruntime" in comparison.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []
