@@ -209,3 +209,27 @@ def test_every_page_renders_with_labels_on_its_controls(client, tmp_path):
         ids = set(re.findall(r'<(?:input|select)[^>]* id="([^"]+)"', html))
         labelled = set(re.findall(r'<label for="([^"]+)"', html))
         assert ids <= labelled, (path, ids - labelled)
+
+
+def test_new_search_preselects_an_online_device_and_the_farm_offers_retiring(client, settings):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from automl_server.db.engine import get_database
+    from automl_server.db.models import Device, utcnow
+
+    for name in ("a-junk", "local-cpu"):  # the offline junk device sorts first
+        client.post("/api/v1/devices", json={"name": name, "kind": "cpu", "runtimes": [{"name": "onnxruntime"}]})
+    with get_database(settings.resolved_database_url).session() as session:
+        session.execute(update(Device).where(Device.name == "a-junk")
+                        .values(last_heartbeat_at=utcnow() - timedelta(hours=1)))
+
+    new_page = client.get("/new").get_data(as_text=True)
+    asked = client.get("/new?device=a-junk").get_data(as_text=True)
+    farm = client.get("/devices").get_data(as_text=True)
+
+    assert re.search(r'<option value="local-cpu"[^>]*selected', new_page)
+    assert not re.search(r'<option value="a-junk"[^>]*selected', new_page)
+    assert re.search(r'<option value="a-junk"[^>]*selected', asked)
+    assert 'data-retire="a-junk"' in farm and 'id="confirm-retire"' in farm and "devices.js" in farm
