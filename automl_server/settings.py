@@ -60,6 +60,8 @@ class Settings:
     webhook_max_attempts: int = 8
     # Wait before the first webhook retry, in seconds; doubles after each failed attempt.
     webhook_backoff_s: float = 2.0
+    # Allow webhooks to loopback, link-local and private addresses (off: no server-side request forgery).
+    webhook_allow_private: bool = False
     # Seconds each whole-network measurement spans on a device (calibration, verification,
     # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
     network_measure_s: float = 2.0

@@ -250,3 +250,13 @@ def test_job_and_comparison_naming_a_runtime_the_device_lacks_are_refused_at_sub
     assert comparison.status_code == 422 and comparison.json["field"] == "devices.1"
     assert "has no runtime 'l20'; accepted: litert, onnxruntime" in comparison.json["detail"]
     assert client.get("/api/v1/jobs").json["jobs"] == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data",
+                                 "http://localhost:8000/api/v1/devices"])
+def test_job_with_a_webhook_to_a_private_address_is_refused_and_nothing_is_stored(client, dataset, device, url):
+    response = client.post("/api/v1/jobs", json=job_request(webhook_url=url))
+
+    assert response.status_code == 422 and response.json["field"] == "webhook_url"
+    assert "AUTOML_WEBHOOK_ALLOW_PRIVATE=1" in response.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []
