@@ -146,7 +146,8 @@ class ApiRegistry:
                 if op.streams and status == 200:
                     response["content"] = {op.streams: {"schema": {"type": "string"}}}
                 item["responses"][str(status)] = response
-            for status in (*op.errors, 401, 422):
+            # 401 and 429 (repeated unknown tokens) come from the authentication in front of every route.
+            for status in (*op.errors, 401, 422, 429):
                 item["responses"].setdefault(str(status), {
                     "description": _STATUS_TEXT.get(status, "Error"),
                     "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
@@ -199,7 +200,8 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 415: "Unsupported media type", 422: "Invalid input",
+    403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 415: "Unsupported media type",
+    422: "Invalid input", 429: "Too many requests",
 }
 
 _PROBLEM_SCHEMA = {
