@@ -67,6 +67,8 @@ def register_device(body: DeviceRegister) -> tuple[DeviceRegistered, int]:
         try:
             done = ownership.register(session, spec, _agent_token(), s.settings.heartbeat_timeout_s)
         except ownership.NotTheOwner as exc:
+            log.warning("registration of device %s from %s refused: no valid agent token", body.name,
+                        request.remote_addr)
             raise _not_owner(exc, 409) from None
         reused = retire.reuse_latency(session, body.name) if done.created and body.reuse_latency else 0
         out = DeviceRegistered(**to_out(done.device, s.settings.heartbeat_timeout_s).model_dump(),

@@ -16,7 +16,7 @@ _SWAGGER_DIR = Path(swagger_ui_path)
 
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AutoML API docs</title>
-<link rel="stylesheet" href="docs/swagger-ui.css"></head>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="docs/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
 <script src="docs/swagger-ui-bundle.js"></script>
 <script src="docs/automl-init.js"></script></body></html>
