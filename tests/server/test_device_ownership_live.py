@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 from automl_server.cli import main
 from device_agents.agent import Agent, AgentError
 from tests.datasets import archives
+from tests.server.processes import wait_for
 from tests.server.test_api_datasets import upload
 
 RUNTIMES = [{"name": "onnxruntime", "version": "1.31"}]
@@ -74,3 +75,25 @@ def test_cli_retires_a_device_only_with_force_while_it_has_jobs(live_url, queued
     assert forced.exit_code == 0, forced.output
     assert "device pi-4 retired" in forced.output and f"cancelled jobs: {job_id}" in forced.output
     assert client.get("/api/v1/devices/pi-4").status_code == 404
+
+
+def test_a_running_agent_whose_device_was_retired_registers_it_again(live_url, queued_app, tmp_path):
+    agent = Agent(server_url=live_url, name="pi-4", kind="raspberry-pi", runtimes=RUNTIMES, interval_s=0.05,
+                  state_dir=tmp_path / "state")
+    client = queued_app.test_client()
+    loop = threading.Thread(target=agent.run, daemon=True)
+    loop.start()
+    try:
+        first = wait_for(agent.token_file.read, 20, "the agent to register", interval_s=0.05)
+        retired = client.delete("/api/v1/devices/pi-4")
+        second = wait_for(lambda: (token := agent.token_file.read()) != first and token, 20,
+                          "the agent to register its retired device again", interval_s=0.05)
+        back = client.get("/api/v1/devices/pi-4")
+    finally:
+        agent.stop_event.set()
+        loop.join(timeout=10)
+
+    assert retired.status_code == 200
+    assert back.status_code == 200 and back.json["status"] == "online"  # a new device, with a new token
+    assert second.startswith("agt_")
+
