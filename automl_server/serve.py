@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import update
@@ -68,6 +69,11 @@ def _agent_token(settings: Settings) -> str | None:
         return create_token(session, EMBEDDED_AGENT_TOKEN).secret
 
 
+def agent_state_dir(settings: Settings) -> Path:
+    """Where the local agent keeps its device's agent token."""
+    return settings.data_dir / "agent"
+
+
 def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[subprocess.Popen[bytes]]:
     env = settings_env(settings)
     children = []
@@ -82,6 +88,9 @@ def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[sub
         token = _agent_token(settings)
         if token:
             env = {**env, "AUTOML_TOKEN": token}
+        # The local agent keeps its device's agent token beside the data, so a
+        # restarted `automl serve` re-registers the device it already owns.
+        env = {**env, "AUTOML_AGENT_STATE_DIR": str(agent_state_dir(settings))}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "automl_server.cli", "agent", "--device", settings.local_device_name, "--kind", "cpu"],
             env=env,

@@ -65,6 +65,8 @@ class Settings:
     server_threads: int = 0
     # Connections the WSGI server accepts at once; more wait in the listen backlog.
     server_connection_limit: int = 200
+    # Allow webhooks to loopback, link-local and private addresses (off: no server-side request forgery).
+    webhook_allow_private: bool = False
     # Seconds each whole-network measurement spans on a device (calibration, verification,
     # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
     network_measure_s: float = 2.0

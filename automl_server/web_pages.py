@@ -87,10 +87,15 @@ def _safe_next(target: str | None) -> str:
 @web.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     from automl_server.auth import verify_token
+    from automl_server.login_throttle import failed_logins
 
     error = None
     next_url = _safe_next(request.values.get("next"))
-    if request.method == "POST":
+    throttle, client = failed_logins(), request.remote_addr or "unknown"
+    wait_s = throttle.wait_s(client) if request.method == "POST" else 0
+    if wait_s:
+        error = f"Too many tokens were not accepted from this computer. Please wait {wait_s} seconds and try again."
+    elif request.method == "POST":
         secret = request.form.get("token", "").strip()
         if not secret:
             error = "Paste your API token into the box. An administrator creates one with: automl tokens create NAME"
@@ -98,6 +103,7 @@ def login() -> Any:
             with _state().db.session() as db_session:
                 token = verify_token(db_session, secret)
             if token is None:
+                throttle.failed(client)
                 error = ("This token was not accepted: it is unknown or was revoked. "
                          "Check that you copied all of it, or ask for a new one.")
             else:
@@ -106,6 +112,8 @@ def login() -> Any:
                 session[SESSION_TOKEN] = secret
                 session[SESSION_CSRF] = secrets.token_urlsafe(32)
                 return redirect(next_url)
+    if wait_s:
+        return render_template("login.html", error=error, next_url=next_url), 429, {"Retry-After": str(wait_s)}
     status = 401 if error else 200
     return render_template("login.html", error=error, next_url=next_url), status
 
@@ -244,7 +252,10 @@ def new_search_page() -> str:
     pipelines = [{**pipeline_out(p).model_dump(mode="json"), "controls": setting_controls(p.settings_schema())}
                  for p in registered_pipelines().values()]
     budget = {name: field.default for name, field in JobBudget.model_fields.items() if name != "minutes"}
-    chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "")}
+    # Without ?device=, the first online device is preselected: an offline one
+    # (a retired phone, a junk registration) would only make the job wait.
+    first_online = next((d["name"] for d in devices if d["status"] == "online"), "")
+    chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "") or first_online}
     return render_template("new.html", datasets=datasets, devices=devices, spaces=spaces, pipelines=pipelines,
                            budget=budget, chosen=chosen)
 

@@ -32,6 +32,7 @@ from automl_server.settings import settings_of
 from automl_server.db.engine import get_database
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs.service import record_event
+from automl_server.webhook_targets import ForbiddenTarget, UnresolvableTarget, check_target
 
 DELIVER_WEBHOOK = "automl.deliver_webhook"
 SECRET_PREFIX = "whsec_"
@@ -193,7 +194,16 @@ def deliver_webhook(self: Any, job_id: str, event_id: int) -> str:
     except ValueError as exc:  # a secret that cannot sign: no retry will help
         _log(db_url, job_id, f"webhook delivery to {url} not attempted: {exc}")
         return "failed"
-    outcome = _post(url, secret, msg_id, body)
+    try:
+        # Again at delivery: the name may resolve elsewhere now than at submission.
+        check_target(url, allow_private=settings.webhook_allow_private)
+    except ForbiddenTarget as exc:  # no retry will make it public
+        _log(db_url, job_id, f"webhook delivery to {url} refused: {exc}")
+        return "refused"
+    except UnresolvableTarget as exc:
+        outcome: requests.Response | str = str(exc)
+    else:
+        outcome = _post(url, secret, msg_id, body)
     if isinstance(outcome, requests.Response):
         if 200 <= outcome.status_code < 300:
             return "delivered"

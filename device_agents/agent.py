@@ -16,9 +16,10 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from device_agents.protocol import DEVICES_PATH, Registration, Runtime, heartbeat_path
+from device_agents.protocol import AGENT_TOKEN_HEADER, DEVICES_PATH, Registration, Runtime, heartbeat_path
 
 AGENT_VERSION = "0.1.0"
 log = logging.getLogger("automl.agent")
@@ -56,7 +57,33 @@ def host_info() -> dict[str, Any]:
 
 
 class AgentError(RuntimeError):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status the service answered, if it answered
+
+
+DEFAULT_STATE_DIR = Path("~/.automl-agent")
+
+
+class TokenFile:
+    """Where an agent keeps its device's agent token between runs, so that a
+    restarted agent re-registers the device it owns (``<state_dir>/<device>.token``, mode 600)."""
+
+    def __init__(self, state_dir: Path, device_name: str) -> None:
+        self.path = state_dir.expanduser() / f"{device_name}.token"
+
+    def read(self) -> str | None:
+        try:
+            return self.path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write(self, agent_token: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = self.path.with_suffix(".tmp")
+        partial.touch(mode=0o600)
+        partial.write_text(agent_token)
+        partial.replace(self.path)  # a crash mid-write never leaves half a token
 
 
 @dataclass
@@ -69,6 +96,14 @@ class Agent:
     description: str = ""
     runtimes: list[dict[str, str]] = field(default_factory=detect_runtimes)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Where the device's agent token is kept between runs.
+    state_dir: Path = DEFAULT_STATE_DIR
+    # Ask the service to take back a retired device's latency tables when this agent re-creates it.
+    reuse_latency: bool = False
+
+    @property
+    def token_file(self) -> TokenFile:
+        return TokenFile(self.state_dir, self.name)
 
     def _call(self, method: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(payload).encode()
@@ -76,6 +111,9 @@ class Agent:
         req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
+        agent_token = self.token_file.read()
+        if agent_token:
+            req.add_header(AGENT_TOKEN_HEADER, agent_token)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return json.loads(resp.read() or b"{}")
@@ -85,18 +123,21 @@ class Agent:
                 body = json.loads(body).get("detail", body)
             except ValueError:
                 pass
-            raise AgentError(f"{method} {path} answered {exc.code}: {body}") from None
+            raise AgentError(f"{method} {path} answered {exc.code}: {body}", exc.code) from None
 
     def register(self) -> dict[str, Any]:
         if not self.runtimes:
             raise AgentError("no inference runtime found; install torch, onnxruntime or ai-edge-litert")
-        return self._call("POST", DEVICES_PATH, self.registration().to_dict())
+        answer = self._call("POST", DEVICES_PATH, self.registration().to_dict())
+        if answer.get("agent_token"):  # issued on the device's first registration: keep it for the next runs
+            self.token_file.write(answer["agent_token"])
+        return answer
 
     def registration(self) -> Registration:
         """What this agent announces about its device (``protocol.Registration``)."""
         return Registration(name=self.name, kind=self.kind, description=self.description,
                             runtimes=tuple(Runtime(r["name"], r.get("version", "")) for r in self.runtimes),
-                            info=host_info(), agent_version=AGENT_VERSION)
+                            info=host_info(), agent_version=AGENT_VERSION, reuse_latency=self.reuse_latency)
 
     def heartbeat(self) -> dict[str, Any]:
         return self._call("POST", heartbeat_path(self.name), {})
@@ -117,8 +158,10 @@ class Agent:
                 backoff = 1.0
                 self.stop_event.wait(self.interval_s)
             except (urllib.error.URLError, OSError, AgentError) as exc:
-                if isinstance(exc, AgentError) and " 404:" in str(exc):
-                    registered = False  # the server forgot us (new database): register again
+                if isinstance(exc, AgentError) and exc.status in (403, 404):
+                    # The server forgot the device (new database, retired) or does not know our token
+                    # (registered before tokens existed): register again.
+                    registered = False
                 log.warning("agent %s: %s; retrying in %.0f s", self.name, exc, backoff)
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

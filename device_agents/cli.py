@@ -39,6 +39,9 @@ class AgentOptions:
     adb_cpu_mask: str = "f0"
     description: str = ""
     no_worker: bool = False
+    # Where the device's agent token is kept between runs (None: ~/.automl-agent).
+    state_dir: str | None = None
+    reuse_latency: bool = False
 
 
 def device_options(command: F) -> F:
@@ -59,6 +62,11 @@ def device_options(command: F) -> F:
         click.option("--description", default=""),
         click.option("--no-worker", is_flag=True,
                      help="Only register and heartbeat; do not consume device.NAME."),
+        click.option("--state-dir", envvar="AUTOML_AGENT_STATE_DIR",
+                     help="Where the device's agent token is kept between runs (or AUTOML_AGENT_STATE_DIR; "
+                          "default ~/.automl-agent)."),
+        click.option("--reuse-latency", is_flag=True,
+                     help="When this agent registers a retired device's name anew, take back its latency tables."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -71,7 +79,9 @@ def run_agent(options: AgentOptions, *, server_url: str, broker_url: str, result
     arrives on its queue until SIGTERM; raises click.UsageError for options that cannot work."""
     import threading
 
-    from device_agents.agent import Agent, detect_runtimes
+    from pathlib import Path
+
+    from device_agents.agent import DEFAULT_STATE_DIR, Agent, detect_runtimes
     from device_agents.tasks import AGENT_CONFIG, BACKEND_RUNTIMES
     from device_agents.worker import make_agent_celery, run_worker
 
@@ -92,7 +102,8 @@ def run_agent(options: AgentOptions, *, server_url: str, broker_url: str, result
                                    f"{BACKEND_RUNTIMES[options.backend]!r}, which is not installed here")
     AGENT_CONFIG.update(backend=options.backend, backend_options=backend_options)
     runner = Agent(server_url=server_url, name=options.name, kind=options.kind, token=token, interval_s=interval_s,
-                   description=options.description, runtimes=runtimes)
+                   description=options.description, runtimes=runtimes, reuse_latency=options.reuse_latency,
+                   state_dir=Path(options.state_dir) if options.state_dir else DEFAULT_STATE_DIR)
     if options.no_worker:
         runner.install_signal_handlers()
         runner.run()

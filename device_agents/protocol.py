@@ -54,6 +54,12 @@ def device_queue(device_name: str) -> str:
     return f"{DEVICE_QUEUE_PREFIX}{device_name}"
 
 
+# The header carrying a device's agent token, issued by the service at the
+# device's first registration (``agent_token`` in the answer). Re-registering
+# the device and its heartbeats need it; the agent keeps it in its state file.
+AGENT_TOKEN_HEADER = "Automl-Agent-Token"
+
+
 def heartbeat_path(device_name: str) -> str:
     return f"{DEVICES_PATH}/{device_name}/heartbeat"
 
@@ -413,8 +419,13 @@ class Registration:
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict, hash=False)  # hardware facts (cores, memory, os)
     agent_version: str | None = None
+    # Take back the latency tables of a retired device of this name (when this registration creates it).
+    reuse_latency: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "description": self.description,
-                "runtimes": [r.to_dict() for r in self.runtimes], "info": dict(self.info),
-                "agent_version": self.agent_version}
+        payload: dict[str, Any] = {"name": self.name, "kind": self.kind, "description": self.description,
+                   "runtimes": [r.to_dict() for r in self.runtimes], "info": dict(self.info),
+                   "agent_version": self.agent_version}
+        if self.reuse_latency:  # only when asked: a service of an older release refuses unknown keys
+            payload["reuse_latency"] = True
+        return payload

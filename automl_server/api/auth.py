@@ -10,6 +10,7 @@ from flask import Blueprint, g, request
 
 from automl_server.api.problems import ProblemError
 from automl_server.auth import verify_token
+from automl_server.login_throttle import failed_logins
 from automl_server.service_state import state
 
 PUBLIC_ENDPOINTS = {"api.openapi_json", "api.docs", "api.docs_asset", "api.health"}
@@ -28,9 +29,19 @@ def _require_token() -> None:
             "create one with `automl tokens create NAME`",
             field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},
         )
+    throttle = failed_logins()
+    client = request.remote_addr or "unknown"
+    wait_s = throttle.wait_s(client)
+    if wait_s:
+        raise ProblemError(
+            429, "Too many requests",
+            f"too many requests with an unknown or revoked API token from this address; try again in {wait_s} s",
+            field="Authorization", slug="too-many-failed-logins", headers={"Retry-After": str(wait_s)},
+        )
     with state().db.session() as session:
         token = verify_token(session, secret.strip())
         if token is None:
+            throttle.failed(client)
             raise ProblemError(
                 401, "Unauthorized", "the API token is unknown or revoked; create a new one with `automl tokens create NAME`",
                 field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},

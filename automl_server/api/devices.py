@@ -1,18 +1,29 @@
 """/api/v1/devices: the device farm. Agents register and send heartbeats; a
-device is online while its heartbeats keep coming."""
+device is online while its heartbeats keep coming. A device is owned by its
+agent (automl_server.devices.ownership) and retired with DELETE
+(automl_server.devices.retire)."""
 from __future__ import annotations
 
+import logging
 
-
+from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import decode_token, encode_token
-from automl_server.api.problems import not_found
-from automl_server.api.schemas import DeviceList, DeviceOut, DeviceRegister, HeartbeatIn, PageQuery, RuntimeOut
-from automl_server.db.models import Device, DeviceRuntime, device_status, utcnow
+from automl_server.api.problems import ProblemError, not_found
+from automl_server.api.schemas import (
+    DeviceDeleteQuery, DeviceList, DeviceOut, DeviceRegister, DeviceRegistered, DeviceRetired, HeartbeatIn, PageQuery,
+    RuntimeOut,
+)
+from automl_server.db.models import Device, device_status, utcnow
+from automl_server.devices import ownership, retire
+from automl_server.devices.ownership import AGENT_TOKEN_HEADER
 from automl_server.service_state import state
+
+# Device changes are logged (who registered, claimed or retired what): the audit trail until an audit table exists.
+log = logging.getLogger("automl.devices")
 
 
 def to_out(device: Device, timeout_s: float) -> DeviceOut:
@@ -25,39 +36,47 @@ def to_out(device: Device, timeout_s: float) -> DeviceOut:
     )
 
 
-def upsert_device(session: Session, spec: DeviceRegister, *, heartbeat: bool) -> tuple[Device, bool]:
-    """Create or update a device by name; an agent re-registers on every start."""
-    device = session.scalar(select(Device).where(Device.name == spec.name).options(selectinload(Device.runtimes)))
-    created = device is None
-    if device is None:
-        device = Device(name=spec.name, kind=spec.kind)
-        session.add(device)
-    device.kind = spec.kind
-    device.description = spec.description
-    device.info = dict(spec.info)
-    device.agent_version = spec.agent_version
-    by_name = {r.name: r for r in device.runtimes}
-    wanted = {r.name: r.version for r in spec.runtimes}
-    device.runtimes = [by_name.get(n) or DeviceRuntime(name=n) for n in wanted]
-    for runtime in device.runtimes:
-        runtime.version = wanted[runtime.name]
-    if heartbeat:
-        device.last_heartbeat_at = utcnow()
-    session.flush()
-    return device, created
+_AGENT_HEADER_DOC = ("The device's agent token (returned once by its first registration); needed to "
+                     "re-register an existing device and with every heartbeat.")
+
+
+def _agent_token() -> str | None:
+    return request.headers.get(AGENT_TOKEN_HEADER) or None
+
+
+def _not_owner(exc: ownership.NotTheOwner, status: int) -> ProblemError:
+    return ProblemError(status, "Conflict" if status == 409 else "Forbidden", exc.detail,
+                        field=AGENT_TOKEN_HEADER, slug="device-owned-by-its-agent")
 
 
 @registry.operation(
     api_blueprint, "/devices", "POST", summary="Register (or re-register) a device", tag="devices",
-    body=DeviceRegister, responses={200: DeviceOut, 201: DeviceOut},
+    body=DeviceRegister, responses={200: DeviceRegistered, 201: DeviceRegistered}, errors=(409,),
+    headers={AGENT_TOKEN_HEADER: {"required": False, "schema": {"type": "string"}, "description": _AGENT_HEADER_DOC}},
 )
-def register_device(body: DeviceRegister) -> tuple[DeviceOut, int]:
-    """Registration counts as a first heartbeat: the device is online at once."""
+def register_device(body: DeviceRegister) -> tuple[DeviceRegistered, int]:
+    """Registration counts as a first heartbeat: the device is online at once.
+    The first registration of a name returns the device's agent token
+    (``agent_token``, once); re-registering needs it (409 otherwise: retire the
+    device first with DELETE)."""
     s = state()
+    spec = ownership.RegistrationSpec(
+        name=body.name, kind=body.kind, description=body.description,
+        runtimes={r.name: r.version for r in body.runtimes}, info=dict(body.info), agent_version=body.agent_version)
     with s.db.session() as session:
-        device, created = upsert_device(session, body, heartbeat=True)
-        out = to_out(device, s.settings.heartbeat_timeout_s)
-    return out, 201 if created else 200
+        try:
+            done = ownership.register(session, spec, _agent_token(), s.settings.heartbeat_timeout_s)
+        except ownership.NotTheOwner as exc:
+            log.warning("registration of device %s from %s refused: no valid agent token", body.name,
+                        request.remote_addr)
+            raise _not_owner(exc, 409) from None
+        reused = retire.reuse_latency(session, body.name) if done.created and body.reuse_latency else 0
+        out = DeviceRegistered(**to_out(done.device, s.settings.heartbeat_timeout_s).model_dump(),
+                               agent_token=done.agent_token, latency_targets_reused=reused)
+        if done.agent_token is not None or reused:
+            log.info("device %s registered (%s)%s", body.name, "new" if done.created else "claimed",
+                     f", {reused} latency target(s) reused" if reused else "")
+    return out, 201 if done.created else 200
 
 
 @registry.operation(
@@ -98,14 +117,41 @@ def get_device(name: str) -> DeviceOut:
 
 @registry.operation(
     api_blueprint, "/devices/<name>/heartbeat", "POST", summary="Heartbeat from a device's agent", tag="devices",
-    body=HeartbeatIn, responses={200: DeviceOut}, errors=(404,),
+    body=HeartbeatIn, responses={200: DeviceOut}, errors=(403, 404),
+    headers={AGENT_TOKEN_HEADER: {"required": True, "schema": {"type": "string"}, "description": _AGENT_HEADER_DOC}},
 )
 def heartbeat(name: str, body: HeartbeatIn) -> DeviceOut:
     s = state()
     with s.db.session() as session:
         device = _get(session, name)
+        try:
+            ownership.check_heartbeat(device, _agent_token())
+        except ownership.NotTheOwner as exc:
+            raise _not_owner(exc, 403) from None
         device.last_heartbeat_at = utcnow()
         if body.info is not None:
             device.info = {**device.info, **body.info}
         session.flush()
         return to_out(device, s.settings.heartbeat_timeout_s)
+
+
+@registry.operation(
+    api_blueprint, "/devices/<name>", "DELETE", summary="Retire a device", tag="devices", query=DeviceDeleteQuery,
+    responses={200: DeviceRetired}, errors=(404, 409),
+)
+def delete_device(name: str, query: DeviceDeleteQuery) -> DeviceRetired:
+    """Refused (409, listing them) while the device has queued or running jobs,
+    unless ``force`` (which cancels them). Its jobs keep their records; its
+    latency tables are kept (``latency_archive``) for a device of the same
+    name that registers with ``reuse_latency``."""
+    s = state()
+    with s.db.session() as session:
+        device = _get(session, name)
+        try:
+            done = retire.retire(session, device, force=query.force)
+        except retire.DeviceBusy as exc:
+            raise ProblemError(409, "Conflict", str(exc), field="force", slug="device-busy", jobs=exc.job_ids) from None
+        log.info("device %s retired (cancelled jobs: %s; latency kept as %s)", name,
+                 ", ".join(done.cancelled_jobs) or "none", done.latency_archive or "-")
+        return DeviceRetired(name=done.name, cancelled_jobs=done.cancelled_jobs, latency_archive=done.latency_archive,
+                             latency_targets_kept=done.latency_targets_kept)

@@ -78,6 +78,7 @@ def invalid(exc: InvalidRequest) -> ProblemError:
 
 
 def submit(session: Session, body: JobCreate, **kwargs: Any) -> Job:
+    kwargs.setdefault("allow_private_webhooks", state().settings.webhook_allow_private)
     try:
         return submit_job(session, body, **kwargs)
     except InvalidRequest as exc:

@@ -191,7 +191,7 @@ def _error_statuses(op: Operation, needs_token: bool) -> list[int]:
     if op.multipart is not None:
         statuses.append(413)
     if needs_token:
-        statuses.append(401)
+        statuses += [401, 429]  # a missing or unknown token; 429 once failed attempts are slowed (login_throttle)
     if op.method not in ("get", "head", "options"):
         statuses.append(403)  # a browser session's write without its CSRF header (api/ui.py)
     return sorted(set(statuses))
@@ -256,7 +256,7 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request (unreadable input)",
     401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
-    415: "Unsupported media type", 422: "Invalid input", 503: "Service unavailable",
+    415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Service unavailable",
 }
 
 _PROBLEM_SCHEMA = {

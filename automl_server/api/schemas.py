@@ -81,6 +81,8 @@ class DeviceRegister(Strict):
     runtimes: list[RuntimeIn] = Field(min_length=1)
     info: dict[str, Any] = Field(default_factory=dict, description="Hardware facts reported by the agent.")
     agent_version: str | None = Field(None, max_length=50)
+    reuse_latency: bool = Field(False, description="When this registration creates the device: take back the "
+                                "latency tables of a retired device of the same name (kept by DELETE).")
 
 
 class HeartbeatIn(Strict):
@@ -104,6 +106,27 @@ class DeviceOut(BaseModel):
     agent_version: str | None
     last_heartbeat_at: datetime | None
     registered_at: datetime
+
+
+class DeviceRegistered(DeviceOut):
+    agent_token: str | None = Field(description="The device's agent token, returned once when issued (first "
+                                    "registration); send it in the Automl-Agent-Token header to re-register "
+                                    "the device and with its heartbeats. None on re-registration.")
+    latency_targets_reused: int = Field(0, description="Latency targets taken back from a retired device "
+                                        "of this name (reuse_latency).")
+
+
+class DeviceDeleteQuery(Strict):
+    force: bool = Field(False, description="Retire the device even with queued or running jobs (they are "
+                        "cancelled).")
+
+
+class DeviceRetired(BaseModel):
+    name: str
+    cancelled_jobs: list[str] = Field(description="Jobs cancelled because the device was retired (force).")
+    latency_archive: str | None = Field(description="The name its latency tables are kept under; a device "
+                                        "registering under the old name with reuse_latency takes them back.")
+    latency_targets_kept: int
 
 
 class DeviceList(BaseModel):

@@ -169,6 +169,28 @@ def devices_list(server: str | None, token: str | None, as_json: bool) -> None:
              d["last_heartbeat_at"] or "-"] for d in rows], ["NAME", "KIND", "STATUS", "RUNTIMES", "LAST HEARTBEAT"])
 
 
+@devices.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Retire it even with queued or running jobs (they are cancelled).")
+@server_option
+@token_option
+@json_option
+def devices_delete(name: str, force: bool, server: str | None, token: str | None, as_json: bool) -> None:
+    """Retire device NAME. Refused while it has queued or running jobs unless
+    --force; its latency tables are kept for a device that registers under
+    the same name with reuse_latency (`automl agent --reuse-latency`)."""
+    retired = ApiClient(server, token).json("DELETE", f"/devices/{name}", params={"force": "true" if force else "false"})
+    if as_json:
+        _echo_json(retired)
+        return
+    click.echo(f"device {retired['name']} retired")
+    if retired["cancelled_jobs"]:
+        click.echo(f"cancelled jobs: {', '.join(retired['cancelled_jobs'])}")
+    if retired["latency_archive"]:
+        click.echo(f"{retired['latency_targets_kept']} latency target(s) kept as {retired['latency_archive']}; "
+                   f"an agent started with --reuse-latency for {name} takes them back")
+
+
 @main.command("pipelines")
 @server_option
 @token_option

@@ -35,6 +35,10 @@ from automl_server.datasets.upload import (
 
 def _check_upload_size(path: Path, limits: UploadLimits) -> None:
     size = os.path.getsize(path)
+    if size == 0:
+        # Said plainly: "not a valid zip" would send the user looking for a broken archive.
+        raise DatasetRejected("file", "the uploaded file is empty (0 bytes); upload a .zip of class folders of "
+                              "PNG/JPEG images, or an .npz with arrays x and y")
     if size > limits.max_upload_bytes:
         detail = f"upload is {size} bytes; the limit is {limits.max_upload_bytes}"
         raise DatasetRejected("file.size", detail, 413)

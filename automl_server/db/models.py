@@ -88,6 +88,10 @@ class Device(Base):
     # What the agent reported about the hardware (cores, memory, os, model).
     info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     agent_version: Mapped[str | None] = mapped_column(String(50))
+    # SHA-256 of the device's agent token, issued at first registration: only
+    # the agent holding it may re-register the device or send its heartbeats.
+    # None for a device registered before tokens existed (its next registration claims it).
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64))
     last_heartbeat_at: Mapped[datetime | None] = mapped_column()
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from automl_server import webhooks
+from automl_server.webhook_targets import check_target
 from automl_server.db.models import Dataset, Device, Job
 from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import DataFacts, InvalidPipelineSettings, pipelines
@@ -101,9 +102,11 @@ def check_parent(session: Session, body: JobCreate, dataset: Dataset, params: di
 
 
 def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None = None,
-               comparison_id: str | None = None, rerun_of: str | None = None) -> Job:
+               comparison_id: str | None = None, rerun_of: str | None = None,
+               allow_private_webhooks: bool = False) -> Job:
     """Check the request and add the queued job (with its plan) to the session.
-    Raises InvalidRequest naming the field; the caller commits and queues it."""
+    Raises InvalidRequest naming the field; the caller commits and queues it.
+    ``allow_private_webhooks``: the server's AUTOML_WEBHOOK_ALLOW_PRIVATE."""
     dataset = find_dataset(session, body.dataset)
     if dataset is None:
         raise UnknownReference("dataset", f"no dataset {body.dataset!r}; give a dataset id or name from "
@@ -128,6 +131,7 @@ def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None
     if body.webhook_url is not None:
         try:
             webhooks.validate_url(body.webhook_url)
+            check_target(body.webhook_url, allow_private=allow_private_webhooks)
             secret = body.webhook_secret or webhooks.new_secret()
             webhooks.sign(secret, "check", 0, b"")
         except ValueError as exc:

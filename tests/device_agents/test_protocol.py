@@ -24,6 +24,7 @@ from automl_server.profiling import (
 )
 from device_agents import tasks
 from device_agents.protocol import (
+    AGENT_TOKEN_HEADER,
     DEVICE_KINDS,
     DEVICES_PATH,
     MEASURE_NETWORK,
@@ -218,7 +219,8 @@ def test_the_service_accepts_the_agents_registration_and_heartbeat(client) -> No
                                 description="lab bench", info={"cpu_count": 4}, agent_version="0.1.0")
 
     registered = client.post(DEVICES_PATH, json=registration.to_dict())
-    beat = client.post(heartbeat_path("pi-4"), json={})
+    beat = client.post(heartbeat_path("pi-4"), json={},
+                       headers={AGENT_TOKEN_HEADER: registered.json["agent_token"]})
 
     assert registered.status_code == 201, registered.json
     assert registered.json["queue"] == device_queue("pi-4")

@@ -77,6 +77,8 @@ class Process:
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = settings_env(settings)
     env.pop("AUTOML_TOKEN", None)
+    # Agents the tests start keep their device tokens in the test's data dir, not the user's home.
+    env["AUTOML_AGENT_STATE_DIR"] = str(settings.data_dir / "agent")
     env.update(extra)
     return env
 

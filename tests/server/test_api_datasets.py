@@ -178,3 +178,15 @@ def test_bad_dataset_name_is_refused(client, settings, tmp_path):
     assert response.status_code == 422
     assert response.json["field"] == "name"
     assert stored_state(settings) == (0, [], [])
+
+
+@pytest.mark.parametrize("filename", ["pets.zip", "pets.npz"])
+def test_empty_upload_says_it_is_empty_and_nothing_is_stored(client, settings, tmp_path, filename):
+    empty = tmp_path / filename
+    empty.write_bytes(b"")
+
+    response = upload(client, empty)
+
+    assert response.status_code == 422 and response.json["field"] == "file"
+    assert response.json["detail"].startswith("the uploaded file is empty (0 bytes)")
+    assert stored_state(settings) == (0, [], [])

@@ -237,3 +237,26 @@ def test_job_resource_links_resolve(client, dataset, device):
     for link in ("self", "events", "stream"):
         assert client.get(job["links"][link]).status_code == 200
     assert json.loads(json.dumps(job))["links"]["cancel"].endswith("/cancel")
+
+
+def test_job_and_comparison_naming_a_runtime_the_device_lacks_are_refused_at_submission(client, dataset, device):
+    # The case: runtime "l20" was accepted and failed later, in profile.
+    job = client.post("/api/v1/jobs", json=job_request(runtime="l20"))
+    comparison = client.post("/api/v1/comparisons", json={
+        "dataset": "pets", "devices": ["pi-4:onnxruntime", "pi-4:l20"], "latency_target_ms": 25.0})
+
+    assert job.status_code == 422 and job.json["field"] == "runtime"
+    assert job.json["detail"] == "device 'pi-4' has no runtime 'l20'; accepted: litert, onnxruntime"
+    assert comparison.status_code == 422 and comparison.json["field"] == "devices.1"
+    assert "has no runtime 'l20'; accepted: litert, onnxruntime" in comparison.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data",
+                                 "http://localhost:8000/api/v1/devices"])
+def test_job_with_a_webhook_to_a_private_address_is_refused_and_nothing_is_stored(client, dataset, device, url):
+    response = client.post("/api/v1/jobs", json=job_request(webhook_url=url))
+
+    assert response.status_code == 422 and response.json["field"] == "webhook_url"
+    assert "AUTOML_WEBHOOK_ALLOW_PRIVATE=1" in response.json["detail"]
+    assert client.get("/api/v1/jobs").json["jobs"] == []

@@ -55,7 +55,8 @@ def sqlite_farm_app(tmp_path):  # type: ignore[no-untyped-def]
 
 def make_farm(tmp_path, database_url):  # type: ignore[no-untyped-def]
     # Heartbeats are not what these tests are about: a device stays online for an hour.
-    settings = make_settings(tmp_path, database_url, heartbeat_timeout_s=3600.0)
+    # The webhook receiver of these tests listens on loopback, which webhooks refuse unless allowed.
+    settings = make_settings(tmp_path, database_url, heartbeat_timeout_s=3600.0, webhook_allow_private=True)
     app = create_app(settings, celery=make_celery(settings, eager=True))
     db = get_database(settings.resolved_database_url)
     with db.session() as session:

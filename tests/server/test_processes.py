@@ -89,16 +89,24 @@ def test_serve_takes_an_upload_and_runs_a_job_to_success(served, tmp_path):
     devices = wait_for(lambda: [d for d in cli_json(env, "devices", "list") if d["status"] == "online"], 60,
                        "the local CPU agent to come online")
     path = archives.good_zip(tmp_path, classes=("ant", "bee", "cow"), per_class=3)
+    # The hijack: one POST naming the live local device with other runtimes.
+    hijack = requests.post(f"{url}/api/v1/devices", timeout=10, json={
+        "name": "local-cpu", "kind": "cpu", "runtimes": [{"name": "tensorrt", "version": "10"}]})
 
     with path.open("rb") as handle:
         uploaded = requests.post(f"{url}/api/v1/datasets", files={"file": ("insects.zip", handle)}, timeout=60)
     submitted = cli_json(env, "jobs", "submit", "--dataset", "insects", "--device", "local-cpu", "--target-ms", "10",
-                         "--stop-after", "validate")
+                         "--runtime", "onnxruntime", "--stop-after", "validate")
     waited = cli(env, "jobs", "wait", submitted["id"])
     listed = {d["name"] for d in cli_json(env, "datasets", "list")}
+    after = requests.get(f"{url}/api/v1/devices/local-cpu", timeout=10).json()
 
     assert [d["name"] for d in devices] == [settings.local_device_name]
     assert {r["name"] for r in devices[0]["runtimes"]} >= {"pytorch", "onnxruntime", "litert"}
+    assert hijack.status_code == 409 and "DELETE /api/v1/devices/local-cpu" in hijack.json()["detail"]
+    assert after["status"] == "online" and after["runtimes"] == devices[0]["runtimes"]
+    # The local agent keeps its device's token beside the data, for the next `automl serve`.
+    assert (settings.data_dir / "agent" / "local-cpu.token").read_text().startswith("agt_")
     assert uploaded.status_code == 201, uploaded.text
     assert submitted["state"] == "queued"
     assert f"job {submitted['id']} succeeded" in waited.stdout

@@ -124,13 +124,15 @@ def test_profiling_stops_with_the_reason_when_the_device_goes_offline(tmp_path):
     with serving(tmp_path, "--no-agent") as (settings, env):
         env["AUTOML_HEARTBEAT_TIMEOUT_S"] = "3.0"
         url = f"{settings.resolved_server_url}/api/v1/devices"
-        requests.post(url, timeout=10, json={
-            "name": "flaky-phone", "kind": "android", "runtimes": [{"name": "litert", "version": "2.3.0"}]})
+        agent_token = requests.post(url, timeout=10, json={
+            "name": "flaky-phone", "kind": "android", "runtimes": [{"name": "litert", "version": "2.3.0"}]}
+        ).json()["agent_token"]
         dispatched = threading.Event()
 
         def heartbeats() -> None:  # the phone's agent, until the work has been sent to it
             while not dispatched.wait(0.5):
-                requests.post(f"{url}/flaky-phone/heartbeat", json={}, timeout=10)
+                requests.post(f"{url}/flaky-phone/heartbeat", json={}, timeout=10,
+                              headers={"Automl-Agent-Token": agent_token})
 
         beating = threading.Thread(target=heartbeats, daemon=True)
         beating.start()

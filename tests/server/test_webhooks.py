@@ -19,6 +19,7 @@ from automl_server.celery_app import make_celery
 from automl_server.db.engine import get_database
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs.service import record_event
+from automl_server.webhook_targets import ForbiddenTarget, UnresolvableTarget, check_target
 from automl_server.webhooks import (
     DELIVER_WEBHOOK,
     WebhookVerificationError,
@@ -111,6 +112,7 @@ class Receiver:
     url: str
     statuses: list[int]
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    redirect_to: str | None = None  # sent as Location with every answer
 
     def answer(self) -> int:
         return self.statuses[min(len(self.received), len(self.statuses)) - 1]
@@ -125,6 +127,8 @@ def receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(state.answer())
+            if state.redirect_to:
+                self.send_header("Location", state.redirect_to)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -142,7 +146,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 def eager_celery(tmp_path: Path, database_url: str, **overrides: object) -> Celery:
-    celery = make_celery(make_settings(tmp_path, database_url, webhook_backoff_s=0.01, **overrides), eager=True)
+    # The receivers of these tests listen on loopback, which webhooks refuse unless allowed.
+    values: dict[str, object] = {"webhook_backoff_s": 0.01, "webhook_allow_private": True, **overrides}
+    celery = make_celery(make_settings(tmp_path, database_url, **values), eager=True)
     # Celery runs `self.retry` in-process only when eager errors do not propagate:
     # Task.apply then re-applies the retry signature at once (countdown ignored)
     # with request.retries + 1, as a worker would after the countdown. With
@@ -280,8 +286,79 @@ def test_notify_never_raises_when_the_broker_is_down(tmp_path, database_url, mon
 def test_an_eager_app_that_propagates_errors_tries_once_and_does_not_raise(tmp_path, database_url, receiver):
     receiver.statuses = [500, 200]
     job_id, event_id = job_with_state_event(database_url, receiver.url, new_secret())
-    celery = make_celery(make_settings(tmp_path, database_url, webhook_backoff_s=0.01), eager=True)
+    celery = make_celery(make_settings(tmp_path, database_url, webhook_backoff_s=0.01, webhook_allow_private=True),
+                         eager=True)
 
     notify(celery, job_id, [event_id])
 
     assert len(receiver.received) == 1
+
+
+# -- no server-side request forgery --------------------------------------------------
+def fake_dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+    """A getaddrinfo answering from ``table`` (host -> addresses)."""
+    def resolve(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in table[host]]
+    return resolve
+
+
+DNS = fake_dns({"localhost": ["127.0.0.1", "::1"], "hooks.example.com": ["93.184.215.14"],
+                "rebound.example.com": ["93.184.215.14", "10.1.2.3"], "metadata.internal": ["169.254.169.254"]})
+
+
+@pytest.mark.parametrize(("url", "address", "kind"), [
+    ("http://127.0.0.1:8080/hook", "127.0.0.1", "loopback"),
+    ("http://localhost/hook", "127.0.0.1", "loopback"),
+    ("http://[::1]/hook", "::1", "loopback"),
+    ("http://[::ffff:127.0.0.1]/hook", "::ffff:7f00:1", "loopback"),
+    ("http://169.254.169.254/latest/meta-data", "169.254.169.254", "link-local"),
+    ("http://metadata.internal/", "169.254.169.254", "link-local"),
+    ("http://[fe80::1]/hook", "fe80::1", "link-local"),
+    ("http://10.0.0.5/hook", "10.0.0.5", "private"),
+    ("https://192.168.1.20/hook", "192.168.1.20", "private"),
+    ("http://100.64.0.1/hook", "100.64.0.1", "non-public"),
+    ("http://0.0.0.0/hook", "0.0.0.0", "private"),
+    ("http://rebound.example.com/hook", "10.1.2.3", "private"),  # every address is checked
+])
+def test_webhook_targets_off_the_public_internet_are_refused(url, address, kind):
+    with pytest.raises(ForbiddenTarget) as refused:
+        check_target(url, allow_private=False, resolve=DNS)
+
+    assert f"points at {address} ({kind} address)" in str(refused.value)
+    assert "AUTOML_WEBHOOK_ALLOW_PRIVATE=1" in str(refused.value)
+    check_target(url, allow_private=True, resolve=DNS)  # the setting lets it through
+
+
+def test_public_webhook_targets_pass_and_unknown_hosts_say_so():
+    check_target("https://hooks.example.com/automl", allow_private=False, resolve=DNS)
+    check_target("http://93.184.215.14:8443/x", allow_private=False, resolve=DNS)
+
+    with pytest.raises(UnresolvableTarget, match="'nowhere.example' does not resolve"):
+        check_target("http://nowhere.example/hook", allow_private=False, resolve=DNS)
+
+
+def test_delivery_to_a_target_that_became_private_is_refused_without_retry(tmp_path, database_url, receiver):
+    # Stored while allowed (or while its name resolved elsewhere); the server no longer allows it.
+    job_id, event_id = job_with_state_event(database_url, receiver.url, new_secret())
+
+    notify(eager_celery(tmp_path, database_url, webhook_allow_private=False), job_id, [event_id])
+
+    assert receiver.received == []
+    last = timeline(database_url, job_id)[-1]
+    assert last.message.startswith(f"webhook delivery to {receiver.url} refused: ")
+    assert "loopback address" in last.message
+
+
+def test_a_redirect_is_never_followed(tmp_path, database_url, receiver):
+    # The receiver answers 307 towards the metadata endpoint: the server must not go there.
+    receiver.statuses, receiver.redirect_to = [307], "http://169.254.169.254/latest/meta-data"
+    job_id, event_id = job_with_state_event(database_url, receiver.url, new_secret())
+
+    notify(eager_celery(tmp_path, database_url, webhook_max_attempts=1), job_id, [event_id])
+
+    assert len(receiver.received) == 1
+    assert timeline(database_url, job_id)[-1].message == (
+        f"webhook delivery to {receiver.url} failed after 1 attempts: HTTP 307")

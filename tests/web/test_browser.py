@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
 from tests.datasets.archives import good_zip, not_a_zip
 from tests.server.processes import cli_json, serving, wait_for
@@ -89,10 +90,20 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.locator("#confirm-delete button[value=delete]").click()
     page.locator("#dataset-good").wait_for(state="detached")
 
-    # Device farm.
+    # Device farm; a junk device (no agent) is retired with confirmation.
+    requests.post(f"{url}/api/v1/devices", timeout=10,
+                  json={"name": "junk-1", "kind": "cpu", "runtimes": [{"name": "litert"}]}).raise_for_status()
     page.goto(f"{url}/devices")
     assert "online" in page.locator("#device-local-cpu").inner_text()
     page.screenshot(path=artifacts_dir / "devices.png", full_page=True)
+    page.locator('#device-junk-1 button[data-retire]').click()
+    page.locator("#confirm-retire button[value=retire]").click()
+    page.locator("#device-junk-1").wait_for(state="detached")
+    assert requests.get(f"{url}/api/v1/devices/junk-1", timeout=10).status_code == 404
+
+    # Swagger UI starts under the docs page's Content-Security-Policy (a violation is a console error).
+    page.goto(f"{url}/api/v1/docs")
+    page.locator("#swagger-ui .swagger-ui").first.wait_for()
 
     # New search: nothing profiled yet on this fresh farm, so the page says the job will do it.
     page.goto(f"{url}/new")

@@ -209,3 +209,90 @@ def test_every_page_renders_with_labels_on_its_controls(client, tmp_path):
         ids = set(re.findall(r'<(?:input|select)[^>]* id="([^"]+)"', html))
         labelled = set(re.findall(r'<label for="([^"]+)"', html))
         assert ids <= labelled, (path, ids - labelled)
+
+
+def test_new_search_preselects_an_online_device_and_the_farm_offers_retiring(client, settings):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from automl_server.db.engine import get_database
+    from automl_server.db.models import Device, utcnow
+
+    for name in ("a-junk", "local-cpu"):  # the offline junk device sorts first
+        client.post("/api/v1/devices", json={"name": name, "kind": "cpu", "runtimes": [{"name": "onnxruntime"}]})
+    with get_database(settings.resolved_database_url).session() as session:
+        session.execute(update(Device).where(Device.name == "a-junk")
+                        .values(last_heartbeat_at=utcnow() - timedelta(hours=1)))
+
+    new_page = client.get("/new").get_data(as_text=True)
+    asked = client.get("/new?device=a-junk").get_data(as_text=True)
+    farm = client.get("/devices").get_data(as_text=True)
+
+    assert re.search(r'<option value="local-cpu"[^>]*selected', new_page)
+    assert not re.search(r'<option value="a-junk"[^>]*selected', new_page)
+    assert re.search(r'<option value="a-junk"[^>]*selected', asked)
+    assert 'data-retire="a-junk"' in farm and 'id="confirm-retire"' in farm and "devices.js" in farm
+
+
+def test_pages_send_security_headers_and_carry_no_inline_script(client, tmp_path):
+    _upload(client, tmp_path)
+
+    for path in ("/", "/datasets", "/devices", "/new", "/compare", "/login"):
+        response = client.get(path)
+        html = response.get_data(as_text=True)
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert "unsafe-inline" not in policy, path
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+        # Every <script> either loads a file of this site or is a JSON data block (never executed).
+        for attrs in re.findall(r"<script([^>]*)>", html):
+            assert 'src="/static/' in attrs or 'type="application/json"' in attrs, (path, attrs)
+        assert not re.search(r"\son[a-z]+=", html), path  # no inline event handlers
+    assert client.get("/api/v1/jobs").headers["X-Content-Type-Options"] == "nosniff"
+    docs = client.get("/api/v1/docs")
+    assert "script-src 'self'" in docs.headers["Content-Security-Policy"]
+    assert "<script>" not in docs.get_data(as_text=True)
+    assert "SwaggerUIBundle(" in client.get("/api/v1/docs/automl-init.js").get_data(as_text=True)
+
+
+def test_repeated_failed_logins_are_slowed(locked_app):
+    from automl_server.login_throttle import failed_logins
+
+    now = [1000.0]
+    failed_logins(locked_app).clock = lambda: now[0]
+    client = locked_app.test_client()
+    secret = _token(locked_app)
+
+    refused = [client.post("/login", data={"token": f"aml_guess{i}"}).status_code for i in range(5)]
+    slowed_page = client.post("/login", data={"token": secret})
+    slowed_api = client.get("/api/v1/jobs", headers={"Authorization": "Bearer aml_guess"})
+    now[0] += 2
+    after_the_wait = client.post("/login", data={"token": secret})
+
+    assert refused == [401] * 5
+    assert slowed_page.status_code == 429 and slowed_page.headers["Retry-After"] == "1"
+    assert "wait 1 seconds" in slowed_page.get_data(as_text=True)
+    assert slowed_api.status_code == 429 and slowed_api.json["field"] == "Authorization"
+    assert after_the_wait.status_code == 302
+
+
+def test_repeated_unknown_api_tokens_wait_longer_each_time(locked_app):
+    from automl_server.login_throttle import failed_logins
+
+    now = [0.0]
+    failed_logins(locked_app).clock = lambda: now[0]
+    client = locked_app.test_client()
+
+    def guess() -> int:
+        return client.get("/api/v1/jobs", headers={"Authorization": "Bearer aml_guess"}).status_code
+
+    first_five = [guess() for _ in range(5)]
+    waits = []
+    for _ in range(3):
+        answer = client.get("/api/v1/jobs", headers={"Authorization": "Bearer aml_guess"})
+        waits.append(int(answer.headers["Retry-After"]))
+        now[0] += waits[-1]
+        assert guess() == 401  # after waiting, the attempt is checked (and fails)
+
+    assert first_five == [401] * 5 and waits == [1, 2, 4]
