@@ -17,6 +17,9 @@ from automl_server.engine.train.sparse_update import (
     minimum_budget_kb,
     predict_memory,
 )
+from automl_server.engine.train.sparse_update.comparison import measure_step
+from automl_server.engine.train.sparse_update.live_memory import PeakTensorMemory
+from automl_server.engine.train.sparse_update.peak_rss import Variant
 from automl_server.engine.train.sparse_update.scheme import bias_only, classifier_only, full
 from tests.engine.sparse_update.conftest import RecordingCallbacks
 
@@ -120,6 +123,35 @@ def test_reordered_and_ordinary_updates_give_the_same_weights(parent):
     for name, value in ordinary.items():
         assert torch.equal(value, reordered[name]), name
     assert reordered_grads < ordinary_grads  # one gradient alive at a time
+
+
+def test_the_peak_of_a_step_counts_what_is_alive_at_once():
+    params = [torch.nn.Parameter(torch.zeros(256))]  # 1 kB
+    with PeakTensorMemory(params) as tracker:
+        a = torch.ones(1000)  # 4,000 bytes
+        b = torch.ones(500)  # 2,000 bytes
+        del a
+        c = torch.ones(250)  # 1,000 bytes: a is gone, b and c are alive
+        params[0].grad = torch.ones(256)  # 1,024 bytes, held as a gradient
+        d = torch.ones(10)
+        del b, c, d
+    peak = tracker.result()
+
+    assert peak.peak_bytes == 6000 and peak.grad_bytes_at_peak == 0 and peak.max_grad_bytes == 1024
+    assert tracker.live_bytes == 1024  # only the gradient is left
+
+
+def test_reordering_drops_every_gradient_as_it_is_applied_and_lowers_the_peak(parent):
+    x, y = batch()
+    net = SparseNet(parent, 8)
+    peaks = {reorder: measure_step(net, Variant("full", full(len(net.layers)), reorder, plain_autograd=True), x, y,
+                                   lr=0.1, momentum=0.0)[1] for reorder in (False, True)}
+    grad_bytes = [p.numel() * 4 for p in net.parameters()]  # a full update trains them all
+    every_grad_bytes, largest_grad_bytes = sum(grad_bytes), max(grad_bytes)
+
+    assert peaks[True].max_grad_bytes == largest_grad_bytes  # one gradient at a time, dropped once applied
+    assert peaks[False].max_grad_bytes == every_grad_bytes  # all of them, until optimizer.step()
+    assert peaks[True].peak_bytes < peaks[False].peak_bytes
 
 
 def test_predicted_memory_matches_the_measured_step(parent):

@@ -257,6 +257,10 @@ def run_sparse_update(inputs: PipelineInputs, settings: SparseUpdateSettings,
                                                memory["scheme"]["measured_bytes"]),
         "reordering_saving": _ratio(memory["scheme_without_reordering"]["measured_bytes"],
                                     memory["scheme"]["measured_bytes"]),
+        # The same two ratios for the peak of a step (what the device must really hold).
+        "peak_saving_vs_full_update": _ratio(memory["full_update"]["peak_bytes"], memory["scheme"]["peak_bytes"]),
+        "reordering_peak_saving": _ratio(memory["scheme_without_reordering"]["peak_bytes"],
+                                         memory["scheme"]["peak_bytes"]),
         "accuracy": accuracy, "contributions": plan["contributions"], "parent_job": settings.parent_job,
         **({"on_device": on_device} if on_device is not None else {}),
     }
