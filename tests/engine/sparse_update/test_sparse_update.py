@@ -21,6 +21,7 @@ from automl_server.engine.train.sparse_update.comparison import measure_step
 from automl_server.engine.train.sparse_update.live_memory import PeakTensorMemory
 from automl_server.engine.train.sparse_update.peak_rss import Variant
 from automl_server.engine.train.sparse_update.scheme import bias_only, classifier_only, full
+from automl_server.engine.train.sparse_update.sparse_conv import pack_mask, unpack_mask
 from tests.engine.sparse_update.conftest import RecordingCallbacks
 
 BATCH = 16
@@ -53,8 +54,8 @@ def test_a_frozen_layer_saves_nothing_for_backward_and_a_bias_only_layer_not_its
     bias_layer = saved_bytes(net, x, y) - base
 
     out_elems = BATCH * last.out_channels * 4 * 4
-    assert frozen_passthrough == out_elems  # only the 1-byte ReLU6 mask, never the float input
-    assert bias_layer == out_elems  # the mask alone: none of the layer's float input
+    assert frozen_passthrough == out_elems // 8  # only the ReLU6 mask, 1 bit an element, never the float input
+    assert bias_layer == out_elems // 8  # the mask alone: none of the layer's float input
     net.apply_scheme(full(len(net.layers)), plain_autograd=True)
     assert saved_bytes(net, x, y) > 10 * saved_bytes(SparseNet(parent, 8), x, y)  # PyTorch keeps every input
 
@@ -123,6 +124,15 @@ def test_reordered_and_ordinary_updates_give_the_same_weights(parent):
     for name, value in ordinary.items():
         assert torch.equal(value, reordered[name]), name
     assert reordered_grads < ordinary_grads  # one gradient alive at a time
+
+
+def test_a_relu_mask_packed_to_bits_unpacks_to_itself():
+    mask = torch.rand(3, 5, 7) > 0.5  # 105 elements: the last byte is padded
+
+    packed = pack_mask(mask)
+
+    assert packed.dtype == torch.uint8 and packed.numel() == 14
+    assert torch.equal(unpack_mask(packed, (3, 5, 7)), mask)
 
 
 def test_the_peak_of_a_step_counts_what_is_alive_at_once():
