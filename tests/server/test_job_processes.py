@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from automl_server.engine.train.sparse_update.pipeline import training_python
 from tests.conftest import (
     POSTGRES_URL, REDIS_URL, _forget_database, create_postgres_database, drop_postgres_database, need_service,
 )
@@ -122,22 +123,36 @@ def _serve_pid(port: int) -> int:
     raise AssertionError(f"no `automl serve` on port {port}")
 
 
-def test_distributed_and_federated_pipelines_run_under_automl_serves_prefork_worker(tmp_path):
-    """torchrun workers and Flower's SuperLink/SuperNodes are started from a
-    Celery prefork child (which may not fork children of its own through
-    multiprocessing): both pipelines end, and no process of theirs is left."""
-    with serving(tmp_path) as (_settings, env):
+def test_distributed_federated_and_sparse_update_pipelines_run_under_automl_serves_prefork_worker(tmp_path):
+    """torchrun workers, Flower's SuperLink/SuperNodes and the sparse update's
+    peak-memory and ONNX Runtime training children are started from a Celery
+    prefork child (which may not fork children of its own through
+    multiprocessing): the pipelines end, and no process of theirs is left."""
+    with serving(tmp_path) as (settings, env):
         agent_online(env)
         tiny = (*SMALL_JOB, "--no-tune", "--stop-after", "train", "--target-ms", "10")
         dsgd = cli(env, "jobs", "submit", *tiny, "--pipeline", "delayed-sgd", "--param", "distributed.epochs=1",
                    "--param", "distributed.delay=1", "--param", "distributed.period=1", "--wait", timeout_s=600)
         fedgkt = cli(env, "jobs", "submit", *tiny, "--pipeline", "fedgkt", "--param", "fedgkt.clients=2",
                      "--param", "fedgkt.rounds=1", "--param", "fedgkt.baselines=false", "--wait", timeout_s=600)
+        on_device = "true" if training_python().exists() else "false"  # make test builds it
+        sparse = cli(env, "jobs", "submit", *tiny, "--pipeline", "sparse-update", "--param", "sparse_update.epochs=1",
+                     "--param", "sparse_update.analysis_steps=1", "--param", "sparse_update.compare_baselines=false",
+                     "--param", f"sparse_update.on_device={on_device}", "--param", "sparse_update.on_device_steps=4",
+                     "--wait", timeout_s=600)
+        sparse_id = re.search(r"job (\w+) succeeded", sparse.stdout)
+        job_url = f"{settings.resolved_server_url}/api/v1/jobs/{sparse_id.group(1) if sparse_id else ''}"
+        report = requests.get(job_url, timeout=30).json()["result"]["train"]["sparse-update"] if sparse_id else {}
         leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))
-                     and any(name in _cmdline(pid) for name in ("torch.distributed.run", "flower-", "flwr"))]
+                     and any(name in _cmdline(pid) for name in ("torch.distributed.run", "flower-", "flwr",
+                                                                "ort_training"))]
 
     assert re.search(r"job \w+ succeeded", dsgd.stdout), dsgd.stdout + dsgd.stderr
     assert re.search(r"job \w+ succeeded", fedgkt.stdout), fedgkt.stdout + fedgkt.stderr
+    assert sparse_id, sparse.stdout + sparse.stderr
+    assert report["memory"]["scheme"]["peak_rss_step_kb"] > 0  # measured in its own child process
+    if on_device == "true":
+        assert report["on_device"]["comparison"]["within_tolerance"], report["on_device"]["comparison"]
     assert leftovers == []
 
 

@@ -2,6 +2,7 @@
 reordering changes nothing but memory, and the registered pipeline end to end."""
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -19,9 +20,13 @@ from automl_server.engine.train.sparse_update import (
 )
 from automl_server.engine.train.sparse_update.comparison import measure_step
 from automl_server.engine.train.sparse_update.live_memory import PeakTensorMemory
+from automl_server.engine.train.sparse_update.on_device import PLAN_FILE, report_from_plan
+from automl_server.engine.train.sparse_update.pipeline import DEVICE_FOLDER
 from automl_server.engine.train.sparse_update.peak_rss import Variant
 from automl_server.engine.train.sparse_update.scheme import bias_only, classifier_only, full
 from automl_server.engine.train.sparse_update.sparse_conv import pack_mask, unpack_mask
+from device_agents import tasks
+from device_agents.protocol import FineTuneReply, FineTuneRequest, ModelFile, TargetPayload
 from tests.engine.sparse_update.conftest import RecordingCallbacks
 
 BATCH = 16
@@ -216,18 +221,17 @@ def test_a_budget_below_the_smallest_scheme_says_what_it_needs(parent, new_class
     assert error.value.field == "sparse_update.memory_budget_kb" and f"{needed:.1f}" in error.value.detail
 
 
-def test_on_device_without_the_training_environment_is_refused_naming_the_field(monkeypatch, tmp_path):
-    pipeline = get_pipeline("sparse-update")
-    from automl_server.engine.train.registry import DataFacts
-
+def test_an_agent_without_the_training_environment_answers_how_to_build_it(monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOML_ORT_TRAINING_PYTHON", str(tmp_path / "missing" / "bin" / "python"))
-    with pytest.raises(InvalidPipelineSettings) as error:
-        pipeline.check(pipeline.parse({"on_device": True}), DataFacts(100, 5, 8, 1))  # type: ignore[misc]
+    request = FineTuneRequest(TargetPayload("local-cpu", "onnxruntime", ""), ModelFile.from_bytes("onnx", b"x"),
+                              ("classifier.bias",), "", steps=1, lr=0.1, batch=1)
 
-    assert error.value.field == "sparse_update.on_device" and "make ort-training-venv" in error.value.detail
+    reply = FineTuneReply.from_dict(json.loads(json.dumps(tasks.finetune_on_device(*request.to_args()))))
+
+    assert reply.result is None and reply.error is not None and "make ort-training-venv" in reply.error
 
 
-def test_an_on_device_run_is_compared_with_pytorchs_same_steps_in_the_report(parent, new_classes, tmp_path):
+def test_the_on_device_plan_runs_through_the_agents_task_and_follows_pytorchs_steps(parent, new_classes, tmp_path):
     from tests.engine.sparse_update.test_ort_training import require_training_venv
 
     require_training_venv()
@@ -235,11 +239,23 @@ def test_an_on_device_run_is_compared_with_pytorchs_same_steps_in_the_report(par
     settings = pipeline.parse({"scheme": "bias-only", "on_device": True, "on_device_steps": 6,
                                "compare_baselines": False, "measure_peak_rss": False, "memory_budget_kb": 4096})
     outcome = pipeline.run(inputs_for(parent, new_classes, tmp_path), settings, RecordingCallbacks())
+    folder = tmp_path / DEVICE_FOLDER
+    plan = json.loads((folder / PLAN_FILE).read_text())
+    # What the device-finetune stage sends, through JSON as the broker carries it.
+    request = FineTuneRequest(TargetPayload("local-cpu", "onnxruntime", ""),
+                              ModelFile.from_bytes("onnx", (folder / plan["model_file"]).read_bytes()),
+                              tuple(plan["trainable"]), base64.b64encode((folder / plan["data_file"]).read_bytes()).decode(),
+                              plan["steps"], plan["lr"], plan["batch"])
 
-    on_device = outcome.report["on_device"]
-    assert len(on_device["device"]["losses"]) == len(on_device["pytorch"]["losses"]) == 6
-    assert on_device["comparison"]["within_tolerance"], on_device["comparison"]
-    assert on_device["device"]["peak_rss_kb"] > 0
+    reply = FineTuneReply.from_dict(json.loads(json.dumps(tasks.finetune_on_device(
+        *json.loads(json.dumps(request.to_args()))))))
+
+    assert reply.error is None and reply.result is not None
+    report = report_from_plan(plan, reply.result)
+    assert outcome.report["on_device"]["pytorch"]["losses"] == plan["pytorch"]["losses"]
+    assert len(report["device"]["losses"]) == len(report["pytorch"]["losses"]) == 6
+    assert report["comparison"]["within_tolerance"], report["comparison"]
+    assert report["device"]["peak_rss_kb"] > 0
 
 
 def test_a_cancelled_fine_tune_resumes_from_its_checkpoint_with_the_same_scheme(parent, new_classes, tmp_path):
