@@ -31,9 +31,15 @@ FINETUNE_TIMEOUT_S = 1200.0
 
 def applies(params: dict[str, Any]) -> bool:
     """Sparse-update jobs that asked for the on-device run."""
-    settings = params.get("sparse_update") or {}
-    return params.get("pipeline") == "sparse-update" and isinstance(settings, dict) and bool(
-        settings.get("on_device"))
+    from automl_server.engine.train.registry import get_pipeline
+
+    if params.get("pipeline") != "sparse-update":
+        return False
+    pipeline = get_pipeline("sparse-update")
+    try:  # as the pipeline reads them ("false" is False), not as Python's truth of a string
+        return bool(getattr(pipeline.parse(params.get(pipeline.params_key) or {}), "on_device", False))
+    except ValueError:  # refused at submission already; such a job never reaches a plan
+        return False
 
 
 def finetune_on_device(ctx: StageContext) -> dict[str, Any]:

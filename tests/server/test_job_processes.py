@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from automl_server.engine.train.sparse_update.pipeline import training_python
+from device_agents.ort_training_runner import training_python
 from tests.conftest import (
     POSTGRES_URL, REDIS_URL, _forget_database, create_postgres_database, drop_postgres_database, need_service,
 )
@@ -125,9 +125,10 @@ def _serve_pid(port: int) -> int:
 
 def test_distributed_federated_and_sparse_update_pipelines_run_under_automl_serves_prefork_worker(tmp_path):
     """torchrun workers, Flower's SuperLink/SuperNodes and the sparse update's
-    peak-memory and ONNX Runtime training children are started from a Celery
-    prefork child (which may not fork children of its own through
-    multiprocessing): the pipelines end, and no process of theirs is left."""
+    peak-memory child are started from a Celery prefork child (which may not
+    fork children of its own through multiprocessing), and the sparse update's
+    on-device steps go to the local agent's queue: the pipelines end, and no
+    process of theirs is left."""
     with serving(tmp_path) as (settings, env):
         agent_online(env)
         tiny = (*SMALL_JOB, "--no-tune", "--stop-after", "train", "--target-ms", "10")
@@ -142,7 +143,7 @@ def test_distributed_federated_and_sparse_update_pipelines_run_under_automl_serv
                      "--wait", timeout_s=600)
         sparse_id = re.search(r"job (\w+) succeeded", sparse.stdout)
         job_url = f"{settings.resolved_server_url}/api/v1/jobs/{sparse_id.group(1) if sparse_id else ''}"
-        report = requests.get(job_url, timeout=30).json()["result"]["train"]["sparse-update"] if sparse_id else {}
+        result = requests.get(job_url, timeout=30).json()["result"] if sparse_id else {}
         leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))
                      and any(name in _cmdline(pid) for name in ("torch.distributed.run", "flower-", "flwr",
                                                                 "ort_training"))]
@@ -150,9 +151,9 @@ def test_distributed_federated_and_sparse_update_pipelines_run_under_automl_serv
     assert re.search(r"job \w+ succeeded", dsgd.stdout), dsgd.stdout + dsgd.stderr
     assert re.search(r"job \w+ succeeded", fedgkt.stdout), fedgkt.stdout + fedgkt.stderr
     assert sparse_id, sparse.stdout + sparse.stderr
-    assert report["memory"]["scheme"]["peak_rss_step_kb"] > 0  # measured in its own child process
-    if on_device == "true":
-        assert report["on_device"]["comparison"]["within_tolerance"], report["on_device"]["comparison"]
+    assert result["train"]["sparse-update"]["memory"]["scheme"]["peak_rss_step_kb"] > 0  # its own child process
+    if on_device == "true":  # sent to the local agent's queue, run in its training environment
+        assert result["device-finetune"]["comparison"]["within_tolerance"], result["device-finetune"]["comparison"]
     assert leftovers == []
 
 
