@@ -2,6 +2,11 @@
 last layer only and a sparse scheme, with and without operator reordering;
 time per step; accuracy after equal epochs on a transfer task.
 
+Memory is printed three ways: the sum the budget counts (saved for backward +
+every gradient + optimizer state), the peak of tensor bytes alive at once
+during the step (live_memory.py; with the gradients held at that moment), and
+the peak resident memory the step adds in a fresh process.
+
     .venv/bin/python bench/bench_sparse_update.py [--resolution 128] [--batch 1] [--epochs 6]
 
 Memory/time: a proxyless-mobile network at --resolution px, the scheme being the
