@@ -29,7 +29,10 @@ MEASURE_NETWORK = "automl.measure_network"
 # model, then the whole model under several schedules side by side.
 MEASURE_IOS_STAGES = "automl.measure_ios_stages"
 TIME_SCHEDULES = "automl.time_schedules"
-AGENT_TASKS = (PROFILE_OPS, MEASURE_NETWORK, MEASURE_IOS_STAGES, TIME_SCHEDULES)
+# Sparse-update fine-tuning steps with ONNX Runtime training in the agent's training
+# environment (automl_server.jobs.on_device_finetune; device_agents.ort_training).
+FINETUNE_ON_DEVICE = "automl.finetune_on_device"
+AGENT_TASKS = (PROFILE_OPS, MEASURE_NETWORK, MEASURE_IOS_STAGES, TIME_SCHEDULES, FINETUNE_ON_DEVICE)
 
 DEVICE_QUEUE_PREFIX = "device."
 
@@ -429,3 +432,70 @@ class Registration:
         if self.reuse_latency:  # only when asked: a service of an older release refuses unknown keys
             payload["reuse_latency"] = True
         return payload
+
+
+@dataclass(frozen=True)
+class FineTuneRequest:
+    """Fine-tune the named initializers of an ONNX model with ONNX Runtime training on
+    the device (task ``FINETUNE_ON_DEVICE``): plain SGD at ``lr``, ``steps`` batches of
+    ``batch`` samples taken in order from ``data`` (an .npz with float32 NCHW ``x`` and
+    int64 ``y``, base64 like a model file)."""
+
+    target: TargetPayload
+    model_file: ModelFile  # format "onnx"
+    trainable: tuple[str, ...]
+    data_b64: str
+    steps: int
+    lr: float
+    batch: int
+
+    def __post_init__(self) -> None:
+        if self.model_file.format != "onnx":
+            raise ProtocolError(f"model_file.format must be 'onnx' for on-device training, got "
+                                f"{self.model_file.format!r}")
+        if not self.trainable:
+            raise ProtocolError("trainable must name at least one initializer, got none")
+        if self.steps < 1 or self.batch < 1 or not self.lr > 0:
+            raise ProtocolError(f"steps and batch must be >= 1 and lr > 0, got {self.steps}, {self.batch}, {self.lr}")
+
+    def to_args(self) -> list[Any]:
+        return [self.target.to_dict(), self.model_file.to_dict(), list(self.trainable), self.data_b64, self.steps,
+                self.lr, self.batch]
+
+    @classmethod
+    def from_args(cls, target: Mapping[str, Any], model_file: Mapping[str, Any], trainable: Sequence[str],
+                  data_b64: str, steps: int, lr: float, batch: int) -> FineTuneRequest:
+        names = _typed(trainable, (list, tuple), "trainable")
+        return cls(TargetPayload.from_dict(target), ModelFile.from_dict(model_file),
+                   tuple(_typed(n, str, f"trainable[{i}]") for i, n in enumerate(names)),
+                   _typed(data_b64, str, "data_b64"), _typed(steps, int, "steps"),
+                   float(_typed(lr, (int, float), "lr")), _typed(batch, int, "batch"))
+
+
+@dataclass(frozen=True)
+class FineTuneReply:
+    """What the agent returns for a ``FineTuneRequest``: the run's figures
+    (``device_agents.ort_training`` result: per-step loss, accuracy, peak RSS) or why there are none."""
+
+    target: TargetPayload
+    agent_version: str
+    result: dict[str, Any] | None = field(default=None, hash=False)
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ProtocolError("a fine-tune reply must carry exactly one of result and error")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target.to_dict(), "agent_version": self.agent_version}
+        if self.error is not None:
+            out["error"] = self.error
+        else:
+            out["result"] = self.result
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> FineTuneReply:
+        return cls(TargetPayload.from_dict(_field(payload, "target", dict, "reply"), "reply.target"),
+                   _typed(payload.get("agent_version", "unknown"), str, "reply.agent_version"),
+                   _optional(payload, "result", dict, "reply"), _optional(payload, "error", str, "reply"))

@@ -1,5 +1,5 @@
 """The Celery tasks a device agent runs: measure operators, or whole networks,
-on its device.
+on its device, or fine-tune a network there (sparse update, ONNX Runtime training).
 
 They are sent by name to the queue ``device.<name>`` and consumed only by the
 agent next to that device. Their names, arguments and replies are the
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from celery import shared_task
 
 from device_agents.protocol import (
+    FINETUNE_ON_DEVICE,
     MEASURE_IOS_STAGES,
     MEASURE_NETWORK,
     PROFILE_OPS,
@@ -25,6 +26,7 @@ from device_agents.protocol import (
     MeasureNetworkReply,
     MeasureNetworkRequest,
     MeasureStagesRequest,
+    FineTuneRequest,
     OpResult,
     ProfileOpsReply,
     ProfileOpsRequest,
@@ -34,8 +36,8 @@ from device_agents.protocol import (
 if TYPE_CHECKING:  # the profiler (torch and the runtimes) is imported when a task runs
     from device_agents.profiling import MeasurementMethod, ProfilerBackend
 
-__all__ = ["MEASURE_IOS_STAGES", "MEASURE_NETWORK", "PROFILE_OPS", "TIME_SCHEDULES", "measure_ios_stages",
-           "measure_network", "profile_ops", "time_schedules"]
+__all__ = ["FINETUNE_ON_DEVICE", "MEASURE_IOS_STAGES", "MEASURE_NETWORK", "PROFILE_OPS", "TIME_SCHEDULES",
+           "finetune_on_device", "measure_ios_stages", "measure_network", "profile_ops", "time_schedules"]
 # The profiler backend that runs each runtime a device can register.
 RUNTIME_BACKENDS = {"pytorch": "torch", "onnxruntime": "onnxruntime", "litert": "litert"}
 # The runtime each backend measures (an Android phone runs LiteRT through benchmark_model).
@@ -183,3 +185,15 @@ def time_schedules(target: dict[str, Any], model_file: dict[str, Any], schedules
 
     request = TimeSchedulesRequest.from_args(target, model_file, schedules, method)
     return run(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
+
+
+@shared_task(name=FINETUNE_ON_DEVICE, acks_late=True)
+def finetune_on_device(target: dict[str, Any], model_file: dict[str, Any], trainable: list[str], data_b64: str,
+                       steps: int, lr: float, batch: int) -> dict[str, Any]:
+    """Sparse-update fine-tuning steps with ONNX Runtime training here (``FineTuneRequest``
+    -> ``FineTuneReply`` as a dict; device_agents.ort_training_runner)."""
+    from device_agents.agent import AGENT_VERSION
+    from device_agents.ort_training_runner import run_finetune
+
+    request = FineTuneRequest.from_args(target, model_file, trainable, data_b64, steps, lr, batch)
+    return run_finetune(request, AGENT_VERSION).to_dict()

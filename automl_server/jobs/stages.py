@@ -32,6 +32,8 @@ from automl_server.db.models import Job, JobState, utcnow
 from automl_server.jobs import service
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
+from automl_server.jobs.device_finetune import applies as device_finetune_applies
+from automl_server.jobs.device_finetune import finetune_on_device
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
 from automl_server.jobs.report import build_report
@@ -127,6 +129,9 @@ for _stage, _applies in (
     (Stage("report", "default", build_report, "Write the report"), None),
 ):
     register_stage(_stage, applies=_applies)
+# The sparse update's steps on the job's device (params.sparse_update.on_device).
+register_stage(Stage("device-finetune", "default", finetune_on_device, "Fine-tune on the device with ONNX Runtime "
+                     "training and compare with PyTorch"), after="train", applies=device_finetune_applies)
 # An IOS schedule of the exported model for every pipeline; params.schedule false skips it.
 register_stage(Stage("schedule", "default", schedule_model, "Schedule the exported model's operators (IOS) "
                      "with latencies measured on the device"), after="export",

@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from device_agents.ort_training_runner import training_python
 from tests.conftest import (
     POSTGRES_URL, REDIS_URL, _forget_database, create_postgres_database, drop_postgres_database, need_service,
 )
@@ -122,23 +123,42 @@ def _serve_pid(port: int) -> int:
     raise AssertionError(f"no `automl serve` on port {port}")
 
 
-def test_distributed_and_federated_pipelines_run_under_automl_serves_prefork_worker(tmp_path):
+@pytest.mark.timeout(1200)  # three searches and trainings on one server (one start, one profile) on a shared CI machine
+def test_the_pipelines_that_start_processes_run_under_automl_serves_prefork_worker(tmp_path):
     """torchrun workers and Flower's SuperLink/SuperNodes are started from a
     Celery prefork child (which may not fork children of its own through
-    multiprocessing): both pipelines end, and no process of theirs is left."""
-    with serving(tmp_path) as (_settings, env):
+    multiprocessing): both pipelines end, and no process of theirs is left.
+    The sparse update's on-device steps go through the broker to the local
+    agent, which runs them with ONNX Runtime training in its own environment
+    (``make ort-training-venv``, which ``make test`` builds)."""
+    assert training_python().exists(), "run `make ort-training-venv` (make test builds it)"
+    with serving(tmp_path) as (settings, env):
         agent_online(env)
         tiny = (*SMALL_JOB, "--no-tune", "--stop-after", "train", "--target-ms", "10")
         dsgd = cli(env, "jobs", "submit", *tiny, "--pipeline", "delayed-sgd", "--param", "distributed.epochs=1",
                    "--param", "distributed.delay=1", "--param", "distributed.period=1", "--wait", timeout_s=600)
         fedgkt = cli(env, "jobs", "submit", *tiny, "--pipeline", "fedgkt", "--param", "fedgkt.clients=2",
                      "--param", "fedgkt.rounds=1", "--param", "fedgkt.baselines=false", "--wait", timeout_s=600)
+        sparse = cli(env, "jobs", "submit", *SMALL_JOB, "--no-tune", "--target-ms", "10", "--stop-after",
+                     "device-finetune", "--pipeline", "sparse-update",
+                     "--param", "sparse_update.epochs=1", "--param", "sparse_update.scheme=bias-only",
+                     "--param", "sparse_update.compare_baselines=false", "--param",
+                     "sparse_update.measure_peak_rss=false", "--param", "sparse_update.on_device=true",
+                     "--param", "sparse_update.on_device_steps=4", "--wait", timeout_s=600)
+        sparse_id = re.search(r"job (\w+) succeeded", sparse.stdout)
+        assert sparse_id, sparse.stdout + sparse.stderr
+        sparse_result = requests.get(f"{settings.resolved_server_url}/api/v1/jobs/{sparse_id.group(1)}",
+                                     timeout=30).json()["result"]
         leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(tmp_path))
                      and any(name in _cmdline(pid) for name in ("torch.distributed.run", "flower-", "flwr"))]
 
     assert re.search(r"job \w+ succeeded", dsgd.stdout), dsgd.stdout + dsgd.stderr
     assert re.search(r"job \w+ succeeded", fedgkt.stdout), fedgkt.stdout + fedgkt.stderr
     assert leftovers == []
+    assert sparse_result["train"]["sparse-update"]["scheme"]["kind"] == "bias-only"
+    on_device = sparse_result["device-finetune"]
+    assert on_device["device_name"] == "local-cpu" and len(on_device["device"]["losses"]) == 4
+    assert on_device["comparison"]["within_tolerance"], on_device["comparison"]
 
 
 def _cmdline(pid: str) -> str:

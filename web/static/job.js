@@ -18,6 +18,7 @@
     train: "Trains the chosen network from scratch.",
     export: "Writes the model as ONNX and TFLite files.",
     verify: "Times the exported file on the device itself.",
+    "device-finetune": "Runs the sparse update's fine-tuning steps on the device (ONNX Runtime training) and compares them with PyTorch's.",
     report: "Sums up accuracy, speed, size and cost.",
   };
 

@@ -2,6 +2,7 @@
 reordering changes nothing but memory, and the registered pipeline end to end."""
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -17,7 +18,15 @@ from automl_server.engine.train.sparse_update import (
     minimum_budget_kb,
     predict_memory,
 )
+from automl_server.engine.train.sparse_update.comparison import measure_step
+from automl_server.engine.train.sparse_update.live_memory import PeakTensorMemory
+from automl_server.engine.train.sparse_update.on_device import PLAN_FILE, report_from_plan
+from automl_server.engine.train.sparse_update.pipeline import DEVICE_FOLDER
+from automl_server.engine.train.sparse_update.peak_rss import Variant
 from automl_server.engine.train.sparse_update.scheme import bias_only, classifier_only, full
+from automl_server.engine.train.sparse_update.sparse_conv import pack_mask, unpack_mask
+from device_agents import tasks
+from device_agents.protocol import FineTuneReply, FineTuneRequest, ModelFile, TargetPayload
 from tests.engine.sparse_update.conftest import RecordingCallbacks
 
 BATCH = 16
@@ -50,8 +59,8 @@ def test_a_frozen_layer_saves_nothing_for_backward_and_a_bias_only_layer_not_its
     bias_layer = saved_bytes(net, x, y) - base
 
     out_elems = BATCH * last.out_channels * 4 * 4
-    assert frozen_passthrough == out_elems  # only the 1-byte ReLU6 mask, never the float input
-    assert bias_layer == out_elems  # the mask alone: none of the layer's float input
+    assert frozen_passthrough == out_elems // 8  # only the ReLU6 mask, 1 bit an element, never the float input
+    assert bias_layer == out_elems // 8  # the mask alone: none of the layer's float input
     net.apply_scheme(full(len(net.layers)), plain_autograd=True)
     assert saved_bytes(net, x, y) > 10 * saved_bytes(SparseNet(parent, 8), x, y)  # PyTorch keeps every input
 
@@ -122,6 +131,44 @@ def test_reordered_and_ordinary_updates_give_the_same_weights(parent):
     assert reordered_grads < ordinary_grads  # one gradient alive at a time
 
 
+def test_a_relu_mask_packed_to_bits_unpacks_to_itself():
+    mask = torch.rand(3, 5, 7) > 0.5  # 105 elements: the last byte is padded
+
+    packed = pack_mask(mask)
+
+    assert packed.dtype == torch.uint8 and packed.numel() == 14
+    assert torch.equal(unpack_mask(packed, (3, 5, 7)), mask)
+
+
+def test_the_peak_of_a_step_counts_what_is_alive_at_once():
+    params = [torch.nn.Parameter(torch.zeros(256))]  # 1 kB
+    with PeakTensorMemory(params) as tracker:
+        a = torch.ones(1000)  # 4,000 bytes
+        b = torch.ones(500)  # 2,000 bytes
+        del a
+        c = torch.ones(250)  # 1,000 bytes: a is gone, b and c are alive
+        params[0].grad = torch.ones(256)  # 1,024 bytes, held as a gradient
+        d = torch.ones(10)
+        del b, c, d
+    peak = tracker.result()
+
+    assert peak.peak_bytes == 6000 and peak.grad_bytes_at_peak == 0 and peak.max_grad_bytes == 1024
+    assert tracker.live_bytes == 1024  # only the gradient is left
+
+
+def test_reordering_drops_every_gradient_as_it_is_applied_and_lowers_the_peak(parent):
+    x, y = batch()
+    net = SparseNet(parent, 8)
+    peaks = {reorder: measure_step(net, Variant("full", full(len(net.layers)), reorder, plain_autograd=True), x, y,
+                                   lr=0.1, momentum=0.0)[1] for reorder in (False, True)}
+    grad_bytes = [p.numel() * 4 for p in net.parameters()]  # a full update trains them all
+    every_grad_bytes, largest_grad_bytes = sum(grad_bytes), max(grad_bytes)
+
+    assert peaks[True].max_grad_bytes == largest_grad_bytes  # one gradient at a time, dropped once applied
+    assert peaks[False].max_grad_bytes == every_grad_bytes  # all of them, until optimizer.step()
+    assert peaks[True].peak_bytes < peaks[False].peak_bytes
+
+
 def test_predicted_memory_matches_the_measured_step(parent):
     x, y = batch()
     net = SparseNet(parent, 8)
@@ -174,18 +221,17 @@ def test_a_budget_below_the_smallest_scheme_says_what_it_needs(parent, new_class
     assert error.value.field == "sparse_update.memory_budget_kb" and f"{needed:.1f}" in error.value.detail
 
 
-def test_on_device_without_the_training_environment_is_refused_naming_the_field(monkeypatch, tmp_path):
-    pipeline = get_pipeline("sparse-update")
-    from automl_server.engine.train.registry import DataFacts
-
+def test_an_agent_without_the_training_environment_answers_how_to_build_it(monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOML_ORT_TRAINING_PYTHON", str(tmp_path / "missing" / "bin" / "python"))
-    with pytest.raises(InvalidPipelineSettings) as error:
-        pipeline.check(pipeline.parse({"on_device": True}), DataFacts(100, 5, 8, 1))  # type: ignore[misc]
+    request = FineTuneRequest(TargetPayload("local-cpu", "onnxruntime", ""), ModelFile.from_bytes("onnx", b"x"),
+                              ("classifier.bias",), "", steps=1, lr=0.1, batch=1)
 
-    assert error.value.field == "sparse_update.on_device" and "make ort-training-venv" in error.value.detail
+    reply = FineTuneReply.from_dict(json.loads(json.dumps(tasks.finetune_on_device(*request.to_args()))))
+
+    assert reply.result is None and reply.error is not None and "make ort-training-venv" in reply.error
 
 
-def test_an_on_device_run_is_compared_with_pytorchs_same_steps_in_the_report(parent, new_classes, tmp_path):
+def test_the_on_device_plan_runs_through_the_agents_task_and_follows_pytorchs_steps(parent, new_classes, tmp_path):
     from tests.engine.sparse_update.test_ort_training import require_training_venv
 
     require_training_venv()
@@ -193,11 +239,23 @@ def test_an_on_device_run_is_compared_with_pytorchs_same_steps_in_the_report(par
     settings = pipeline.parse({"scheme": "bias-only", "on_device": True, "on_device_steps": 6,
                                "compare_baselines": False, "measure_peak_rss": False, "memory_budget_kb": 4096})
     outcome = pipeline.run(inputs_for(parent, new_classes, tmp_path), settings, RecordingCallbacks())
+    folder = tmp_path / DEVICE_FOLDER
+    plan = json.loads((folder / PLAN_FILE).read_text())
+    # What the device-finetune stage sends, through JSON as the broker carries it.
+    request = FineTuneRequest(TargetPayload("local-cpu", "onnxruntime", ""),
+                              ModelFile.from_bytes("onnx", (folder / plan["model_file"]).read_bytes()),
+                              tuple(plan["trainable"]), base64.b64encode((folder / plan["data_file"]).read_bytes()).decode(),
+                              plan["steps"], plan["lr"], plan["batch"])
 
-    on_device = outcome.report["on_device"]
-    assert len(on_device["device"]["losses"]) == len(on_device["pytorch"]["losses"]) == 6
-    assert on_device["comparison"]["within_tolerance"], on_device["comparison"]
-    assert on_device["device"]["peak_rss_kb"] > 0
+    reply = FineTuneReply.from_dict(json.loads(json.dumps(tasks.finetune_on_device(
+        *json.loads(json.dumps(request.to_args()))))))
+
+    assert reply.error is None and reply.result is not None
+    report = report_from_plan(plan, reply.result)
+    assert outcome.report["on_device"]["pytorch"]["losses"] == plan["pytorch"]["losses"]
+    assert len(report["device"]["losses"]) == len(report["pytorch"]["losses"]) == 6
+    assert report["comparison"]["within_tolerance"], report["comparison"]
+    assert report["device"]["peak_rss_kb"] > 0
 
 
 def test_a_cancelled_fine_tune_resumes_from_its_checkpoint_with_the_same_scheme(parent, new_classes, tmp_path):

@@ -7,9 +7,9 @@ activation, weight/gradient and momentum). With operator reordering only one
 gradient is alive at a time; without it every gradient is alive once the
 backward pass ends.
 
-Deviation from the paper: fp32 tensors and a 1-byte ReLU mask (the paper: int8
-activations and weights, 1-bit masks, 32-bit biases), so the figures here are
-those of this PyTorch engine, not of the int8 MCU runtime.
+Deviation from the paper: fp32 tensors (the paper: int8 activations and
+weights, 32-bit biases), so the figures here are those of this PyTorch engine,
+not of the int8 MCU runtime. ReLU masks are 1 bit per element in both.
 """
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ from torch import nn
 from automl_server.engine.train.sparse_update.scheme import ConvLayerInfo, SparseScheme
 
 FLOAT_BYTES = 4
-MASK_BYTES = 1  # bool
+
+
+def mask_bytes(elements: int) -> int:
+    """A ReLU6 mask packed 1 bit per element (``sparse_conv.pack_mask``)."""
+    return (elements + 7) // 8
+
 INDEX_BYTES = 8  # int64 labels
 
 
@@ -62,7 +67,7 @@ def predict_memory(layers: list[ConvLayerInfo], classifier_in: int, num_classes:
             # F.conv2d saves its input; F.relu6 (hardtanh) its float input.
             saved += in_elems_per_channel * info.in_ch * FLOAT_BYTES + (out_elems * FLOAT_BYTES if info.act else 0)
         else:
-            saved += out_elems * MASK_BYTES if info.act else 0
+            saved += mask_bytes(out_elems) if info.act else 0
             saved += in_elems_per_channel * info.kept_channels(update.weight_ratio) * FLOAT_BYTES
         if update.bias:
             grads.append(info.out_ch * FLOAT_BYTES)

@@ -109,21 +109,48 @@ def plan_device_run(net: SparseNet, scheme: SparseScheme, folder: Path, x: torch
     return DeviceRunPlan(export.model_path, data, export.trainable, steps, lr, min(batch, len(y)))
 
 
-def device_report(net: SparseNet, scheme: SparseScheme, x: torch.Tensor, y: torch.Tensor, plan: DeviceRunPlan,
-                  result: dict[str, Any], tolerance: float = LOSS_TOLERANCE) -> dict[str, Any]:
-    """The report's on-device section: the device's figures, PyTorch's same steps, and the comparison."""
+PLAN_FILE = "device_plan.json"
+
+
+def write_device_plan(net: SparseNet, scheme: SparseScheme, folder: Path, x: torch.Tensor, y: torch.Tensor, *,
+                      steps: int, lr: float, batch: int) -> dict[str, Any]:
+    """What a job sends to its device's agent, in ``folder``: the model, the samples, the
+    settings, and PyTorch's losses over the same steps from the same weights (computed
+    now, so that the stage that waits for the device needs no PyTorch). Returns the plan."""
+    plan = plan_device_run(net, scheme, folder, x, y, steps=steps, lr=lr, batch=batch)
     reference = torch_steps(net, scheme, x, y, steps=plan.steps, lr=plan.lr, batch=plan.batch)
+    written = {"model_file": plan.model_path.name, "data_file": plan.data_path.name, "trainable": plan.trainable,
+               "steps": plan.steps, "lr": plan.lr, "batch": plan.batch,
+               "pytorch": {"losses": reference.losses, "accuracies": reference.accuracies}}
+    tmp = folder / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps(written))
+    os.replace(tmp, folder / PLAN_FILE)
+    return written
+
+
+def report_from_plan(plan: dict[str, Any], result: dict[str, Any],
+                     tolerance: float = LOSS_TOLERANCE) -> dict[str, Any]:
+    """The report's on-device section from a plan (``write_device_plan``) and the device's result."""
     device_losses = [float(step["loss"]) for step in result["steps"]]
     return {
-        "runtime": result.get("runtime"), "steps": plan.steps, "lr": plan.lr, "batch": plan.batch,
-        "trainable": plan.trainable,
+        "runtime": result.get("runtime"), "steps": plan["steps"], "lr": plan["lr"], "batch": plan["batch"],
+        "trainable": plan["trainable"],
         "device": {"losses": device_losses, "accuracies": [step["accuracy"] for step in result["steps"]],
                    "final_loss": result.get("final_loss"), "final_accuracy": result.get("final_accuracy"),
                    "peak_rss_kb": result.get("peak_rss_kb"), "rss_before_kb": result.get("rss_before_kb"),
                    "seconds": result.get("seconds"), "frozen_max_abs_change": result.get("frozen_max_abs_change")},
-        "pytorch": {"losses": reference.losses, "accuracies": reference.accuracies},
-        "comparison": compare_loss_curves(reference.losses, device_losses, tolerance),
+        "pytorch": plan["pytorch"],
+        "comparison": compare_loss_curves(plan["pytorch"]["losses"], device_losses, tolerance),
     }
+
+
+def device_report(net: SparseNet, scheme: SparseScheme, x: torch.Tensor, y: torch.Tensor, plan: DeviceRunPlan,
+                  result: dict[str, Any], tolerance: float = LOSS_TOLERANCE) -> dict[str, Any]:
+    """The report's on-device section: the device's figures, PyTorch's same steps, and the comparison."""
+    reference = torch_steps(net, scheme, x, y, steps=plan.steps, lr=plan.lr, batch=plan.batch)
+    as_plan = {"steps": plan.steps, "lr": plan.lr, "batch": plan.batch, "trainable": plan.trainable,
+               "pytorch": {"losses": reference.losses, "accuracies": reference.accuracies}}
+    return report_from_plan(as_plan, result, tolerance)
 
 
 class DeviceRunFailed(RuntimeError):

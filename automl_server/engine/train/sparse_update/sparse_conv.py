@@ -6,8 +6,8 @@ the pre-activation whenever anything behind them needs a gradient, even when
 the layer itself is frozen; masking gradients afterwards (the reference's
 PyTorch path) saves no memory. ``SparseConvFunction`` saves, per layer:
 
-- frozen, gradient only passing through: the ReLU6 mask (1 byte per element)
-  and nothing else (the input gradient needs only the weight, a parameter);
+- frozen, gradient only passing through: the ReLU6 mask (1 bit per element,
+  packed 8 to a byte as in the paper) and nothing else (the input gradient needs only the weight, a parameter);
 - bias only: the same (the bias gradient is the masked output gradient
   summed); never the input;
 - weights of a ratio of channels: additionally only the kept input channels
@@ -17,9 +17,8 @@ PyTorch path) saves no memory. ``SparseConvFunction`` saves, per layer:
 Outside the backward region (no parameter here or earlier is trained) the
 layer runs without recording anything at all.
 
-Deviation from the paper: the Tiny Training Engine works on int8 graphs and
-stores the ReLU mask as 1 bit; here tensors are fp32 and the mask is a bool
-tensor (1 byte per element).
+Deviation from the paper: the Tiny Training Engine works on int8 graphs; here
+tensors are fp32. The ReLU mask is 1 bit per element in both.
 """
 from __future__ import annotations
 
@@ -31,6 +30,23 @@ from torch import nn
 from torch.nn import grad as nn_grad
 
 RELU6_MAX = 6.0
+_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as bits, 8 to a uint8 (the last byte zero-padded)."""
+    flat = mask.reshape(-1)
+    padded = F.pad(flat.to(torch.uint8), (0, (-flat.numel()) % 8))
+    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The bool tensor of ``shape`` that ``pack_mask`` packed."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    bits = (packed.unsqueeze(1) & _BIT_WEIGHTS).ne(0)
+    return bits.reshape(-1)[:numel].reshape(shape)
 
 
 class SparseConvFunction(torch.autograd.Function):
@@ -46,7 +62,8 @@ class SparseConvFunction(torch.autograd.Function):
         mask = None
         if act:
             # hardtanh's gradient is 1 strictly inside (0, 6), as in PyTorch's hardtanh_backward.
-            mask = (pre > 0) & (pre < RELU6_MAX) if (need_x or need_w or need_b or need_part) else None
+            if need_x or need_w or need_b or need_part:
+                mask = pack_mask((pre > 0) & (pre < RELU6_MAX))
             out = pre.clamp_(0.0, RELU6_MAX)
         else:
             out = pre
@@ -61,7 +78,7 @@ class SparseConvFunction(torch.autograd.Function):
         mask, weight, saved_x, saved_part, keep = ctx.saved_tensors
         x_shape, w_shape, stride, padding, groups = ctx.conf
         need_x, need_w, need_b, need_part = ctx.needs_input_grad[:4]
-        grad = grad_out * mask if mask is not None else grad_out
+        grad = grad_out * unpack_mask(mask, tuple(grad_out.shape)) if mask is not None else grad_out
         grad_x = grad_w = grad_b = grad_part = None
         if need_x:
             grad_x = nn_grad.conv2d_input(list(x_shape), weight, grad, stride, padding, 1, groups)

@@ -56,9 +56,12 @@ class SparseUpdater:
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state (momentum buffers)."""
-        return sum(value.numel() * value.element_size() for optimizer in self.optimizers
-                   for state in optimizer.state.values() for value in state.values()
-                   if isinstance(value, torch.Tensor) and value.dim() > 0)
+        return sum(value.numel() * value.element_size() for value in self.state_tensors() if value.dim() > 0)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The optimizer state's tensors (they live across steps)."""
+        return [value for optimizer in self.optimizers for state in optimizer.state.values()
+                for value in state.values() if isinstance(value, torch.Tensor)]
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [optimizer.state_dict() for optimizer in self.optimizers]
