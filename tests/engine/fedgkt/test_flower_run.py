@@ -16,7 +16,7 @@ from search_spaces import build_model
 
 from .conftest import tiny_arch
 
-SMALL = {"clients": 2, "rounds": 2, "baselines": False, "server_width_mult": 1, "server_depth_mult": 1}
+SMALL = {"clients": 2, "rounds": 2, "baselines": False, "server_width_mult": 4, "server_depth_mult": 1}  # ResNet-8 over H
 
 
 class Cancelled(Exception):
