@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,8 @@ from search_spaces import build_model
 
 from .conftest import tiny_arch
 
-SMALL = {"clients": 2, "rounds": 2, "baselines": False, "server_width_mult": 1, "server_depth_mult": 1}
+# the server model: ResNet-8 over H
+SMALL = {"clients": 2, "rounds": 2, "baselines": False, "server_width_mult": 4, "server_depth_mult": 1}
 
 
 class Cancelled(Exception):
@@ -110,4 +114,68 @@ def test_cancel_ends_every_flower_process(digits, tmp_path):
         pipeline.run(inputs_for(digits, tmp_path), pipeline.parse(SMALL), FakeCallbacks(cancel_after_checks=10))
 
     assert (tmp_path / "fedgkt" / "logs" / "supernode-1.log").exists()  # the processes had started
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+class BudgetCallbacks(FakeCallbacks):
+    """The job's time budget is spent once a round of this stage has been reported."""
+
+    def should_stop(self) -> bool:
+        return any(m.get("phase") == "fedgkt" for m in self.metrics)
+
+
+def _live(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if text.encode() in environ or text.encode() in cmdline:
+            found.append(int(pid))
+    return [pid for pid in found if _live(pid)]
+
+
+@pytest.mark.timeout(600)  # about 90 s on a quiet machine: 3 rounds, 2 deployments
+def test_a_stage_killed_mid_round_resumes_after_the_last_finished_round_and_stops_on_its_budget(digits, tmp_path):
+    rounds_file = tmp_path / "fedgkt" / "rounds.jsonl"
+    stage_log = tmp_path / "stage.log"
+    with open(stage_log, "wb") as log:
+        stage = subprocess.Popen([sys.executable, "-m", "tests.engine.fedgkt.stage_process", str(tmp_path), "4"],
+                                 cwd=Path(__file__).resolve().parents[3], stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not (rounds_file.exists() and rounds_file.read_text().strip()):
+            assert stage.poll() is None, stage_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "round 1 did not finish"
+            time.sleep(0.2)
+    finally:
+        stage.kill()  # the worker dies without a word, in round 2
+        stage.wait()
+    dead_run = _pids_mentioning(str(tmp_path))
+
+    pipeline = get_pipeline("fedgkt")
+    callbacks = BudgetCallbacks()
+    outcome = pipeline.run(inputs_for(digits, tmp_path), pipeline.parse({**SMALL, "rounds": 4, "baselines": True}),
+                           callbacks)
+
+    resumed = [m["round"] for m in callbacks.metrics if m.get("phase") == "fedgkt"]
+    assert resumed and resumed[0] >= 2  # round 1 was not trained again
+    assert [row["round"] for row in outcome.history] == list(range(1, len(outcome.history) + 1))
+    # the budget: the round in flight when it ran out was the last; no FedAvg baseline after it
+    assert resumed[-1] == len(outcome.history) < 4
+    assert outcome.report["stopped_early"] and outcome.report["fedavg"] is None
+    assert not any(_live(pid) for pid in dead_run)  # the dead round's processes are gone
     assert processes_mentioning(str(tmp_path)) == []

@@ -6,6 +6,15 @@ the SuperLink/SuperNode together with the ServerApp/ClientApp processes they
 spawned. ``FlowerDeployment`` is a context manager: leaving it by any path
 (a cancel raised from the callbacks included) ends every child.
 
+A train stage that dies without leaving it (its worker killed) cannot stop
+anything, so two more guards: each SuperLink/SuperNode gets the kernel's
+parent-death signal (SIGKILL once the stage's process is gone, Linux
+``PR_SET_PDEATHSIG``, set by a tiny launcher before it execs Flower), and
+``reap_leftovers`` ends whatever of an earlier run of the same work_dir still
+runs (the ServerApp/ClientApp processes Flower started, found by the
+``FLWR_HOME`` of that work_dir in their environment) before a resumed run
+starts its own.
+
 The Flower app is written into the work_dir at run time (``pyproject.toml``
 naming the ServerApp and ClientApp of this package), so an installed service
 needs no app directory of its own; runtime dependency installation is off,
@@ -54,6 +63,18 @@ from automl_server.engine.train.fedgkt import flower_client, flower_server
 
 client = flower_client.client_app
 server = flower_server.server_app
+"""
+
+
+# Runs as ``python -c GUARD <parent pid> <argv...>``: SIGKILL on the parent's death, then exec Flower.
+# The parent check after prctl closes the race of a parent that died before it.
+PARENT_DEATH_GUARD = """\
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("automl: the train stage that started this Flower process is gone")
+os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
@@ -113,7 +134,8 @@ class FlowerDeployment:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.root / "logs" / f"{name}.log", "ab")
         try:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            guarded = [sys.executable, "-c", PARENT_DEATH_GUARD, str(os.getpid()), *argv] if _HAS_PDEATHSIG else argv
+            process = subprocess.Popen(guarded, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=self.env, cwd=self.root, start_new_session=True)
         finally:
             log.close()  # the child holds its own descriptor
@@ -182,6 +204,45 @@ class FlowerDeployment:
     @property
     def process_groups(self) -> list[int]:
         return [process.pid for process in self.processes.values()]
+
+
+_HAS_PDEATHSIG = sys.platform.startswith("linux")
+
+
+def reap_leftovers(root: Path, grace_s: float = 5.0) -> list[int]:
+    """End every process of an earlier run of this work_dir (its ``FLWR_HOME`` in their
+    environment): SIGTERM, then SIGKILL after ``grace_s``. Returns the pids found."""
+    marker = f"FLWR_HOME={root / 'flwr_home'}".encode()
+    found = [pid for pid in _live_pids() if pid != os.getpid() and marker in _environ(pid).split(b"\0")]
+    for pid in found:
+        _signal_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+        time.sleep(0.1)
+    for pid in found:
+        _signal_pid(pid, signal.SIGKILL)
+    return found
+
+
+def _live_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read()
+    except OSError:  # gone, or not ours
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie awaiting its parent's wait counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -39,10 +39,14 @@ def state_bytes(model: nn.Module) -> int:
 
 def run_fedavg(model: nn.Module, shards: list[ClientShard], *, rounds: int, client_epochs: int, lr: float,
                batch_size: int, seed: int, eval_x: torch.Tensor, eval_y: torch.Tensor,
-               on_step: Callable[[], None] | None = None) -> dict[str, object]:
-    """Train ``model`` (the global model) in place; the accuracy per round on (eval_x, eval_y) and bytes."""
+               on_step: Callable[[], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
+    """Train ``model`` (the global model) in place; the accuracy per round on (eval_x, eval_y) and bytes.
+    Once ``should_stop`` says so (asked between rounds) no further round starts."""
     history = []
     for round_index in range(1, rounds + 1):
+        if should_stop is not None and round_index > 1 and should_stop():
+            break
         states, weights = [], []
         for client, shard in enumerate(shards):
             local = copy.deepcopy(model)
@@ -64,6 +68,6 @@ def run_fedavg(model: nn.Module, shards: list[ClientShard], *, rounds: int, clie
         model.load_state_dict(average_states(states, weights))
         history.append({"round": round_index, "accuracy": evaluate(model, eval_x, eval_y) if len(eval_y) else None})
     per_client = state_bytes(model)
-    return {"history": history, "accuracy": history[-1]["accuracy"] if history else None,
+    return {"history": history, "rounds": len(history), "accuracy": history[-1]["accuracy"] if history else None,
             "bytes_per_round": 2 * per_client * len(shards), "bytes_per_client_per_round": {"up": per_client,
                                                                                             "down": per_client}}

@@ -5,7 +5,9 @@ SuperNodes, learns which node holds which client (``query.identify``; node ids
 change when a run restarts, client indices do not), then per round: sends
 ``train`` with the previous round's z_s, trains the server model on the
 uploads, computes z_s, checkpoints, and appends the round's row to
-``rounds.jsonl``. A run that finds a checkpoint resumes after its round.
+``rounds.jsonl``. A run that finds a checkpoint resumes after its round. Once
+the train stage writes ``stop.json`` (the job's time budget is spent), no
+further round starts: the edge models are exported after the last finished one.
 """
 from __future__ import annotations
 
@@ -107,6 +109,8 @@ def run_rounds(grid: Grid, workspace: Workspace) -> None:
     node_of = _identify(grid, _wait_for_nodes(grid, clients, float(job["node_wait_s"])), clients)
 
     for round_index in range(finished + 1, rounds + 1):
+        if workspace.stop.exists():
+            break
         started = time.monotonic()
         contents = {}
         for client in range(clients):
@@ -143,7 +147,8 @@ def run_rounds(grid: Grid, workspace: Workspace) -> None:
                     workspace.server_checkpoint)
         append_json_line(workspace.rounds, history[-1])
 
-    contents = {client: RecordDict({"config": ConfigRecord({"round": rounds}),
+    last = len(history)  # the rounds planned, or fewer when the budget stopped the run
+    contents = {client: RecordDict({"config": ConfigRecord({"round": last}),
                                     **({"reply": blob_record(pending[client])} if client in pending else {})})
                 for client in range(clients)}
     received = _exchange(grid, contents, "query.export", "export", node_of)
@@ -151,4 +156,4 @@ def run_rounds(grid: Grid, workspace: Workspace) -> None:
         state = torch.load(io.BytesIO(record_blob(content.array_records["edge"])), weights_only=True)
         atomic_save(state, workspace.final_edge(client))
     atomic_save(trainer.model.state_dict(), workspace.root / "final" / "server.pt")
-    write_json(workspace.done, {"rounds": rounds})
+    write_json(workspace.done, {"rounds": last, "planned": rounds})

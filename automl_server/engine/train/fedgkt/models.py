@@ -20,30 +20,29 @@ smallest map. Deviation: the reference cuts ResNet-8 right after its stem
 conv (H at full resolution); we keep the searched network's first stages on
 the edge, so H is smaller and cheaper to send.
 
-Server model (the ResNet-56/110 role), over H: for every stage of the space
-after the cut, ``SERVER_DEPTH_MULT`` times as many cells, ``SERVER_WIDTH_MULT``
-times as wide, each cell the space's largest candidate (highest expansion,
-largest kernel) with the same stride rule as the searched network; then the
-space's head (1x1 conv to ``last_ch``, pool) and a linear classifier. When the
-cut leaves no stage, the last stage's width and depth are used. The
-multipliers were chosen so that, on the bundled digits with the tiny space,
-extractor + server model cost about what ResNet-56 costs next to ResNet-8
-(the paper's 9-17x FLOPs, 54-105x parameters); ``bench/bench_fedgkt.py``
-prints the ratios measured.
+Server model (the ResNet-56/110 role), over H: a ResNet for CIFAR (He et al.
+2016, as FedML's ``resnet56_server``) of three stages of basic residual blocks
+(3x3 conv-BN-ReLU-3x3 conv-BN plus shortcut), ``depth`` blocks per stage and
+widths ``width_mult`` x (1, 2, 4) times H's channels, the second and third
+stage halving the map; then global average pooling and a linear classifier.
+``depth`` n makes it a ResNet-(6n+2) over H (ResNet-8 is n = 1, ResNet-56
+n = 9). Default n = 4, width 4x H: on the bundled images (H of 8 channels)
+that is 32/64/128 channels, about 1.5M parameters, 50-70x the tiny space's
+edge model and 10-15x its MACs, the paper's ratios (9-17x FLOPs, 54-105x
+parameters), while one CPU trains it in milliseconds per sample. Deviation:
+the paper's server is ResNet-56/110 at 16/32/64 channels on H at 32x32;
+ours is shallower and wider (H is smaller and coarser here) so that it fits
+a CPU job; ``bench/bench_fedgkt.py`` prints the ratios measured.
 """
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from search_spaces import Arch, Cell, SpaceLayout, build_op, get_space, parse_block
-from search_spaces.ops import conv_bn, conv_out_hw
-from search_spaces.spaces import MIN_DOWNSAMPLE_HW
+from search_spaces import Arch, SpaceLayout
 
-SERVER_WIDTH_MULT = 3  # channels of each server stage vs the searched network's
-SERVER_DEPTH_MULT = 6  # cells of each server stage vs the searched network's (ResNet-8 -> 56 is 7x the layers)
+SERVER_WIDTH_MULT = 4  # the server's first stage has 4x H's channels (then 8x, 16x)
+SERVER_DEPTH_MULT = 4  # basic blocks per server stage: ResNet-26 over H (ResNet-56: 9)
 
 
 class EdgeModel(nn.Module):
@@ -111,39 +110,40 @@ def feature_shape(arch: Arch, cut: int) -> tuple[int, int]:
     return last.out_ch, last.output_hw
 
 
-def largest_block(arch: Arch) -> str:
-    """The space's most expensive candidate: highest expansion, then largest kernel."""
-    choices = [parse_block(block) for block in get_space(arch.space).candidates]
-    best = max(choices, key=lambda choice: (choice.expand, choice.kernel))
-    return best.name
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 conv-BN, ReLU between and after the sum with the shortcut
+    (a 1x1 conv-BN when the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch),
+                                  nn.ReLU(inplace=True), nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(out_ch))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
 
 
 class ServerModel(nn.Module):
-    """A deep, wide stack of the space's largest cell over H, then head and classifier."""
+    """ResNet-(6 * depth_mult + 2)-style network over H (see the module's docstring)."""
 
     def __init__(self, arch: Arch, cut: int,
                  width_mult: int = SERVER_WIDTH_MULT, depth_mult: int = SERVER_DEPTH_MULT) -> None:
         super().__init__()
-        space = get_space(arch.space)
-        layout = arch.layout()
-        in_ch, hw = feature_shape(arch, cut)
-        block = largest_block(arch)
-        stages = [(width, cells, stride) for stage, (width, cells, stride) in
-                  enumerate(zip(space.stage_widths, space.stage_cells, space.stage_strides)) if stage > cut]
-        if not stages:  # the cut kept every stage on the edge: continue at the last stage's shape
-            stages = [(space.stage_widths[-1], space.stage_cells[-1], 1)]
+        h_channels, _hw = feature_shape(arch, cut)
+        in_ch = h_channels
         layers: list[nn.Module] = []
-        for width, n_cells, stride in stages:
-            out_ch = space.channels(width * width_mult)
-            for position in range(n_cells * depth_mult):
-                step = 2 if position == 0 and stride == 2 and hw >= MIN_DOWNSAMPLE_HW else 1
-                layers.append(Cell(build_op(block, in_ch, out_ch, step), step == 1 and in_ch == out_ch))
-                in_ch, hw = out_ch, conv_out_hw(hw, step)
-        last_ch = layout.fixed_layer("feature_mix").out_ch
+        for stage, stride in enumerate((1, 2, 2)):  # ResNet for CIFAR: 3 stages, the last two halve the map
+            out_ch = h_channels * width_mult * 2 ** stage
+            for position in range(depth_mult):
+                layers.append(BasicBlock(in_ch, out_ch, stride if position == 0 else 1))
+                in_ch = out_ch
         self.cells = nn.Sequential(*layers)
-        self.head = nn.Sequential(OrderedDict(feature_mix=conv_bn(in_ch, last_ch, 1, 1),
-                                              pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
-        self.classifier = nn.Linear(last_ch, arch.num_classes)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.classifier = nn.Linear(in_ch, arch.num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.head(self.cells(features)))

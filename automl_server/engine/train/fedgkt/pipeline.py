@@ -63,8 +63,10 @@ class FedGKTSettings(PipelineConfig):
                         "10 keeps a digits job to minutes on one CPU.")
     client_epochs: int = Field(1, ge=1, le=100, description="Local epochs per round on each client (paper: 1-3; "
                                "1 is the issue's default).")
-    server_epochs: int = Field(1, ge=1, le=100, description="Epochs of the server model per round over every "
-                               "client's features (paper: 1-3; 1 is the issue's default).")
+    server_epochs: int = Field(3, ge=1, le=100, description="Epochs of the server model per round over every "
+                               "client's features. 3: FedML's FedGKT default (its published CIFAR runs use 20 on a "
+                               "GPU; the issue proposed 1). On mnist-5k, 4 clients, Dirichlet 0.5, 6 rounds the "
+                               "server model on edge features reached 0.80 with 3 against 0.51 with 1.")
     temperature: float = Field(3.0, gt=0, le=100, description="Distillation temperature T (FedGKT: 3.0).")
     kd_alpha: float = Field(1.0, ge=0, le=100, description="alpha: weight of KD on the clients and of CE on the "
                             "server (FedGKT: 1.0).")
@@ -73,11 +75,14 @@ class FedGKTSettings(PipelineConfig):
     cut: int | None = Field(None, ge=0, le=31, description="Stage of the searched network after which the edge "
                             "model is cut (H is that stage's output). Default: the first stage whose output is at "
                             "most 1/4 of the input resolution (else the first at the network's smallest map).")
-    server_width_mult: int = Field(SERVER_WIDTH_MULT, ge=1, le=16, description="Server model: channels per "
-                                   "stage vs the searched network's (3: with depth 6, extractor + server costs "
-                                   "about what ResNet-56 costs next to ResNet-8, as in the paper).")
-    server_depth_mult: int = Field(SERVER_DEPTH_MULT, ge=1, le=32, description="Server model: cells per stage vs "
-                                   "the searched network's, each the space's largest candidate (6).")
+    server_width_mult: int = Field(SERVER_WIDTH_MULT, ge=1, le=16, description="Server model (a ResNet over H): "
+                                   "its three stages have this many times H's channels, then twice and four times "
+                                   "as many (ResNet-56's 16/32/64 pattern). 4: with depth 4 the server-size model "
+                                   "has 50-70x the tiny space's edge parameters and 10-15x its MACs, the paper's "
+                                   "ratios (9-17x FLOPs, 54-105x parameters).")
+    server_depth_mult: int = Field(SERVER_DEPTH_MULT, ge=1, le=32, description="Server model: residual basic "
+                                   "blocks per stage, n of ResNet-(6n+2) (ResNet-8 is 1, the paper's ResNet-56 is "
+                                   "9). 4 (ResNet-26 over H) keeps a CPU job to minutes.")
     seed: int | None = Field(None, ge=0, description="Seed of partition, shuffles and server model; default: the "
                              "job's seed.")
     baselines: bool = Field(True, description="Also train both FedAvg baselines on the same partition, rounds and "
@@ -152,7 +157,10 @@ def run_fedgkt(inputs: PipelineInputs, settings: FedGKTSettings, callbacks: Trai
                            eta_s=elapsed / max(row["round"], 1) * (settings.rounds - row["round"]))
 
     rows = run_rounds_on_flower(workspace, settings.clients, on_round=on_round,
-                                check_cancelled=callbacks.check_cancelled)
+                                check_cancelled=callbacks.check_cancelled, should_stop=callbacks.should_stop)
+    stopped_early = len(rows) < settings.rounds
+    if stopped_early:
+        callbacks.log(f"FedGKT stopped after round {len(rows)} of {settings.rounds}: the training budget is spent")
     finals = load_final_edges(workspace, settings.clients)
     client_eval = []
     for state in finals:
@@ -166,6 +174,7 @@ def run_fedgkt(inputs: PipelineInputs, settings: FedGKTSettings, callbacks: Trai
     report = _costs(arch, cut, edge, server_size, data.in_channels, data.resolution)
     report.update({
         "clients": settings.clients, "partition": settings.partition, "cut": cut, "rounds": len(rows),
+        "rounds_planned": settings.rounds, "stopped_early": stopped_early,
         "evaluated_on": eval_name, "client_histograms": federation.histograms,
         "edge_accuracy": mean(client_eval), "client_accuracy": client_eval, "exported_client": best,
         "exported_accuracy": client_eval[best],
@@ -176,10 +185,15 @@ def run_fedgkt(inputs: PipelineInputs, settings: FedGKTSettings, callbacks: Trai
                                             for c in r["clients"]]} for r in rows],
         "client_wall_s": [[c["wall_s"] for c in r["clients"]] for r in rows],
     })
-    if settings.baselines:
+    if settings.baselines and callbacks.should_stop():
+        report["fedavg"] = None
+        report["fedavg_skipped"] = "the training budget was spent by FedGKT's rounds"
+        callbacks.log("FedAvg baselines skipped: the training budget is spent")
+    elif settings.baselines:
         callbacks.progress(fedgkt_share, "FedAvg baselines: server-size model, then the searched model")
+        # as many rounds as FedGKT ran, so the comparison stays like for like when the budget cut it short
         report["fedavg"] = _baselines(inputs, arch, cut, initial_edge, federation.shards, settings, round_settings,
-                                      eval_x, eval_y, callbacks)
+                                      eval_x, eval_y, callbacks, rounds=len(rows))
     callbacks.progress(1.0, f"FedGKT done: edge accuracy {report['exported_accuracy']} (client {best})")
     return TrainOutcome(model=inputs.model, epochs=len(rows), history=rows, report=report,
                         holdout_accuracy=client_eval[best] if eval_name == "holdout" else None)
@@ -208,16 +222,17 @@ def _h_shape(edge: EdgeModel, shape: tuple[int, int, int]) -> tuple[int, ...]:
 
 def _baselines(inputs: PipelineInputs, arch: Any, cut: int, initial_edge: dict[str, torch.Tensor], shards: list[Any],
                settings: FedGKTSettings, round_settings: RoundSettings, eval_x: torch.Tensor, eval_y: torch.Tensor,
-               callbacks: TrainCallbacks) -> dict[str, Any]:
+               callbacks: TrainCallbacks, rounds: int) -> dict[str, Any]:
     searched = copy.deepcopy(inputs.model)
     searched_edge = split_edge_model(searched, arch, cut)
     searched_edge.load_state_dict(initial_edge)  # the same start as FedGKT's clients
     torch.manual_seed(round_settings.seed + 1)
     large = ExtractorAndServer(copy.deepcopy(searched_edge.extractor),
                                ServerModel(arch, cut, settings.server_width_mult, settings.server_depth_mult))
-    fedavg = functools.partial(run_fedavg, shards=shards, rounds=settings.rounds, client_epochs=settings.client_epochs,
+    fedavg = functools.partial(run_fedavg, shards=shards, rounds=rounds, client_epochs=settings.client_epochs,
                                lr=settings.lr, batch_size=inputs.batch_size, seed=round_settings.seed,
-                               eval_x=eval_x, eval_y=eval_y, on_step=callbacks.check_cancelled)
+                               eval_x=eval_x, eval_y=eval_y, on_step=callbacks.check_cancelled,
+                               should_stop=callbacks.should_stop)
     started = time.monotonic()
     server_size = fedavg(large)
     server_size["wall_s"] = time.monotonic() - started

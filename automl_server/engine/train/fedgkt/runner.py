@@ -2,10 +2,14 @@
 deployment engine, follow the rounds, and collect the edge models.
 
 Resumable: the files of ``workspace`` carry the run. A restarted stage finds
-the server's checkpoint and the clients' per-round files, starts a fresh
-SuperLink and SuperNodes (none of the dead run's processes survive it: they
-died with their process groups, see ``deployment``), and the ServerApp
-continues after the last finished round; a finished run is not started again.
+the server's checkpoint and the clients' per-round files, ends whatever of
+the dead run still runs (its SuperLink and SuperNodes die with the stage,
+the ServerApp/ClientApp processes are reaped, see ``deployment``), starts a
+fresh SuperLink and SuperNodes, and the ServerApp continues after the last
+finished round; a finished run is not started again.
+
+The job's time budget (``should_stop``) is handed to the ServerApp as a file:
+it finishes the round in flight, starts no other, and exports the edge models.
 """
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ import numpy as np
 import torch
 
 from automl_server.engine.train.fedgkt.client import ClientShard, RoundSettings
-from automl_server.engine.train.fedgkt.deployment import DeploymentFailed, FlowerDeployment
+from automl_server.engine.train.fedgkt.deployment import DeploymentFailed, FlowerDeployment, reap_leftovers
 from automl_server.engine.train.fedgkt.partition import class_histograms, dirichlet_partition, iid_partition
-from automl_server.engine.train.fedgkt.workspace import Workspace, write_shard
+from automl_server.engine.train.fedgkt.workspace import Workspace, write_json, write_shard
 
 
 @dataclass
@@ -58,19 +62,24 @@ def write_run(workspace: Workspace, federation: Federation, *, arch: dict[str, A
 
 
 def run_rounds_on_flower(workspace: Workspace, clients: int, *, on_round: Callable[[dict[str, Any]], None],
-                         check_cancelled: Callable[[], None], poll_s: float = 0.2,
-                         idle_timeout_s: float = 1800.0) -> list[dict[str, Any]]:
+                         check_cancelled: Callable[[], None], should_stop: Callable[[], bool] = lambda: False,
+                         poll_s: float = 0.2, idle_timeout_s: float = 1800.0) -> list[dict[str, Any]]:
     """Run (or finish) the rounds on Flower processes; ``on_round`` for each round finished by this call.
-    Returns every round's row. Any exception (a cancel from ``check_cancelled``) ends every child process."""
+    Returns every round's row. Any exception (a cancel from ``check_cancelled``) ends every child process;
+    once ``should_stop`` says so, the round in flight is the last."""
     if workspace.done.exists():
         return workspace.read_rounds()
+    reap_leftovers(workspace.root)  # a dead stage's ServerApp/ClientApps must not run beside ours
     workspace.error.unlink(missing_ok=True)
+    workspace.stop.unlink(missing_ok=True)  # a budget spent by an earlier stage is not this one's
     reported = len(workspace.read_rounds())  # rows of a previous stage were reported by it
     shards = [workspace.shard(client) for client in range(clients)]
     last_progress = time.monotonic()
     with FlowerDeployment(workspace.root, shards) as deployment:
         while True:
             check_cancelled()
+            if not workspace.stop.exists() and should_stop():
+                write_json(workspace.stop, {"after_round": len(workspace.read_rounds()) + 1})
             rows = workspace.read_rounds()
             for row in rows[reported:]:
                 on_round(row)

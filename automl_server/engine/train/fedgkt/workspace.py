@@ -8,6 +8,8 @@ stage and read by the Flower processes (which share nothing else with it).
     fedgkt/server.ckpt               server model, optimizer, z_s to send, history after the last finished round
     fedgkt/rounds.jsonl              one JSON row per finished round (the train stage tails it)
     fedgkt/final/edge_<k>.pt         each client's final edge weights, fetched once after the last round
+    fedgkt/stop.json                 written by the train stage once the job's time budget is spent: the
+                                     ServerApp starts no further round and exports the edge models
     fedgkt/done.json                 written last by the ServerApp; fedgkt/error.txt when it failed
 """
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Workspace:
     @property
     def done(self) -> Path:
         return self.root / "done.json"
+
+    @property
+    def stop(self) -> Path:
+        return self.root / "stop.json"
 
     @property
     def error(self) -> Path:
