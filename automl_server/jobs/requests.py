@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from automl_server.engine.privacy.settings import PrivacyAuditSettings
 from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import pipelines
 from automl_server.jobs.spec import Budget, FinalFit, JobSpec
@@ -89,6 +90,10 @@ class JobOptions(BaseModel):
         "split once search and tuning are done (default), or stays out to show a held-out curve.")
     schedule: bool = Field(_SPEC.schedule, description="Make an IOS inter-operator schedule of the exported model "
                            "with stage latencies measured on the device (schedule stage, after export); false skips it.")
+    privacy_audit: PrivacyAuditSettings | bool | None = Field(
+        None, description="Privacy audit after training (audit stage): rebuild training images from what the "
+        "pipeline shares (DLG, iDLG, feature inversion) under the job's settings and each defense. Default: on for "
+        "fedgkt and delayed-sgd; true/false or an object of settings.")
 
     @model_validator(mode="before")
     @classmethod

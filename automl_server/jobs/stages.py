@@ -29,7 +29,9 @@ from sqlalchemy import select
 
 from automl_server.db.engine import Database
 from automl_server.db.models import Job, JobState, utcnow
+from automl_server.engine.privacy.settings import audit_applies
 from automl_server.jobs import service
+from automl_server.jobs.audit import audit_privacy
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.parent import adopt_parent, parent_of
@@ -131,6 +133,10 @@ for _stage, _applies in (
 register_stage(Stage("schedule", "default", schedule_model, "Schedule the exported model's operators (IOS) "
                      "with latencies measured on the device"), after="export",
                applies=lambda p: bool(p.get("schedule", True)))
+# A privacy audit of what the pipeline shares (DLG, feature inversion): on by default for
+# fedgkt and delayed-sgd, params.privacy_audit decides (engine/privacy/settings.py).
+register_stage(Stage("audit", "search", audit_privacy, "Privacy audit: rebuild training images from what the "
+                     "pipeline shares, under each defense"), after="train", applies=audit_applies)
 log = logging.getLogger(__name__)
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 

@@ -26,7 +26,6 @@ the same mode.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,7 +87,7 @@ def dlg_attack(model: nn.Module, shared: list[torch.Tensor], input_shape: tuple[
         dummy_gradient = torch.autograd.grad(loss, params, create_graph=True)
         return gradient_distance(list(dummy_gradient), shared, scale)
 
-    trace = lbfgs_minimise(variables, objective, iterations, should_stop, line_search=os.environ.get("LS"))
+    trace = lbfgs_minimise(variables, objective, iterations, should_stop)
     labels = known_labels if known_labels is not None else dummy_label.detach().argmax(dim=-1)
     return Rebuild(dummy_x.detach(), labels, trace)
 

@@ -8,6 +8,11 @@ audit assumes it does (white-box, the worst case). The optimisation is the
 one DLG uses: dummy x from noise, L-BFGS on ||extractor(x) - H||^2, with the
 extractor in eval mode as the client extracts (running BatchNorm statistics,
 so every image is inverted on its own).
+
+Deviation: L-BFGS with a strong-Wolfe line search. The reference's fixed step
+of 1 (no line search) diverges on the searched ReLU6/BatchNorm extractor (the
+objective grew from 0.6 to 158 in 15 iterations on digits); the line search
+only ever accepts steps that decrease it.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ def invert_features(extractor: nn.Module, features: torch.Tensor, input_shape: t
         def objective() -> torch.Tensor:
             return ((extractor(dummy_x) - target) ** 2).sum() / scale
 
-        trace = lbfgs_minimise([dummy_x], objective, iterations, should_stop)
+        trace = lbfgs_minimise([dummy_x], objective, iterations, should_stop, line_search="strong_wolfe")
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
