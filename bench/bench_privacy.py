@@ -1,7 +1,7 @@
 """Deep Leakage from Gradients on our data, side by side: what leaks, and what stops it.
 
-    .venv/bin/python bench/bench_privacy.py [--datasets digits,mnist-5k] [--images N] [--iterations N]
-                                            [--cost-steps N]
+    .venv/bin/python bench/bench_privacy.py [--datasets digits,mnist-5k] [--networks lenet-sigmoid,searched]
+                                            [--images N] [--iterations N] [--train-steps N] [--cost-steps N]
 
 The paper's experiment (Zhu, Liu, Han 2019) on digits (8x8) and mnist-5k
 (28x28), at batch 1 and 4, on two networks:
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--cost-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--networks", default="lenet-sigmoid,searched")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = PrivacyAuditSettings(iterations=args.iterations)
@@ -108,7 +109,7 @@ def main() -> None:
         searched = searched_network(data, args.train_steps)
         networks = {"lenet-sigmoid": lenet_sigmoid(data.in_channels, data.resolution, data.num_classes),
                     "searched": searched}
-        for net_name, model in networks.items():
+        for net_name, model in ((n, networks[n]) for n in args.networks.split(",")):
             for batch in (1, 4):
                 started = time.monotonic()
                 base = attack(model, images, batch, args.images, None, settings, 0.0)

@@ -4,7 +4,9 @@ the runner that executes one stage. The built-in plan is
     validate -> profile -> search -> tune -> train -> export -> schedule -> verify -> report
 
 (with ``adopt`` in place of search and tune when the job fine-tunes a finished
-job's network, and without ``schedule`` when ``params.schedule`` is false).
+job's network, without ``schedule`` when ``params.schedule`` is false, and with
+``audit`` after train when ``params.privacy_audit`` applies: by default for
+fedgkt and delayed-sgd).
 
 Each stage runs as its own Celery task on its queue and sends the next one
 when it is done (a chain built as it goes, so a stage may also re-send itself
