@@ -72,22 +72,15 @@ def audit_privacy(ctx: StageContext) -> dict[str, Any]:
     ctx.progress(0.0, f"auditing what the {pipeline} pipeline shares ({settings.samples} images, "
                  f"{settings.iterations} L-BFGS iterations per attack)")
     started = time.monotonic()
-    if pipeline == "fedgkt":
-        from automl_server.engine.train.fedgkt.models import default_cut, split_edge_model
-
-        cut = (ctx.results.get("train", {}).get("fedgkt") or {}).get("cut", default_cut(arch.layout()))
-        edge = split_edge_model(model, arch, int(cut))
-        section, rows = audit_features(edge.extractor, edge.client_classifier, images, training, settings,
-                                       should_stop=should_stop, progress=progress)
-        section["cut"] = int(cut)
-    else:
-        batch_size, density, smoothing = _gradient_traffic(ctx, spec, pipeline)
-        section, rows = audit_gradients(model, initial, images, training, settings, batch_size=batch_size,
-                                        density=density, label_smoothing=smoothing, should_stop=should_stop,
-                                        progress=progress)
-        if pipeline != "delayed-sgd":
-            section["note"] = (f"the {pipeline} pipeline sends no gradient over a network; the audit shows what "
-                               "a worker's gradient of the same training would leak")
+    threads = torch.get_num_threads()
+    # The attacks are long chains of small steps on one image or one batch: more threads only
+    # oversubscribe the worker's cores (the job's other stages keep their setting).
+    torch.set_num_threads(1)
+    try:
+        section, rows = _attack(ctx, settings, spec, pipeline, arch, model, initial, images, training,
+                                should_stop, progress)
+    finally:
+        torch.set_num_threads(threads)
     section.update({"pipeline": pipeline, "settings": settings.model_dump(mode="json"),
                     "seconds": round(time.monotonic() - started, 3), "weights": "trained"})
     if rows and rows[0].originals:
@@ -101,6 +94,29 @@ def audit_privacy(ctx: StageContext) -> dict[str, Any]:
     if section["not_run"]:
         ctx.event("log", f"privacy audit stopped at its time limit; not run: {', '.join(section['not_run'])}")
     return section
+
+
+def _attack(ctx: StageContext, settings: Any, spec: JobSpec, pipeline: str, arch: Arch, model: torch.nn.Module,
+            initial: torch.nn.Module, images: AuditImages, training: TrainingData, should_stop: Any,
+            progress: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The attacks on what this pipeline shares: FedGKT's H, or a worker's gradient."""
+    if pipeline == "fedgkt":
+        from automl_server.engine.train.fedgkt.models import default_cut, split_edge_model
+
+        cut = (ctx.results.get("train", {}).get("fedgkt") or {}).get("cut", default_cut(arch.layout()))
+        edge = split_edge_model(model, arch, int(cut))
+        section, rows = audit_features(edge.extractor, edge.client_classifier, images, training, settings,
+                                       should_stop=should_stop, progress=progress)
+        section["cut"] = int(cut)
+        return section, rows
+    batch_size, density, smoothing = _gradient_traffic(ctx, spec, pipeline)
+    section, rows = audit_gradients(model, initial, images, training, settings, batch_size=batch_size,
+                                    density=density, label_smoothing=smoothing, should_stop=should_stop,
+                                    progress=progress)
+    if pipeline != "delayed-sgd":
+        section["note"] = (f"the {pipeline} pipeline sends no gradient over a network; the audit shows what "
+                           "a worker's gradient of the same training would leak")
+    return section, rows
 
 
 def _gradient_traffic(ctx: StageContext, spec: JobSpec, pipeline: str) -> tuple[int, float | None, float]:
