@@ -50,7 +50,7 @@ TINY_AUDIT = {"samples": 2, "iterations": 1, "defense_samples": 1, "prune_sparsi
               "noise_variances": [0.01], "larger_batch": 2, "cost_steps": 2}
 
 
-def assert_audited(job: dict[str, Any], farm: Any, *, traffic: str) -> None:
+def assert_audited(job: dict[str, Any], farm: Any, *, traffic: str, defended: bool = True) -> None:
     """The audit ran after training, on what the pipeline sends, and left the trained model as it was."""
     from sqlalchemy import select
 
@@ -65,7 +65,8 @@ def assert_audited(job: dict[str, Any], farm: Any, *, traffic: str) -> None:
     job_row = audit["rows"][0]
     assert job_row["kind"] == "job" and job_row["images"] >= 2
     assert job_row["psnr_db"] is not None and -1.0 <= job_row["ssim"] <= 1.0
-    assert {r["kind"] for r in audit["rows"][1:]} >= {"prune", "gaussian"}
+    if defended:
+        assert {r["kind"] for r in audit["rows"][1:]} >= {"prune", "gaussian"}
     assert all(r["accuracy_cost"] is not None for r in audit["rows"] if r["kind"] in ("prune", "gaussian"))
     with db.session() as session:
         artifacts = {a.kind: (a.path, a.sha256, a.size_bytes)
@@ -123,10 +124,10 @@ def test_a_delayed_sgd_job_trains_with_torchrun_workers_and_reports_their_traffi
     job = run_job(app.test_client(), pipeline="delayed-sgd", stop_after="export", budget=SMALL_BUDGET, params={
         "calibration_networks": 5, "distributed": {"workers": 2, "epochs": 1, "delay": 1, "period": 1,
                                                    "batch_size": 16},  # the audit attacks a batch of 16
-        "privacy_audit": TINY_AUDIT})
+        "privacy_audit": {**TINY_AUDIT, "defenses": False}})  # defenses: in the fedgkt job and tests/engine
 
     assert job["state"] == "succeeded", job["error"]
-    assert_audited(job, farm, traffic="gradients")
+    assert_audited(job, farm, traffic="gradients", defended=False)
     report = job["result"]["train"]["delayed-sgd"]
     assert report["workers"] == 2 and report["bytes_sent_per_step"] > 0
     epochs = [e.data for e in events(db, job["id"], "metric") if e.stage == "train"]
