@@ -317,7 +317,7 @@ def download_artifact(job_id: str, kind: str) -> Response:
     from automl_server.db.models import Artifact
 
     downloadable = {"onnx": "model.onnx", "tflite": "model.tflite", "arch": "arch.json", "weights": "model.pt",
-                    "report": "report.json", "schedule": "schedule.json"}
+                    "report": "report.json", "schedule": "schedule.json", "privacy_grid": "privacy-grid.png"}
     s = state()
     with s.db.session() as session:
         _get(session, job_id)

@@ -211,7 +211,7 @@ def pipelines_list(server: str | None, token: str | None, as_json: bool) -> None
 
 # Importing these registers `automl jobs`, `spaces`, `search`, `profile` and `latency`.
 from automl_server.cli import engine_cmds, jobs_cmds, latency_cmds  # noqa: E402  (they import cli.base, not this module)
-from automl_server.cli import schedule_cmds  # noqa: E402
+from automl_server.cli import audit_cmds, schedule_cmds  # noqa: E402
 
 __all__ = ["main", "engine_cmds", "jobs_cmds", "latency_cmds", "schedule_cmds"]
 

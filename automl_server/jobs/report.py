@@ -79,8 +79,10 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                      "epochs": train.get("epochs"),
                      "figures": train.get(str(train.get("pipeline", ctx.params["pipeline"])))},
         "schedule": r.get("schedule"),
+        # What an observer of the job's traffic could rebuild, per defense (audit stage, when it ran).
+        "privacy": r.get("audit"),
         "downloads": {kind: f"/api/v1/jobs/{ctx.job_id}/artifacts/{kind}"
-                      for kind in ("onnx", "tflite", "arch", "weights", "schedule") if kind in _artifact_kinds(ctx)}
+                      for kind in ("onnx", "tflite", "arch", "weights", "schedule", "privacy_grid") if kind in _artifact_kinds(ctx)}
                      | {"report": f"/api/v1/jobs/{ctx.job_id}/report"},
     }
     path = ctx.job_dir() / "report.json"

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from automl_server.engine.privacy.settings import PrivacyAuditSettings
 from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import pipelines
 from automl_server.jobs.spec import Budget, FinalFit, JobSpec
@@ -93,6 +94,15 @@ class JobOptions(BaseModel):
         "split once search and tuning are done (default), or stays out to show a held-out curve.")
     schedule: bool = Field(_SPEC.schedule, description="Make an IOS inter-operator schedule of the exported model "
                            "with stage latencies measured on the device (schedule stage, after export); false skips it.")
+    privacy_audit: PrivacyAuditSettings | None = Field(
+        None, description="Privacy audit after training (audit stage): rebuild training images from what the "
+        "pipeline shares (DLG, iDLG, feature inversion) under the job's settings and each defense. Default: on for "
+        "fedgkt and delayed-sgd; true/false or an object of settings.")
+
+    @field_validator("privacy_audit", mode="before")
+    @classmethod
+    def _audit_on_or_off(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value  # true/false: the defaults, on or off
 
     @model_validator(mode="before")
     @classmethod

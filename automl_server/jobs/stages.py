@@ -4,7 +4,9 @@ the runner that executes one stage. The built-in plan is
     validate -> profile -> search -> tune -> train -> export -> schedule -> verify -> report
 
 (with ``adopt`` in place of search and tune when the job fine-tunes a finished
-job's network, and without ``schedule`` when ``params.schedule`` is false).
+job's network, without ``schedule`` when ``params.schedule`` is false, and with
+``audit`` after train when ``params.privacy_audit`` applies: by default for
+fedgkt and delayed-sgd).
 
 Each stage runs as its own Celery task on its queue and sends the next one
 when it is done (a chain built as it goes, so a stage may also re-send itself
@@ -29,7 +31,9 @@ from sqlalchemy import select
 
 from automl_server.db.engine import Database
 from automl_server.db.models import Job, JobState, utcnow
+from automl_server.engine.privacy.settings import audit_applies
 from automl_server.jobs import service
+from automl_server.jobs.audit import audit_privacy
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.device_finetune import applies as device_finetune_applies
@@ -136,6 +140,10 @@ register_stage(Stage("device-finetune", "default", finetune_on_device, "Fine-tun
 register_stage(Stage("schedule", "default", schedule_model, "Schedule the exported model's operators (IOS) "
                      "with latencies measured on the device"), after="export",
                applies=lambda p: bool(p.get("schedule", True)))
+# A privacy audit of what the pipeline shares (DLG, feature inversion): on by default for
+# fedgkt and delayed-sgd, params.privacy_audit decides (engine/privacy/settings.py).
+register_stage(Stage("audit", "search", audit_privacy, "Privacy audit: rebuild training images from what the "
+                     "pipeline shares, under each defense"), after="train", applies=audit_applies)
 log = logging.getLogger(__name__)
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 

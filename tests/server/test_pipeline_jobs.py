@@ -44,6 +44,39 @@ def parent(farm: Any) -> dict[str, Any]:
     return job
 
 
+# The audit in the job, kept tiny: what is checked is that it attacks what the pipeline
+# shares and reports it; the attacks themselves are tested in tests/engine/privacy.
+TINY_AUDIT = {"samples": 2, "iterations": 1, "defense_samples": 1, "prune_sparsities": [0.9],
+              "noise_variances": [0.01], "larger_batch": 2, "cost_steps": 2}
+
+
+def assert_audited(job: dict[str, Any], farm: Any, *, traffic: str, defended: bool = True) -> None:
+    """The audit ran after training, on what the pipeline sends, and left the trained model as it was."""
+    from sqlalchemy import select
+
+    from automl_server.db.models import Artifact
+    from automl_server.files import sha256_of
+
+    _app, settings, db = farm
+    result = job["result"]
+    assert result["plan"].index("audit") == result["plan"].index("train") + 1
+    audit = result["audit"]
+    assert audit["traffic"] == traffic and audit["complete"] and audit["not_run"] == []
+    job_row = audit["rows"][0]
+    assert job_row["kind"] == "job" and job_row["images"] >= 2
+    assert job_row["psnr_db"] is not None and -1.0 <= job_row["ssim"] <= 1.0
+    if defended:
+        assert {r["kind"] for r in audit["rows"][1:]} >= {"prune", "gaussian"}
+    assert all(r["accuracy_cost"] is not None for r in audit["rows"] if r["kind"] in ("prune", "gaussian"))
+    with db.session() as session:
+        artifacts = {a.kind: (a.path, a.sha256, a.size_bytes)
+                     for a in session.scalars(select(Artifact).where(Artifact.job_id == job["id"]))}
+    assert artifacts["privacy_grid"][2] > 0 and audit["grid"].endswith("/artifacts/privacy_grid")
+    # model.pt still holds what the train stage stored (its checksum was taken then).
+    weights_path, weights_sha, _ = artifacts["weights"]
+    assert sha256_of(settings.data_dir / weights_path) == weights_sha
+
+
 def test_a_sparse_update_job_fine_tunes_a_finished_jobs_network_on_other_classes(farm, parent):
     app, _settings, db = farm
     job = run_job(app.test_client(), dataset="digits-5-9", pipeline="sparse-update", params={
@@ -89,9 +122,12 @@ def test_a_parent_of_another_image_size_is_refused(farm, parent):
 def test_a_delayed_sgd_job_trains_with_torchrun_workers_and_reports_their_traffic(farm):
     app, _settings, db = farm
     job = run_job(app.test_client(), pipeline="delayed-sgd", stop_after="export", budget=SMALL_BUDGET, params={
-        "calibration_networks": 5, "distributed": {"workers": 2, "epochs": 1, "delay": 1, "period": 1}})
+        "calibration_networks": 5, "distributed": {"workers": 2, "epochs": 1, "delay": 1, "period": 1,
+                                                   "batch_size": 16},  # the audit attacks a batch of 16
+        "privacy_audit": {**TINY_AUDIT, "defenses": False}})  # defenses: in the fedgkt job and tests/engine
 
     assert job["state"] == "succeeded", job["error"]
+    assert_audited(job, farm, traffic="gradients", defended=False)
     report = job["result"]["train"]["delayed-sgd"]
     assert report["workers"] == 2 and report["bytes_sent_per_step"] > 0
     epochs = [e.data for e in events(db, job["id"], "metric") if e.stage == "train"]
@@ -102,9 +138,11 @@ def test_a_delayed_sgd_job_trains_with_torchrun_workers_and_reports_their_traffi
 def test_a_fedgkt_job_trains_through_flower_clients_and_reports_each_round(farm):
     app, _settings, db = farm
     job = run_job(app.test_client(), pipeline="fedgkt", stop_after="export", budget=SMALL_BUDGET, params={
-        "calibration_networks": 5, "fedgkt": {"clients": 2, "rounds": 1, "baselines": False}})
+        "calibration_networks": 5, "fedgkt": {"clients": 2, "rounds": 1, "baselines": False},
+        "privacy_audit": TINY_AUDIT})
 
     assert job["state"] == "succeeded", job["error"]
+    assert_audited(job, farm, traffic="features")
     report = job["result"]["train"]["fedgkt"]
     assert report["clients"] == 2 and len(report["client_histograms"]) == 2
     assert report["bytes_per_round"][0]["up"] > 0 and report["bytes_per_round"][0]["down"] > 0
@@ -129,3 +167,19 @@ def test_a_pipeline_check_names_the_setting_once(farm):
 
     assert response.status_code == 422, response.json
     assert response.json["field"] == "params.distributed.delay" and "epoch" in response.json["detail"]
+
+
+def test_automl_audit_audits_a_finished_job_and_adds_its_privacy_section(farm, parent):
+    from automl_server.jobs.audit_finished import AuditRefused, audit_finished_job
+
+    _app, settings, db = farm
+    messages: list[str] = []
+    section = audit_finished_job(db, settings, parent["id"], {**TINY_AUDIT, "defenses": False},
+                                 report=lambda fraction, message: messages.append(message))
+
+    job = farm[0].test_client().get(f"/api/v1/jobs/{parent['id']}").json
+    assert job["state"] == "succeeded" and job["result"]["audit"] == section
+    assert section["pipeline"] == "standard" and "sends no gradient" in section["note"]
+    assert [r["kind"] for r in section["rows"]] == ["job", "none"] and messages
+    with pytest.raises(AuditRefused, match="no job 'nope'"):
+        audit_finished_job(db, settings, "nope", {})

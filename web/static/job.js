@@ -16,6 +16,7 @@
     search: "Tries building blocks, keeping those that are accurate and fast on this device.",
     tune: "Adjusts how strongly speed counts against accuracy.",
     train: "Trains the chosen network from scratch.",
+    audit: "Tries to rebuild training images from what the pipeline sends, with and without defenses.",
     export: "Writes the model as ONNX and TFLite files.",
     verify: "Times the exported file on the device itself.",
     "device-finetune": "Runs the sparse update's fine-tuning steps on the device (ONNX Runtime training) and compares them with PyTorch's.",
@@ -249,6 +250,28 @@
     if (job.result.report) showReport(job.result.report);
     else if (job.result.verify) showLatency(null);
     if (job.result.schedule) showSchedule(job.result.schedule);
+    if (job.result.audit) showPrivacy(job.result.audit);
+  }
+
+  // -- privacy audit: originals beside rebuilds, and one row per attacked setting -------------
+  function showPrivacy(a) {
+    document.getElementById("privacy-card").hidden = false;
+    const first = a.rows[0] || {};
+    const labels = a.labels_sent_in_clear ? " Labels travel in the clear with every upload." : "";
+    document.getElementById("privacy-summary").textContent =
+      `From ${a.traffic === "features" ? "the features H a client sends" : "a worker's gradient"}: ` +
+      `PSNR ${first.psnr_db} dB, SSIM ${first.ssim} on ${first.images} images (recognisable at PSNR ≥ ${a.recognisable_psnr_db} dB).` +
+      labels + (a.not_run.length ? ` Not run within the time limit: ${a.not_run.join(", ")}.` : "");
+    if (a.grid) {
+      document.getElementById("privacy-grid").src = a.grid;
+      document.getElementById("privacy-grid-rows").textContent = `Lines: ${a.grid_rows.join(" · ")}`;
+    }
+    const num = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
+    document.getElementById("privacy-rows").replaceChildren(...a.rows.map((r) => el("tr", {},
+      el("td", { text: r.name }), el("td", { text: num(r.psnr_db, 1) }), el("td", { text: num(r.ssim) }),
+      el("td", { text: r.recognisable == null ? "–" : fmtPct(r.recognisable) }),
+      el("td", { text: r.labels_recovered == null ? "–" : fmtPct(r.labels_recovered) }),
+      el("td", { text: r.accuracy_cost == null ? "–" : `${(r.accuracy_cost * 100).toFixed(1)} points` }))));
   }
 
   // -- deployment schedule (IOS): stages as columns, groups as lanes, merges marked ------------
