@@ -194,23 +194,32 @@ def bench_targets(args: argparse.Namespace) -> None:
 
     fastest = extreme(lambda c: "zero" if "zero" in c else min(c, key=lambda b: (int(b[2]), int(b[5]))))
     slowest = extreme(lambda c: max((b for b in c if b != "zero"), key=lambda b: (int(b[2]), int(b[5]))))
-    targets = [fastest + f * (slowest - fastest) for f in (0.3, 0.6)]
+    targets = [fastest + f * (slowest - fastest) for f in (0.3, 0.6)][: args.targets]
+    if args.warmup_steps:  # count the warm-up in weight steps (engine/search_plan.py), not epochs
+        from automl_server.engine.search_plan import schedule_for
+
+        args.warmup = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, args.arch_every,
+                                   min_warmup_steps=args.warmup_steps, min_arch_steps=0).warmup_epochs
     print(f"target tracking: {args.space} on {args.dataset} ({data.resolution}x{data.resolution}), FLOPs latency "
           f"model; space spans {fastest:.3f}-{slowest:.3f} ms; {args.warmup} warm-up + {args.epochs} search epochs")
     derived = []
     for target in targets:
         config = SearchConfig(warmup_epochs=args.warmup, search_epochs=args.epochs, batch_size=64, lr=0.05,
                               target_ms=target, arch_lr=args.arch_lr, arch_update_every=args.arch_every,
-                              loss_kind=args.loss, loss_lambda=args.loss_lambda, derive=args.derive, seed=0)
+                              loss_kind=args.loss, loss_lambda=args.loss_lambda, derive=args.derive, seed=0,
+                              latency_over=args.latency_over)
         started = time.perf_counter()
         result = run_search(layout, data, model, config)
         derived.append(result.expected_latency_ms)
         gap = (result.expected_latency_ms - target) / target
-        print(f"[{args.derive}] target {target:7.3f} ms -> derived {result.expected_latency_ms:7.3f} ms ({gap:+.1%} of target), "
+        zeros = result.arch.blocks.count("zero")
+        print(f"[{args.derive}, latency over {args.latency_over}, {args.warmup} warm-up epochs, {zeros} Zero blocks] "
+              f"target {target:7.3f} ms -> derived {result.expected_latency_ms:7.3f} ms ({gap:+.1%} of target), "
               f"held-out acc {result.holdout_accuracy:.3f}, {time.perf_counter() - started:.0f} s: "
               f"{' '.join(result.arch.blocks)}")
-    print(f"tighter target gives the faster architecture: {derived[0] < derived[1]} "
-          f"(ratio {derived[0] / derived[1]:.2f})")
+    if len(derived) == 2:
+        print(f"tighter target gives the faster architecture: {derived[0] < derived[1]} "
+              f"(ratio {derived[0] / derived[1]:.2f})")
 
 
 def main() -> None:
@@ -229,6 +238,11 @@ def main() -> None:
     parser.add_argument("--loss", default="mul#log")
     parser.add_argument("--loss-lambda", type=float, default=0.1)
     parser.add_argument("--derive", choices=["argmax", "target"], default="argmax")
+    parser.add_argument("--latency-over", choices=["pair", "all"], default="pair",
+                        help="E[LAT] in the architecture step over the sampled pair (reference) or all candidates")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="warm up for at least this many weight steps (0: --warmup epochs as given)")
+    parser.add_argument("--targets", type=int, choices=[1, 2], default=2, help="how many of the two targets to run")
     args = parser.parse_args()
     if args.what == "_one":
         print(json.dumps(measure_variant(args.variant, args.space, args.resolution, args.batch)))
