@@ -199,7 +199,8 @@ def bench_targets(args: argparse.Namespace) -> None:
         from automl_server.engine.search_plan import schedule_for
 
         args.warmup = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, args.arch_every,
-                                   min_warmup_steps=args.warmup_steps, min_arch_steps=0).warmup_epochs
+                                   min_warmup_steps_per_epoch=-(-args.warmup_steps // max(args.warmup, 1)),
+                                   min_arch_steps_per_epoch=0).warmup_epochs
     print(f"target tracking: {args.space} on {args.dataset} ({data.resolution}x{data.resolution}), FLOPs latency "
           f"model; space spans {fastest:.3f}-{slowest:.3f} ms; {args.warmup} warm-up + {args.epochs} search epochs")
     derived = []

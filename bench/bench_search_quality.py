@@ -72,7 +72,7 @@ def searched(layout: SpaceLayout, data: SplitData, model: LatencyModel, target_m
              slowest: float, args: argparse.Namespace, seed: int) -> Outcome:
     plan = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, 2)
     config = SearchConfig(warmup_epochs=plan.warmup_epochs, search_epochs=plan.search_epochs,
-                          min_arch_steps=plan.min_arch_steps, arch_update_every=2, arch_lr=3e-3, batch_size=64,
+                          min_arch_steps_per_epoch=plan.min_arch_steps_per_epoch, arch_update_every=2, arch_lr=3e-3, batch_size=64,
                           target_ms=target_ms, loss_kind=loss_kind_for(target_ms, fastest, slowest),
                           derive="target", derive_tolerance=0.05, seed=seed)
     started = time.perf_counter()

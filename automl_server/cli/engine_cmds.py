@@ -102,8 +102,8 @@ def load_dataset(name_or_path: str) -> Arrays:
               help="Adam learning rate of the architecture logits (paper: 1e-3).")
 @click.option("--arch-every", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="One architecture step every N weight steps (paper: 5); small datasets want 1.")
-@click.option("--min-arch-steps", type=click.IntRange(0, 10_000_000), default=0, show_default=True,
-              help="At least this many architecture steps over the search, spread over the batches "
+@click.option("--min-arch-steps", type=click.IntRange(0, 100_000), default=0, show_default=True,
+              help="At least this many architecture steps in each search epoch, spread over its batches "
               "(small datasets: the paper's rule gives almost none); 0: the paper's rule only.")
 @click.option("--derive", type=click.Choice(["argmax", "target"]), default="argmax", show_default=True,
               help="argmax per cell (paper), or the most probable network within 10% of the target.")
@@ -134,7 +134,7 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
         layout_space = get_space(space)
         config = SearchConfig(warmup_epochs=warmup_epochs, search_epochs=epochs, batch_size=batch_size,
                               target_ms=target_ms, strategy=strategy, seed=seed, arch_lr=arch_lr,
-                              arch_update_every=arch_every, min_arch_steps=min_arch_steps, loss_lambda=loss_lambda,
+                              arch_update_every=arch_every, min_arch_steps_per_epoch=min_arch_steps, loss_lambda=loss_lambda,
                               derive=derive)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

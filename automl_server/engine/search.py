@@ -60,10 +60,10 @@ class SearchConfig:
     arch_lr: float = 1e-3
     # One architecture step every this many weight steps (reference: 5).
     arch_update_every: int = 5
-    # At least this many architecture steps over the search epochs: on a small dataset
-    # (a few batches per epoch) the reference's rule makes almost none, so the steps are
-    # then spread over the epochs' batches instead (engine/search_plan.py). 0: the rule only.
-    min_arch_steps: int = 0
+    # At least this many architecture steps in each search epoch: on a small dataset (a few
+    # batches per epoch) the reference's rule makes almost none, so the steps are then spread
+    # over the epoch's batches instead (engine/search_plan.py). 0: the rule only.
+    min_arch_steps_per_epoch: int = 0
     # Latency target T and loss combination (see losses.latency_loss).
     target_ms: float = 10.0
     loss_kind: str = "mul#log"
@@ -103,7 +103,7 @@ class SearchConfig:
             raise ValueError(f"derive {self.derive!r} is not known; accepted: {', '.join(DERIVATIONS)}")
         if self.target_ms <= 0:
             raise ValueError(f"target_ms must be > 0, got {self.target_ms}")
-        for name in ("warmup_epochs", "search_epochs", "min_arch_steps"):
+        for name in ("warmup_epochs", "search_epochs", "min_arch_steps_per_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.rl_baseline_weight <= 1.0:
@@ -225,7 +225,7 @@ class ProxylessSearch:
         warmup = self.epoch < self.config.warmup_epochs
         weight_losses, accuracies, arch_losses = [], [], []
         batches, every = self.train_stream.batches_per_epoch, self.config.arch_update_every
-        per_epoch = arch_steps_per_epoch(batches, every, self.config.search_epochs, self.config.min_arch_steps)
+        per_epoch = arch_steps_per_epoch(batches, every, self.config.min_arch_steps_per_epoch)
         for step in range(batches):
             loss, accuracy = self.weight_step("random" if warmup else "weights")
             if self.on_step is not None:

@@ -29,11 +29,14 @@ _REFERENCE_TARGET_MS = 80.0
 # this the shared weights are still near their initialisation: the gate gradients
 # are noise while the latency term's gradient is not, so the alphas drift towards
 # the cheapest blocks (Zero) for no reason of accuracy. (The reference warms up for
-# 40 ImageNet epochs, 200,000 steps; 200 is a floor for small data, not a match.)
-MIN_WARMUP_STEPS = 200
-# Architecture steps per search, at least (the reference makes 120 epochs x
-# 1,000 = 120,000; Adam at lr 1e-3 needs a few hundred to move a probability visibly).
-MIN_ARCH_STEPS = 300
+# 40 ImageNet epochs, 200,000 steps; this is a floor for small data, not a match.)
+# Counted per budget epoch, so that a job's default 10 warm-up epochs hold 200 steps
+# and a deliberately short budget stays short.
+MIN_WARMUP_STEPS_PER_EPOCH = 20
+# Architecture steps per search epoch, at least (the reference makes 1,000 an epoch;
+# the job's 30 search epochs then hold 300: Adam needs a few hundred to move a
+# probability visibly, tests/engine/test_search_plan.py).
+MIN_ARCH_STEPS_PER_EPOCH = 10
 
 
 def latency_range_ms(layout: SpaceLayout, latency_model: LatencyModel) -> tuple[float, float]:
@@ -80,7 +83,7 @@ class SearchSchedule:
 
     warmup_epochs: int
     search_epochs: int
-    min_arch_steps: int  # SearchConfig.min_arch_steps: architecture steps over the search, at least
+    min_arch_steps_per_epoch: int  # SearchConfig.min_arch_steps_per_epoch
     batches_per_epoch: int
     arch_steps: int  # what the search will make
     changed: bool  # whether the dataset's size changed the asked-for epochs
@@ -91,13 +94,9 @@ class SearchSchedule:
                 f"with {self.arch_steps} architecture steps")
 
 
-def arch_steps_per_epoch(batches: int, arch_update_every: int, search_epochs: int, min_arch_steps: int) -> int:
-    """The reference's one step per ``arch_update_every`` batches, or more so that
-    ``search_epochs`` epochs make at least ``min_arch_steps``."""
-    reference = batches // arch_update_every
-    if search_epochs <= 0:
-        return reference
-    return max(reference, math.ceil(min_arch_steps / search_epochs))
+def arch_steps_per_epoch(batches: int, arch_update_every: int, min_per_epoch: int) -> int:
+    """The reference's one step per ``arch_update_every`` batches, or ``min_per_epoch`` if more."""
+    return max(batches // arch_update_every, min_per_epoch)
 
 
 def arch_steps_after(batch: int, batches: int, arch_update_every: int, per_epoch: int) -> int:
@@ -114,20 +113,22 @@ def arch_steps_after(batch: int, batches: int, arch_update_every: int, per_epoch
 
 
 def schedule_for(train_images: int, batch_size: int, warmup_epochs: int, search_epochs: int,
-                 arch_update_every: int, *, min_warmup_steps: int = MIN_WARMUP_STEPS,
-                 min_arch_steps: int = MIN_ARCH_STEPS) -> SearchSchedule:
-    """Warm-up long enough for ``min_warmup_steps`` weight steps and a search of
-    at least ``min_arch_steps`` architecture steps, on ``train_images`` images.
+                 arch_update_every: int, *, min_warmup_steps_per_epoch: int = MIN_WARMUP_STEPS_PER_EPOCH,
+                 min_arch_steps_per_epoch: int = MIN_ARCH_STEPS_PER_EPOCH) -> SearchSchedule:
+    """A warm-up of at least ``min_warmup_steps_per_epoch`` weight steps per asked-for
+    warm-up epoch, and at least ``min_arch_steps_per_epoch`` architecture steps in each
+    search epoch, on ``train_images`` images.
 
     Large datasets keep the asked-for epochs and the reference's rule. On
-    small ones the warm-up grows to ``min_warmup_steps`` weight steps (epochs
+    small ones the warm-up grows to that many weight steps (epochs
     there are cheap: a few batches each) and the search epochs hold more
     architecture steps, spread over their batches.
     """
     # As engine.data.BatchStream: the batch shrinks to the split, the last partial batch is dropped.
     batches = max(train_images // max(min(batch_size, train_images), 1), 1)
-    warmup = max(warmup_epochs, math.ceil(min_warmup_steps / batches)) if search_epochs > 0 else warmup_epochs
-    per_epoch = arch_steps_per_epoch(batches, arch_update_every, search_epochs, min_arch_steps)
-    return SearchSchedule(warmup_epochs=warmup, search_epochs=search_epochs, min_arch_steps=min_arch_steps,
+    warmup = max(warmup_epochs, math.ceil(min_warmup_steps_per_epoch * warmup_epochs / batches))
+    per_epoch = arch_steps_per_epoch(batches, arch_update_every, min_arch_steps_per_epoch)
+    return SearchSchedule(warmup_epochs=warmup, search_epochs=search_epochs,
+                          min_arch_steps_per_epoch=min_arch_steps_per_epoch,
                           batches_per_epoch=batches, arch_steps=per_epoch * search_epochs,
                           changed=warmup != warmup_epochs or per_epoch != batches // arch_update_every)

@@ -78,7 +78,7 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
     schedule = search_schedule(ctx, spec)
     values: dict[str, Any] = dict(
         loss_kind=loss_kind, warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
-        min_arch_steps=schedule.min_arch_steps, batch_size=spec.batch_size, target_ms=target_ms,
+        min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=spec.batch_size, target_ms=target_ms,
         strategy=spec.strategy, seed=spec.seed,
         # When every network meets the target, accuracy alone counts: the plain argmax,
         # not the network nearest the target band (which would pick slow blocks to fill it).
@@ -106,7 +106,7 @@ def search_schedule(ctx: StageContext, spec: JobSpec) -> SearchSchedule:
     budget = spec.budget
     if train_images <= 0:  # a job validated before the count was recorded: the budget as asked
         return schedule_for(1 << 30, spec.batch_size, budget.warmup_epochs, budget.search_epochs,
-                            JOB_ARCH_UPDATE_EVERY, min_arch_steps=0)
+                            JOB_ARCH_UPDATE_EVERY, min_warmup_steps_per_epoch=0, min_arch_steps_per_epoch=0)
     return schedule_for(train_images, spec.batch_size, budget.warmup_epochs, budget.search_epochs,
                         JOB_ARCH_UPDATE_EVERY)
 
@@ -150,14 +150,15 @@ def search_architecture(ctx: StageContext) -> dict[str, Any]:
     schedule = search_schedule(ctx, spec)
     if schedule.changed:
         ctx.event("log", f"search schedule for {data.x_train.shape[0]} training images: {schedule.describe()} "
-                  f"(at least {schedule.min_arch_steps} architecture steps and "
+                  f"(at least {schedule.min_arch_steps_per_epoch} architecture steps per search epoch and "
                   f"{schedule.warmup_epochs * schedule.batches_per_epoch} warm-up weight steps, whatever the "
                   "batches per epoch, so that the supernet is trained before the latency term bites and the "
                   "probabilities can move)", schedule=asdict(schedule))
     if config.loss_kind == "none":
         ctx.event("log", "accuracy alone counts: every network of the space meets the target, so the search runs "
-                  "without a latency term, derives the most probable network (argmax) and the tune stage is "
-                  "skipped (it tunes the latency term's strength)", accuracy_alone=True)
+                  "without a latency term and derives the most probable network (argmax), not one filling a "
+                  "target band; tuning then tries learning rates only (the loss strength has no effect)",
+                  accuracy_alone=True)
     ctx.progress(0.0, f"searching {layout.space} for {config.total_epochs} epochs")
     result = run_search(layout, data, model, config, checkpoint_path=checkpoint,
                         progress=lambda report: epoch_event(ctx, report, started),
@@ -180,11 +181,8 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     the search's when it is better."""
     spec = JobSpec.from_params(ctx.params)
     searched = ctx.results["search"]
-    skipped = ("tuning is off for this job" if not spec.tune or spec.budget.tune_trials <= 0 else
-               "accuracy alone counts (every network meets the target): there is no latency term to tune"
-               if searched.get("accuracy_alone") else None)
-    if skipped:
-        return {"skipped": skipped, "arch": searched["arch"],
+    if not spec.tune or spec.budget.tune_trials <= 0:
+        return {"skipped": "tuning is off for this job", "arch": searched["arch"],
                 "predicted_ms": searched["predicted_ms"], "holdout_accuracy": searched["holdout_accuracy"]}
     import optuna
     import torch

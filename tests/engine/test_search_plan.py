@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from automl_server.engine.data import split_arrays
 from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.search import ProxylessSearch, SearchConfig
-from automl_server.engine.search_plan import (MIN_ARCH_STEPS, arch_steps_after, latency_range_ms, loss_kind_for, mul_log_refusal,
+from automl_server.engine.search_plan import (arch_steps_after, latency_range_ms, loss_kind_for, mul_log_refusal,
                                               schedule_for)
 from automl_server.engine.supernet import SuperNet
 from search_spaces import get_space
@@ -29,11 +29,11 @@ def test_schedule_keeps_the_reference_rule_on_large_data():
 def test_schedule_counts_steps_not_epochs_on_small_data():
     # 120 training images of batch 64: 1 batch an epoch; the rule would give 0 architecture steps
     schedule = schedule_for(120, 64, warmup_epochs=10, search_epochs=40, arch_update_every=2,
-                            min_warmup_steps=200, min_arch_steps=300)
+                            min_warmup_steps_per_epoch=20, min_arch_steps_per_epoch=8)
 
     assert schedule.batches_per_epoch == 1 and schedule.changed
-    assert schedule.warmup_epochs == 200  # 200 weight steps of one batch
-    assert schedule.arch_steps == 40 * 8  # ceil(300 / 40) = 8 an epoch, all after its one batch
+    assert schedule.warmup_epochs == 200  # 10 x 20 weight steps of one batch
+    assert schedule.arch_steps == 40 * 8  # 8 an epoch, all after its one batch
     assert arch_steps_after(0, 1, 2, 8) == 8
     # spread evenly when there are fewer steps than batches: 3 steps over 7 batches
     assert [arch_steps_after(b, 7, 5, 3) for b in range(7)] == [0, 0, 1, 0, 1, 0, 1]
@@ -86,7 +86,7 @@ def test_probabilities_move_on_200_images_with_a_minimum_of_architecture_steps(t
     assert two_class_200.x_train.shape[0] // 64 <= 3  # the reference's 1 step per 5 batches gives none
 
     by_rule = probability_shift(two_class_200)
-    with_minimum = probability_shift(two_class_200, min_arch_steps=MIN_ARCH_STEPS)
+    with_minimum = probability_shift(two_class_200, min_arch_steps_per_epoch=150)  # 300 in the search
 
     assert by_rule < 1e-6  # no architecture step at all
     assert with_minimum > 0.03  # p started within 1e-3 of uniform
