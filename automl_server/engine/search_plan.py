@@ -30,9 +30,9 @@ _REFERENCE_TARGET_MS = 80.0
 # are noise while the latency term's gradient is not, so the alphas drift towards
 # the cheapest blocks (Zero) for no reason of accuracy. (The reference warms up for
 # 40 ImageNet epochs, 200,000 steps; this is a floor for small data, not a match.)
-# Counted per budget epoch, so that a job's default 10 warm-up epochs hold 200 steps
+# Counted per budget epoch, so that a job's default 10 warm-up epochs hold 100 steps
 # and a deliberately short budget stays short.
-MIN_WARMUP_STEPS_PER_EPOCH = 20
+MIN_WARMUP_STEPS_PER_EPOCH = 10
 # Architecture steps per search epoch, at least (the reference makes 1,000 an epoch;
 # the job's 30 search epochs then hold 300: Adam needs a few hundred to move a
 # probability visibly, tests/engine/test_search_plan.py).

@@ -20,7 +20,7 @@ def test_a_target_every_network_meets_searches_for_accuracy_alone_on_a_small_dat
 
     assert config.loss_kind == "none"
     assert config.derive == "argmax"  # not the slowest blocks that would fill a target band
-    assert config.warmup_epochs == 200  # 200 weight steps of warm-up, not 10
+    assert config.warmup_epochs == 100  # 100 weight steps of warm-up, not 10
     assert config.search_epochs == 30 and config.min_arch_steps_per_epoch == 10  # 300 in the search
 
 
