@@ -73,7 +73,10 @@ def searched(layout: SpaceLayout, data: SplitData, model: LatencyModel, target_m
     plan = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, 2)
     config = SearchConfig(warmup_epochs=plan.warmup_epochs, search_epochs=plan.search_epochs,
                           min_arch_steps_per_epoch=plan.min_arch_steps_per_epoch, arch_update_every=2, arch_lr=3e-3, batch_size=64,
-                          target_ms=target_ms, loss_kind=loss_kind_for(target_ms, fastest, slowest),
+                          # aim as a job does (jobs/search_stage.target_band, 5% margin): the derived
+                          # network's band, aim * (1 +- 0.05), ends 5% under the target, never over it
+                          target_ms=target_ms * 0.95 / 1.05,
+                          loss_kind=loss_kind_for(target_ms * 0.95 / 1.05, fastest, slowest),
                           derive="target", derive_tolerance=0.05, seed=seed)
     started = time.perf_counter()
     result = run_search(layout, data, model, config)
