@@ -194,28 +194,65 @@ def bench_targets(args: argparse.Namespace) -> None:
 
     fastest = extreme(lambda c: "zero" if "zero" in c else min(c, key=lambda b: (int(b[2]), int(b[5]))))
     slowest = extreme(lambda c: max((b for b in c if b != "zero"), key=lambda b: (int(b[2]), int(b[5]))))
-    targets = [fastest + f * (slowest - fastest) for f in (0.3, 0.6)]
+    targets = [fastest + f * (slowest - fastest) for f in (0.3, 0.6)][: args.targets]
+    if args.warmup_steps:  # count the warm-up in weight steps (engine/search_plan.py), not epochs
+        from automl_server.engine.search_plan import schedule_for
+
+        args.warmup = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, args.arch_every,
+                                   min_warmup_steps_per_epoch=-(-args.warmup_steps // max(args.warmup, 1)),
+                                   min_arch_steps_per_epoch=0).warmup_epochs
     print(f"target tracking: {args.space} on {args.dataset} ({data.resolution}x{data.resolution}), FLOPs latency "
           f"model; space spans {fastest:.3f}-{slowest:.3f} ms; {args.warmup} warm-up + {args.epochs} search epochs")
     derived = []
     for target in targets:
         config = SearchConfig(warmup_epochs=args.warmup, search_epochs=args.epochs, batch_size=64, lr=0.05,
                               target_ms=target, arch_lr=args.arch_lr, arch_update_every=args.arch_every,
-                              loss_kind=args.loss, loss_lambda=args.loss_lambda, derive=args.derive, seed=0)
+                              loss_kind=args.loss, loss_lambda=args.loss_lambda, derive=args.derive, seed=0,
+                              latency_over=args.latency_over)
         started = time.perf_counter()
         result = run_search(layout, data, model, config)
         derived.append(result.expected_latency_ms)
         gap = (result.expected_latency_ms - target) / target
-        print(f"[{args.derive}] target {target:7.3f} ms -> derived {result.expected_latency_ms:7.3f} ms ({gap:+.1%} of target), "
+        zeros = result.arch.blocks.count("zero")
+        print(f"[{args.derive}, latency over {args.latency_over}, {args.warmup} warm-up epochs, {zeros} Zero blocks] "
+              f"target {target:7.3f} ms -> derived {result.expected_latency_ms:7.3f} ms ({gap:+.1%} of target), "
               f"held-out acc {result.holdout_accuracy:.3f}, {time.perf_counter() - started:.0f} s: "
               f"{' '.join(result.arch.blocks)}")
-    print(f"tighter target gives the faster architecture: {derived[0] < derived[1]} "
-          f"(ratio {derived[0] / derived[1]:.2f})")
+    if len(derived) == 2:
+        print(f"tighter target gives the faster architecture: {derived[0] < derived[1]} "
+              f"(ratio {derived[0] / derived[1]:.2f})")
+
+
+def bench_collapse(args: argparse.Namespace) -> None:
+    """Zero blocks in the argmax after architecture steps alone on an untrained supernet
+    (the latency term biting before any warm-up), E[LAT] over the sampled pair vs. all
+    candidates: isolates why a short search collapsed to Zero blocks."""
+    from automl_server.engine.data import split_arrays
+    from automl_server.cli.engine_cmds import load_dataset
+    from automl_server.engine.search import ProxylessSearch, SearchConfig
+
+    x, y, classes = load_dataset(args.dataset)
+    data = split_arrays(x, y, seed=0)
+    layout = get_space(args.space).layout(data.resolution, len(classes), data.in_channels)
+    zero_cells = sum("zero" in cell.candidates for cell in layout.cells)
+    print(f"{args.space} on {args.dataset}: {args.steps} architecture steps, no warm-up, add#abs lambda "
+          f"{args.loss_lambda}, arch lr {args.arch_lr}; {zero_cells} of {len(layout.cells)} cells may be Zero")
+    for over in ("all", "pair"):
+        config = SearchConfig(warmup_epochs=0, search_epochs=1, batch_size=64, target_ms=args.target,
+                              arch_lr=args.arch_lr, loss_kind="add#abs", loss_lambda=args.loss_lambda,
+                              latency_over=over, seed=0)
+        search = ProxylessSearch(layout, data, FlopsLatencyModel(), config)
+        for _ in range(args.steps):
+            search.arch_step()
+        zero_p = [op.probs()[op.candidates.index("zero")].item() for op in search.net.mixed_ops
+                  if "zero" in op.candidates]
+        print(f"latency over {over}: {search.net.derive().blocks.count('zero')} Zero blocks in the argmax, "
+              f"mean p(Zero) {sum(zero_p) / len(zero_p):.3f} (start {1 / 7:.3f})", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "time", "targets", "_one"])
+    parser.add_argument("what", choices=["memory", "time", "targets", "collapse", "_one"])
     parser.add_argument("variant", nargs="?")
     parser.add_argument("--space", default="proxyless-mobile")
     parser.add_argument("--resolution", type=int, default=32)
@@ -229,11 +266,19 @@ def main() -> None:
     parser.add_argument("--loss", default="mul#log")
     parser.add_argument("--loss-lambda", type=float, default=0.1)
     parser.add_argument("--derive", choices=["argmax", "target"], default="argmax")
+    parser.add_argument("--latency-over", choices=["pair", "all"], default="pair",
+                        help="E[LAT] in the architecture step over the sampled pair (reference) or all candidates")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="warm up for at least this many weight steps (0: --warmup epochs as given)")
+    parser.add_argument("--steps", type=int, default=100, help="collapse: architecture steps")
+    parser.add_argument("--target", type=float, default=1.0, help="collapse: latency target, ms")
+    parser.add_argument("--targets", type=int, choices=[1, 2], default=2, help="how many of the two targets to run")
     args = parser.parse_args()
     if args.what == "_one":
         print(json.dumps(measure_variant(args.variant, args.space, args.resolution, args.batch)))
     else:
-        {"memory": bench_memory, "time": bench_time, "targets": bench_targets}[args.what](args)
+        {"memory": bench_memory, "time": bench_time, "targets": bench_targets,
+         "collapse": bench_collapse}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -92,14 +92,19 @@ def load_dataset(name_or_path: str) -> Arrays:
 @click.option("--batch-size", type=click.IntRange(1, 65_536), default=64, show_default=True)
 @click.option("--strategy", default="gradient", show_default=True,
               help="Architecture-search strategy: gradient (binarized gates) or rl (REINFORCE), or a registered one.")
-@click.option("--loss", "loss_kind", type=click.Choice(["mul#log", "add#linear", "add#abs"]),
-              default="mul#log", show_default=True,
-              help="Latency loss: the paper's mul#log / add#linear, or add#abs to track the target from both sides.")
+@click.option("--loss", "loss_kind", type=click.Choice(["auto", "mul#log", "add#linear", "add#abs", "none"]),
+              default="auto", show_default=True,
+              help="Latency loss: the paper's mul#log / add#linear, add#abs to track the target from both sides, "
+              "none (accuracy alone), or auto: as a job chooses (mul#log; none when every network meets the target; "
+              "add#linear when the target is so far above the space that mul#log's logarithm would turn negative).")
 @click.option("--loss-lambda", type=float, default=0.1, show_default=True, help="lambda of the add# losses.")
 @click.option("--arch-lr", type=float, default=1e-3, show_default=True,
               help="Adam learning rate of the architecture logits (paper: 1e-3).")
 @click.option("--arch-every", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="One architecture step every N weight steps (paper: 5); small datasets want 1.")
+@click.option("--min-arch-steps", type=click.IntRange(0, 100_000), default=0, show_default=True,
+              help="At least this many architecture steps in each search epoch, spread over its batches "
+              "(small datasets: the paper's rule gives almost none); 0: the paper's rule only.")
 @click.option("--derive", type=click.Choice(["argmax", "target"]), default="argmax", show_default=True,
               help="argmax per cell (paper), or the most probable network within 10% of the target.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -115,7 +120,8 @@ def load_dataset(name_or_path: str) -> Arrays:
 @click.option("--tune-epochs", type=click.IntRange(1, 200), default=2, show_default=True, help="Epochs per trial.")
 @json_option
 def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epochs: int, batch_size: int,
-           strategy: str, loss_kind: str, loss_lambda: float, arch_lr: float, arch_every: int, derive: str,
+           strategy: str, loss_kind: str, loss_lambda: float, arch_lr: float, arch_every: int, min_arch_steps: int,
+           derive: str,
            seed: int, lut: Path | None, gmacs: float | None, checkpoint: Path | None,
            out: Path | None, tune_trials: int, tune_epochs: int, as_json: bool) -> None:
     """Run a ProxylessNAS search on this machine, without the server."""
@@ -127,8 +133,8 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
     try:
         layout_space = get_space(space)
         config = SearchConfig(warmup_epochs=warmup_epochs, search_epochs=epochs, batch_size=batch_size,
-                              target_ms=target_ms, loss_kind=loss_kind, strategy=strategy, seed=seed,
-                              arch_lr=arch_lr, arch_update_every=arch_every, loss_lambda=loss_lambda,
+                              target_ms=target_ms, strategy=strategy, seed=seed, arch_lr=arch_lr,
+                              arch_update_every=arch_every, min_arch_steps_per_epoch=min_arch_steps, loss_lambda=loss_lambda,
                               derive=derive)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -139,6 +145,7 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
     layout = layout_space.layout(data.resolution, len(classes), data.in_channels)
     latency_model = LutLatencyModel.from_yaml(lut) if lut else (
         FlopsLatencyModel(gmacs_per_s=gmacs) if gmacs else FlopsLatencyModel())
+    config = replace(config, loss_kind=_loss_for_target(loss_kind, layout, latency_model, target_ms, quiet=as_json))
     with tqdm(total=config.total_epochs, unit="epoch", disable=as_json, desc="search") as bar:
         def progress(report: EpochReport) -> None:
             bar.update(1)
@@ -175,6 +182,33 @@ def search(space: str, dataset: str, target_ms: float, epochs: int, warmup_epoch
     click.echo(f"held-out accuracy: {result.holdout_accuracy:.4f} ({len(data.y_holdout)} images)")
     if out is not None:
         click.echo(f"written to {out}")
+
+
+def _loss_for_target(asked: str, layout: Any, latency_model: Any, target_ms: float, *, quiet: bool) -> str:
+    """The loss to search with, checked against the space's latency range before any search runs
+    (as a job's profile and search stages do), so a target far above the space fails with the
+    range instead of a ValueError mid-search."""
+    from automl_server.engine.search_plan import latency_range_ms, loss_kind_for, mul_log_refusal
+
+    try:
+        fastest, slowest = latency_range_ms(layout, latency_model)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if asked == "mul#log":
+        refusal = mul_log_refusal(target_ms, fastest, slowest)
+        if refusal is not None:
+            raise click.UsageError(refusal)
+        return asked
+    if asked != "auto":
+        return asked
+    chosen = loss_kind_for(target_ms, fastest, slowest)
+    if not quiet and chosen == "none":
+        click.echo(f"every network of {layout.space!r} meets the target ({fastest:.4g}-{slowest:.4g} ms predicted, "
+                   f"target {target_ms:g} ms): accuracy alone counts, the search runs without a latency term", err=True)
+    elif not quiet and chosen == "add#linear":
+        click.echo(f"target {target_ms:g} ms is far above the space's fastest networks ({fastest:.4g} ms): "
+                   "add#linear instead of mul#log, whose logarithm would turn negative", err=True)
+    return chosen
 
 
 def _tune(layout: Any, data: Any, latency_model: Any, config: Any, checkpoint_path: Path, searched: dict[str, Any],

@@ -1,6 +1,6 @@
 """Latency-aware architecture loss (ProxylessNAS reference loss types).
 
-``mul#log``:    a * CE * (ln E[LAT] / ln T) ** beta     (reference class defaults a=1, beta=0.6)
+``mul#log``:    a * CE * (ln E[LAT] / ln T) ** beta     (reference search script: a=0.2, beta=0.3)
 ``add#linear``: CE + lam * (E[LAT] - T) / T            (reference lambda 0.1-0.2)
 ``add#abs``:    CE + lam * |E[LAT] - T| / T             (extension, see below)
 ``none``:       CE
@@ -39,14 +39,17 @@ def latency_loss(
     expected_ms: torch.Tensor | float,
     target_ms: float,
     kind: str | None = "mul#log",
-    a: float = 1.0,
-    beta: float = 0.6,
+    a: float = 0.2,
+    beta: float = 0.3,
     lam: float = 0.1,
     log_unit_ms: float = 1.0,
 ) -> torch.Tensor:
     """The architecture-step loss; differentiable in ``ce`` and ``expected_ms``.
 
-    ``kind=None`` means ``"none"`` (the reference's spelling).
+    ``kind=None`` means ``"none"`` (the reference's spelling). The defaults
+    a=0.2, beta=0.3 are those of the reference's search script
+    (``search/imagenet_arch_search.py``, ``--grad_reg_loss_alpha/beta``); 1 and
+    0.6 are only its config class's fallbacks, which that script overrides.
     """
     kind = "none" if kind is None else kind
     if kind not in LOSS_KINDS:

@@ -6,6 +6,9 @@ number of candidates (the point of ProxylessNAS over DARTS). In the two-path
 architecture step a custom autograd function produces the gate gradients
 dL/dg_k = sum(out_k * grad_out) of both sampled ops; ``set_alpha_grad`` maps
 them onto alpha and ``rescale_alpha`` keeps the unsampled probabilities fixed.
+In that step the expected latency of the cell is taken over the sampled pair
+with its renormalised probabilities (the reference's ``current_prob_over_ops``),
+so the latency term too reaches only the sampled alphas.
 Follows mit-han-lab/proxylessnas ``search/modules/mix_op.py`` (``MixedEdge``,
 ``ArchGradientFunction``) and the paper (Cai, Zhu, Han, ICLR 2019).
 """
@@ -261,8 +264,10 @@ class MixedOp(nn.Module):
         offset = ln(sum_S exp(alpha_new) / sum_S exp(alpha_old)), alpha[S] -= offset.
         Call after the optimizer step in two-path mode, with a copy of alpha
         taken before it. Does nothing when set_alpha_grad skipped the update
-        (Zero active). The latency term's gradient reaches every alpha, so with
-        it the unsampled probabilities do move, as in the reference.
+        (Zero active). The unsampled alphas get no gradient in this step (the
+        latency term too is taken over the sampled pair, see
+        ``expected_latency``), so Adam leaves them, and after the shift every
+        unsampled probability is what it was, as in the reference.
         """
         if self._alpha_update_skipped or len(self.sampled) < 2:
             return
@@ -274,17 +279,33 @@ class MixedOp(nn.Module):
             offset = torch.logsumexp(new, dim=0) - torch.logsumexp(old, dim=0)
             self.alpha[idx] = new - offset
 
-    def expected_latency(self, latencies_ms: torch.Tensor) -> torch.Tensor:
-        """sum_j softmax(alpha)_j * latencies_ms[j], a tensor differentiable in alpha.
+    def path_probs(self) -> torch.Tensor:
+        """The probabilities the latency term weighs each candidate by, differentiable in alpha.
 
-        latencies_ms holds one value per candidate (0 for the Zero op).
+        In a two-path step (mode "two", a pair sampled): softmax over the two
+        sampled alphas at their places and 0 elsewhere, as the reference's
+        ``binarize`` sets ``current_prob_over_ops``; otherwise softmax(alpha).
+        """
+        if self._mode != "two" or len(self.sampled) < 2:
+            return self.probs()
+        idx = torch.tensor(self.sampled, device=self.alpha.device)
+        return torch.zeros_like(self.alpha).index_put((idx,), F.softmax(self.alpha[idx], dim=0))
+
+    def expected_latency(self, latencies_ms: torch.Tensor, *, sampled_pair: bool = False) -> torch.Tensor:
+        """sum_j p_j * latencies_ms[j], a tensor differentiable in alpha.
+
+        p = softmax(alpha) (the whole cell's expectation: reports, derivation);
+        with ``sampled_pair`` p = ``path_probs()``, the renormalised sampled
+        pair in a two-path step (the architecture step's latency term, as in
+        the reference). latencies_ms holds one value per candidate (0 for Zero).
         """
         if latencies_ms.shape != (self.n_choices,):
             raise ValueError(
                 f"expected_latency needs one latency per candidate ({self.n_choices}), "
                 f"got shape {tuple(latencies_ms.shape)}"
             )
-        return torch.sum(self.probs() * latencies_ms.to(self.alpha))
+        probs = self.path_probs() if sampled_pair else self.probs()
+        return torch.sum(probs * latencies_ms.to(self.alpha))
 
     def extra_repr(self) -> str:
         return f"candidates={list(self.candidates)}, mode={self._mode!r}"

@@ -7,6 +7,14 @@ reference w = 0.1), and ascend E[reward] with the likelihood-ratio gradient
 sum_b (R_b - baseline) * grad log p(arch_b), using a moving-average baseline
 to cut variance. ``lat`` comes from a measurement callback when one is given,
 otherwise from the latency model.
+
+As in the reference (``search/nas_manager.py``, ``rl_update_step``): the
+baseline is updated first, b <- b + w * (mean reward - b) with w =
+``rl_baseline_weight`` (the reference's ``rl_baseline_decay_weight``, 0.99),
+and the advantages use that updated baseline; each sampled network is scored
+with BatchNorm in train mode (the statistics of the batch itself), because the
+running statistics average over every path the supernet sampled and misjudge
+any single one.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ class RLSettings(Protocol):
 
     rl_samples: int
     rl_exponent: float
-    rl_baseline_decay: float
+    rl_baseline_weight: float
     target_ms: float
 
 
@@ -39,11 +47,20 @@ def reward(accuracy: float, latency_ms: float, target_ms: float, exponent: float
     return accuracy * (target_ms / latency_ms) ** exponent
 
 
+def updated_baseline(baseline: float | None, mean_reward: float, weight: float) -> float:
+    """b <- b + weight * (mean_reward - b), starting at the first mean (the reference's order and meaning:
+    ``weight`` is how much of the new mean enters, 0.99 there)."""
+    return mean_reward if baseline is None else baseline + weight * (mean_reward - baseline)
+
+
 class ReinforceController:
     def __init__(self, net: SuperNet, latency_model: LatencyModel, config: RLSettings,
                  measure: Callable[[Arch], float] | None = None) -> None:
         self.net, self.latency_model, self.config, self.measure = net, latency_model, config, measure
         self.baseline: float | None = None
+        # The last step's rewards and sampled candidate indices per network (for logs and tests).
+        self.last_rewards: list[float] = []
+        self.last_samples: list[list[int]] = []
 
     def _arch(self, indices: list[int]) -> Arch:
         layout = self.net.layout
@@ -56,10 +73,14 @@ class ReinforceController:
 
     def step(self, holdout: BatchStream, arch_optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:
         x, y = holdout.next()
-        self.net.eval()
+        # Train mode, as the reference: each path normalised with this batch's own statistics.
+        # (Its forward passes also update the running statistics, as there; evaluation
+        # recomputes them for the derived path anyway, see search.recalibrated_batchnorm.)
+        self.net.train()
         self.net.set_mode("fixed")
         rewards: list[float] = []
         log_probs: list[torch.Tensor] = []
+        samples: list[list[int]] = []
         for _ in range(self.config.rl_samples):
             indices = [int(torch.multinomial(m.probs().detach(), 1, generator=generator)) for m in self.net.mixed_ops]
             for mixed, index in zip(self.net.mixed_ops, indices):
@@ -69,16 +90,13 @@ class ReinforceController:
             rewards.append(reward(accuracy, self._latency_ms(self._arch(indices)), self.config.target_ms,
                                   self.config.rl_exponent))
             log_probs.append(_total(torch.log_softmax(m.alpha, 0)[i] for m, i in zip(self.net.mixed_ops, indices)))
-        mean_reward = sum(rewards) / len(rewards)
-        # The advantage uses the baseline from before this batch (unbiased); the
-        # first batch starts the moving average at its own mean.
-        baseline = mean_reward if self.baseline is None else self.baseline
-        loss = -_total((r - baseline) * lp for r, lp in zip(rewards, log_probs)) / len(rewards)
+            samples.append(indices)
+        self.baseline = updated_baseline(self.baseline, sum(rewards) / len(rewards), self.config.rl_baseline_weight)
+        loss = -_total((r - self.baseline) * lp for r, lp in zip(rewards, log_probs)) / len(rewards)
         arch_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         arch_optimizer.step()
-        decay = self.config.rl_baseline_decay
-        self.baseline = mean_reward if self.baseline is None else decay * self.baseline + (1 - decay) * mean_reward
+        self.last_rewards, self.last_samples = rewards, samples
         return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:

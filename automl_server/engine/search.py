@@ -28,11 +28,13 @@ from automl_server.engine.data import BatchStream, SplitData
 from automl_server.engine.latency import LatencyModel, arch_latency_ms  # noqa: F401  (re-exported)
 from automl_server.engine.losses import latency_loss
 from automl_server.engine.rl import ReinforceController
+from automl_server.engine.search_plan import arch_steps_after, arch_steps_per_epoch
 from automl_server.engine.strategies import get_strategy, register_strategy
 from automl_server.engine.supernet import SuperNet
 from search_spaces import Arch, SpaceLayout
 
 DERIVATIONS = ("argmax", "target")
+LATENCY_OVER = ("pair", "all")
 # mul#log takes logarithms of latencies, so its strength depends on the unit.
 # The reference tuned a and beta with latencies in ms and an 80 ms mobile
 # target. Deviation: we measure latencies in units of target/80 for that
@@ -58,19 +60,35 @@ class SearchConfig:
     arch_lr: float = 1e-3
     # One architecture step every this many weight steps (reference: 5).
     arch_update_every: int = 5
+    # At least this many architecture steps in each search epoch: on a small dataset (a few
+    # batches per epoch) the reference's rule makes almost none, so the steps are then spread
+    # over the epoch's batches instead (engine/search_plan.py). 0: the rule only.
+    min_arch_steps_per_epoch: int = 0
     # Latency target T and loss combination (see losses.latency_loss).
     target_ms: float = 10.0
     loss_kind: str = "mul#log"
-    loss_a: float = 1.0
-    loss_beta: float = 0.6
+    # mul#log's a and beta: the reference's search script (search/imagenet_arch_search.py,
+    # --grad_reg_loss_alpha 0.2, --grad_reg_loss_beta 0.3); 1.0 and 0.6 are only the
+    # fallbacks of its GradientArchSearchConfig class, which that script never uses.
+    loss_a: float = 0.2
+    loss_beta: float = 0.3
     loss_lambda: float = 0.1
+    # The probabilities E[LAT] weighs each cell's candidates by in a two-path step:
+    # "pair" (reference): the two sampled paths, renormalised, so unsampled alphas get no
+    # gradient and the rescale keeps their probabilities. "all": softmax over every
+    # candidate, as this engine did before; every alpha then feels the latency term each
+    # step (a lower-variance, stronger push, for a search with very few architecture
+    # steps), at the price of moving unsampled probabilities, unlike the paper.
+    latency_over: str = "pair"
     # A registered strategy (engine/strategies.py): "gradient" (binarized two-path
     # gates) or "rl" (ProxylessNAS-R, REINFORCE).
     strategy: str = "gradient"
-    # ProxylessNAS-R: architectures sampled per update, reward exponent w, baseline decay.
+    # ProxylessNAS-R: architectures sampled per update, reward exponent w, and the weight of
+    # each update's mean reward in the baseline, b <- b + weight * (mean - b), applied before
+    # the advantages (reference rl_baseline_decay_weight = 0.99; see engine/rl.py).
     rl_samples: int = 10
     rl_exponent: float = 0.1
-    rl_baseline_decay: float = 0.99
+    rl_baseline_weight: float = 0.99
     # "argmax" per cell (paper), or "target": the most probable network within
     # derive_tolerance of target_ms (engine/derive.py; our addition).
     derive: str = "argmax"
@@ -79,13 +97,17 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)  # ValueError naming the registered strategies
+        if self.latency_over not in LATENCY_OVER:
+            raise ValueError(f"latency_over {self.latency_over!r} is not known; accepted: {', '.join(LATENCY_OVER)}")
         if self.derive not in DERIVATIONS:
             raise ValueError(f"derive {self.derive!r} is not known; accepted: {', '.join(DERIVATIONS)}")
         if self.target_ms <= 0:
             raise ValueError(f"target_ms must be > 0, got {self.target_ms}")
-        for name in ("warmup_epochs", "search_epochs"):
+        for name in ("warmup_epochs", "search_epochs", "min_arch_steps_per_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.rl_baseline_weight <= 1.0:
+            raise ValueError(f"rl_baseline_weight must be within [0, 1], got {self.rl_baseline_weight}")
         if self.batch_size < 1 or self.arch_update_every < 1:
             raise ValueError("batch_size and arch_update_every must be >= 1")
 
@@ -202,14 +224,17 @@ class ProxylessSearch:
     def run_epoch(self) -> EpochReport:
         warmup = self.epoch < self.config.warmup_epochs
         weight_losses, accuracies, arch_losses = [], [], []
-        for step in range(self.train_stream.batches_per_epoch):
+        batches, every = self.train_stream.batches_per_epoch, self.config.arch_update_every
+        per_epoch = arch_steps_per_epoch(batches, every, self.config.min_arch_steps_per_epoch)
+        for step in range(batches):
             loss, accuracy = self.weight_step("random" if warmup else "weights")
             if self.on_step is not None:
                 self.on_step()
             weight_losses.append(loss)
             accuracies.append(accuracy)
-            if not warmup and (step + 1) % self.config.arch_update_every == 0:
-                arch_losses.append(self.arch_step())
+            if not warmup:
+                for _ in range(arch_steps_after(step, batches, every, per_epoch)):
+                    arch_losses.append(self.arch_step())
         self.epoch += 1
         with torch.no_grad():
             expected = float(self.net.expected_latency_ms(self.latency_model))
@@ -375,12 +400,13 @@ class GradientGates:
         before = search.net.alphas_snapshot()
         x, y = search.holdout_stream.next()
         ce = F.cross_entropy(search.net(x), y)
-        expected = search.net.expected_latency_ms(search.latency_model)
+        expected = search.net.expected_latency_ms(search.latency_model,
+                                                  sampled_pair=config.latency_over == "pair")
         loss = latency_loss(ce, expected, config.target_ms, kind=config.loss_kind, a=config.loss_a,
                             beta=config.loss_beta, lam=config.loss_lambda,
                             log_unit_ms=config.target_ms / REFERENCE_TARGET_MS)
         search.net.zero_grad(set_to_none=True)
-        loss.backward()  # alpha.grad now holds the latency term's gradient
+        loss.backward()  # alpha.grad now holds the latency term's gradient (sampled alphas only, "pair")
         search.net.set_alpha_grad()  # ... plus the CE term's, mapped from the binary gates
         search.arch_optimizer.step()
         search.net.rescale_alpha(before)

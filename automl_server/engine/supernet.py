@@ -120,8 +120,12 @@ class SuperNet(nn.Module):
     def fixed_latency_ms(self, latency_model: LatencyModel) -> float:
         return self._latencies(latency_model)[0]
 
-    def expected_latency_ms(self, latency_model: LatencyModel) -> torch.Tensor:
+    def expected_latency_ms(self, latency_model: LatencyModel, *, sampled_pair: bool = False) -> torch.Tensor:
         """Fixed layers + sum over cells of sum_j p_j * lat_j; differentiable in the alphas.
+
+        p = softmax(alpha) per cell; with ``sampled_pair`` (the two-path
+        architecture step) p is each cell's renormalised sampled pair
+        (``MixedOp.path_probs``), so the latency term moves only sampled alphas.
 
         Parallel branches are summed like chain cells: the latency of a block is
         taken as that of running its branches one after another (sequential
@@ -130,7 +134,8 @@ class SuperNet(nn.Module):
         so the expected latency is an upper estimate for branched spaces.
         """
         fixed_ms, per_cell = self._latencies(latency_model)
-        expected = torch.stack([op.expected_latency(lat) for op, lat in zip(self.mixed_ops, per_cell)]).sum()
+        expected = torch.stack([op.expected_latency(lat, sampled_pair=sampled_pair)
+                                for op, lat in zip(self.mixed_ops, per_cell)]).sum()
         return expected + fixed_ms
 
     def _latencies(self, latency_model: LatencyModel) -> tuple[float, list[torch.Tensor]]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # torch and numpy load when a stage runs
     from automl_server.engine.data import SplitData
     from automl_server.engine.latency import LatencyModel
     from automl_server.engine.search import SearchConfig
+    from automl_server.engine.search_plan import SearchSchedule
     from search_spaces import SpaceLayout
 
 # The job keeps the network's predicted latency at least this far under the
@@ -73,14 +74,18 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
     from automl_server.engine.search import SearchConfig
 
     target_ms, tolerance, _top = target_band(ctx)
+    loss_kind = loss_kind_for(target_ms, ctx.results["profile"]["achievable_ms"])
+    schedule = search_schedule(ctx, spec)
     values: dict[str, Any] = dict(
-        loss_kind=loss_kind_for(target_ms, ctx.results["profile"]["achievable_ms"]),
-        warmup_epochs=spec.budget.warmup_epochs, search_epochs=spec.budget.search_epochs,
-        batch_size=spec.batch_size, target_ms=target_ms,
-        strategy=spec.strategy, derive="target", derive_tolerance=tolerance, seed=spec.seed,
+        loss_kind=loss_kind, warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
+        min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=spec.batch_size, target_ms=target_ms,
+        strategy=spec.strategy, seed=spec.seed,
+        # When every network meets the target, accuracy alone counts: the plain argmax,
+        # not the network nearest the target band (which would pick slow blocks to fill it).
+        derive="argmax" if loss_kind == "none" else "target", derive_tolerance=tolerance,
         # Architecture steps every other weight step: a service job's budgets are
         # short, and the reference's 1 in 5 leaves alpha barely moved in tens of epochs.
-        arch_update_every=2, arch_lr=3e-3,
+        arch_update_every=JOB_ARCH_UPDATE_EVERY, arch_lr=3e-3,
     )
     values.update(overrides)
     try:
@@ -89,23 +94,31 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
         raise StageFailed(f"invalid search settings: {exc}") from exc
 
 
-def loss_kind_for(target_ms: float, achievable_ms: list[float]) -> str:
-    """The latency loss for this target on this device.
+JOB_ARCH_UPDATE_EVERY = 2
 
-    mul#log (the paper's) when the target lies inside the achievable range;
-    no latency term at all when every network meets the target (the search
-    then optimises accuracy alone); add#linear when the space's fastest
-    networks are so fast that mul#log's logarithm (unit T/80, see
-    engine.search.REFERENCE_TARGET_MS) would turn negative.
-    """
-    from automl_server.engine.search import REFERENCE_TARGET_MS
+
+def search_schedule(ctx: StageContext, spec: JobSpec) -> SearchSchedule:
+    """The budget's epochs, with the warm-up and the architecture steps counted in
+    steps on a small dataset (engine/search_plan.py)."""
+    from automl_server.engine.search_plan import schedule_for
+
+    train_images = int((ctx.results.get("validate") or {}).get("train_samples") or 0)
+    budget = spec.budget
+    if train_images <= 0:  # a job validated before the count was recorded: the budget as asked
+        return schedule_for(1 << 30, spec.batch_size, budget.warmup_epochs, budget.search_epochs,
+                            JOB_ARCH_UPDATE_EVERY, min_warmup_steps_per_epoch=0, min_arch_steps_per_epoch=0)
+    return schedule_for(train_images, spec.batch_size, budget.warmup_epochs, budget.search_epochs,
+                        JOB_ARCH_UPDATE_EVERY)
+
+
+def loss_kind_for(target_ms: float, achievable_ms: list[float]) -> str:
+    """The latency loss for this target on this device (engine.search_plan.loss_kind_for):
+    mul#log inside the achievable range, none when every network meets the target,
+    add#linear when mul#log's logarithm would turn negative."""
+    from automl_server.engine import search_plan
 
     fastest, slowest = achievable_ms
-    if target_ms >= slowest:
-        return "none"
-    if fastest <= target_ms / REFERENCE_TARGET_MS * 1.01:
-        return "add#linear"
-    return "mul#log"
+    return search_plan.loss_kind_for(target_ms, fastest, slowest)
 
 
 def deadline(ctx: StageContext, spec: JobSpec, stage: str) -> float | None:
@@ -134,6 +147,18 @@ def search_architecture(ctx: StageContext) -> dict[str, Any]:
     checkpoint = ctx.job_dir() / "search.ckpt"
     ends = deadline(ctx, spec, "search")
     started = time.monotonic()
+    schedule = search_schedule(ctx, spec)
+    if schedule.changed:
+        ctx.event("log", f"search schedule for {data.x_train.shape[0]} training images: {schedule.describe()} "
+                  f"(at least {schedule.min_arch_steps_per_epoch} architecture steps per search epoch and "
+                  f"{schedule.warmup_epochs * schedule.batches_per_epoch} warm-up weight steps, whatever the "
+                  "batches per epoch, so that the supernet is trained before the latency term bites and the "
+                  "probabilities can move)", schedule=asdict(schedule))
+    if config.loss_kind == "none":
+        ctx.event("log", "accuracy alone counts: every network of the space meets the target, so the search runs "
+                  "without a latency term and derives the most probable network (argmax), not one filling a "
+                  "target band; tuning then tries learning rates only (the loss strength has no effect)",
+                  accuracy_alone=True)
     ctx.progress(0.0, f"searching {layout.space} for {config.total_epochs} epochs")
     result = run_search(layout, data, model, config, checkpoint_path=checkpoint,
                         progress=lambda report: epoch_event(ctx, report, started),
@@ -144,7 +169,8 @@ def search_architecture(ctx: StageContext) -> dict[str, Any]:
     ctx.store_artifact("search-arch", arch_path)
     return {"arch": result.arch.to_dict(), "predicted_ms": round(result.expected_latency_ms, 6),
             "holdout_accuracy": round(result.holdout_accuracy, 6), "epochs": len(result.history),
-            "search_seconds": round(time.monotonic() - started, 3), "config": asdict(config)}
+            "search_seconds": round(time.monotonic() - started, 3), "config": asdict(config),
+            "schedule": schedule.describe(), "accuracy_alone": config.loss_kind == "none"}
 
 
 def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:

@@ -64,3 +64,30 @@ def test_search_with_unknown_dataset_says_what_is_accepted():
 
     assert result.exit_code == 2
     assert "digits" in result.output and "mnist-5k" in result.output
+
+
+def toy_dataset(tmp_path):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(120, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(120) % 3
+    x[y == 1, :4] = 255
+    np.savez(tmp_path / "toy.npz", x=x, y=y)
+    return str(tmp_path / "toy.npz")
+
+
+def test_search_refuses_mul_log_for_a_target_far_above_the_space_before_searching(tmp_path):
+    result = CliRunner().invoke(main, ["search", "--space", "tiny", "--dataset", toy_dataset(tmp_path),
+                                       "--target-ms", "500", "--loss", "mul#log", "--epochs", "1"])
+
+    assert result.exit_code == 2
+    assert "far above this space's networks" in result.output and "--loss auto" in result.output
+
+
+def test_search_with_a_target_every_network_meets_says_accuracy_alone_counts(tmp_path):
+    result = CliRunner().invoke(main, ["search", "--space", "tiny", "--dataset", toy_dataset(tmp_path),
+                                       "--target-ms", "500", "--epochs", "1", "--warmup-epochs", "1",
+                                       "--batch-size", "32"])
+
+    assert result.exit_code == 0, result.output
+    assert "accuracy alone counts" in result.output
+    assert "architecture:" in result.output

@@ -123,7 +123,8 @@ def test_mul_log_loss_in_microseconds_for_sub_millisecond_targets() -> None:
     with pytest.raises(ValueError, match="log_unit_ms=1e-3|smaller log_unit_ms"):
         latency_loss(ce, torch.tensor(0.8), target_ms=0.5, kind="mul#log")
     loss = latency_loss(ce, torch.tensor(0.8), target_ms=0.5, kind="mul#log", log_unit_ms=1e-3)
-    assert loss.item() == pytest.approx(1.5 * (math.log(800.0) / math.log(500.0)) ** 0.6, rel=1e-6)
+    # the defaults are the reference search script's a = 0.2, beta = 0.3
+    assert loss.item() == pytest.approx(0.2 * 1.5 * (math.log(800.0) / math.log(500.0)) ** 0.3, rel=1e-6)
     with pytest.raises(ValueError, match="expected latency > log_unit_ms"):
         latency_loss(ce, torch.tensor(0.9), target_ms=5.0, kind="mul#log")
 

@@ -146,3 +146,83 @@ def test_search_on_digits_beats_chance_by_a_wide_margin(digits):
     assert result.arch.space == "tiny" and len(result.arch.blocks) == len(tiny_layout(data).cells)
     assert result.expected_latency_ms == pytest.approx(arch_latency_ms(result.arch, model))
     assert len(result.history) == 14 and result.history[-1].phase == "search"
+
+
+def probs_of(search: ProxylessSearch) -> list[torch.Tensor]:
+    return [m.probs().detach().clone() for m in search.net.mixed_ops]
+
+
+@pytest.mark.parametrize("loss", [dict(loss_kind="mul#log"), dict(loss_kind="add#linear", loss_lambda=5.0)])
+def test_architecture_step_with_latency_term_leaves_unsampled_probabilities(small_digits, loss):
+    # arrange: a target far under E[LAT], so the latency term pulls hard on every cell
+    config = quick_config(warmup_epochs=0, target_ms=0.02, arch_lr=0.05, **loss)
+    search = ProxylessSearch(tiny_layout(small_digits), small_digits, FlopsLatencyModel(), config)
+    before = probs_of(search)
+    # act
+    search.arch_step()
+    # assert: as in the reference's two-path mode, only the sampled pair of a cell moves
+    moved = 0
+    for mixed, old, new in zip(search.net.mixed_ops, before, probs_of(search)):
+        unsampled = [k for k in range(mixed.n_choices) if k not in mixed.sampled]
+        assert torch.allclose(new[unsampled], old[unsampled], atol=1e-7, rtol=0)
+        moved += int(not torch.allclose(new, old, atol=1e-5, rtol=0))
+    assert moved > 0  # the step did learn
+
+
+def test_latency_over_all_candidates_moves_unsampled_probabilities(small_digits):
+    config = quick_config(warmup_epochs=0, target_ms=0.02, arch_lr=0.05, latency_over="all")
+    search = ProxylessSearch(tiny_layout(small_digits), small_digits, FlopsLatencyModel(), config)
+    before = probs_of(search)
+
+    search.arch_step()
+
+    shifts = [float((new - old)[[k for k in range(m.n_choices) if k not in m.sampled]].abs().max())
+              for m, old, new in zip(search.net.mixed_ops, before, probs_of(search)) if not m.is_zero_active()]
+    assert max(shifts) > 1e-4
+
+
+def test_reinforce_baseline_is_updated_before_the_advantages_as_the_reference(small_digits):
+    # arrange: plain SGD with lr 1, so alpha moves by exactly -grad
+    config = quick_config(warmup_epochs=0, strategy="rl", rl_samples=3)
+    search = ProxylessSearch(tiny_layout(small_digits), small_digits, FlopsLatencyModel(), config)
+    controller = search.strategy.controller
+    search.arch_optimizer = torch.optim.SGD(search.net.arch_parameters(), lr=1.0)
+    means, steps = [], []
+    for _ in range(3):
+        alphas = search.net.alphas_snapshot()
+        # act
+        search.arch_step()
+        rewards = controller.last_rewards
+        means.append(sum(rewards) / len(rewards))
+        steps.append((alphas, rewards, controller.last_samples, controller.baseline))
+
+    assert len(set(means)) > 1  # else both update orders would give the same trace
+    # assert: b1 = mean1, b_k = b_{k-1} + 0.99 (mean_k - b_{k-1}), by hand
+    b = means[0]
+    for k, mean in enumerate(means):
+        if k:
+            b = b + 0.99 * (mean - b)
+        assert steps[k][3] == pytest.approx(b, abs=1e-12)
+    # ... and the update of the last step uses that step's new baseline:
+    # alpha += (1/n) sum_i (r_i - b) (onehot(a_i) - softmax(alpha)) per cell
+    alphas, rewards, samples, baseline = steps[-1]
+    for cell, (mixed, before) in enumerate(zip(search.net.mixed_ops, alphas)):
+        p = torch.softmax(before, 0)
+        expected = before.clone()
+        for r, indices in zip(rewards, samples):
+            expected += (r - baseline) * (torch.nn.functional.one_hot(torch.tensor(indices[cell]), len(p)) - p) / 3
+        assert torch.allclose(mixed.alpha.detach(), expected, atol=1e-6)
+
+
+def test_reinforce_scores_networks_with_batchnorm_in_train_mode(small_digits):
+    search = ProxylessSearch(tiny_layout(small_digits), small_digits, FlopsLatencyModel(),
+                             quick_config(warmup_epochs=0, strategy="rl", rl_samples=2))
+    modes: list[bool] = []
+    for layer in search.net.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.register_forward_hook(lambda module, args, out: modes.append(module.training))
+    search.net.eval()  # whatever mode the search left it in
+
+    search.arch_step()
+
+    assert modes and all(modes)
