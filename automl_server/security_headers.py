@@ -5,7 +5,7 @@ for scripts rides in ``<script type="application/json">`` blocks, which a
 Content-Security-Policy does not execute), may not be framed by other sites
 (clickjacking), and no response is content-sniffed into another type.
 
-Deviation, stated: the API docs page (Swagger UI from the swagger-ui-bundle
+Deviation, stated: the API docs page (Swagger UI 5 from the swagger-ui-py
 package) also gets ``style-src 'unsafe-inline'``, because Swagger UI's
 bundle sets inline styles it does not let us move; its scripts are still
 'self' only.

@@ -4,15 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Response, json, send_from_directory
-from swagger_ui_bundle import swagger_ui_path
+import swagger_ui
 
 from automl_server import __version__
 from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.schemas import Health
 from automl_server.service_state import state
 
-# Served from the swagger-ui-bundle package: no CDN, works offline.
-_SWAGGER_DIR = Path(swagger_ui_path)
+# Served from the swagger-ui-py package (Swagger UI 5): no CDN, works offline.
+# Swagger UI 4 (swagger-ui-bundle's) cannot render OpenAPI 3.1, which our spec is.
+_SWAGGER_DIR = Path(swagger_ui.__file__).parent / "static"
 
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>AutoML API docs</title>

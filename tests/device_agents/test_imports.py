@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Top-level packages an agent host must never load: the service, its web framework and
 # WSGI server, its migrations and database-server drivers, its tuning, the browser tests.
 SERVICE_ONLY = ("automl_server", "flask", "werkzeug", "waitress", "alembic", "psycopg", "psycopg2",
-                "optuna", "swagger_ui_bundle", "playwright", "pydantic", "sklearn")
+                "optuna", "swagger_ui", "playwright", "pydantic", "sklearn")
 
 
 def loaded_after(statement: str, forbidden: tuple[str, ...] = SERVICE_ONLY) -> list[str]:
