@@ -1,14 +1,18 @@
 """``params.privacy_audit``: what the audit stage attacks and how hard it tries."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from automl_server.engine.privacy.optimise import DEFAULT_ITERATIONS
 
 # Pipelines whose point is that raw data need not move: audited unless the job says otherwise.
 AUDITED_BY_DEFAULT = ("fedgkt", "delayed-sgd")
+
+# Item bounds as schema constraints (not validators), so the OpenAPI spec says what is accepted.
+Sparsity = Annotated[float, Field(ge=0.0, lt=1.0, description="A share of entries zeroed, in [0, 1).")]
+NoiseVariance = Annotated[float, Field(gt=0.0, le=100.0, description="A variance above 0 and at most 100.")]
 
 
 class PrivacyAuditSettings(BaseModel):
@@ -21,10 +25,10 @@ class PrivacyAuditSettings(BaseModel):
                             "(DLG: 300; each iteration is up to 20 evaluations, as in the reference).")
     defenses: bool = Field(True, description="Also attack under each defense and measure its accuracy cost.")
     defense_samples: int = Field(2, ge=1, le=64, description="Images attacked under each defense setting.")
-    prune_sparsities: tuple[float, ...] = Field((0.1, 0.3, 0.5, 0.7, 0.9), min_length=1, max_length=10,
+    prune_sparsities: tuple[Sparsity, ...] = Field((0.1, 0.3, 0.5, 0.7, 0.9), min_length=1, max_length=10,
                                                 description="Gradient pruning: shares of smallest entries zeroed "
                                                 "(DLG: above about 30% defends).")
-    noise_variances: tuple[float, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1, max_length=10,
+    noise_variances: tuple[NoiseVariance, ...] = Field((1e-4, 1e-3, 1e-2, 1e-1), min_length=1, max_length=10,
                                                description="Gaussian noise variances added to what is shared "
                                                "(DLG's sweep).")
     larger_batch: int = Field(8, ge=2, le=64, description="Images per gradient for the larger-batch defense "
@@ -34,22 +38,6 @@ class PrivacyAuditSettings(BaseModel):
     minutes: float = Field(10.0, gt=0, le=24 * 60, description="Wall-clock cap of the audit; what is not done by "
                            "then is reported as not run. The job's budget.minutes caps it too.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the attacked images' choice and the dummies.")
-
-    @field_validator("prune_sparsities")
-    @classmethod
-    def _sparsities(cls, values: tuple[float, ...]) -> tuple[float, ...]:
-        bad = [v for v in values if not 0.0 <= v < 1.0]
-        if bad:
-            raise ValueError(f"sparsity {bad[0]} is not a share in [0, 1)")
-        return values
-
-    @field_validator("noise_variances")
-    @classmethod
-    def _variances(cls, values: tuple[float, ...]) -> tuple[float, ...]:
-        bad = [v for v in values if not 0.0 < v <= 100.0]
-        if bad:
-            raise ValueError(f"noise variance {bad[0]} must be above 0 and at most 100")
-        return values
 
 
 def audit_settings(params: dict[str, Any]) -> PrivacyAuditSettings:
