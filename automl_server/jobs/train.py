@@ -105,8 +105,7 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
     y_test = torch.from_numpy(arrays["y"][arrays["test_idx"]].astype("int64"))
     inputs = PipelineInputs(arch=arch, model=model, data=data, x_test=x_test, y_test=y_test,
                             epochs=spec.budget.train_epochs, batch_size=spec.batch_size, seed=spec.seed,
-                            work_dir=ctx.job_dir(),
-                            service={"flower_superlink": getattr(ctx.settings, "flower_superlink", None)})
+                            work_dir=ctx.job_dir())
     started = time.monotonic()
     try:
         outcome = pipeline.run(inputs, settings, StageCallbacks(ctx, deadline(ctx, spec, "train")))

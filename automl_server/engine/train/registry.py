@@ -61,8 +61,6 @@ class PipelineInputs:
     batch_size: int
     seed: int
     work_dir: Path  # the job's directory: checkpoints, artifacts, child processes' files
-    # Settings a pipeline may need from the service (e.g. a Flower SuperLink address).
-    service: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainCallbacks(Protocol):
