@@ -146,7 +146,10 @@ def run_blocks(
     """
     for block in blocks:
         if len(block) == 1:
-            x = cells[block[0]](x)
+            cell = cells[block[0]]
+            if drop_zero and isinstance(getattr(cell, "op", None), Zero) and getattr(cell, "residual", False):
+                continue  # a skipped layer on the chain: its shortcut alone, the identity
+            x = cell(x)
             continue
         outputs = []
         for index in block:

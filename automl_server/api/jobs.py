@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 from flask import Response, request, stream_with_context
@@ -306,30 +307,79 @@ def get_job_report(job_id: str) -> Response:
     return Response(json.dumps(report, indent=2), mimetype="application/json")
 
 
-@registry.operation(
-    api_blueprint, "/jobs/<job_id>/artifacts/<kind>", "GET", summary="Download one of the job's files", tag="jobs",
-    responses={200: None}, streams="application/octet-stream", errors=(404,),
-)
-def download_artifact(job_id: str, kind: str) -> Response:
-    """``kind``: onnx, tflite, arch, weights or report."""
-    from flask import send_file
+# Each kind of file: its name in a download and its media type, set explicitly (Python's
+# mimetypes reads the system's table, where .pt is "application/vnd.snesdev-page-table").
+# ONNX, TFLite and PyTorch files have no registered media type (IANA lists none; "application/onnx"
+# is unregistered and few clients know it), so they are application/octet-stream: what a
+# browser saves as a file and any HTTP client reads as bytes.
+ARTIFACT_FILES = {
+    "onnx": ("model.onnx", "application/octet-stream"),
+    "tflite": ("model.tflite", "application/octet-stream"),
+    "arch": ("arch.json", "application/json"),
+    "weights": ("weights.pt", "application/octet-stream"),
+    "report": ("report.json", "application/json"),
+    "schedule": ("schedule.json", "application/json"),
+    "privacy_grid": ("privacy-grid.png", "image/png"),
+}
+BUNDLE_MEDIA_TYPE = "application/zip"
 
+
+def _artifact_paths(session: Session, job_id: str) -> dict[str, Path]:
     from automl_server.db.models import Artifact
 
-    downloadable = {"onnx": "model.onnx", "tflite": "model.tflite", "arch": "arch.json", "weights": "model.pt",
-                    "report": "report.json", "schedule": "schedule.json", "privacy_grid": "privacy-grid.png"}
-    s = state()
-    with s.db.session() as session:
+    data_dir = state().settings.data_dir
+    return {a.kind: data_dir / a.path for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/artifacts/<kind>", "GET", summary="Download one of the job's files", tag="jobs",
+    responses={200: None}, streams=tuple(dict.fromkeys(media for _, media in ARTIFACT_FILES.values())), errors=(404,),
+)
+def download_artifact(job_id: str, kind: str) -> Response:
+    """``kind``: onnx, tflite, arch, weights, report, schedule or privacy_grid, each with its media
+    type (ONNX, TFLite and weights: application/octet-stream) and a file name saying what it is
+    (``<job>-model.onnx``). ``/artifacts/bundle`` is the zip of what an app needs."""
+    from flask import send_file
+
+    with state().db.session() as session:
         _get(session, job_id)
-        if kind not in downloadable:
-            raise ProblemError(404, "Not found", f"no artifact kind {kind!r}; accepted: {', '.join(downloadable)}",
-                               field="kind", slug="not-found")
-        artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.kind == kind))
-        if artifact is None:
+        if kind not in ARTIFACT_FILES:
+            raise ProblemError(404, "Not found", f"no artifact kind {kind!r}; accepted: "
+                               f"{', '.join([*ARTIFACT_FILES, 'bundle'])}", field="kind", slug="not-found")
+        path = _artifact_paths(session, job_id).get(kind)
+        if path is None:
             raise ProblemError(404, "Not found", f"job {job_id} has no {kind} file (yet); its stages write it",
                                field="kind", slug="not-found")
-        path = s.settings.data_dir / artifact.path
-    return send_file(path, as_attachment=True, download_name=f"{job_id}-{downloadable[kind]}", etag=True)
+    name, media = ARTIFACT_FILES[kind]
+    return send_file(path, mimetype=media, as_attachment=True, download_name=f"{job_id}-{name}", etag=True)
+
+
+@registry.operation(
+    api_blueprint, "/jobs/<job_id>/artifacts/bundle", "GET", summary="Download the deployment bundle (zip)",
+    tag="jobs", responses={200: None}, streams=BUNDLE_MEDIA_TYPE, errors=(404, 409),
+)
+def download_bundle(job_id: str) -> Response:
+    """One zip with what an app needs: model.onnx, model.tflite (when the job has one), labels.json
+    (class names in output order), preprocessing.json (input size, channels and their order, scale,
+    mean, std), report.json, example_onnxruntime.py (classifies one image file) and
+    android/Classifier.kt (the same with LiteRT), and a README.txt saying what each file is.
+    409 until the job has exported its model."""
+    from automl_server.jobs.bundle import build_bundle, deployment_of
+
+    s = state()
+    with s.db.session() as session:
+        job = _get(session, job_id)
+        files = _artifact_paths(session, job_id)
+        result = dict(job.result or {})
+        if "onnx" not in files or "export" not in result:
+            where = f"is {job.state}" + (f" (stage {job.stage})" if job.stage else "")
+            why = f": {job.error}" if job.error else ""
+            raise ProblemError(409, "Bundle not ready", f"job {job_id} {where}{why}; the bundle exists once the "
+                               "export stage has written the model", field="state", slug="bundle-not-ready")
+    labels, preprocessing = deployment_of(s.settings.artifacts_dir / job_id, result)
+    data = build_bundle(job_id, files, result, labels, preprocessing)
+    return Response(data, mimetype=BUNDLE_MEDIA_TYPE, headers={
+        "Content-Disposition": f'attachment; filename="{job_id}-bundle.zip"'})
 
 
 @registry.operation(

@@ -32,7 +32,8 @@ class Operation:
     query: type[BaseModel] | None
     responses: dict[int, type[BaseModel] | None]
     multipart: dict[str, dict[str, Any]] | None = None
-    streams: str | None = None
+    # The media type(s) of a 200 that is not JSON (a file, an event stream).
+    streams: str | tuple[str, ...] | None = None
     description: str = ""
     errors: tuple[int, ...] = ()
     # Request headers the view reads (name -> parameter fields: schema, description).
@@ -58,7 +59,7 @@ class ApiRegistry:
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         multipart: dict[str, dict[str, Any]] | None = None,
-        streams: str | None = None,
+        streams: str | tuple[str, ...] | None = None,
         description: str = "",
         errors: tuple[int, ...] = (),
         headers: dict[str, dict[str, Any]] | None = None,
@@ -137,7 +138,8 @@ class ApiRegistry:
                 if model is not None:
                     response["content"] = {"application/json": {"schema": _ref(model, schemas)}}
                 if op.streams and status == 200:
-                    response["content"] = {op.streams: {"schema": _stream_schema(op, schemas)}}
+                    media = (op.streams,) if isinstance(op.streams, str) else op.streams
+                    response["content"] = {m: {"schema": _stream_schema(op, m, schemas)} for m in media}
                 item["responses"][str(status)] = response
             for status in _error_statuses(op, auth_required and op.operation_id not in public):
                 item["responses"].setdefault(str(status), {
@@ -197,9 +199,12 @@ def _error_statuses(op: Operation, needs_token: bool) -> list[int]:
     return sorted(set(statuses))
 
 
-def _stream_schema(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Open API 3.1 has the schema of an event stream describe one event (3.2's itemSchema)."""
-    if op.streams != "text/event-stream" or op.stream_event is None:
+def _stream_schema(op: Operation, media: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """Open API 3.1 has the schema of an event stream describe one event (3.2's itemSchema);
+    a JSON file is an object, any other file a string of bytes."""
+    if media == "application/json":
+        return {"type": "object"}
+    if media != "text/event-stream" or op.stream_event is None:
         return {"type": "string"}
     return {
         "type": "object",

@@ -49,31 +49,44 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
     # The agent's TFLite writer (it builds op models with it too): a library
     # module of device_agents, the one the service may import besides task names.
     from device_agents.profiling.tflite_writer import write_tflite
+    from automl_server.jobs.bundle import deployment_info
     from automl_server.jobs.search_stage import load_split
 
     model, arch = _load_model(ctx)
     shape = (1, arch.in_channels, arch.resolution, arch.resolution)
     data, arrays = load_split(ctx)
     images = data.normalise(arrays["x"][arrays["test_idx"][:64]])
+    spec = JobSpec.from_params(ctx.params)
+    normalisation = ctx.results["train"]["normalisation"]
+    labels, preprocessing = deployment_info([str(c) for c in arrays["classes"].tolist()], normalisation, shape,
+                                            spec.static_batch)
+    # What an app needs beside the weights travels inside each model file too.
+    metadata = {"labels": json.dumps(labels), "preprocessing": json.dumps(preprocessing)}
     ctx.progress(0.1, "exporting ONNX")
-    onnx_path = export_onnx(model, shape, ctx.job_dir() / "model.onnx")
+    onnx_path = export_onnx(model, shape, ctx.job_dir() / "model.onnx", dynamic_batch=not spec.static_batch,
+                            metadata=metadata)
     onnx_check = check_onnx(model, onnx_path, images)
     if onnx_check.agree_top1 < 1.0 and onnx_check.max_abs_diff > 1e-3:
         raise StageFailed(f"the ONNX export disagrees with the PyTorch model (max |diff| "
                           f"{onnx_check.max_abs_diff:.3g}); this is a bug, please report it")
     output: dict[str, Any] = {
-        "onnx": {**ctx.store_artifact("onnx", onnx_path), "opset": 17, "max_abs_diff": onnx_check.max_abs_diff},
+        "onnx": {**ctx.store_artifact("onnx", onnx_path), "opset": 17, "max_abs_diff": onnx_check.max_abs_diff,
+                 "batch": 1 if spec.static_batch else "any"},
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "macs": count_macs(model, shape),
         "input": {"shape": list(shape), "layout": "NCHW (ONNX), NHWC (TFLite)", "dtype": "float32",
-                  "normalisation": ctx.results["train"]["normalisation"]},
+                  "normalisation": normalisation},
+        "labels": labels,
+        "preprocessing": preprocessing,
     }
     ctx.progress(0.5, "exporting TFLite")
     try:
-        tflite_path, converter = export_tflite(model, shape, ctx.job_dir() / "model.tflite", write_tflite)
+        tflite_path, converter = export_tflite(model, shape, ctx.job_dir() / "model.tflite", write_tflite, metadata)
         tflite_check = check_tflite(model, tflite_path, images)
         output["tflite"] = {**ctx.store_artifact("tflite", tflite_path), "converter": converter,
-                            "max_abs_diff": tflite_check.max_abs_diff, "agree_top1": tflite_check.agree_top1}
+                            "max_abs_diff": tflite_check.max_abs_diff, "agree_top1": tflite_check.agree_top1,
+                            # litert-torch writes no metadata table of ours (README: deviations)
+                            "metadata": converter == "builtin"}
     except Exception as exc:  # noqa: BLE001 - ONNX is the required export; TFLite is best effort
         output["tflite"] = {"skipped": f"{exc.__class__.__name__}: {exc}. Install the converter extra "
                                        "(pip install 'automl-server[tflite]') to convert any model"}

@@ -65,7 +65,11 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                     "calibrated": profile.get("calibration") is not None,
                     "calibration_rel_rmse": (profile.get("calibration") or {}).get("rel_rmse")},
         "model": {"parameters": export["parameters"], "macs": export["macs"], "onnx_bytes": export["model_bytes"],
-                  "tflite_bytes": export.get("tflite", {}).get("size_bytes"), "input": export["input"]},
+                  "tflite_bytes": export.get("tflite", {}).get("size_bytes"), "input": export["input"],
+                  "onnx_batch": export["onnx"].get("batch", 1)},
+        # The class names in the order of the model's outputs, and how to prepare an image for it.
+        "labels": export.get("labels"),
+        "preprocessing": export.get("preprocessing"),
         "cost": {"device_hours": round(device_s / 3600, 6),
                  "cpu_hours": round(0.0 if gpu else compute_s / 3600, 6),
                  "gpu_hours": round(compute_s / 3600 if gpu else 0.0, 6),
@@ -83,7 +87,9 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
         "privacy": r.get("audit"),
         "downloads": {kind: f"/api/v1/jobs/{ctx.job_id}/artifacts/{kind}"
                       for kind in ("onnx", "tflite", "arch", "weights", "schedule", "privacy_grid") if kind in _artifact_kinds(ctx)}
-                     | {"report": f"/api/v1/jobs/{ctx.job_id}/report"},
+                     | {"report": f"/api/v1/jobs/{ctx.job_id}/report",
+                        # One zip with what an app needs (api/jobs.py: download_bundle).
+                        "bundle": f"/api/v1/jobs/{ctx.job_id}/artifacts/bundle"},
     }
     path = ctx.job_dir() / "report.json"
     path.write_text(json.dumps(report, indent=2))

@@ -94,6 +94,9 @@ class JobOptions(BaseModel):
         "split once search and tuning are done (default), or stays out to show a held-out curve.")
     schedule: bool = Field(_SPEC.schedule, description="Make an IOS inter-operator schedule of the exported model "
                            "with stage latencies measured on the device (schedule stage, after export); false skips it.")
+    static_batch: bool = Field(_SPEC.static_batch, description="Export the ONNX model with a fixed batch of 1; "
+                               "by default its first dimension is dynamic (\"batch\") and any batch size runs. The "
+                               "latency is measured at batch 1 either way; the TFLite model always takes batch 1.")
     privacy_audit: PrivacyAuditSettings | None = Field(
         None, description="Privacy audit after training (audit stage): rebuild training images from what the "
         "pipeline shares (DLG, iDLG, feature inversion) under the job's settings and each defense. Default: on for "

@@ -51,6 +51,8 @@ class JobSpec:
     device_wait_s: float = 600.0
     # An IOS schedule of the exported model (stage "schedule", jobs/schedule.py); false skips the stage.
     schedule: bool = True
+    # The exported ONNX takes any batch size (its first dimension is named "batch"); true fixes it at 1.
+    static_batch: bool = False
     stop_after: str | None = None
 
     @classmethod

@@ -39,10 +39,15 @@ class UnsupportedModule(ValueError, NotImplementedError):
     """The module holds a layer this writer cannot express; the message names it."""
 
 
-def write_tflite(module: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+def write_tflite(module: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
+                 metadata: dict[str, bytes] | None = None) -> Path:
     """Write ``module``'s inference computation (BatchNorm with its running statistics, as in eval
     mode; the module itself is not changed) on an NCHW float32 input of ``input_shape`` as a TFLite
     model at ``path``.
+
+    ``metadata``: named entries of the model's metadata table (the schema's
+    ``Model.metadata``, name -> buffer), e.g. ``labels`` and ``preprocessing``
+    as JSON bytes; LiteRT ignores names it does not know.
 
     The model takes and returns NHWC tensors (TFLite's layout): input
     ``(N, H, W, C)``; a 4-D output is NHWC, a 2-D one ``(N, features)``.
@@ -57,7 +62,7 @@ def write_tflite(module: nn.Module, input_shape: tuple[int, ...], path: str | Pa
     with torch.no_grad():
         y = graph.emit(module, x)
     path = Path(path)
-    path.write_bytes(graph.finish(inputs=[x], outputs=[y]))
+    path.write_bytes(graph.finish(inputs=[x], outputs=[y], metadata=metadata or {}))
     return path
 
 
@@ -216,10 +221,18 @@ class _Graph:
         return self.op(code, inputs, out_shape, options_type, options)
 
     # -- the file ------------------------------------------------------------------
-    def finish(self, inputs: list[int], outputs: list[int]) -> bytes:
+    def finish(self, inputs: list[int], outputs: list[int], metadata: dict[str, bytes]) -> bytes:
         import flatbuffers
 
         s = self.s
+        entries = []
+        for name, payload in metadata.items():
+            buffer = s.BufferT()
+            buffer.data = np.frombuffer(payload, np.uint8).copy()
+            self.buffers.append(buffer)
+            entry = s.MetadataT()
+            entry.name, entry.buffer = name, len(self.buffers) - 1
+            entries.append(entry)
         subgraph = s.SubGraphT()
         subgraph.tensors, subgraph.inputs, subgraph.outputs = self.tensors, inputs, outputs
         subgraph.operators, subgraph.name = self.operators, "main"
@@ -232,6 +245,7 @@ class _Graph:
             opcode.builtinCode, opcode.deprecatedBuiltinCode, opcode.version = code, min(code, 127), 1
             model.operatorCodes.append(opcode)
         model.subgraphs, model.buffers = [subgraph], self.buffers
+        model.metadata = entries or None
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
         return bytes(builder.Output())

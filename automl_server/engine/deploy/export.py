@@ -16,7 +16,7 @@ import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,16 +32,40 @@ class ExportCheck:
     agree_top1: float  # share of check images with the same predicted class
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path) -> Path:
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path, *,
+                dynamic_batch: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as one ONNX file (input "input", output "logits").
+
+    ``dynamic_batch``: the first dimension of both is named ``batch`` and any
+    batch size runs; False keeps ``input_shape``'s batch fixed. The latency
+    is still measured at batch 1 (the agents feed 1 for a named dimension).
+    ``metadata``: strings written into the file's ``metadata_props`` (e.g.
+    ``labels`` and ``preprocessing`` as JSON), which any ONNX runtime reads
+    (onnxruntime: ``session.get_modelmeta().custom_metadata_map``)."""
     model.eval()
     example = torch.zeros(input_shape)
+    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["logits"])
-    # Static shapes (batch 1): the graph the device measures is then the same
-    # kind the latency table's calibration networks were measured as.
+                          input_names=["input"], output_names=["logits"], dynamic_axes=dynamic_axes)
+    if metadata:
+        write_onnx_metadata(path, metadata)
     return path
+
+
+def write_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Set ``metadata_props`` entries of the ONNX file at ``path`` (others are kept)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
 def check_onnx(model: nn.Module, path: Path, images: torch.Tensor) -> ExportCheck:
@@ -50,25 +74,31 @@ def check_onnx(model: nn.Module, path: Path, images: torch.Tensor) -> ExportChec
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # Image by image: a static-batch export takes batch 1 only.
     got = np.concatenate([session.run(None, {"input": image[None].numpy().astype(np.float32)})[0]
                           for image in images])
     return _compare(model, images, got, path)
 
 
-TFLiteWriter = Callable[[nn.Module, tuple[int, int, int, int], Path], Path]
+class TFLiteWriter(Protocol):
+    def __call__(self, module: nn.Module, input_shape: tuple[int, ...], path: Path, *,
+                 metadata: dict[str, bytes] | None = None) -> Path: ...
 
 
 def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path: Path,
-                  writer: TFLiteWriter) -> tuple[Path, str]:
+                  writer: TFLiteWriter, metadata: dict[str, str] | None = None) -> tuple[Path, str]:
     """Returns the path and the converter used ("builtin" or "litert-torch").
 
     ``writer`` is the built-in TFLite writer (``device_agents.profiling.tflite_writer.write_tflite``,
     which the agent also uses to build op models); it is passed in so that the
     engine never imports the agent. A NotImplementedError from it (a module it
-    cannot write) falls back to litert-torch where that is installed."""
+    cannot write) falls back to litert-torch where that is installed.
+    ``metadata``: named entries of the model's metadata table (the built-in
+    writer only; see ``tflite_metadata``)."""
     model.eval()
     try:
-        return writer(model, input_shape, path), "builtin"
+        entries = {k: v.encode() for k, v in (metadata or {}).items()}
+        return writer(model, input_shape, path, metadata=entries or None), "builtin"
     except NotImplementedError:
         if importlib.util.find_spec("litert_torch") is None:
             raise
@@ -76,6 +106,20 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, int, int, int], path
 
     litert_torch.convert(model, (torch.zeros(input_shape),)).export(str(path))
     return path, "litert-torch"
+
+
+def tflite_metadata(path: Path) -> dict[str, bytes]:
+    """The named entries of a TFLite file's metadata table (``Model.metadata``: name -> buffer)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    entries = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        name = (entry.Name() or b"").decode()
+        buffer = model.Buffers(entry.Buffer())
+        entries[name] = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    return entries
 
 
 def check_tflite(model: nn.Module, path: Path, images: torch.Tensor) -> ExportCheck:

@@ -52,7 +52,10 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        # A named dimension is the batch of a dynamic-batch export: the schedule is made and
+        # measured at batch 1, so its keys are those of the same network exported at batch 1.
+        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 if d.HasField("dim_param") else -1
+                                  for d in dims)
     return shapes
 
 
