@@ -76,7 +76,7 @@ def events(db, job_id: str, kind: str | None = None) -> list[JobEvent]:  # type:
     return [e for e in rows if kind is None or e.kind == kind]
 
 
-def test_push_button_job_runs_every_stage_and_reports(farm_app):
+def test_push_button_job_runs_every_stage_and_reports(farm_app, tmp_path):
     import onnxruntime as ort
     import optuna
 
@@ -85,7 +85,8 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app):
 
     # A target inside the achievable range measured on this machine, so that
     # the latency loss takes part in the search.
-    low, high = submit(client, stop_after="profile")["result"]["profile"]["achievable_ms"]
+    profiled = submit(client, stop_after="profile")
+    low, high = profiled["result"]["profile"]["achievable_ms"]
     response = client.post("/api/v1/jobs", json=job_request(latency_target_ms=(low + high) / 2))
 
     assert response.status_code == 202
@@ -122,11 +123,83 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app):
         model_bytes = onnx.data
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
+    # ... and takes a batch of 4 (its batch dimension is dynamic; the latency above is at batch 1).
+    assert session.run(None, {"input": np.zeros((4, 1, 8, 8), np.float32)})[0].shape == (4, 10)
+    assert report["model"]["onnx_batch"] == "any"
+    assert report["labels"] == [str(d) for d in range(10)]
+    check_downloads_and_bundle(client, settings, job, report, profiled, tmp_path)
     # The Optuna study is in the service's database, linked to the job.
     storage = optuna.storages.RDBStorage(settings.resolved_database_url)
     study = optuna.load_study(study_name=report["tuning"]["study_name"], storage=storage)
     assert len(study.trials) == 1 and report["tuning"]["trial_number"] == study.best_trial.number
     storage.engine.dispose()
+
+
+def check_downloads_and_bundle(client, settings, job, report, unexported, tmp_path):  # type: ignore[no-untyped-def]
+    """Each file with its media type and a name saying what it is; the deployment bundle,
+    whose example classifies a dataset image as the model does on the service's preprocessing."""
+    import io
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    import onnxruntime as ort
+    from PIL import Image
+
+    from automl_server.engine.deploy.export import tflite_metadata
+
+    expected = {"onnx": ("application/octet-stream", "model.onnx"), "tflite": ("application/octet-stream", "model.tflite"),
+                "weights": ("application/octet-stream", "weights.pt"), "arch": ("application/json", "arch.json"),
+                "report": ("application/json", "report.json")}
+    for kind, (media, name) in expected.items():
+        with client.get(f"/api/v1/jobs/{job['id']}/artifacts/{kind}") as response:
+            assert response.status_code == 200 and response.mimetype == media, (kind, response.mimetype)
+            assert response.headers["Content-Disposition"] == f"attachment; filename={job['id']}-{name}"
+
+    response = client.get(report["downloads"]["bundle"])
+    assert response.status_code == 200 and response.mimetype == "application/zip"
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{job["id"]}-bundle.zip"'
+    folder = tmp_path / "bundle"
+    with zipfile.ZipFile(io.BytesIO(response.data)) as zf:
+        assert set(zf.namelist()) == {"README.txt", "model.onnx", "model.tflite", "labels.json", "preprocessing.json",
+                                      "report.json", "example_onnxruntime.py", "android/Classifier.kt"}
+        zf.extractall(folder)
+    labels = json.loads((folder / "labels.json").read_text())
+    pre = json.loads((folder / "preprocessing.json").read_text())
+    assert labels == [str(d) for d in range(10)]  # digits' classes, in output order
+    assert (pre["height"], pre["width"], pre["channels"], pre["channel_order"]) == (8, 8, 1, "grayscale")
+    assert pre["mean"] == report["model"]["input"]["normalisation"]["mean"] and pre["scale"] == 1 / 255
+    assert "labels.json" in (folder / "README.txt").read_text()
+    # The same labels and preprocessing inside both model files.
+    meta = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert json.loads(meta.custom_metadata_map["labels"]) == labels
+    assert json.loads(meta.custom_metadata_map["preprocessing"]) == pre
+    assert json.loads(tflite_metadata(folder / "model.tflite")["labels"]) == labels
+
+    # The example, run as a user would, on a test image of the dataset saved as a PNG.
+    arrays = np.load(settings.artifacts_dir / job["id"] / "dataset.npz")
+    pixels = arrays["x"][arrays["test_idx"][0]]  # uint8 8x8x1
+    Image.fromarray(pixels[:, :, 0], "L").save(tmp_path / "digit.png")
+    run = subprocess.run([sys.executable, str(folder / "example_onnxruntime.py"), str(tmp_path / "digit.png")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    label, probability = run.stdout.strip().split("\t")
+    assert label in labels and 0.0 < float(probability) <= 1.0
+    # It prints what the model says on the image prepared as the training prepared it.
+    norm = report["model"]["input"]["normalisation"]
+    x = ((pixels.astype(np.float32) / 255 - norm["mean"]) / norm["std"]).transpose(2, 0, 1)[None]
+    (logits,) = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.astype(np.float32)})
+    probabilities = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+    assert label == labels[int(probabilities.argmax())]
+    assert float(probability) == pytest.approx(float(probabilities.max()), abs=1e-3)
+
+    # No model yet (a job that stopped after profiling): 409 saying why; no such job: 404.
+    not_ready = client.get(f"/api/v1/jobs/{unexported['id']}/artifacts/bundle")
+    assert not_ready.status_code == 409 and not_ready.mimetype == "application/problem+json"
+    assert "export" in not_ready.json["detail"]
+    assert client.get("/api/v1/jobs/no-such-job/artifacts/bundle").status_code == 404
 
 
 def test_infeasible_target_fails_early_with_the_achievable_range(farm_app):
