@@ -6,13 +6,18 @@ download, and every page captured as a screenshot under tests/web/artifacts/."""
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from tests.datasets.archives import good_zip, not_a_zip
 from tests.server.processes import cli_json, serving, wait_for
@@ -55,7 +60,7 @@ def test_upload_search_watch_and_download_in_a_browser(browser, artifacts_dir, t
                 if msg.type == "error" and "status of 422" not in msg.text else None)
         page.set_default_timeout(30_000)
         try:
-            _product_team_path(page, settings.resolved_server_url, tmp_path, artifacts_dir)
+            _product_team_path(page, settings, tmp_path, artifacts_dir)
         except Exception as exc:
             failure = exc  # raised below: serving() would replace an AssertionError with the server's log
             page.screenshot(path=artifacts_dir / "failure.png", full_page=True)
@@ -66,9 +71,10 @@ def test_upload_search_watch_and_download_in_a_browser(browser, artifacts_dir, t
     assert not errors, errors
 
 
-def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path) -> None:
+def _product_team_path(page: Any, settings: Any, tmp_path: Path, artifacts_dir: Path) -> None:
     import onnxruntime
 
+    url = settings.resolved_server_url
     # Datasets: a good archive dropped on the zone is kept; a broken one is explained next to its name.
     page.goto(f"{url}/datasets")
     drop_file(page, "#drop-zone", good_zip(tmp_path, classes=("cat", "dog"), per_class=4, size=(12, 12)))
@@ -148,6 +154,15 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     assert page.locator("#chart-accuracy svg polyline").count() >= 2
     assert page.locator("#chart-heatmap svg rect").count() > 0
     assert "Measured on the device" in page.locator("#latency-compare").inner_text()
+    # The paced and the clock's figure side by side, in ms, with the sentence saying why they differ.
+    for key in ("paced", "clock"):
+        assert page.locator(f'#latency-compare tr[data-latency="{key}"] td').inner_text().endswith(" ms")
+    assert "The clock measured" in page.locator("#pace-note").inner_text()
+    # No chart of latencies has an axis below zero (the target, 10 ms, is far above the networks' ~0.01 ms).
+    ticks = page.evaluate("() => [...document.querySelectorAll('#chart-latency svg text[text-anchor=end]')]"
+                          ".map((t) => t.textContent)")
+    values = [float(t) for t in ticks if t.replace(".", "", 1).replace("-", "", 1).replace("e", "", 1).isdigit()]
+    assert len(values) == 5 and min(values) >= 0, ticks
     assert page.locator("#log tr").count() > 10
 
     # The architecture diagram: one box per layer (8 cells of tiny plus 4 fixed layers).
@@ -169,6 +184,22 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     shape = [d if isinstance(d, int) else 1 for d in first.shape]
     (logits,) = session.run(None, {first.name: np.zeros(shape, dtype=np.float32)})
     assert logits.shape == (1, 10)
+
+    # The bundle: one zip whose example classifies a dataset image with the downloaded files.
+    with page.expect_download() as download_info:
+        page.locator("#bundle").click()
+    assert download_info.value.suggested_filename == f"{job_id}-bundle.zip"
+    bundle = tmp_path / "bundle.zip"
+    download_info.value.save_as(bundle)
+    with zipfile.ZipFile(bundle) as zf:
+        zf.extractall(tmp_path / "bundle")
+    arrays = np.load(settings.artifacts_dir / job_id / "dataset.npz")
+    Image.fromarray(arrays["x"][0][:, :, 0], "L").save(tmp_path / "digit.png")
+    run = subprocess.run([sys.executable, str(tmp_path / "bundle" / "example_onnxruntime.py"), str(tmp_path / "digit.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    labels = json.loads((tmp_path / "bundle" / "labels.json").read_text())
+    assert run.stdout.split("\t")[0] in labels
 
     # Now the device is profiled: the form shows the range and warns below it.
     page.goto(f"{url}/new?dataset=digits&device=local-cpu")

@@ -46,9 +46,13 @@ const Charts = (() => {
     if (opts.hline) ys = ys.concat([opts.hline.y]);
     const xMin = Math.min(...xs), xMax = Math.max(...xs, xMin + 1);
     let yMin = opts.yMin ?? Math.min(...ys), yMax = opts.yMax ?? Math.max(...ys);
-    if (yMax - yMin < 1e-12) { yMax += Math.abs(yMax) * 0.1 + 1e-6; yMin -= Math.abs(yMin) * 0.1 + 1e-6; }
+    // Quantities that cannot be negative (latencies, accuracies, bytes, losses) keep their axis at >= 0:
+    // the padding below the lowest value stops at zero.
+    const floor = ys.every((v) => v >= 0) ? 0 : -Infinity;
+    if (yMax - yMin < 1e-12) { yMax += Math.abs(yMax) * 0.1 + 1e-6; yMin = Math.max(floor, yMin - Math.abs(yMin) * 0.1 - 1e-6); }
     const pad = opts.yMin === undefined ? (yMax - yMin) * 0.08 : 0;
-    yMin -= pad; const yTop = yMax + (opts.yMax === undefined ? (yMax - yMin) * 0.08 : 0);
+    yMin = Math.max(floor, yMin - pad);
+    const yTop = yMax + (opts.yMax === undefined ? (yMax - yMin) * 0.08 : 0);
     const x = (v) => L + (W - L - R) * (v - xMin) / (xMax - xMin);
     const y = (v) => T + (H - T - B) * (1 - (v - yMin) / (yTop - yMin));
     const root = svg(W, H);

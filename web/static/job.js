@@ -203,7 +203,7 @@
     const latNode = document.getElementById("chart-latency");
     const latPoints = searchMetrics.filter((m) => m.expected_latency_ms != null).map((m, i) => [i + 1, m.expected_latency_ms]);
     Charts.line(latNode, [{ name: "expected latency of the search's network", color: Charts.PALETTE[4], points: latPoints }],
-      { xLabel: "search epoch", yLabel: "ms", hline: { y: job.latency_target_ms, label: `target ${fmtMs(job.latency_target_ms)}` } });
+      { xLabel: "search epoch", yLabel: "expected latency (ms)", hline: { y: job.latency_target_ms, label: `target ${fmtMs(job.latency_target_ms)}` } });
     if (latPoints.length) latNode.setAttribute("aria-label", `Expected latency per search epoch, last ${fmtMs(latPoints[latPoints.length - 1][1])}, target ${fmtMs(job.latency_target_ms)}`);
 
     const layout = data.layout;
@@ -296,25 +296,42 @@
       ({ label, value: lat[k], color: Charts.PALETTE[i % Charts.PALETTE.length] })), { unit: " ms" });
   }
 
+  /** One sentence on the clock's figure beside the paced one (latency_db/pace.py). */
+  function paceSentence(measured, clock) {
+    if (clock == null || measured == null) return "";
+    const ratio = clock / measured;
+    const how = Math.abs(ratio - 1) < 0.02 ? "at about the same speed as"
+      : ratio < 1 ? `${(1 / ratio).toFixed(2)}× faster than` : `${ratio.toFixed(2)}× slower than`;
+    return `The clock measured ${fmtMs(clock)}; the figure at the device's pace (${fmtMs(measured)}) is that time rescaled to ` +
+      `the speed the device had when it was first profiled, using a fixed reference workload timed beside every measurement, ` +
+      `so that it compares with the latency table's prediction and your target: during this measurement the device ran ${how} then.`;
+  }
+
   function showLatency(report) {
     const target = job.latency_target_ms;
     const v = job.result.verify || {};
     const predicted = report ? report.latency.predicted_ms : v.predicted_ms;
     const measured = report ? report.latency.measured_ms : v.measured_ms;
+    const clock = report ? report.latency.raw_measured_ms : v.raw_measured_ms;
     const range = report ? report.latency.achievable_ms : achievable;
     const box = document.getElementById("latency-compare");
     box.replaceChildren();
     if (measured == null) return;
-    const rows = [["Your target", target], ["Predicted by the latency table", predicted], ["Measured on the device", measured]];
-    const table = el("table", { class: "latency-table" }, el("tbody", {}, ...rows.map(([label, value]) =>
-      el("tr", {}, el("th", { scope: "row", text: label }), el("td", { text: fmtMs(value) })))));
+    const rows = [["Your target", target], ["Predicted by the latency table", predicted],
+      ["Measured on the device, at its profiled pace", measured, "paced"], ["Measured on the device, by the clock", clock, "clock"]];
+    const table = el("table", { class: "latency-table" }, el("tbody", {}, ...rows.filter(([, value]) => value != null).map(([label, value, key]) =>
+      el("tr", key ? { "data-latency": key } : {}, el("th", { scope: "row", text: label }), el("td", { text: fmtMs(value) })))));
     if (range) table.tBodies[0].append(el("tr", {}, el("th", { scope: "row", text: "Possible on this device (fastest – slowest network)" }), el("td", { text: `${fmtMs(range[0])} – ${fmtMs(range[1])}` })));
     box.append(table);
-    const chart = el("div", { class: "chart", role: "img", "aria-label": `Target ${fmtMs(target)}, predicted ${fmtMs(predicted)}, measured ${fmtMs(measured)}` });
+    const sentence = paceSentence(measured, clock);
+    if (sentence) box.append(el("p", { id: "pace-note", class: "help", text: sentence }));
+    const chart = el("div", { class: "chart", role: "img", "aria-label": `Target ${fmtMs(target)}, predicted ${fmtMs(predicted)}, measured ${fmtMs(measured)} at the device's profiled pace` +
+      (clock != null ? `, ${fmtMs(clock)} by the clock` : "") });
     box.append(chart);
     Charts.bars(chart, [
       { label: "predicted by the table", value: predicted, color: Charts.PALETTE[0] },
-      { label: "measured on the device", value: measured, color: Charts.PALETTE[2] },
+      { label: "measured, at its pace", value: measured, color: Charts.PALETTE[2] },
+      ...(clock != null ? [{ label: "measured, by the clock", value: clock, color: Charts.PALETTE[6] }] : []),
     ], { marker: { value: target, label: `your target ${fmtMs(target)}` },
          band: range ? { from: range[0], to: range[1], label: "green: possible on this device" } : null });
     const ratio = predicted ? measured / predicted : null;
@@ -336,7 +353,8 @@
     body.replaceChildren(
       el("div", { class: "big-numbers" },
         el("div", {}, el("strong", { text: fmtPct(acc) }), "right on new test images"),
-        el("div", {}, el("strong", { text: fmtMs(lat.measured_ms) }), `per image on ${report.device}`),
+        el("div", {}, el("strong", { text: fmtMs(lat.measured_ms) }), `per image on ${report.device} at its profiled pace` +
+          (lat.raw_measured_ms != null ? ` (${fmtMs(lat.raw_measured_ms)} by the clock)` : "")),
         el("div", {}, el("strong", { text: `${(report.model.onnx_bytes / 1024).toFixed(0)} KiB` }), `${report.model.parameters.toLocaleString()} parameters`)),
       el("p", { text: `${met ? "It meets your target" : "It misses your target"} of ${fmtMs(report.latency_target_ms)}. ` +
         `Before searching, the service measured every building block on ${report.device}: networks of this space take from ` +
@@ -351,6 +369,10 @@
     const labels = { onnx: "ONNX model (onnxruntime)", tflite: "TFLite model (LiteRT, Android)", arch: "Architecture (JSON)", weights: "PyTorch weights", report: "Report (JSON)" };
     list.replaceChildren(...Object.keys(labels).filter((k) => report.downloads[k]).map((kind) =>
       el("li", {}, el("a", { href: `${base}/artifacts/${kind}`, download: "", "data-download": kind, text: labels[kind] }))));
+    const bundle = document.getElementById("bundle");
+    bundle.href = `${base}/artifacts/bundle`;
+    bundle.hidden = false;
+    document.getElementById("bundle-help").hidden = false;
     drawCharts();
   }
 
