@@ -1,12 +1,21 @@
 """The product team's path in a real browser (Chromium through Playwright)
 against `automl serve` with its worker and local CPU agent: upload by drag
-and drop, a refused archive explained, a search started from the form, the
-stage timeline followed to the end, the architecture diagram, the ONNX
-download, and every page captured as a screenshot under tests/web/artifacts/."""
+and drop, a refused archive explained, the first job guided on the freshly
+uploaded dataset (its range measured by a profile-only job, the suggested
+target, the expected duration), the stage timeline followed to the end, the
+architecture diagram, the ONNX download, a comparison of two runtimes started
+from the form, and every page captured as a screenshot at 390 px and 1280 px
+under tests/web/artifacts/ with no horizontal overflow on the phone width,
+readable chart text, and no serious or critical axe-core violation. Also the
+login flow against a server bound to a non-loopback address."""
 from __future__ import annotations
 
 import base64
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,48 @@ from tests.server.processes import cli_json, serving, wait_for
 pytestmark = pytest.mark.slow
 
 STAGES = ["validate", "profile", "search", "tune", "train", "export", "schedule", "verify", "report"]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+# The smallest rendered text an SVG chart may draw on the phone width (px; 11 px asked, 0.5 px of rounding).
+MIN_CHART_TEXT_PX = 10.5
+_SVG_TEXT_PX = """() => [...document.querySelectorAll('svg text')].filter((t) => t.getClientRects().length)
+    .map((t) => { const m = t.getScreenCTM(); return parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b); })"""
+
+
+def serious_axe_violations(page: Any) -> list[str]:
+    """axe-core (bundled in axe-playwright-python: no network) on the page as it is: serious or critical only."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    violations = Axe().run(page).response["violations"]
+    return [f"{page.url}: {v['id']} ({v['impact']}): {v['help']}; e.g. {v['nodes'][0]['target']}"
+            for v in violations if v["impact"] in ("serious", "critical")]
+
+
+def check_on_every_screen(browser: Any, url: str, paths: dict[str, tuple[str, str]], artifacts_dir: Path) -> None:
+    """Each page at 390 px (a phone) and 1280 px: a screenshot of each, no
+    horizontal overflow and chart text of at least MIN_CHART_TEXT_PX on the
+    phone, and no serious or critical axe-core violation at either width.
+    ``paths``: name -> (path, a selector that is there once the page has drawn)."""
+    problems: list[str] = []
+    for width, viewport in (("390", PHONE), ("1280", DESKTOP)):
+        context = browser.new_context(viewport=viewport)
+        page = context.new_page()
+        try:
+            for name, (path, ready) in paths.items():
+                page.goto(f"{url}{path}")
+                page.locator(ready).first.wait_for()
+                page.screenshot(path=artifacts_dir / f"{name}-{width}.png", full_page=True)
+                if viewport is PHONE:
+                    scroll, inner = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+                    if scroll > inner:
+                        problems.append(f"{path}: {scroll} px wide at {inner} px (horizontal overflow)")
+                    small = [round(px, 1) for px in page.evaluate(_SVG_TEXT_PX) if px < MIN_CHART_TEXT_PX]
+                    if small:
+                        problems.append(f"{path}: {len(small)} chart labels under {MIN_CHART_TEXT_PX} px: {small[:5]}")
+                problems += serious_axe_violations(page)
+        finally:
+            context.close()
+    assert not problems, "\n".join(problems)
 
 
 def drop_file(page: Any, selector: str, path: Path) -> None:
@@ -189,3 +240,88 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.goto(f"{url}/compare")
     assert page.locator("#scatter svg circle").count() == 1
     page.screenshot(path=artifacts_dir / "compare.png", full_page=True)
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its network (no packet is sent: UDP connect only picks the route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere, only used to choose an interface
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@contextmanager
+def _served_off_loopback(tmp_path: Path, database_url: str) -> Iterator[tuple[Any, str]]:
+    """The web app (no worker needed for pages and logins) on a real socket at
+    the machine's non-loopback address: auth_mode "auto" then asks for a token."""
+    from werkzeug.serving import make_server
+
+    from automl_server.app import create_app
+    from automl_server.celery_app import make_celery
+    from automl_server.db.engine import get_database
+    from automl_server.db.migrate import upgrade
+    from tests.conftest import make_settings
+
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    upgrade(get_database(database_url))
+    settings = make_settings(tmp_path, database_url, host=address)
+    app = create_app(settings, celery=make_celery(settings))
+    server = make_server(address, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app, f"http://{address}:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_login_off_loopback_in_a_browser(browser, artifacts_dir, tmp_path):
+    """Bound to a non-loopback address, every page asks for an API token; the
+    session cookie then opens the pages and the API (writes with the page's
+    CSRF token only), and logging out closes them again."""
+    from automl_server.auth import create_token
+
+    with _served_off_loopback(tmp_path, f"sqlite:///{tmp_path / 'login.db'}") as (app, url):
+        assert app.extensions["automl"].settings.auth_required
+        with app.extensions["automl"].db.session() as session:
+            secret = create_token(session, "browser-test").secret
+        context = browser.new_context(viewport=PHONE)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        try:
+            page.goto(f"{url}/devices")
+            assert page.url.startswith(f"{url}/login") and "next=/devices" in page.url
+            assert requests.get(f"{url}/api/v1/devices", timeout=10).status_code == 401
+            page.fill("#token", secret + "x")
+            page.locator("button[type=submit]").press("Enter")
+            assert "was not accepted" in page.locator("#token-error").inner_text()
+            assert page.locator("#token").get_attribute("aria-invalid") == "true"
+            assert not serious_axe_violations(page)
+            page.screenshot(path=artifacts_dir / "login-refused-390.png", full_page=True)
+            page.fill("#token", secret)
+            page.locator("button[type=submit]").press("Enter")
+            page.wait_for_url(f"{url}/devices")
+            assert page.locator("h1").inner_text() == "Device farm"
+            # The page's own API calls ride on the session; a write needs the page's CSRF token.
+            created = page.evaluate("""() => AutoML.api("POST", "/api/v1/devices",
+                {name: "pi-5", kind: "raspberry-pi", runtimes: [{name: "litert"}]}).then((d) => d.name)""")
+            forged = page.evaluate("""() => fetch("/api/v1/devices", {method: "POST", credentials: "same-origin",
+                headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: "pi-6", kind: "cpu",
+                runtimes: [{name: "litert"}]})}).then((r) => r.status)""")
+            assert created == "pi-5" and forged == 403
+            page.reload()
+            assert "pi-5" in page.locator("main").inner_text()
+            page.locator("header form button[type=submit]").click()  # Log out
+            page.wait_for_url(f"{url}/login*")
+            page.goto(f"{url}/")
+            assert page.url.startswith(f"{url}/login")
+        finally:
+            context.close()
+    assert not errors, errors
