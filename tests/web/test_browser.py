@@ -106,7 +106,14 @@ def test_upload_search_watch_and_download_in_a_browser(browser, artifacts_dir, t
                 if msg.type == "error" and "status of 422" not in msg.text else None)
         page.set_default_timeout(30_000)
         try:
-            _product_team_path(page, settings.resolved_server_url, tmp_path, artifacts_dir)
+            url = settings.resolved_server_url
+            job_id, comparison_path = _product_team_path(page, url, tmp_path, artifacts_dir)
+            check_on_every_screen(browser, url, {
+                "jobs": ("/", "#jobs-table"), "datasets": ("/datasets", "#dataset-faces"),
+                "devices": ("/devices", "#device-local-cpu"), "new-search": ("/new", "#estimate:not(:empty)"),
+                "job": (f"/jobs/{job_id}", "#chart-heatmap svg"), "compare": ("/compare", "#scatter svg"),
+                "comparison": (comparison_path, "#comparison-matrix tbody tr")},
+                artifacts_dir)
         except Exception as exc:
             failure = exc  # raised below: serving() would replace an AssertionError with the server's log
             page.screenshot(path=artifacts_dir / "failure.png", full_page=True)
@@ -117,7 +124,7 @@ def test_upload_search_watch_and_download_in_a_browser(browser, artifacts_dir, t
     assert not errors, errors
 
 
-def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path) -> None:
+def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path) -> tuple[str, str]:
     import onnxruntime
 
     # Datasets: a good archive dropped on the zone is kept; a broken one is explained next to its name.
@@ -135,6 +142,11 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.locator("#dataset-good summary").click()
     page.wait_for_function("() => document.querySelector('#dataset-good img').naturalWidth > 0")
     page.screenshot(path=artifacts_dir / "datasets.png", full_page=True)
+    # The dataset the first job is guided on: never seen by the service, 2 classes of 20 images at 12x12.
+    (tmp_path / "faces").mkdir()
+    faces = good_zip(tmp_path / "faces", classes=("face", "other"), per_class=20, size=(12, 12))
+    drop_file(page, "#drop-zone", faces.rename(tmp_path / "faces.zip"))
+    page.locator("#dataset-faces").wait_for()
 
     # Delete with confirmation: the dialog first, then the card goes.
     page.locator('#dataset-good button[data-delete]').click()
@@ -158,19 +170,35 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.locator("#swagger-ui .opblock-summary-path", has_text="/jobs").first.wait_for()
     assert "Unable to render" not in page.locator("#swagger-ui").inner_text()
 
-    # New search: nothing profiled yet on this fresh farm, so the page says the job will do it.
+    # New search, guided: nothing profiled yet for this dataset's size, so the page offers to measure it;
+    # a profile-only job does (its progress shown), then the range, a suggested target placed on it and the
+    # expected duration (no recent job yet) are there before anything is submitted.
     page.goto(f"{url}/new")
-    page.select_option("#dataset", "digits")
+    page.select_option("#dataset", "faces")
     page.select_option("#device", "local-cpu")
     page.select_option("#runtime", "onnxruntime")
     page.select_option("#space", "tiny")
     page.wait_for_function("() => document.getElementById('range-info').textContent.includes('not profiled yet')")
-    page.fill("#target", "10")  # every tiny network meets it: the flow never depends on this CPU's speed
+    assert "no recent jobs on local-cpu" in page.locator("#estimate").inner_text()
     for name, value in (("warmup_epochs", 1), ("search_epochs", 2), ("tune_trials", 1), ("tune_epochs", 1),
                         ("train_epochs", 2)):
         page.fill(f"#budget-{name}", str(value))
-    page.locator("details.field summary").click()
+    page.locator("#advanced summary").click()
     page.fill("#param-calibration_networks", "5")
+    page.locator("#measure").click()
+    page.locator("#measure-status progress").wait_for()
+    page.screenshot(path=artifacts_dir / "new-search-measuring.png", full_page=True)
+    page.wait_for_function("() => document.getElementById('range-info').textContent.includes('Achievable on local-cpu')",
+                           timeout=120_000)
+    assert "Measured in" in page.locator("#measure-status").inner_text()
+    assert page.locator("#measure-box").is_hidden()
+    info = page.locator("#range-info")
+    shown = [float(info.get_attribute("data-fastest-ms") or "nan"), float(info.get_attribute("data-slowest-ms") or "nan")]
+    suggested = float(page.locator("#target").input_value())  # filled in: the middle of the range
+    assert shown[0] < suggested < shown[1], (shown, suggested)
+    assert "Suggested target" in page.locator("#suggestion").inner_text()
+    assert "inside the range" in page.locator("#target-position").inner_text()
+    assert page.locator("#range-bar svg rect").count() == 1 and page.locator("#range-bar svg line").count() == 2
     page.screenshot(path=artifacts_dir / "new-search.png", full_page=True)
     page.locator("#start").press("Enter")  # keyboard operable (and no click racing the screenshot's re-layout)
     page.wait_for_url(f"{url}/jobs/*")
@@ -219,15 +247,47 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     first = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in first.shape]
     (logits,) = session.run(None, {first.name: np.zeros(shape, dtype=np.float32)})
-    assert logits.shape == (1, 10)
+    assert logits.shape == (1, 2)
+    # The range New search showed is the one the job recorded (one function, one latency table).
+    job = requests.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()
+    assert job["result"]["profile"]["achievable_ms"] == shown and job["latency_target_ms"] == suggested
 
-    # Now the device is profiled: the form shows the range and warns below it.
-    page.goto(f"{url}/new?dataset=digits&device=local-cpu")
+    # Now the device is profiled: the form shows the range at once, warns below it, and estimates from the job.
+    page.goto(f"{url}/new?dataset=faces&device=local-cpu")
     page.select_option("#runtime", "onnxruntime")
     page.select_option("#space", "tiny")
     page.wait_for_function("() => document.getElementById('range-info').textContent.includes('Achievable on local-cpu')")
+    assert page.locator("#measure-box").is_hidden()
     page.fill("#target", "0.000001")
     assert "Out of range" in page.locator("#target-warning").inner_text()
+    page.wait_for_function("() => document.getElementById('estimate').textContent.includes('from 1 recent job')")
+
+    # A comparison started from the form: both runtimes of the local CPU, the smallest budget. Its page lists
+    # the searches and the matrix and follows them live (the whole comparison, a second runtime to profile
+    # and two searches, is left running: minutes this suite cannot spend; tests/server covers its matrix).
+    page.fill("#target", "10")  # every tiny network meets it under either runtime
+    for name, value in (("warmup_epochs", 0), ("search_epochs", 1), ("tune_trials", 0), ("train_epochs", 1)):
+        page.fill(f"#budget-{name}", str(value))
+    page.locator("#compare-box summary").click()
+    page.locator("#start-comparison").click()
+    assert "two or more" in page.locator("#compare-error").inner_text()
+    page.check('input[name="compare-device"][value="local-cpu:onnxruntime"]')
+    page.check('input[name="compare-device"][value="local-cpu:pytorch"]')
+    page.locator("#start-comparison").click()
+    page.wait_for_url(f"{url}/comparisons/*")
+    comparison_path = page.url[len(url):]
+    comparison = requests.get(f"{url}/api/v1{comparison_path}", timeout=10).json()
+    assert [(t["device"], t["runtime"]) for t in comparison["targets"]] == [("local-cpu", "onnxruntime"),
+                                                                          ("local-cpu", "pytorch")]
+    first = requests.get(f"{url}/api/v1/jobs/{comparison['jobs'][0]['id']}", timeout=10).json()
+    assert first["params"]["budget"]["search_epochs"] == 1 and first["latency_target_ms"] == 10
+    assert page.locator("#comparison-jobs tr").count() == 2
+    assert page.locator("#comparison-matrix tbody tr").count() == 2
+    assert "Still running" in page.locator("#comparison-state").inner_text()
+    # Live: the page shows the first search start without a reload.
+    page.wait_for_function("() => document.querySelector('#comparison-jobs tr .badge').textContent === 'running'",
+                           timeout=60_000, polling=500)
+    page.screenshot(path=artifacts_dir / "comparison-running.png", full_page=True)
 
     # Home and compare list the finished job with its accuracy and measured latency.
     page.goto(url)
@@ -239,7 +299,9 @@ def _product_team_path(page: Any, url: str, tmp_path: Path, artifacts_dir: Path)
     page.screenshot(path=artifacts_dir / "devices-profiled.png", full_page=True)
     page.goto(f"{url}/compare")
     assert page.locator("#scatter svg circle").count() == 1
+    assert page.locator(f'.matrix caption a[href="{comparison_path}"]').count() == 1
     page.screenshot(path=artifacts_dir / "compare.png", full_page=True)
+    return job_id, comparison_path
 
 
 def _non_loopback_address() -> str | None:
