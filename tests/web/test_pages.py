@@ -5,6 +5,7 @@ The whole flow in a real browser is in test_browser.py."""
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -365,3 +366,30 @@ def test_repeated_unknown_api_tokens_wait_longer_each_time(locked_app):
         assert guess() == 401  # after waiting, the attempt is checked (and fails)
 
     assert first_five == [401] * 5 and waits == [1, 2, 4]
+
+
+def test_a_comparisons_page_carries_its_matrix_for_the_live_view(client, app):
+    from automl_server.db.models import Comparison
+
+    targets = [{"device": "pi", "runtime": "onnxruntime"}, {"device": "phone", "runtime": "litert"}]
+    with app.extensions["automl"].db.session() as session:
+        comparison = Comparison(dataset_name="pets", targets=targets, cells={"pi:onnxruntime|phone:litert": 2.5})
+        session.add(comparison)
+        session.flush()
+        for target, ms in zip(targets, (1.5, 0.8)):
+            session.add(Job(dataset_name="pets", device_name=target["device"], runtime=target["runtime"], space="tiny",
+                            pipeline="standard", latency_target_ms=1.0, params={}, state="succeeded",
+                            comparison_id=comparison.id,
+                            result={"report": {"accuracy": {"test": 0.9}, "latency": {"measured_ms": ms}}}))
+        comparison_id = comparison.id
+
+    page = client.get(f"/comparisons/{comparison_id}")
+    listed = client.get("/compare").get_data(as_text=True)
+    missing = client.get("/comparisons/nope")
+
+    html = page.get_data(as_text=True)
+    data = json.loads(re.search(r'id="comparison-data">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
+    assert page.status_code == 200 and "Comparison on pets" in html
+    assert data["matrix"] == [[1.5, 2.5], [None, 0.8]] and data["done"] is False  # phone's network not yet on pi
+    assert f'href="/comparisons/{comparison_id}"' in listed and "New search" in listed
+    assert missing.status_code == 404
