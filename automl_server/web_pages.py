@@ -2,7 +2,7 @@
 and REST API that pipelines use; the pages' JavaScript (web/static) calls the
 API for everything that changes data or updates live.
 
-Pages: jobs (home), datasets, device farm, new search, a job, compare, login.
+Pages: jobs (home), datasets, device farm, new search, a job, compare, a comparison, login.
 In non-local mode (Settings.auth_required) every page needs a login with an
 API token, kept in the session cookie; api/ui.py lets the API accept it.
 """
@@ -343,6 +343,20 @@ def compare_page() -> str:
                                "accuracy": row["accuracy"], "measured_ms": row["measured_ms"],
                                "target_ms": job.latency_target_ms, "dataset": job.dataset_name, "space": job.space})
     return render_template("compare.html", comparisons=comparisons, points=points)
+
+
+@web.get("/comparisons/<comparison_id>")
+def comparison_page(comparison_id: str) -> str:
+    """One comparison: its jobs, the specialisation matrix and the accuracy
+    against the latency on each device, refreshed by comparison.js while it runs."""
+    from automl_server.api.comparisons import to_out
+
+    with _state().db.session() as db_session:
+        comparison = db_session.get(Comparison, comparison_id)
+        if comparison is None:
+            abort(404)
+        data = to_out(db_session, comparison).model_dump(mode="json")
+    return render_template("comparison.html", comparison=data)
 
 
 def init_app(app: Flask) -> None:

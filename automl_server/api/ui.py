@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.datasets import find_dataset
 from automl_server.api.problems import ProblemError, not_found
-from automl_server.api.schemas import NAME_PATTERN, Strict
+from automl_server.api.schemas import NAME_PATTERN, JobBudget, Strict
 from automl_server.db.engine import Database
 from automl_server.db.models import Dataset
 from automl_server.service_state import state
@@ -164,11 +164,12 @@ class AchievableRange(BaseModel):
 
 def achievable_range(db: Database, device: str, runtime: str | None, row: Dataset, space: str) -> AchievableRange:
     """The latency range (fastest, slowest network) of ``space`` on a device at
-    the dataset's shape, as the job's profile stage computes it; ``profiled``
-    false while the latency table lacks ops (the job measures them first)."""
-    from automl_server.jobs.profile import achievable_range_ms
-    from automl_server.profiling import ProfilingError, predictor, repository, resolve_target
-    from search_spaces import get_space, op_key, space_keys
+    the dataset's shape, by the function the job's profile stage records it
+    with (jobs/profile.target_range_ms); ``profiled`` false while the latency
+    table lacks ops (the job, or a profile-only job, measures them first)."""
+    from automl_server.jobs.profile import target_range_ms
+    from automl_server.profiling import ProfilingError, repository, resolve_target
+    from search_spaces import get_space, space_keys
 
     try:
         target = resolve_target(db, device, runtime)
@@ -192,10 +193,9 @@ def achievable_range(db: Database, device: str, runtime: str | None, row: Datase
             **base, profiled=False, fastest_ms=None, slowest_ms=None, calibrated=False,
             message=f"not profiled yet: the job will profile it first ({len(missing)} of {len(keys)} "
                     f"operations of {space} still need measuring on {device})")
-    lat = predictor(db, target, space=space, resolution=layout.resolution)
-    fastest, slowest = achievable_range_ms(layout, lat.op_model(op_key(layout, layout.fixed[0])))
+    fastest, slowest, lat = target_range_ms(db, target, layout)  # what the job's profile stage records
     return AchievableRange(
-        **base, profiled=True, fastest_ms=round(fastest, 6), slowest_ms=round(slowest, 6),
+        **base, profiled=True, fastest_ms=fastest, slowest_ms=slowest,
         calibrated=lat.calibration is not None,
         message=f"networks of {space} on {device} ({target.runtime}) run in {fastest:.4g}-{slowest:.4g} ms")
 
@@ -215,6 +215,102 @@ def device_achievable_range(name: str, query: RangeQuery) -> AchievableRange:
             raise not_found("dataset", query.dataset)
         db_session.expunge(row)
     return achievable_range(s.db, name, query.runtime, row, query.space)
+
+
+# -- how long a job will take -------------------------------------------------------
+RECENT_JOBS = 10
+
+
+class EstimateQuery(JobBudget):
+    dataset: str = Field(description="Dataset id or name: epochs cost in proportion to its images.")
+    tune: bool = Field(True, description="Whether the job runs the tune stage (its trials count).")
+
+
+class DurationEstimate(BaseModel):
+    device: str
+    seconds: float | None = Field(description="Expected wall time of the job; null without recent jobs.")
+    jobs_used: int = Field(description="Recent finished jobs on this device the estimate is drawn from.")
+    seconds_per_unit: float | None = Field(description="Median seconds per image-epoch of those jobs.")
+    units: int = Field(description="The job's image-epochs: budget epochs times the dataset's images.")
+    message: str = Field(description="The estimate in words.")
+
+
+def budget_epochs(budget: dict[str, Any], tune: bool) -> int:
+    """Epochs a budget asks for: warm-up, search, tuning trials (when tuning) and training."""
+    from automl_server.jobs.spec import Budget
+
+    b = Budget.from_dict(budget)
+    return b.warmup_epochs + b.search_epochs + (b.tune_trials * b.tune_epochs if tune else 0) + b.train_epochs
+
+
+def _in_words(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(10, round(seconds / 10) * 10):.0f} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60):.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_duration(db: Database, device: str, images: int, budget: dict[str, Any], tune: bool,
+                      minutes: float | None = None) -> DurationEstimate:
+    """The job's wall time from this service's recent finished search jobs on
+    ``device``: the median of their seconds per image-epoch (budget epochs x
+    dataset images) times this job's image-epochs; capped by the budget's
+    minutes (plus what the recent jobs spent outside the capped stages, at most)."""
+    from sqlalchemy import select
+
+    from automl_server.db.models import Job, JobState
+
+    units = budget_epochs(budget, tune) * max(images, 1)
+    with db.session() as session:
+        rows = session.scalars(
+            select(Job).where(Job.device_name == device, Job.state == JobState.SUCCEEDED.value,
+                              Job.started_at.is_not(None), Job.finished_at.is_not(None))
+            .order_by(Job.finished_at.desc()).limit(RECENT_JOBS * 5))
+        rates: list[float] = []
+        for job in rows:
+            if job.params.get("stop_after") or len(rates) >= RECENT_JOBS:
+                continue  # a job ended early (profile only) says nothing about a whole one
+            images_then = int((job.result.get("validate") or {}).get("num_samples") or 0)
+            epochs = budget_epochs(job.params.get("budget") or {}, bool(job.params.get("tune", True)))
+            seconds = (job.finished_at - job.started_at).total_seconds()  # type: ignore[operator]
+            if images_then > 0 and epochs > 0 and seconds > 0:
+                rates.append(seconds / (epochs * images_then))
+    if not rates:
+        return DurationEstimate(device=device, seconds=None, jobs_used=0, seconds_per_unit=None, units=units,
+                                message=f"no recent jobs on {device} to estimate from")
+    rate = float(np.median(rates))
+    seconds = rate * units
+    if minutes is not None:
+        seconds = min(seconds, minutes * 60 * 1.2)
+    plural = "job" if len(rates) == 1 else "jobs"
+    return DurationEstimate(device=device, seconds=round(seconds, 1), jobs_used=len(rates),
+                            seconds_per_unit=round(rate, 9), units=units,
+                            message=f"about {_in_words(seconds)}, from {len(rates)} recent {plural} on {device}")
+
+
+@registry.operation(
+    api_blueprint, "/devices/<name>/duration-estimate", "GET", summary="How long a job would take",
+    tag="devices", query=EstimateQuery, responses={200: DurationEstimate}, errors=(404,),
+)
+def device_duration_estimate(name: str, query: EstimateQuery) -> DurationEstimate:
+    """The expected wall time of a job with this budget on this device and
+    dataset, from the device's recent finished jobs (their seconds per
+    image-epoch); ``seconds`` null while the device has none."""
+    from sqlalchemy import select
+
+    from automl_server.db.models import Device
+
+    s = state()
+    with s.db.session() as db_session:
+        if db_session.scalar(select(Device.id).where(Device.name == name)) is None:
+            raise not_found("device", name)
+        row = find_dataset(db_session, query.dataset)
+        if row is None:
+            raise not_found("dataset", query.dataset)
+        images = row.num_samples
+    budget = query.model_dump(exclude={"dataset", "tune", "minutes"})
+    return estimate_duration(s.db, name, images, budget, query.tune, query.minutes)
 
 
 # -- profiling coverage (the device farm page) -------------------------------------

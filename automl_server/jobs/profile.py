@@ -20,7 +20,9 @@ from automl_server.jobs.spec import JobSpec
 from latency_db import MIN_CALIBRATION_NETWORKS
 
 if TYPE_CHECKING:  # imported where used, so that loading the stage loads neither torch nor the profiler
+    from automl_server.db.engine import Database
     from automl_server.engine.latency import LatencyModel
+    from latency_db.predictor import LatencyPredictor
     from automl_server.profiling import Target
     from search_spaces import Arch, SpaceLayout
 
@@ -72,11 +74,27 @@ def extreme_archs(layout: SpaceLayout, op_model: LatencyModel) -> tuple[Arch, Ar
 
 
 def achievable_range_ms(layout: SpaceLayout, op_model: LatencyModel) -> tuple[float, float]:
-    """Predicted latency of the space's fastest and slowest networks on the target."""
-    from automl_server.engine.latency import arch_latency_ms
+    """Predicted latency of the space's fastest and slowest networks under
+    ``op_model``: the engine's one computation (``automl search`` uses it too)."""
+    from automl_server.engine.search_plan import latency_range_ms
 
-    fastest, slowest = extreme_archs(layout, op_model)
-    return float(arch_latency_ms(fastest, op_model)), float(arch_latency_ms(slowest, op_model))
+    fastest, slowest = latency_range_ms(layout, op_model)
+    return float(fastest), float(slowest)
+
+
+def target_range_ms(db: Database, target: Target, layout: SpaceLayout) -> tuple[float, float, LatencyPredictor]:
+    """The achievable range of ``layout`` on ``target`` as the service states it
+    everywhere (the profile stage records it, GET /devices/{name}/achievable-range
+    and the New search page show it): the target's latency table, calibrated
+    by the whole networks measured on it, rounded to 6 decimals. The same
+    table gives the same range; each whole network measured later (a job's
+    verify stage measures its model) refines the calibration, and so the range."""
+    from automl_server.profiling import predictor
+    from search_spaces import op_key
+
+    lat = predictor(db, target, space=layout.space, resolution=layout.resolution)
+    fastest, slowest = achievable_range_ms(layout, lat.op_model(op_key(layout, layout.fixed[0])))
+    return round(fastest, 6), round(slowest, 6), lat
 
 
 def _state(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
@@ -119,7 +137,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         predictor,
         repository,
     )
-    from search_spaces import op_key, sample_archs, space_keys
+    from search_spaces import sample_archs, space_keys
 
     spec = JobSpec.from_params(ctx.params)
     layout = job_layout(ctx)
@@ -179,23 +197,25 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         ctx.event("log", "calibration networks did not all arrive; predicting with what was measured",
                   measured=len(networks))
 
-    lat = predictor(ctx.db, target, space=layout.space, resolution=layout.resolution)
+    fastest, slowest, lat = target_range_ms(ctx.db, target, layout)
     if lat.calibration_error:
         ctx.event("log", f"predicting without calibration: {lat.calibration_error}")
-    op_model = lat.op_model(op_key(layout, layout.fixed[0]))
-    fastest, slowest = achievable_range_ms(layout, op_model)
     target_ms = float(ctx.params["latency_target_ms"])
     device_seconds = time.time() - state["started"] if ("ops_sent_at" in state or "networks_sent_at" in state) else 0.0
     output = {
         "target": target.to_dict(), "ops": len(keys), "ops_measured_now": state.get("ops_to_measure", 0),
         "networks_measured_now": state.get("networks_to_measure", 0),
         "calibration": lat.calibration.to_dict() if lat.calibration else None,
-        "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
+        "achievable_ms": [fastest, slowest], "device_seconds": round(device_seconds, 3),
         "resolution": layout.resolution, "num_classes": layout.num_classes, "in_channels": layout.in_channels,
     }
     ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms",
               achievable_ms=output["achievable_ms"], target_ms=target_ms)
-    if target_ms < fastest:
+    if target_ms < fastest and spec.stop_after == "profile":
+        # A profile-only job ("Measure it" on New search) measures; the range is its answer, not a refusal.
+        ctx.event("log", f"latency target {target_ms:g} ms is below the fastest network ({fastest:.4g} ms): a search "
+                  "job needs a target in the range", achievable_ms=output["achievable_ms"])
+    elif target_ms < fastest:
         raise StageFailed(f"latency target {target_ms:g} ms is below the fastest network of space "
                           f"{layout.space!r} on {target.device_name} ({target.runtime}): achievable "
                           f"{fastest:.4g}-{slowest:.4g} ms. Choose a target in that range, or a faster "

@@ -5,6 +5,7 @@ The whole flow in a real browser is in test_browser.py."""
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -175,6 +176,75 @@ def test_achievable_range_comes_from_the_latency_table_once_complete(client, app
     assert "run in" in answer["message"]
 
 
+def test_the_pages_range_is_the_one_a_profile_only_job_records(client, app, tmp_path):
+    """New search's range (the API) and a job's recorded range come from one
+    function on the same table: equal, calibration included. A profile-only
+    job ("Measure it") with a target below the range still succeeds."""
+    from automl_server.engine.latency import arch_latency_ms
+    from automl_server.profiling import predictor, repository, resolve_target
+    from latency_db import MeasurementStats
+    from search_spaces import arch_keys, get_space, sample_archs, space_keys
+
+    _upload(client, tmp_path)
+    client.post("/api/v1/devices", json={"name": "pi", "kind": "raspberry-pi",
+                                         "runtimes": [{"name": "onnxruntime", "version": "1.0"}]})
+    db = app.extensions["automl"].db
+    repo = repository(db)
+    target = resolve_target(db, "pi")
+    record = repo.target(target.spec)
+    for i, key in enumerate(space_keys(get_space("tiny").layout(8, 3, 3))):
+        ms = 0.01 * (1 + i % 4)
+        repo.record(record, key, MeasurementStats(3, 1, ms, ms, 0.0, ms, ms, 0.0), "test")
+    plain = predictor(db, target, calibrated=False)
+    for i, arch in enumerate(sample_archs("tiny", 6, 1, 8, 3, 3)):  # whole networks: 30% slower plus 0.02 ms
+        lut = arch_latency_ms(arch, plain)
+        repo.record_network(record, arch.to_dict(), lut * 1.3 + 0.02 + 0.001 * i, lut, "test",
+                            n_ops=len(arch_keys(arch)))
+
+    shown = client.get("/api/v1/devices/pi/achievable-range?dataset=pets&space=tiny").json
+    job = client.post("/api/v1/jobs", json={"dataset": "pets", "device": "pi", "space": "tiny",
+                                            "latency_target_ms": 0.0001, "stop_after": "profile",
+                                            "params": {"calibration_networks": 5}}).json
+    done = client.get(f"/api/v1/jobs/{job['id']}").json
+
+    assert shown["profiled"] is True and shown["calibrated"] is True
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["profile"]["achievable_ms"] == [shown["fastest_ms"], shown["slowest_ms"]]
+
+
+def test_duration_estimate_from_the_devices_recent_jobs(client, app, tmp_path):
+    from datetime import timedelta
+
+    from automl_server.db.models import utcnow
+
+    _upload(client, tmp_path)  # 15 images
+    client.post("/api/v1/devices", json={"name": "pi", "kind": "raspberry-pi", "runtimes": [{"name": "onnxruntime"}]})
+    budget = {"warmup_epochs": 1, "search_epochs": 2, "tune_trials": 1, "tune_epochs": 1, "train_epochs": 6}
+    url = "/api/v1/devices/pi/duration-estimate?dataset=pets&" + "&".join(f"{k}={v}" for k, v in budget.items())
+    before = client.get(url).json
+    db = app.extensions["automl"].db
+    now = utcnow()
+    with db.session() as session:
+        for seconds, state, stop_after in ((100, "succeeded", None), (300, "succeeded", None), (200, "succeeded", None),
+                                           (5, "succeeded", "profile"), (999, "failed", None)):
+            session.add(Job(dataset_name="pets", device_name="pi", runtime="onnxruntime", space="tiny",
+                            pipeline="standard", latency_target_ms=1.0, state=state,
+                            params={"budget": budget, "tune": True, "stop_after": stop_after},
+                            result={"validate": {"num_samples": 15}},
+                            started_at=now - timedelta(seconds=seconds), finished_at=now))
+
+    after = client.get(url).json
+    doubled = client.get(url.replace("train_epochs=6", "train_epochs=16")).json
+    refused = client.get("/api/v1/devices/pi/duration-estimate?dataset=pets&train_epochs=0")
+
+    assert before["seconds"] is None and before["message"] == "no recent jobs on pi to estimate from"
+    # The median of 100, 300 and 200 s for the same budget; the profile-only and the failed job do not count.
+    assert after["jobs_used"] == 3 and after["seconds"] == pytest.approx(200, rel=1e-3)
+    assert after["message"] == "about 3 min, from 3 recent jobs on pi"
+    assert doubled["seconds"] == pytest.approx(400, rel=1e-3)  # 20 epochs instead of 10
+    assert refused.status_code == 422 and refused.json["field"].endswith("train_epochs")
+
+
 def test_jobs_table_pages_newest_first_and_filters(client, app, tmp_path):
     from datetime import timedelta
 
@@ -296,3 +366,30 @@ def test_repeated_unknown_api_tokens_wait_longer_each_time(locked_app):
         assert guess() == 401  # after waiting, the attempt is checked (and fails)
 
     assert first_five == [401] * 5 and waits == [1, 2, 4]
+
+
+def test_a_comparisons_page_carries_its_matrix_for_the_live_view(client, app):
+    from automl_server.db.models import Comparison
+
+    targets = [{"device": "pi", "runtime": "onnxruntime"}, {"device": "phone", "runtime": "litert"}]
+    with app.extensions["automl"].db.session() as session:
+        comparison = Comparison(dataset_name="pets", targets=targets, cells={"pi:onnxruntime|phone:litert": 2.5})
+        session.add(comparison)
+        session.flush()
+        for target, ms in zip(targets, (1.5, 0.8)):
+            session.add(Job(dataset_name="pets", device_name=target["device"], runtime=target["runtime"], space="tiny",
+                            pipeline="standard", latency_target_ms=1.0, params={}, state="succeeded",
+                            comparison_id=comparison.id,
+                            result={"report": {"accuracy": {"test": 0.9}, "latency": {"measured_ms": ms}}}))
+        comparison_id = comparison.id
+
+    page = client.get(f"/comparisons/{comparison_id}")
+    listed = client.get("/compare").get_data(as_text=True)
+    missing = client.get("/comparisons/nope")
+
+    html = page.get_data(as_text=True)
+    data = json.loads(re.search(r'id="comparison-data">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
+    assert page.status_code == 200 and "Comparison on pets" in html
+    assert data["matrix"] == [[1.5, 2.5], [None, 0.8]] and data["done"] is False  # phone's network not yet on pi
+    assert f'href="/comparisons/{comparison_id}"' in listed and "New search" in listed
+    assert missing.status_code == 404

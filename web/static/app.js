@@ -89,6 +89,29 @@ const AutoML = (() => {
     for (const child of children) node.append(child);
     return node;
   };
-  document.addEventListener("DOMContentLoaded", () => relativeTimes());
+  // A box that scrolls (a wide table or chart on a phone) must be reachable by keyboard to be scrolled:
+  // every such box in main gets tabindex 0, whenever the page (re)draws or resizes.
+  function keyboardScrollable() {
+    document.querySelectorAll("main *").forEach((node) => {
+      if (node.hasAttribute("tabindex") || node.matches("a, button, input, select, textarea, summary")) return;
+      const style = getComputedStyle(node);
+      const scrolls = (/(auto|scroll)/.test(style.overflowX) && node.scrollWidth > node.clientWidth + 1) ||
+        (/(auto|scroll)/.test(style.overflowY) && node.scrollHeight > node.clientHeight + 1);
+      if (scrolls) node.setAttribute("tabindex", "0");
+    });
+  }
+  let pendingScan = false;
+  const scan = () => {
+    if (pendingScan) return;
+    pendingScan = true;
+    requestAnimationFrame(() => { pendingScan = false; keyboardScrollable(); });
+  };
+  document.addEventListener("DOMContentLoaded", () => {
+    relativeTimes();
+    scan();
+    const main = document.querySelector("main");
+    if (main) new MutationObserver(scan).observe(main, { childList: true, subtree: true });
+  });
+  window.addEventListener("resize", scan);
   return { api, ApiError, problemMessage, fmtMs, fmtPct, fmtDuration, ago, relativeTimes, el, csrf };
 })();

@@ -94,6 +94,7 @@ const Charts = (() => {
     const W = L + cellW * columns.length + 10, H = T + cellH * rows.length + 26;
     const root = svg(W, H);
     root.style.maxWidth = `${W * 1.4}px`;
+    root.style.minWidth = `${W * 1.1}px`;  // never shrunk below readable text: a phone scrolls it (.heatmap)
     rows.forEach((row, r) => {
       const yy = T + r * cellH;
       if (r > 0 && rows[r - 1].cell !== row.cell) add(root, "line", { x1: 0, x2: W, y1: yy, y2: yy, stroke: "#59626c", "stroke-width": 1 });
@@ -201,6 +202,7 @@ const Charts = (() => {
     const boxW = 30, gap = 12, L = 46, mid = 80;
     const W = L + items.length * (boxW + gap) + 40, H = 190;
     const root = svg(W, H);
+    root.style.minWidth = `${W * 1.2}px`;  // readable text on a phone: the .arch box scrolls
     add(root, "text", { x: 4, y: mid + 4, "font-size": 11 }, `${layout.resolution}×${layout.resolution}`);
     add(root, "line", { x1: L - 8, x2: W - 30, y1: mid, y2: mid, stroke: "#9aa3ad", "stroke-width": 2 });
     items.forEach((item, i) => {

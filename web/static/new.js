@@ -1,12 +1,19 @@
 /* New search page: the runtime list follows the device, the achievable
-   latency range follows dataset + device + space, and one button submits. */
+   latency range follows dataset + device + space (measured on the spot by a
+   profile-only job when the device's table lacks it), a target is suggested
+   and placed on the range, the job's duration is estimated from the device's
+   recent jobs, and one button submits (a search, or a comparison of devices). */
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
   const form = $("new-search"), dataset = $("dataset"), device = $("device"), runtime = $("runtime"), space = $("space");
   const target = $("target"), info = $("range-info"), warning = $("target-warning"), bar = $("range-bar");
+  const measureBox = $("measure-box"), measureButton = $("measure"), measureStatus = $("measure-status");
+  const suggestion = $("suggestion"), position = $("target-position"), estimate = $("estimate");
   let range = null;
-  let idempotencyKey = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Math.random()).slice(2) + Date.now();
+  let targetTouched = false;  // the user typed a target: suggestions no longer overwrite it
+  const newKey = () => (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Math.random()).slice(2) + Date.now();
+  let idempotencyKey = newKey();
 
   function fillRuntimes() {
     const option = device.selectedOptions[0];
@@ -23,25 +30,39 @@
     const t = parseFloat(target.value);
     const lo = Math.min(range.fastest_ms, t > 0 ? t : range.fastest_ms) / 1.6;
     const hi = Math.max(range.slowest_ms, t > 0 ? t : range.slowest_ms) * 1.6;
-    const x = (v) => 10 + 580 * (Math.log(v) - Math.log(lo)) / (Math.log(hi) - Math.log(lo));
+    // Drawn in the bar's own pixels (1 unit = 1 px), so that its text stays 12 px on a phone too.
+    const W = Math.max(bar.clientWidth, 240);
+    const x = (v) => 30 + (W - 60) * (Math.log(v) - Math.log(lo)) / (Math.log(hi) - Math.log(lo));
     const ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("viewBox", "0 0 600 40");
+    svg.setAttribute("viewBox", `0 0 ${W} 40`);
     const add = (tag, attrs, text) => {
       const n = document.createElementNS(ns, tag);
       for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
       if (text) n.textContent = text;
       svg.append(n);
     };
-    add("line", { x1: 10, x2: 590, y1: 14, y2: 14, stroke: "#9aa3ad", "stroke-width": 2 });
+    add("line", { x1: 10, x2: W - 10, y1: 14, y2: 14, stroke: "#9aa3ad", "stroke-width": 2 });
     add("rect", { x: x(range.fastest_ms), y: 8, width: Math.max(2, x(range.slowest_ms) - x(range.fastest_ms)), height: 12, fill: "#2e7d32", rx: 3 });
-    add("text", { x: x(range.fastest_ms), y: 36, "font-size": 11, "text-anchor": "middle" }, AutoML.fmtMs(range.fastest_ms));
-    add("text", { x: x(range.slowest_ms), y: 36, "font-size": 11, "text-anchor": "middle" }, AutoML.fmtMs(range.slowest_ms));
+    add("text", { x: x(range.fastest_ms), y: 36, "font-size": 12, "text-anchor": "end" }, AutoML.fmtMs(range.fastest_ms));
+    add("text", { x: x(range.slowest_ms), y: 36, "font-size": 12, "text-anchor": "start" }, AutoML.fmtMs(range.slowest_ms));
     if (t > 0) {
       add("line", { x1: x(t), x2: x(t), y1: 2, y2: 26, stroke: "#b3261e", "stroke-width": 3 });
-      add("text", { x: x(t) + 5, y: 8, "font-size": 11, fill: "#b3261e" }, "target");
+      add("text", { x: x(t) + 5, y: 8, "font-size": 12, fill: "#b3261e" }, "target");
     }
     bar.append(svg);
+  }
+
+  // The middle of the range, to 3 significant digits: every network faster than it is allowed.
+  const suggested = () => Number(((range.fastest_ms + range.slowest_ms) / 2).toPrecision(3));
+
+  function showPosition(t) {
+    position.textContent = "";
+    if (!range || !range.profiled || !(t > 0)) return;
+    if (t >= range.fastest_ms && t <= range.slowest_ms) {
+      const share = Math.round(100 * (t - range.fastest_ms) / Math.max(range.slowest_ms - range.fastest_ms, 1e-12));
+      position.textContent = `Your target ${AutoML.fmtMs(t)} lies inside the range, ${share}% of the way from the fastest network to the slowest: the search looks for the most accurate network at or under it.`;
+    }
   }
 
   function checkTarget() {
@@ -49,6 +70,7 @@
     warning.hidden = true;
     warning.textContent = "";
     drawBar();
+    showPosition(t);
     if (!(t > 0)) {
       warning.hidden = false;
       warning.textContent = "Enter a latency target above 0 milliseconds.";
@@ -79,12 +101,83 @@
       range = answer;
       info.textContent = answer.profiled
         ? `Achievable on ${answer.device} (${answer.runtime}) at ${answer.input_shape[0]}×${answer.input_shape[1]} px: from ${AutoML.fmtMs(answer.fastest_ms)} (fastest network) to ${AutoML.fmtMs(answer.slowest_ms)} (slowest).`
-        : `This device is ${answer.message}.`;
+        : `This device is ${answer.message}. Measure it now to choose a target from the range.`;
+      info.dataset.fastestMs = answer.profiled ? answer.fastest_ms : "";
+      info.dataset.slowestMs = answer.profiled ? answer.slowest_ms : "";
+      measureBox.hidden = answer.profiled || measuring;
+      suggestion.hidden = !answer.profiled;
+      if (answer.profiled) {
+        $("suggestion-text").textContent = `Suggested target: ${AutoML.fmtMs(suggested())}, the middle of the range. `;
+        if (!targetTouched) target.value = String(suggested());
+      }
     } catch (err) {
       if (ticket !== pendingRange) return;
       info.textContent = "The achievable range is not available: " + err.message;
+      measureBox.hidden = true;
+      suggestion.hidden = true;
     }
     checkTarget();
+  }
+
+  // "Measure it": a profile-only job (stop_after: profile) fills the device's table; its progress shows here.
+  let measuring = false;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  async function measureRange() {
+    const data = { dataset: dataset.value, device: device.value, space: space.value, stop_after: "profile",
+                   latency_target_ms: parseFloat(target.value) > 0 ? parseFloat(target.value) : 1, params: {} };
+    if (runtime.value) data.runtime = runtime.value;
+    const calibration = $("param-calibration_networks").value;
+    if (calibration !== "") data.params.calibration_networks = Number(calibration);
+    measuring = true;
+    measureButton.disabled = true;
+    measureStatus.replaceChildren("Starting the measurement…");
+    try {
+      let job = await AutoML.api("POST", "/api/v1/jobs", data, { "Idempotency-Key": newKey() });
+      const bar = AutoML.el("progress", { max: "1", value: "0" });
+      bar.setAttribute("aria-label", "Measurement progress");
+      const words = document.createElement("span");
+      const link = AutoML.el("a", { href: `/jobs/${job.id}`, text: "details" });
+      measureStatus.replaceChildren(bar, " ", words, " (", link, ")");
+      const started = Date.now();
+      while (!job.done) {
+        words.textContent = `Measuring on ${job.device_name}: ${Math.round(job.progress * 100)}%` + (job.stage ? ` (${job.stage})` : " (waiting for a worker)");
+        bar.value = job.progress;
+        await sleep(1000);
+        job = await AutoML.api("GET", `/api/v1/jobs/${job.id}`);
+      }
+      if (job.state === "succeeded") {
+        const measured = job.result.profile.achievable_ms;
+        measureStatus.textContent = `Measured in ${Math.round((Date.now() - started) / 1000)} s: ${AutoML.fmtMs(measured[0])} to ${AutoML.fmtMs(measured[1])}.`;
+      } else {
+        measureStatus.replaceChildren(`The measurement ${job.state}: ${job.error || ""} `, AutoML.el("a", { href: `/jobs/${job.id}`, text: "see the job" }));
+      }
+    } catch (err) {
+      measureStatus.textContent = "The measurement could not start: " + err.message;
+    }
+    measuring = false;
+    measureButton.disabled = false;
+    await loadRange();
+  }
+
+  // The job's expected duration, from the device's recent jobs (GET /devices/{name}/duration-estimate).
+  let pendingEstimate = 0;
+  async function loadEstimate() {
+    if (!dataset.value || !device.value) { estimate.textContent = ""; return; }
+    const ticket = ++pendingEstimate;
+    const params = new URLSearchParams({ dataset: dataset.value });
+    form.querySelectorAll('input[name^="budget."]').forEach((input) => {
+      if (input.value !== "") params.set(input.name.slice("budget.".length), input.value);
+    });
+    try {
+      const answer = await AutoML.api("GET", `/api/v1/devices/${encodeURIComponent(device.value)}/duration-estimate?${params}`);
+      if (ticket !== pendingEstimate) return;
+      estimate.textContent = answer.seconds === null
+        ? `Duration: no recent jobs on ${answer.device} to estimate from yet.`
+        : `Expected duration: ${answer.message}.`;
+    } catch (err) {
+      if (ticket !== pendingEstimate) return;
+      estimate.textContent = "No duration estimate: " + err.message;
+    }
   }
 
   function clearErrors() {
@@ -148,7 +241,7 @@
       const job = await AutoML.api("POST", "/api/v1/jobs", body(), { "Idempotency-Key": idempotencyKey });
       window.location.href = `/jobs/${job.id}`;
     } catch (err) {
-      idempotencyKey = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Math.random()).slice(2) + Date.now();
+      idempotencyKey = newKey();
       button.disabled = false;
       button.textContent = "Find my model";
       showProblem(err);
@@ -164,9 +257,41 @@
   form.querySelectorAll('input[name="pipeline"]').forEach((r) => r.addEventListener("change", showPipelineSettings));
   showPipelineSettings();
 
-  device.addEventListener("change", () => { fillRuntimes(); loadRange(); });
-  [dataset, runtime, space].forEach((n) => n.addEventListener("change", loadRange));
-  target.addEventListener("input", checkTarget);
+  // A comparison: the same dataset, space, target and budget searched for each chosen device.
+  $("start-comparison").addEventListener("click", async () => {
+    const devices = [...form.querySelectorAll('input[name="compare-device"]:checked')].map((c) => c.value);
+    const error = $("compare-error");
+    error.hidden = true;
+    if (devices.length < 2) {
+      error.hidden = false;
+      error.textContent = "Choose two or more devices to compare.";
+      return;
+    }
+    const data = body();
+    const params = Object.fromEntries(Object.entries(data.params).filter(([, v]) => typeof v !== "object"));
+    const button = $("start-comparison");
+    button.disabled = true;
+    try {
+      const comparison = await AutoML.api("POST", "/api/v1/comparisons", {
+        dataset: data.dataset, devices, space: data.space, latency_target_ms: data.latency_target_ms,
+        budget: data.budget, params });
+      window.location.href = `/comparisons/${comparison.id}`;
+    } catch (err) {
+      button.disabled = false;
+      error.hidden = false;
+      error.textContent = "The comparison was not started. " + err.message;
+    }
+  });
+
+  device.addEventListener("change", () => { fillRuntimes(); loadRange(); loadEstimate(); });
+  dataset.addEventListener("change", () => { loadRange(); loadEstimate(); });
+  [runtime, space].forEach((n) => n.addEventListener("change", loadRange));
+  form.querySelectorAll('input[name^="budget."]').forEach((n) => n.addEventListener("change", loadEstimate));
+  target.addEventListener("input", () => { targetTouched = true; checkTarget(); });
+  measureButton.addEventListener("click", measureRange);
+  $("use-suggested").addEventListener("click", () => { target.value = String(suggested()); checkTarget(); target.focus(); });
+  window.addEventListener("resize", drawBar);
   fillRuntimes();
   loadRange();
+  loadEstimate();
 })();
