@@ -97,9 +97,13 @@ def test_tighter_target_pulls_expected_latency_down(small_digits, strategy):
     tight = expected_latency_after(small_digits, quick_config(target_ms=loose_start * 0.5, **common))
     loose = expected_latency_after(small_digits, quick_config(target_ms=loose_start * 2.0, **common))
 
-    # Both loss forms always reward a faster network; a tighter target pushes harder.
-    assert tight < loose
+    # Both always reward a faster network.
     assert tight < loose_start
+    if strategy == "gradient":
+        # The additive latency loss grows with lat/T: a tighter target pushes harder. RL's reward,
+        # acc * (T / lat) ** w, is only scaled by the target (every sample alike), which changes no
+        # ranking of samples, so there tight and loose differ by noise alone (one run had loose first).
+        assert tight < loose
 
 
 def test_rl_uses_the_measurement_callback(small_digits):
