@@ -70,14 +70,16 @@ def _worker_pid(serve_pid: int) -> int:
     raise AssertionError("no embedded worker process under `automl serve`")
 
 
+@pytest.mark.timeout(600)  # a search killed and resumed, then trained, on a shared CI machine
 def test_a_worker_killed_mid_search_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     with serving(tmp_path) as (settings, env):
         agent_online(env)
         url = f"{settings.resolved_server_url}/api/v1"
         submitted = requests.post(f"{url}/jobs", timeout=30, json={
             "dataset": "digits", "device": "local-cpu", "runtime": "onnxruntime", "space": "tiny",
-            "latency_target_ms": 10.0, "tune": False, "params": {"calibration_networks": 5},
-            "budget": {"warmup_epochs": 1, "search_epochs": 30, "train_epochs": 2}})
+            "latency_target_ms": 10.0, "tune": False, "params": {"calibration_networks": 5, "schedule": False},
+            # Long enough that the kill after epoch 3 lands mid-search; no schedule stage: not what is tested.
+            "budget": {"warmup_epochs": 1, "search_epochs": 12, "train_epochs": 1}})
         # Says what the service answered when it was not a job (one CI run got a body without "id").
         assert submitted.status_code == 202, (submitted.status_code, submitted.text)
         job = submitted.json()
@@ -102,7 +104,7 @@ def test_a_worker_killed_mid_search_is_retried_and_resumes_from_its_checkpoint(t
     assert done["recoveries"] >= 1 and any("resumed: its worker was lost" in m for m in log)
     # Resumed from the checkpoint: no epoch ran twice except, at most, the one cut short.
     resumed = after[len(before):]
-    assert resumed and resumed[0] >= before[-1] and resumed[-1] == 31
+    assert resumed and resumed[0] >= before[-1] and resumed[-1] == 13
     assert after.count(1) == 1
     assert json.dumps(done["result"]["report"]["arch"])
 
