@@ -22,6 +22,7 @@ later while it waits for a device). The runner makes every delivery safe:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,6 +47,7 @@ from automl_server.jobs.search_stage import search_architecture, tune_latency_lo
 from automl_server.jobs.train import train_network
 from automl_server.jobs.validate import validate_dataset
 from automl_server.settings import Settings
+from device_agents import cores
 
 __all__ = ["Dispatch", "StageContext", "StageFailed", "StageWait", "get_stage", "plan_for", "plan_of",
            "register_stage", "run_stage", "stage_names"]
@@ -216,9 +218,18 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
                   "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms,
                   "comparison_id": job.comparison_id}
         results = dict(job.result)
-    ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery)
+    # Stages on the search queue train: they hold their share of this machine's cores and
+    # pause at every weight step while the local agent measures (device_agents.cores).
+    training = cores.Training() if stage.queue == "search" else None
+    ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery,
+                       cores=training)
     try:
-        output = stage.run(ctx)
+        with training if training is not None else contextlib.nullcontext():
+            output = stage.run(ctx)
+        if training is not None and training.pauses:
+            ctx.event("log", f"training paused {training.pauses} time(s), {training.paused_s:.1f} s in all, while "
+                      "the device's agent measured on this machine's cores",
+                      pauses=training.pauses, paused_s=round(training.paused_s, 3))
     except StageWait as wait:
         with db.session() as session:
             job = session.get_one(Job, job_id)
