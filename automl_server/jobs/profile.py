@@ -182,6 +182,12 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
     lat = predictor(ctx.db, target, space=layout.space, resolution=layout.resolution)
     if lat.calibration_error:
         ctx.event("log", f"predicting without calibration: {lat.calibration_error}")
+    flagged = [n for n in networks if not n.usable]
+    if flagged:
+        ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
+                  f"their retakes and do not calibrate the predictor (first: {flagged[0].unreliable_reason})",
+                  unreliable_networks=len(flagged), measured_networks=len(networks))
+    from automl_server.jobs.search_stage import target_margin
     op_model = lat.op_model(op_key(layout, layout.fixed[0]))
     fastest, slowest = achievable_range_ms(layout, op_model)
     target_ms = float(ctx.params["latency_target_ms"])
@@ -190,11 +196,19 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         "target": target.to_dict(), "ops": len(keys), "ops_measured_now": state.get("ops_to_measure", 0),
         "networks_measured_now": state.get("networks_to_measure", 0),
         "calibration": lat.calibration.to_dict() if lat.calibration else None,
+        # The predictor's error on networks left out of its fit: the job's margin under the
+        # target and the interval of every prediction it reports (jobs/search_stage.target_margin).
+        "predictor_error": lat.heldout.to_dict() if lat.heldout else None,
+        "unreliable_networks": len(flagged),
         "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
         "resolution": layout.resolution, "num_classes": layout.num_classes, "in_channels": layout.in_channels,
     }
-    ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms",
-              achievable_ms=output["achievable_ms"], target_ms=target_ms)
+    margin, source = target_margin(output)
+    output["target_margin"] = {"margin": round(margin, 6), "source": source,
+                               "predicted_at_most_ms": round(target_ms * (1 - margin), 6)}
+    ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms; the network "
+              f"is kept {margin:.1%} under the target ({source})",
+              achievable_ms=output["achievable_ms"], target_ms=target_ms, target_margin=output["target_margin"])
     if target_ms < fastest:
         raise StageFailed(f"latency target {target_ms:g} ms is below the fastest network of space "
                           f"{layout.space!r} on {target.device_name} ({target.runtime}): achievable "

@@ -41,6 +41,7 @@ from automl_server.jobs.device_finetune import applies as device_finetune_applie
 from automl_server.jobs.device_finetune import finetune_on_device
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
+from automl_server.jobs.promise import StageRewind
 from automl_server.jobs.report import build_report
 from automl_server.jobs.schedule import schedule_model
 from automl_server.jobs.search_stage import search_architecture, tune_latency_loss
@@ -237,6 +238,8 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             # The sweep re-sends the stage if the delayed message is lost with its worker.
             job.lease_until = utcnow() + timedelta(seconds=wait.seconds + LEASE_S)
         return Dispatch(stage_name, wait.seconds)
+    except StageRewind as rewind:
+        return _rewind(db, job_id, stage_name, plan, rewind)
     except service.JobCancelled:
         with db.session() as session:
             job = session.get_one(Job, job_id)
@@ -261,12 +264,30 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             return None
         # Assign new dicts: SQLAlchemy does not track in-place JSON mutation.
         job.result = {**job.result, stage_name: output, "stages_done": [*job.result.get("stages_done", []), stage_name]}
+        if "target_met" in output:  # the verify stage's verdict, on the job itself (jobs/promise.py)
+            job.result = {**job.result, "target_met": output["target_met"]}
         _release(job)
         if following is None:
             service.succeed(session, job)
         else:
             job.stage = following.stage  # queued; its start_stage records the transition
     return following
+
+
+def _rewind(db: Database, job_id: str, stage_name: str, plan: list[str], rewind: StageRewind) -> Dispatch | None:
+    """Go back to ``rewind.stage``: its results merged in, it and every stage after it
+    to be run again (a retry of a network that missed its target, jobs/promise.py)."""
+    again = plan[plan.index(rewind.stage): plan.index(stage_name) + 1]
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        if JobState(job.state).is_terminal:
+            return None
+        done = [s for s in job.result.get("stages_done", []) if s not in again]
+        job.result = {**job.result, **rewind.results, "stages_done": done}
+        service.record_event(session, job, "warning", rewind.message, stage=stage_name, data=rewind.data)
+        _release(job)
+        job.stage = rewind.stage  # queued; its start_stage records the transition
+    return Dispatch(rewind.stage)
 
 
 def orphaned_stages(db: Database) -> list[tuple[str, str, str]]:
