@@ -154,8 +154,15 @@ def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: 
 
 def network_method(settings: Any) -> dict[str, Any]:
     """The measurement settings a whole network is timed with on a device: its
-    rounds span ``settings.network_measure_s`` (device_agents.profiling.method)."""
-    return {"min_seconds": float(settings.network_measure_s)}
+    rounds span ``settings.network_measure_s`` (device_agents.profiling.method),
+    and a noisy one is retaken ``settings.measure_retakes`` times."""
+    return {"min_seconds": float(settings.network_measure_s), **op_method(settings)}
+
+
+def op_method(settings: Any) -> dict[str, Any]:
+    """The measurement settings of op profiling: a noisy measurement is retaken
+    ``settings.measure_retakes`` times (device_agents.profiling.contention)."""
+    return {"retakes": int(settings.measure_retakes)}
 
 
 def measure_network_signature(celery: Celery, target: Target, arch: Arch, method: dict[str, Any] | None = None,

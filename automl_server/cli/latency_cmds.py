@@ -69,7 +69,7 @@ def profile(device: str, space: str, resolution: int, num_classes: int, in_chann
             threads: int, timeout: float, as_json: bool) -> None:
     """Measure every op of a space that the device's latency table lacks."""
     from automl_server.celery_app import make_celery
-    from automl_server.profiling import dispatch_profiling, missing_ops, repository
+    from automl_server.profiling import dispatch_profiling, missing_ops, op_method, repository
 
     settings, db, target = _context(device, runtime, threads)
     try:
@@ -79,7 +79,7 @@ def profile(device: str, space: str, resolution: int, num_classes: int, in_chann
     total = len(missing)
     if total:
         _require_online(db, device)
-        dispatch_profiling(make_celery(settings), target, missing)
+        dispatch_profiling(make_celery(settings), target, missing, op_method(settings))
     repo = repository(db)
     record = repo.target(target.spec)
     failed: dict[str, str] = {}

@@ -116,6 +116,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         dispatch_network_measurement,
         dispatch_profiling,
         network_method,
+        op_method,
         predictor,
         repository,
     )
@@ -140,7 +141,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         _wait_for_device(ctx, spec, state, path, f"{len(missing)} of {len(keys)} ops still need measuring")
         resend = time.time() - state.get("ops_sent_at", 0) > RESEND_AFTER_S
         if "ops_sent_at" not in state or resend:
-            dispatch_profiling(ctx.celery, target, missing)
+            dispatch_profiling(ctx.celery, target, missing, op_method(ctx.settings))
             state["ops_sent_at"] = time.time()
             state["ops_to_measure"] = max(state.get("ops_to_measure", 0), len(missing))
             _save_state(path, state)

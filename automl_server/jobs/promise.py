@@ -82,9 +82,10 @@ def keep_promise(ctx: StageContext, verified: dict[str, Any], candidate: dict[st
                  "retry": retry, "retries": spec.target_retries, "next_predicted_ms": faster["predicted_ms"]})
         why = "no faster network can be derived from the search's probabilities"
     else:
-        why = f"{spec.target_retries} retr{'y' if spec.target_retries == 1 else 'ies'} allowed, all used"
-    message = (f"latency target missed: the network {miss}; {len(tries)} network(s) tried, none met the target "
-               f"({why})")
+        why = (f"{spec.target_retries} retr{'y' if spec.target_retries == 1 else 'ies'} allowed, all used"
+               if spec.target_retries else "no retries: params.target_retries is 0")
+    message = (f"latency target missed: the network {miss}; {len(tries)} network(s) tried, none met the "
+               f"target ({why})")
     ctx.event("warning", message, level="warning", target_met=False, target_ms=target_ms, measured_ms=measured,
               tries=len(tries))
     return {**verified, "target_met": False, "tries": tries, "missed": message}

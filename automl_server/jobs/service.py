@@ -62,8 +62,8 @@ def succeed(session: Session, job: Job) -> None:
     if "target_met" in (job.result or {}):
         data["target_met"] = bool(job.result["target_met"])
         if not data["target_met"]:
-            message = "job succeeded, but its network missed the latency target: " + str(
-                (job.result.get("verify") or {}).get("missed") or "measured over the target")
+            detail = str((job.result.get("verify") or {}).get("missed") or "latency target missed")
+            message = f"job succeeded, but {detail}"
     record_event(session, job, "state", message, stage=job.stage, data=data)
 
 
