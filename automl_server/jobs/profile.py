@@ -188,7 +188,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
                   f"their retakes and do not calibrate the predictor (first: {flagged[0].unreliable_reason})",
                   unreliable_networks=len(flagged), measured_networks=len(networks))
-    from automl_server.jobs.search_stage import target_margin
+    from automl_server.jobs.margin import target_margin
     op_model = lat.op_model(op_key(layout, layout.fixed[0]))
     fastest, slowest = achievable_range_ms(layout, op_model)
     target_ms = float(ctx.params["latency_target_ms"])
