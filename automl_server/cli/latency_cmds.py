@@ -191,10 +191,14 @@ def latency_measure(device: str, arch_path: Path, runtime: str | None, threads: 
         raise click.ClickException(f"measurement on {device!r} failed: {payload['error']}")
     paced = paced_measurement(db, payload)
     raw = paced.get("raw_measured_ms", paced["measured_ms"])
+    evidence = (paced.get("stats") or {}).get("method") or {}
     result = {"latency_ms": round(paced["measured_ms"], 6), "raw_latency_ms": round(raw, 6), "device": device,
-              "runtime": target.runtime, "stats": paced["stats"]}
+              "runtime": target.runtime, "stats": paced["stats"], "reliable": evidence.get("reliable"),
+              "unreliable_reason": evidence.get("unreliable_reason")}
+    flag = (f"; UNRELIABLE after {evidence.get('attempts', 1)} attempt(s): {evidence['unreliable_reason']}"
+            if evidence.get("reliable") is False else "")
     _echo_json(result) if as_json else click.echo(
-        f"{paced['measured_ms']:.4f} ms measured on {device} at its pace ({raw:.4f} ms by the clock just now)")
+        f"{paced['measured_ms']:.4f} ms measured on {device} at its pace ({raw:.4f} ms by the clock just now){flag}")
 
 
 @latency.command("export")
