@@ -37,7 +37,7 @@ from device_agents.profiling.contention import noise_reasons  # noqa: E402
 from latency_db import LatencyPredictor, MeasurementStats, at_pace, fit_calibration, kendall_tau  # noqa: E402
 from latency_db import within_pct  # noqa: E402
 from latency_db import yardstick_ms as yardstick_of  # noqa: E402
-from search_spaces import arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
+from search_spaces import Arch, arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
 
 BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "litert": "litert"}
 CALIBRATION_SEED, HELD_OUT_SEED = 101, 202  # never the seeds the search or the jobs use
@@ -84,7 +84,7 @@ def cell(space: str, resolution: int, runtime: str, sizes: list[int], held_out: 
     lut = {key: paced(backend.measure_module(*build_from_key(key), method)) for key in space_keys(layout)}
     shape = (1, 3, resolution, resolution)
 
-    def timed(archs: list) -> tuple[list[float], int]:  # type: ignore[type-arg]
+    def timed(archs: list[Arch]) -> tuple[list[float], int]:
         figures, flagged = [], 0
         for arch in archs:
             (stats,) = measure_networks(backend, [NetworkToTime(build_model(arch).eval(), shape)], method)
