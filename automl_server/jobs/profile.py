@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.margin import target_margin
 from automl_server.jobs.spec import JobSpec
 from latency_db import MIN_CALIBRATION_NETWORKS
 
@@ -188,7 +189,6 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
                   f"their retakes and do not calibrate the predictor (first: {flagged[0].unreliable_reason})",
                   unreliable_networks=len(flagged), measured_networks=len(networks))
-    from automl_server.jobs.margin import target_margin
     op_model = lat.op_model(op_key(layout, layout.fixed[0]))
     fastest, slowest = achievable_range_ms(layout, op_model)
     target_ms = float(ctx.params["latency_target_ms"])
@@ -198,7 +198,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         "networks_measured_now": state.get("networks_to_measure", 0),
         "calibration": lat.calibration.to_dict() if lat.calibration else None,
         # The predictor's error on networks left out of its fit: the job's margin under the
-        # target and the interval of every prediction it reports (jobs/search_stage.target_margin).
+        # target and the interval of every prediction it reports (jobs/margin.target_margin).
         "predictor_error": lat.heldout.to_dict() if lat.heldout else None,
         "unreliable_networks": len(flagged),
         "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
