@@ -113,6 +113,17 @@ def test_when_no_network_meets_the_target_the_job_says_so_plainly(farm, monkeypa
         row = session.get_one(Job, job["id"])
         assert event_payload(row, final)["data"]["target_met"] is False
     assert "TARGET MISSED" in format_report(report)
+    # The prediction's interval comes from the predictor's held-out error once it is known (6 usable
+    # networks: here the first job's 5 calibration networks plus its verifications, unless flagged noisy).
+    error, margin = job["result"]["profile"]["predictor_error"], job["result"]["profile"]["target_margin"]
+    predicted = report["latency"]["predicted_ms"]
+    if error is None:
+        assert report["latency"]["predicted_interval_ms"] is None and "no held-out error" in margin["source"]
+    else:
+        p95 = error["p95_rel_error"]
+        assert report["latency"]["predicted_interval_ms"] == pytest.approx([predicted * (1 - p95),
+                                                                            predicted * (1 + p95)], abs=1e-5)
+        assert "held-out error" in margin["source"]
 
 
 def test_target_retries_outside_its_bounds_is_refused_naming_the_field(farm) -> None:  # type: ignore[no-untyped-def]
