@@ -115,25 +115,30 @@ def predictor(db: Database, target: Target, *, calibrated: bool = True, space: s
     networks of that space at that resolution calibrate it when there are
     enough of them: fusion and overheads differ between families of networks.
     """
-    from latency_db import MIN_CALIBRATION_NETWORKS, fit_calibration
+    from latency_db import MIN_CALIBRATION_NETWORKS, fit_calibration, heldout_error
 
     repo = repository(db)
     record = repo.target(target.spec)
     calibration: Calibration | None = None
-    networks = repo.networks(record)
+    # Measurements flagged unreliable (noisy through their retakes) never calibrate.
+    networks = repo.networks(record, usable_only=True)
     if space is not None:
         same = [n for n in networks if n.arch.get("space") == space and n.arch.get("resolution") == resolution]
         networks = same if len(same) >= MIN_CALIBRATION_NETWORKS else networks
     failure = None
+    heldout = None
     if calibrated and len(networks) >= MIN_CALIBRATION_NETWORKS:
+        samples = [n.calibration_sample for n in networks]
         try:
-            calibration = fit_calibration([n.calibration_sample for n in networks])
+            calibration = fit_calibration(samples)
         except CalibrationError as exc:
             # Noisy end-to-end figures (sub-0.1 ms networks on a shared CPU) can
             # defeat the fit; the plain LUT sum is still a prediction.
             failure = str(exc)
+        else:
+            heldout = heldout_error(samples)
     return LatencyPredictor(repo.lut_ms(record), calibration, source=f"the latency table of {record.describe()}",
-                            calibration_error=failure)
+                            calibration_error=failure, heldout=heldout)
 
 
 def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: dict[str, Any] | None = None) -> int:
@@ -149,8 +154,15 @@ def dispatch_profiling(celery: Celery, target: Target, keys: list[str], method: 
 
 def network_method(settings: Any) -> dict[str, Any]:
     """The measurement settings a whole network is timed with on a device: its
-    rounds span ``settings.network_measure_s`` (device_agents.profiling.method)."""
-    return {"min_seconds": float(settings.network_measure_s)}
+    rounds span ``settings.network_measure_s`` (device_agents.profiling.method),
+    and a noisy one is retaken ``settings.measure_retakes`` times."""
+    return {"min_seconds": float(settings.network_measure_s), **op_method(settings)}
+
+
+def op_method(settings: Any) -> dict[str, Any]:
+    """The measurement settings of op profiling: a noisy measurement is retaken
+    ``settings.measure_retakes`` times (device_agents.profiling.contention)."""
+    return {"retakes": int(settings.measure_retakes)}
 
 
 def measure_network_signature(celery: Celery, target: Target, arch: Arch, method: dict[str, Any] | None = None,
@@ -224,9 +236,14 @@ def record_network(self: Any, payload: dict[str, Any]) -> float | None:
         raise ProfilingError(f"{len(missing)} ops of this network have no measurement on {target.describe()} "
                              f"(first: {missing[0]}); run `automl profile` for the space first")
     lut_sum = sum(lut[k] for k in keys)
-    stick = yardstick_ms(MeasurementStats(**reply.stats)) if reply.stats is not None else None
+    stats = MeasurementStats(**reply.stats) if reply.stats is not None else None
+    stick = yardstick_ms(stats) if stats is not None else None
+    # The evidence goes with the figure: spread, yardstick drift, load, CPU share, and
+    # whether it stayed noisy through its retakes (then it never calibrates).
     stored = repo.record_network(target, reply.arch, reply.measured_ms, lut_sum,
-                                 reply.agent_version, n_ops=len(keys), yardstick_ms=stick)
+                                 reply.agent_version, n_ops=len(keys), yardstick_ms=stick,
+                                 cv=stats.cv if stats is not None else None,
+                                 method=stats.method if stats is not None else None)
     return stored.measured_ms
 
 

@@ -26,6 +26,7 @@ from automl_server.db.engine import get_database
 from automl_server.db.migrate import upgrade
 from automl_server.db.models import ApiToken, utcnow
 from automl_server.settings import ENV_PREFIX, Settings
+from device_agents.cores import CORES_LOCK_ENV
 from automl_server.wsgi_server import serve_wsgi
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ def agent_state_dir(settings: Settings) -> Path:
 
 def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[subprocess.Popen[bytes]]:
     env = settings_env(settings)
+    # The worker and the local agent share this machine's cores: training pauses at its next
+    # weight step while the agent measures (device_agents.cores). AUTOML_CORES_LOCK="" turns it off.
+    env.setdefault(CORES_LOCK_ENV, str(settings.data_dir / "cores.lock"))
     children = []
     if worker:
         queues = "default,search"  # device.<local> is the local agent's: it measures one op at a time

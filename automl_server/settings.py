@@ -70,6 +70,9 @@ class Settings:
     # Seconds each whole-network measurement spans on a device (calibration, verification,
     # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
     network_measure_s: float = 2.0
+    # How many times a device retakes a measurement that came out noisy (contention: the
+    # yardstick moved, a high CV, its core shared) before recording it as unreliable (0-5).
+    measure_retakes: int = 2
 
     # -- derived values -------------------------------------------------
     @property
@@ -180,6 +183,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     settings = replace(Settings(), **values)
     if settings.network_measure_s > 3600:
         raise SettingsError(f"AUTOML_NETWORK_MEASURE_S={settings.network_measure_s!r} must be at most 3600 seconds")
+    if not 0 <= settings.measure_retakes <= 5:
+        raise SettingsError(f"AUTOML_MEASURE_RETAKES={settings.measure_retakes!r} must be an integer from 0 to 5")
     if settings.auth_mode not in _AUTH_MODES:
         raise SettingsError(f"AUTOML_AUTH_MODE={settings.auth_mode!r}; accepted: {', '.join(_AUTH_MODES)}")
     return settings

@@ -139,6 +139,8 @@ def event_payload(job: Job, event: JobEvent) -> dict[str, Any]:
             "event_id": event.id,
             "message": event.message,
             "links": {"self": f"/api/v1/jobs/{job.id}", "report": f"/api/v1/jobs/{job.id}/report"},
+            # On the final "succeeded": whether the network's measured latency met the target.
+            **({"target_met": data["target_met"]} if "target_met" in data else {}),
         },
     }
 

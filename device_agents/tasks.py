@@ -35,6 +35,7 @@ from device_agents.protocol import (
 
 if TYPE_CHECKING:  # the profiler (torch and the runtimes) is imported when a task runs
     from device_agents.profiling import MeasurementMethod, ProfilerBackend
+    from latency_db.records import MeasurementStats
 
 __all__ = ["FINETUNE_ON_DEVICE", "MEASURE_IOS_STAGES", "MEASURE_NETWORK", "PROFILE_OPS", "TIME_SCHEDULES",
            "finetune_on_device", "measure_ios_stages", "measure_network", "profile_ops", "time_schedules"]
@@ -81,6 +82,7 @@ def profile_ops(target: dict[str, Any], keys: list[str], method: dict[str, Any] 
     still run, so one bad op never loses a batch of measurements."""
     from device_agents.agent import AGENT_VERSION
     from device_agents.profiling import build_from_key
+    from device_agents.profiling.contention import measure_checked
 
     request = ProfileOpsRequest.from_args(target, keys, method)
     results: list[OpResult] = []
@@ -94,7 +96,8 @@ def profile_ops(target: dict[str, Any], keys: list[str], method: dict[str, Any] 
     for key in request.keys:
         try:
             module, input_shape = build_from_key(key)
-            stats = backend.measure_module(module, input_shape, settings)
+            # Retaken while noisy, flagged unreliable if it stays so; the cores held from training.
+            stats = measure_checked(lambda: backend.measure_module(module, input_shape, settings), settings)
             results.append(OpResult(key, stats=dataclasses.asdict(stats)))
         except Exception as exc:  # noqa: BLE001 - reported per op, by design
             results.append(OpResult(key, error=f"{exc.__class__.__name__}: {exc}",
@@ -114,6 +117,7 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
     """
     from device_agents.agent import AGENT_VERSION
     from device_agents.profiling import NetworkToTime, measure_networks
+    from device_agents.profiling.contention import measure_checked
     from search_spaces import Arch, build_model
 
     request = MeasureNetworkRequest.from_args(target, arch, method, model_file)
@@ -136,9 +140,14 @@ def measure_network(target: dict[str, Any], arch: dict[str, Any], method: dict[s
             # A network is timed in rounds with the yardstick spanning method.min_seconds
             # (method.measure_interleaved), alone: side by side with other networks it
             # would be timed with the cache they leave (see profiler.measure_networks).
-            (stats,) = measure_networks(backend, [network], settings)
-        if isinstance(stats, Exception):
-            raise stats
+            def take() -> MeasurementStats:
+                (result,) = measure_networks(backend, [network], settings)
+                if isinstance(result, Exception):
+                    raise result
+                return result
+
+            # Retaken while noisy, flagged unreliable if it stays so; the cores held from training.
+            stats = measure_checked(take, settings)
     except Exception as exc:  # noqa: BLE001 - the service stores the reason
         return MeasureNetworkReply(request.target, request.arch, AGENT_VERSION,
                                    error=f"{exc.__class__.__name__}: {exc}").to_dict()
@@ -171,8 +180,11 @@ def measure_ios_stages(target: dict[str, Any], model_file: dict[str, Any], stage
     from device_agents.agent import AGENT_VERSION
     from device_agents.ios.remote import measure_stages
 
+    from device_agents import cores
+
     request = MeasureStagesRequest.from_args(target, model_file, stages, method)
-    return measure_stages(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
+    with cores.measuring():  # training on this machine pauses meanwhile
+        return measure_stages(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
 
 
 @shared_task(name=TIME_SCHEDULES, acks_late=True)
@@ -183,8 +195,11 @@ def time_schedules(target: dict[str, Any], model_file: dict[str, Any], schedules
     from device_agents.agent import AGENT_VERSION
     from device_agents.ios.remote import time_schedules as run
 
+    from device_agents import cores
+
     request = TimeSchedulesRequest.from_args(target, model_file, schedules, method)
-    return run(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
+    with cores.measuring():  # training on this machine pauses meanwhile
+        return run(request, AGENT_VERSION, _ios_yardstick(request.target.backend)).to_dict()
 
 
 @shared_task(name=FINETUNE_ON_DEVICE, acks_late=True)

@@ -37,8 +37,10 @@ from latency_db.pace import at_pace, yardstick_ms
 from latency_db.predictor import (
     MIN_CALIBRATION_NETWORKS,
     Calibration,
+    HeldOutError,
     LatencyPredictor,
     fit_calibration,
+    heldout_error,
 )
 from latency_db.records import (
     MeasurementRecord,
@@ -77,6 +79,8 @@ __all__ = [
     "LatencyPredictor",
     "Calibration",
     "fit_calibration",
+    "heldout_error",
+    "HeldOutError",
     "MIN_CALIBRATION_NETWORKS",
     "PredictorReport",
     "at_pace",

@@ -161,6 +161,10 @@ class LatencyMeasurement(LatencyBase):
     # How it was measured (timer, repeats per block, pinning, ...), as the agent reports it.
     method: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # False when the measurement stayed noisy through its retakes (contention: the
+    # yardstick moved, a high CV, the cores shared); the reason says which. NULL: not assessed.
+    reliable: Mapped[bool | None] = mapped_column(nullable=True)
+    unreliable_reason: Mapped[str | None] = mapped_column(Text)
 
     target: Mapped[LatencyTarget] = relationship(back_populates="measurements")
     op: Mapped[LatencyOp] = relationship()
@@ -181,5 +185,11 @@ class LatencyNetworkMeasurement(LatencyBase):
     n_ops: Mapped[int] = mapped_column(Integer)
     measured_at: Mapped[datetime] = mapped_column(default=utcnow)
     agent_version: Mapped[str] = mapped_column(String(AGENT_VERSION_LEN))
+    # The evidence (latency_db.records.NetworkRecord): spread, the agent's method with the
+    # yardstick's drift, load and CPU share; an unreliable measurement never calibrates.
+    cv: Mapped[float | None] = mapped_column(Float, nullable=True)
+    method: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    reliable: Mapped[bool | None] = mapped_column(nullable=True)
+    unreliable_reason: Mapped[str | None] = mapped_column(Text)
 
     target: Mapped[LatencyTarget] = relationship(back_populates="networks")

@@ -188,6 +188,7 @@ class LatencyPredictor:
         calibration: Calibration | None = None,
         source: str = "the latency table",
         calibration_error: str | None = None,
+        heldout: HeldOutError | None = None,
     ) -> None:
         self._lut: dict[str, float] = {}
         for key, value in lut.items():
@@ -200,6 +201,8 @@ class LatencyPredictor:
         self.source = source
         # Why there is no calibration although enough networks were measured (the fit failed).
         self.calibration_error = calibration_error
+        # The calibration's error on networks it was not fitted on (heldout_error), when known.
+        self.heldout = heldout
 
     def latency_ms(self, key: str) -> float:
         """One op's latency; MissingLatencyError naming the key otherwise."""
@@ -254,3 +257,48 @@ class CalibratedOps:
     def latency_ms(self, key: str) -> float:
         cal = self.calibration
         return cal.a * self.predictor.latency_ms(key) + cal.b + (cal.c if key == self.anchor_key else 0.0)
+
+
+@dataclass(frozen=True)
+class HeldOutError:
+    """A calibration's error on networks it was not fitted on: leave-one-out over
+    the measured networks (each predicted by a fit on all the others).
+
+    ``p95`` is the 95th percentile of |predicted - measured| / measured (with
+    a handful of networks, about the worst one): the predictor's own error,
+    which a job keeps under its target as a margin and reports as the interval
+    of every prediction (issue 18)."""
+
+    n_networks: int
+    p95: float  # 95th percentile of the absolute relative error, as a fraction
+    rmse: float  # root mean square relative error, as a fraction
+    worst: float  # largest absolute relative error, as a fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "leave-one-out", "n_networks": self.n_networks, "p95_rel_error": round(self.p95, 6),
+                "rmse_rel_error": round(self.rmse, 6), "worst_rel_error": round(self.worst, 6)}
+
+    def interval(self, predicted_ms: float) -> list[float]:
+        """[low, high] in ms: predicted_ms -+ p95."""
+        return [round(predicted_ms * (1 - self.p95), 6), round(predicted_ms * (1 + self.p95), 6)]
+
+
+def heldout_error(samples: Sequence[tuple[float, int, float]]) -> HeldOutError | None:
+    """The leave-one-out error of ``fit_calibration`` on these end-to-end
+    measurements; None with fewer than MIN_CALIBRATION_NETWORKS + 1 networks
+    (each fit needs MIN_CALIBRATION_NETWORKS) or when no fit succeeds."""
+    rows = list(samples)
+    if len(rows) <= MIN_CALIBRATION_NETWORKS:
+        return None
+    errors = []
+    for index, (lut_sum, n_ops, measured) in enumerate(rows):
+        try:
+            fit = fit_calibration(rows[:index] + rows[index + 1:])
+        except CalibrationError:
+            continue
+        errors.append(abs(fit.apply(lut_sum, n_ops) - measured) / measured)
+    if not errors:
+        return None
+    values = np.asarray(errors)
+    return HeldOutError(n_networks=len(errors), p95=float(np.percentile(values, 95)),
+                        rmse=float(np.sqrt(np.mean(values ** 2))), worst=float(values.max()))

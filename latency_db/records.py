@@ -136,6 +136,9 @@ class MeasurementRecord:
     measured_at: datetime
     agent_version: str
     error: str | None = None
+    # False: stayed noisy through its retakes (the reason says why); None: not assessed (older rows).
+    reliable: bool | None = None
+    unreliable_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -154,11 +157,32 @@ class NetworkRecord:
     n_ops: int
     measured_at: datetime
     agent_version: str
+    # The evidence kept with the figure: its spread, and the agent's method (yardstick drift,
+    # load average, CPU share, attempts). reliable False: never used for calibration.
+    cv: float | None = None
+    method: dict[str, Any] | None = None
+    reliable: bool | None = None
+    unreliable_reason: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the figure may calibrate a predictor (not flagged as unreliable)."""
+        return self.reliable is not False
 
     @property
     def calibration_sample(self) -> tuple[float, int, float]:
         """``(lut_sum_ms, n_ops, measured_ms)``, the input of ``predictor.fit_calibration``."""
         return (self.lut_sum_ms, self.n_ops, self.measured_ms)
+
+
+def reliability(method: dict[str, Any]) -> tuple[bool | None, str | None]:
+    """(reliable, reason) as an agent's method reports them (device_agents.profiling.contention);
+    (None, None) when it did not assess the measurement (an older agent)."""
+    reliable = method.get("reliable")
+    if not isinstance(reliable, bool):
+        return None, None
+    reason = method.get("unreliable_reason")
+    return reliable, (str(reason) if reason and not reliable else None)
 
 
 def check_text(name: str, value: object, max_len: int, allow_empty: bool = False) -> str:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +33,7 @@ from latency_db.records import (
     check_float,
     check_int,
     check_json_dict,
+    reliability,
 )
 from latency_db.rows import measurement_record, measurement_row, network_record, target_record
 
@@ -214,12 +215,14 @@ class LatencyRepository:
         )
 
     def lut(self, target: TargetRecord) -> dict[str, MeasurementRecord]:
-        """The latest successful measurement of every key measured on target, by key."""
+        """The latest successful measurement of every key measured on target, by key;
+        a measurement flagged unreliable only when the key has no other."""
+        flagged_last = case((LatencyMeasurement.reliable.is_(False), 1), else_=0)
         rank = (
             func.row_number()
             .over(
                 partition_by=LatencyMeasurement.op_id,
-                order_by=(LatencyMeasurement.measured_at.desc(), LatencyMeasurement.id.desc()),
+                order_by=(flagged_last, LatencyMeasurement.measured_at.desc(), LatencyMeasurement.id.desc()),
             )
             .label("rank")
         )
@@ -312,12 +315,19 @@ class LatencyRepository:
         n_ops: int,
         measured_at: datetime | None = None,
         yardstick_ms: float | None = None,
+        cv: float | None = None,
+        method: dict[str, Any] | None = None,
     ) -> NetworkRecord:
         """Store an end-to-end measurement of a network and the LUT sum over its n_ops ops.
 
         With ``yardstick_ms`` (the yardstick's time beside the measurement),
         measured_ms is stored at the target's pace, as op measurements are.
+        ``cv`` and ``method`` are its evidence (the agent's method, with
+        ``reliable`` and ``unreliable_reason`` when the agent assessed it).
         """
+        evidence = None if method is None else check_json_dict("method", method)
+        spread = None if cv is None else check_float("cv", cv, minimum=0.0)
+        reliable, reason = reliability(evidence or {})
         arch_json = check_json_dict("arch", arch)
         measured = check_float("measured_ms", measured_ms, minimum=0.0)
         stick = None if yardstick_ms is None else check_float("yardstick_ms", yardstick_ms, minimum=0.0)
@@ -339,6 +349,10 @@ class LatencyRepository:
                 n_ops=n_ops,
                 measured_at=when,
                 agent_version=agent_version,
+                cv=spread,
+                method=evidence,
+                reliable=reliable,
+                unreliable_reason=reason,
             )
             session.add(row)
             session.flush()
@@ -346,13 +360,16 @@ class LatencyRepository:
 
         return self._run(f"record a network measurement on target {target.id}", add)
 
-    def networks(self, target: TargetRecord) -> list[NetworkRecord]:
-        """The end-to-end network measurements of target, oldest first."""
+    def networks(self, target: TargetRecord, *, usable_only: bool = False) -> list[NetworkRecord]:
+        """The end-to-end network measurements of target, oldest first; with
+        ``usable_only``, without those flagged unreliable (what may calibrate)."""
         query = (
             select(LatencyNetworkMeasurement)
             .where(LatencyNetworkMeasurement.target_id == target.id)
             .order_by(LatencyNetworkMeasurement.measured_at, LatencyNetworkMeasurement.id)
         )
+        if usable_only:
+            query = query.where(LatencyNetworkMeasurement.reliable.is_not(False))
         return self._run(
             f"read the network measurements of target {target.id}",
             lambda session: [network_record(row) for row in session.scalars(query)],

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from latency_db.errors import LatencyStoreError
 from latency_db.models import LatencyMeasurement, LatencyNetworkMeasurement, LatencyTarget
-from latency_db.records import MeasurementRecord, MeasurementStats, NetworkRecord, TargetRecord
+from latency_db.records import MeasurementRecord, MeasurementStats, NetworkRecord, TargetRecord, reliability
 
 _STAT_COLUMNS = ("samples", "warmup", "median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "cv")
 
@@ -32,6 +32,8 @@ def measurement_row(
         temperature_c=stats.temperature_c,
         method=stats.method,
         error=None,
+        reliable=reliability(stats.method)[0],
+        unreliable_reason=reliability(stats.method)[1],
     )
 
 
@@ -58,7 +60,8 @@ def measurement_record(key: str, row: LatencyMeasurement) -> MeasurementRecord:
             )
         stats = MeasurementStats(**values, method=dict(row.method or {}), temperature_c=row.temperature_c)
     return MeasurementRecord(
-        key=key, stats=stats, measured_at=row.measured_at, agent_version=row.agent_version, error=row.error
+        key=key, stats=stats, measured_at=row.measured_at, agent_version=row.agent_version, error=row.error,
+        reliable=row.reliable, unreliable_reason=row.unreliable_reason,
     )
 
 
@@ -72,4 +75,8 @@ def network_record(row: LatencyNetworkMeasurement) -> NetworkRecord:
         n_ops=row.n_ops,
         measured_at=row.measured_at,
         agent_version=row.agent_version,
+        cv=row.cv,
+        method=dict(row.method) if row.method is not None else None,
+        reliable=row.reliable,
+        unreliable_reason=row.unreliable_reason,
     )

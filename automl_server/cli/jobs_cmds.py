@@ -20,7 +20,8 @@ def jobs() -> None:
 def _summary(job: dict[str, Any]) -> str:
     stage = f" stage {job['stage']}" if job.get("stage") else ""
     error = f": {job['error']}" if job.get("error") else ""
-    return f"job {job['id']} {job['state']}{stage} {job['progress'] * 100:.0f}%{error}"
+    missed = " (LATENCY TARGET MISSED)" if (job.get("result") or {}).get("target_met") is False else ""
+    return f"job {job['id']} {job['state']}{missed}{stage} {job['progress'] * 100:.0f}%{error}"
 
 
 @jobs.command("submit")
@@ -92,6 +93,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"(x{lat['measured_over_predicted']:.3f}), target {report['latency_target_ms']:g} ms "
         f"({'met' if lat['meets_target'] else 'missed'}; achievable {lat['achievable_ms'][0]:.4g}-"
         f"{lat['achievable_ms'][1]:.4g} ms)",
+        *([f"  interval          predicted {lat['predicted_interval_ms'][0]:.4g}-{lat['predicted_interval_ms'][1]:.4g} ms "
+            f"(the predictor's held-out error, 95th percentile)"] if lat.get("predicted_interval_ms") else []),
+        *([f"  networks tried    {len(lat['tries'])}: " + ", ".join(
+            f"{t['measured_ms']:.4g} ms ({'met' if t['meets_target'] else 'missed'})" for t in lat["tries"])]
+          if len(lat.get("tries") or []) > 1 else []),
+        *([f"  TARGET MISSED     {report.get('target_missed') or 'the network measured over the target'}"]
+          if report.get("target_met") is False else []),
         f"  size              {model['parameters']:,} parameters, {model['macs']:,} MACs, "
         f"ONNX {model['onnx_bytes']:,} bytes",
         f"  cost              {cost['device_hours'] * 3600:.0f} device-s, "

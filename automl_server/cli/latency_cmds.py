@@ -69,7 +69,7 @@ def profile(device: str, space: str, resolution: int, num_classes: int, in_chann
             threads: int, timeout: float, as_json: bool) -> None:
     """Measure every op of a space that the device's latency table lacks."""
     from automl_server.celery_app import make_celery
-    from automl_server.profiling import dispatch_profiling, missing_ops, repository
+    from automl_server.profiling import dispatch_profiling, missing_ops, op_method, repository
 
     settings, db, target = _context(device, runtime, threads)
     try:
@@ -79,7 +79,7 @@ def profile(device: str, space: str, resolution: int, num_classes: int, in_chann
     total = len(missing)
     if total:
         _require_online(db, device)
-        dispatch_profiling(make_celery(settings), target, missing)
+        dispatch_profiling(make_celery(settings), target, missing, op_method(settings))
     repo = repository(db)
     record = repo.target(target.spec)
     failed: dict[str, str] = {}
@@ -191,10 +191,14 @@ def latency_measure(device: str, arch_path: Path, runtime: str | None, threads: 
         raise click.ClickException(f"measurement on {device!r} failed: {payload['error']}")
     paced = paced_measurement(db, payload)
     raw = paced.get("raw_measured_ms", paced["measured_ms"])
+    evidence = (paced.get("stats") or {}).get("method") or {}
     result = {"latency_ms": round(paced["measured_ms"], 6), "raw_latency_ms": round(raw, 6), "device": device,
-              "runtime": target.runtime, "stats": paced["stats"]}
+              "runtime": target.runtime, "stats": paced["stats"], "reliable": evidence.get("reliable"),
+              "unreliable_reason": evidence.get("unreliable_reason")}
+    flag = (f"; UNRELIABLE after {evidence.get('attempts', 1)} attempt(s): {evidence['unreliable_reason']}"
+            if evidence.get("reliable") is False else "")
     _echo_json(result) if as_json else click.echo(
-        f"{paced['measured_ms']:.4f} ms measured on {device} at its pace ({raw:.4f} ms by the clock just now)")
+        f"{paced['measured_ms']:.4f} ms measured on {device} at its pace ({raw:.4f} ms by the clock just now){flag}")
 
 
 @latency.command("export")

@@ -55,6 +55,9 @@ class StageContext:
     params: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     celery: Any = None  # the Celery app, for stages that send work to devices
+    # A training stage's share of this machine's cores (device_agents.cores): every
+    # check_cancelled, i.e. every weight step, pauses while the local agent measures.
+    cores: Any = None
     _last_check: float = 0.0
 
     def progress(self, fraction: float, message: str, *, eta_s: float | None = None, **data: Any) -> None:
@@ -81,7 +84,10 @@ class StageContext:
             service.record_event(session, job, kind, message, stage=self.stage, data=data)
 
     def check_cancelled(self, every_s: float = 1.0) -> None:
-        """Cheap to call in inner loops: looks at the database at most every ``every_s``."""
+        """Cheap to call in inner loops: looks at the database at most every ``every_s``
+        (and, in a training stage, pauses while the machine's agent measures)."""
+        if self.cores is not None:
+            self.cores.step()
         now = time.monotonic()
         if now - self._last_check < every_s:
             return

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.margin import target_margin
 from automl_server.jobs.spec import JobSpec
 from latency_db import MIN_CALIBRATION_NETWORKS
 
@@ -134,6 +135,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         dispatch_network_measurement,
         dispatch_profiling,
         network_method,
+        op_method,
         predictor,
         repository,
     )
@@ -158,7 +160,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         _wait_for_device(ctx, spec, state, path, f"{len(missing)} of {len(keys)} ops still need measuring")
         resend = time.time() - state.get("ops_sent_at", 0) > RESEND_AFTER_S
         if "ops_sent_at" not in state or resend:
-            dispatch_profiling(ctx.celery, target, missing)
+            dispatch_profiling(ctx.celery, target, missing, op_method(ctx.settings))
             state["ops_sent_at"] = time.time()
             state["ops_to_measure"] = max(state.get("ops_to_measure", 0), len(missing))
             _save_state(path, state)
@@ -200,17 +202,30 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
     fastest, slowest, lat = target_range_ms(ctx.db, target, layout)
     if lat.calibration_error:
         ctx.event("log", f"predicting without calibration: {lat.calibration_error}")
+    flagged = [n for n in networks if not n.usable]
+    if flagged:
+        ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
+                  f"their retakes and do not calibrate the predictor (first: {flagged[0].unreliable_reason})",
+                  unreliable_networks=len(flagged), measured_networks=len(networks))
     target_ms = float(ctx.params["latency_target_ms"])
     device_seconds = time.time() - state["started"] if ("ops_sent_at" in state or "networks_sent_at" in state) else 0.0
     output = {
         "target": target.to_dict(), "ops": len(keys), "ops_measured_now": state.get("ops_to_measure", 0),
         "networks_measured_now": state.get("networks_to_measure", 0),
         "calibration": lat.calibration.to_dict() if lat.calibration else None,
-        "achievable_ms": [fastest, slowest], "device_seconds": round(device_seconds, 3),
+        # The predictor's error on networks left out of its fit: the job's margin under the
+        # target and the interval of every prediction it reports (jobs/margin.target_margin).
+        "predictor_error": lat.heldout.to_dict() if lat.heldout else None,
+        "unreliable_networks": len(flagged),
+        "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
         "resolution": layout.resolution, "num_classes": layout.num_classes, "in_channels": layout.in_channels,
     }
-    ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms",
-              achievable_ms=output["achievable_ms"], target_ms=target_ms)
+    margin, source = target_margin(output)
+    output["target_margin"] = {"margin": round(margin, 6), "source": source,
+                               "predicted_at_most_ms": round(target_ms * (1 - margin), 6)}
+    ctx.event("metric", f"achievable latency on {target.device_name}: {fastest:.4g}-{slowest:.4g} ms; the network "
+              f"is kept {margin:.1%} under the target ({source})",
+              achievable_ms=output["achievable_ms"], target_ms=target_ms, target_margin=output["target_margin"])
     if target_ms < fastest and spec.stop_after == "profile":
         # A profile-only job ("Measure it" on New search) measures; the range is its answer, not a refusal.
         ctx.event("log", f"latency target {target_ms:g} ms is below the fastest network ({fastest:.4g} ms): a search "

@@ -63,7 +63,20 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                     # this is what the clock said during the measurement.
                     "raw_measured_ms": verify.get("raw_measured_ms", verify["measured_ms"]),
                     "calibrated": profile.get("calibration") is not None,
-                    "calibration_rel_rmse": (profile.get("calibration") or {}).get("rel_rmse")},
+                    "calibration_rel_rmse": (profile.get("calibration") or {}).get("rel_rmse"),
+                    # The predictor's error on networks left out of its fit, the interval it puts
+                    # around this prediction, and the margin the job kept under the target.
+                    "predictor_error": profile.get("predictor_error"),
+                    "predicted_interval_ms": _interval(verify["predicted_ms"], profile.get("predictor_error")),
+                    "target_margin": profile.get("target_margin"),
+                    "measurement_reliable": verify.get("reliable"),
+                    "measurement_unreliable_reason": verify.get("unreliable_reason"),
+                    # Every network tried (a retry when one measured over the target, jobs/promise.py).
+                    "tries": [{k: t[k] for k in ("try", "predicted_ms", "measured_ms", "meets_target")}
+                              for t in verify.get("tries", [])]},
+        # Whether the delivered network's measured latency met the target; false says the miss plainly.
+        "target_met": bool(verify.get("target_met", verify["meets_target"])),
+        "target_missed": verify.get("missed"),
         "model": {"parameters": export["parameters"], "macs": export["macs"], "onnx_bytes": export["model_bytes"],
                   "tflite_bytes": export.get("tflite", {}).get("size_bytes"), "input": export["input"],
                   "onnx_batch": export["onnx"].get("batch", 1)},
@@ -97,6 +110,14 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
     if ctx.params.get("comparison_id"):
         report["cross_measurements"] = measure_on_other_targets(ctx, chosen["arch"])
     return report
+
+
+def _interval(predicted_ms: float, error: dict[str, Any] | None) -> list[float] | None:
+    """[low, high] around a prediction: -+ the predictor's held-out 95th-percentile error."""
+    if not error or not isinstance(error.get("p95_rel_error"), (int, float)):
+        return None
+    p95 = float(error["p95_rel_error"])
+    return [round(predicted_ms * (1 - p95), 6), round(predicted_ms * (1 + p95), 6)]
 
 
 def measure_on_other_targets(ctx: StageContext, arch: dict[str, Any]) -> list[str]:

@@ -89,6 +89,10 @@ class JobOptions(BaseModel):
     calibration_networks: int = Field(_SPEC.calibration_networks, ge=0, le=100,
                                       description="Whole networks measured to calibrate a new target.")
     device_wait_s: float = Field(_SPEC.device_wait_s, ge=0, le=86400, description="How long to wait for an offline device.")
+    target_retries: int = Field(
+        _SPEC.target_retries, ge=0, le=5, description="When the exported network measures over the latency target, "
+        "how many next-faster networks (derived from the search's final probabilities, each trained with the "
+        "job's train budget, exported and measured) the job tries before it reports the miss.")
     final_fit: FinalFit = Field(
         _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
         "split once search and tuning are done (default), or stays out to show a held-out curve.")

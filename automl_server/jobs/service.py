@@ -50,10 +50,21 @@ def set_progress(
 
 
 def succeed(session: Session, job: Job) -> None:
+    """Succeeded: the job's network is trained and exported. When its measured latency
+    missed the target (``result.target_met`` false, jobs/promise.py) the state stays
+    ``succeeded`` and the event says the miss, with ``target_met: false`` in its data
+    (and so in the webhook)."""
     job.state = JobState.SUCCEEDED.value
     job.progress = 1.0
     job.finished_at = utcnow()
-    record_event(session, job, "state", "job succeeded", stage=job.stage, data={"state": job.state})
+    data: dict[str, Any] = {"state": job.state}
+    message = "job succeeded"
+    if "target_met" in (job.result or {}):
+        data["target_met"] = bool(job.result["target_met"])
+        if not data["target_met"]:
+            detail = str((job.result.get("verify") or {}).get("missed") or "latency target missed")
+            message = f"job succeeded, but {detail}"
+    record_event(session, job, "state", message, stage=job.stage, data=data)
 
 
 def fail(session: Session, job: Job, error: str) -> None:

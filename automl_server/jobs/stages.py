@@ -22,6 +22,7 @@ later while it waits for a device). The runner makes every delivery safe:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,12 +41,14 @@ from automl_server.jobs.device_finetune import applies as device_finetune_applie
 from automl_server.jobs.device_finetune import finetune_on_device
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
+from automl_server.jobs.promise import StageRewind
 from automl_server.jobs.report import build_report
 from automl_server.jobs.schedule import schedule_model
 from automl_server.jobs.search_stage import search_architecture, tune_latency_loss
 from automl_server.jobs.train import train_network
 from automl_server.jobs.validate import validate_dataset
 from automl_server.settings import Settings
+from device_agents import cores
 
 __all__ = ["Dispatch", "StageContext", "StageFailed", "StageWait", "get_stage", "plan_for", "plan_of",
            "register_stage", "run_stage", "stage_names"]
@@ -216,9 +219,18 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
                   "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms,
                   "comparison_id": job.comparison_id}
         results = dict(job.result)
-    ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery)
+    # Stages on the search queue train: they hold their share of this machine's cores and
+    # pause at every weight step while the local agent measures (device_agents.cores).
+    training = cores.Training() if stage.queue == "search" else None
+    ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery,
+                       cores=training)
     try:
-        output = stage.run(ctx)
+        with training if training is not None else contextlib.nullcontext():
+            output = stage.run(ctx)
+        if training is not None and training.pauses:
+            ctx.event("log", f"training paused {training.pauses} time(s), {training.paused_s:.1f} s in all, while "
+                      "the device's agent measured on this machine's cores",
+                      pauses=training.pauses, paused_s=round(training.paused_s, 3))
     except StageWait as wait:
         with db.session() as session:
             job = session.get_one(Job, job_id)
@@ -226,6 +238,8 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             # The sweep re-sends the stage if the delayed message is lost with its worker.
             job.lease_until = utcnow() + timedelta(seconds=wait.seconds + LEASE_S)
         return Dispatch(stage_name, wait.seconds)
+    except StageRewind as rewind:
+        return _rewind(db, job_id, stage_name, plan, rewind)
     except service.JobCancelled:
         with db.session() as session:
             job = session.get_one(Job, job_id)
@@ -250,12 +264,30 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             return None
         # Assign new dicts: SQLAlchemy does not track in-place JSON mutation.
         job.result = {**job.result, stage_name: output, "stages_done": [*job.result.get("stages_done", []), stage_name]}
+        if "target_met" in output:  # the verify stage's verdict, on the job itself (jobs/promise.py)
+            job.result = {**job.result, "target_met": output["target_met"]}
         _release(job)
         if following is None:
             service.succeed(session, job)
         else:
             job.stage = following.stage  # queued; its start_stage records the transition
     return following
+
+
+def _rewind(db: Database, job_id: str, stage_name: str, plan: list[str], rewind: StageRewind) -> Dispatch | None:
+    """Go back to ``rewind.stage``: its results merged in, it and every stage after it
+    to be run again (a retry of a network that missed its target, jobs/promise.py)."""
+    again = plan[plan.index(rewind.stage): plan.index(stage_name) + 1]
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        if JobState(job.state).is_terminal:
+            return None
+        done = [s for s in job.result.get("stages_done", []) if s not in again]
+        job.result = {**job.result, **rewind.results, "stages_done": done}
+        service.record_event(session, job, "warning", rewind.message, stage=stage_name, data=rewind.data)
+        _release(job)
+        job.stage = rewind.stage  # queued; its start_stage records the transition
+    return Dispatch(rewind.stage)
 
 
 def orphaned_stages(db: Database) -> list[tuple[str, str, str]]:

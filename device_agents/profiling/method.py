@@ -29,6 +29,7 @@ The raw median is kept beside it in ``method["raw_median_ms"]``.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -68,9 +69,22 @@ class MeasurementMethod:
     # network (and of the yardstick), and rounds go on until they span min_seconds (see that function).
     min_rounds: int = 7
     min_seconds: float = 2.0
+    # When a measurement is too noisy to keep (device_agents.profiling.contention): a CV of
+    # the (paced) samples above max_cv, the yardstick moving more than max_yardstick_drift
+    # ((max - min) / median of its blocks), the measuring thread on a CPU less than
+    # min_cpu_share of the time (one thread only), or the cores shared with training
+    # (device_agents.cores). Such a measurement is retaken up to ``retakes`` times, then
+    # recorded as unreliable with the reason. Thresholds from this project's 2-core VM:
+    # quiet, a network's CV was 0.03-0.09, its yardstick drift 0.1-0.3, its CPU share 0.95+;
+    # beside other processes on its core, CPU shares of 0.2-0.6 and drifts of 0.5-1.5.
+    max_cv: float = 0.15
+    max_yardstick_drift: float = 0.5
+    min_cpu_share: float = 0.6
+    retakes: int = 2
 
     def __post_init__(self) -> None:
-        for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1), ("min_rounds", 1)):
+        for name, minimum in (("warmup", 0), ("block_size", 1), ("min_blocks", 2), ("threads", 1), ("min_rounds", 1),
+                              ("retakes", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"MeasurementMethod.{name} must be an integer >= {minimum}, got {value!r}")
@@ -94,6 +108,12 @@ class MeasurementMethod:
             0 <= self.min_seconds <= 3600
         ):
             raise ValueError(f"MeasurementMethod.min_seconds must be a number in [0, 3600], got {self.min_seconds!r}")
+        for name in ("max_cv", "max_yardstick_drift", "min_cpu_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+                raise ValueError(f"MeasurementMethod.{name} must be a number in [0, 10], got {value!r}")
+        if self.retakes > 5:
+            raise ValueError(f"MeasurementMethod.retakes must be at most 5, got {self.retakes!r}")
         if not isinstance(self.yardstick, bool):
             raise ValueError(f"MeasurementMethod.yardstick must be true or false, got {self.yardstick!r}")
         if self.affinity is not None:
@@ -176,6 +196,7 @@ def measure(
         return op_means[-1] / stick_means[-1] if stick_means[-1] > 0 else 0.0
 
     with cpu_affinity(method.affinity), gc_paused():
+        clocks = _Clocks()
         for _ in range(method.warmup):
             run()
             if stick is not None:
@@ -200,13 +221,15 @@ def measure(
         while cv > method.cv_threshold and len(samples) < method.max_blocks:
             samples.append(one_block())
             cv = coefficient_of_variation(samples)
+        evidence = clocks.evidence(method)
     blocks = len(samples)
     recorded: dict[str, Any] = {**method.to_dict(), "blocks": blocks, "block_runs": op_runs,
-                                "converged": cv <= method.cv_threshold}
+                                "converged": cv <= method.cv_threshold, **evidence}
     if paced:
         stick_ms = statistics.median(stick_means)
         samples = [ratio * stick_ms for ratio in samples]
-        recorded.update(yardstick_ms=stick_ms, yardstick_runs=stick_runs, raw_median_ms=statistics.median(op_means))
+        recorded.update(yardstick_ms=stick_ms, yardstick_runs=stick_runs, raw_median_ms=statistics.median(op_means),
+                        yardstick_drift=yardstick_drift(stick_means))
     else:
         recorded["yardstick"] = False  # none was run, whatever the method asked for
     stats = MeasurementStats.from_samples(
@@ -272,6 +295,7 @@ def measure_interleaved(
                       for runs_, ms in zip(block_runs, per_run)]
         order = list(range(count))
         shuffle = random.Random(seed).shuffle
+        clocks = _Clocks()
         started = time.perf_counter()
         rounds = 0
         while rounds < MAX_ROUNDS and (rounds < method.min_rounds
@@ -291,18 +315,20 @@ def measure_interleaved(
                     stick_means[index].append(time_block(stick, stick_runs[index]) / stick_runs[index])
             rounds += 1
         seconds = time.perf_counter() - started
+        evidence = clocks.evidence(method)
     temperature = read_temperature_c()
     results = []
     for index in range(count):
         means = net_means[index]
         recorded: dict[str, Any] = {**method.to_dict(), "interleaved_with": count - 1, "rounds": rounds,
-                                    "blocks": rounds, "block_runs": block_runs[index], "seconds": round(seconds, 3)}
+                                    "blocks": rounds, "block_runs": block_runs[index], "seconds": round(seconds, 3),
+                                    **evidence}
         if paced:
             sticks = stick_means[index]
             stick_median = statistics.median(sticks)
             samples = [(net / stick if stick > 0 else 0.0) * stick_median for net, stick in zip(means, sticks)]
             recorded.update(yardstick_ms=stick_median, yardstick_runs=stick_runs[index],
-                            raw_median_ms=statistics.median(means))
+                            raw_median_ms=statistics.median(means), yardstick_drift=yardstick_drift(sticks))
         else:
             samples = list(means)
             recorded["yardstick"] = False
@@ -350,6 +376,42 @@ def _interleaved_block(
         op_total += middle - start
         stick_total += end - middle
     return op_total / 1e6, stick_total / 1e6
+
+
+def yardstick_drift(stick_means: Sequence[float]) -> float:
+    """How far the yardstick moved within one measurement: (max - min) / median of
+    its block means. Pacing cancels a slowdown that hits the network and the
+    yardstick alike; a yardstick that moved a lot says the machine changed
+    speed mid-measurement, which pacing corrects only in part (issue 18)."""
+    values = [v for v in stick_means if v > 0]
+    if len(values) < 2:
+        return 0.0
+    median = statistics.median(values)
+    return (max(values) - min(values)) / median if median > 0 else 0.0
+
+
+class _Clocks:
+    """The evidence of a measurement besides its own figures: the share of the
+    wall time the measuring thread spent on a CPU (``cpu_share``: below 1 when
+    something else ran on its core; meaningful with one thread, when the
+    runtime runs in the calling thread) and the machine's 1-minute load average
+    at the end (``load_avg``, evidence only: it counts every tenant of a VM)."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.thread_time()
+
+    def evidence(self, method: MeasurementMethod) -> dict[str, Any]:
+        wall = time.perf_counter() - self.wall
+        cpu = time.thread_time() - self.cpu
+        found: dict[str, Any] = {}
+        if method.threads == 1 and wall > 0:
+            found["cpu_share"] = round(min(cpu / wall, 1.0), 4)
+        try:
+            found["load_avg"] = round(os.getloadavg()[0], 2)
+        except OSError:  # not every platform has one
+            pass
+        return found
 
 
 def coefficient_of_variation(values: list[float]) -> float:

@@ -79,7 +79,7 @@
     if (e.kind === "state") {
       const started = /^stage (\S+) started$/.exec(e.message);
       if (started) startStage(started[1]);
-      else if (e.message === "job succeeded") { stages.forEach((s) => { s.status = "done"; renderStage(s); }); }
+      else if (e.message.startsWith("job succeeded")) { stages.forEach((s) => { s.status = "done"; renderStage(s); }); }
       else if (e.message.startsWith("job failed") || e.message === "job cancelled") {
         const status = e.message === "job cancelled" ? "cancelled" : "failed";
         const s = byName[e.stage];
@@ -236,8 +236,9 @@
   async function refreshJob() {
     try { job = await AutoML.api("GET", base); } catch (err) { return; }
     const badge = document.getElementById("job-state");
-    badge.textContent = STATE_WORDS[job.state];
-    badge.className = `badge badge-${job.state}`;
+    const missed = job.state === "succeeded" && job.result.target_met === false;
+    badge.textContent = missed ? `${STATE_WORDS[job.state]}: latency target missed` : STATE_WORDS[job.state];
+    badge.className = `badge badge-${missed ? "missed" : job.state}`;
     document.getElementById("cancel").hidden = job.done;
     document.getElementById("rerun").hidden = !job.done;
     const error = document.getElementById("job-error");
@@ -342,7 +343,7 @@
   function showReport(report) {
     showLatency(report);
     const acc = report.accuracy.test, lat = report.latency;
-    const met = lat.meets_target;
+    const met = report.target_met ?? lat.meets_target;
     const outcome = document.getElementById("outcome");
     const body = document.getElementById("outcome-body");
     outcome.hidden = false;
@@ -361,6 +362,13 @@
         `${fmtMs(lat.achievable_ms[0])} to ${fmtMs(lat.achievable_ms[1])} there. The search then chose, for each of the ${blocks.length} layers, ` +
         `the block that helps accuracy most while keeping the predicted time under the target: it predicted ${fmtMs(lat.predicted_ms)}, ` +
         `and the finished file measured ${fmtMs(lat.measured_ms)} on the device.` }),
+      ...(met ? [] : [el("p", { class: "error box", id: "target-missed", role: "alert",
+        text: `Latency target missed. ${report.target_missed || `The network measured ${fmtMs(lat.measured_ms)}, over your target of ${fmtMs(report.latency_target_ms)}.`}` })]),
+      ...((lat.tries || []).length > 1 ? [el("p", { id: "target-tries", text: `Networks tried: ${lat.tries.map((t) =>
+        `${fmtMs(t.measured_ms)} (${t.meets_target ? "met" : "missed"})`).join(", ")}. When a network measured over the target, ` +
+        "the job derived the next-faster network from the search and trained, exported and measured it again." })] : []),
+      ...(lat.predicted_interval_ms ? [el("p", { class: "help", text: `The prediction's interval: ${fmtMs(lat.predicted_interval_ms[0])} – ` +
+        `${fmtMs(lat.predicted_interval_ms[1])} (the predictor's 95th-percentile error on networks it was not fitted on).` })] : []),
       el("p", { text: `What it chose: ${used.length} layers with kernels of ${[...new Set(kernels)].sort().map((k) => `${k}×${k}`).join(", ")}` +
         (skipped ? `, and ${skipped} layer${skipped > 1 ? "s" : ""} skipped to save time` : "") +
         ". Larger kernels and expansions see more and learn more but cost time; see the diagram below." }),
@@ -415,7 +423,7 @@
     const stream = new EventSource(`${base}/events/stream?after=${lastId}`);
     let failures = 0;
     const onEvent = (m) => { failures = 0; handle(JSON.parse(m.data)); };
-    ["state", "progress", "metric", "log"].forEach((kind) => stream.addEventListener(kind, onEvent));
+    ["state", "progress", "metric", "log", "warning"].forEach((kind) => stream.addEventListener(kind, onEvent));
     stream.addEventListener("end", () => { stream.close(); refreshJob(); });
     stream.addEventListener("error", () => {
       failures += 1;

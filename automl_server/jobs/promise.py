@@ -1,0 +1,137 @@
+"""A job that keeps its promise (issue 18, part 3): when the exported network's
+measured latency misses the target, try the next-faster network before
+reporting, and say the miss plainly when none meets it.
+
+After the verify stage measured the exported network over the target, the job
+derives the next-faster network from the *search's final probabilities*
+(``search.ckpt``; ``engine.derive.derive_within_target``) at an aim corrected
+by what the device just showed: the new band's top is the margin under the
+target divided by the measured/predicted ratio of the miss, and always at
+least ``STEP`` under the missed network's prediction, so every try is faster
+than the last. The job then *rewinds* to the train stage with that network
+(``StageRewind``): it is trained with the job's train budget again (the same
+epochs, or the same share of ``budget.minutes``), exported, scheduled and
+measured like the first. At most ``params.target_retries`` (default 3)
+retries; each try (network, prediction, measurement) is kept in
+``result.promise.tries``. When none meets the target, or no faster network
+exists, the job still ends ``succeeded`` (its network is trained and
+exported) with ``result.target_met: false``, a ``warning`` event saying the
+miss, the report's ``target_met: false``, the final state event's message
+and data (so webhooks carry it) and the job page and CLI showing it. Why
+``succeeded`` with a flag and not a new state: every client that waits for
+``succeeded`` to fetch the model keeps working, and those that care read one
+more field; a new state would break each of them.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from automl_server.jobs.context import StageContext
+from automl_server.jobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from search_spaces import Arch
+
+# Each retry's band top is at least this far under the missed network's prediction.
+STEP = 0.05
+# The stage a retry goes back to; every stage from it to verify runs again.
+REWIND_TO = "train"
+# Files of the stages that run again, moved into try-<n>/ so each try keeps its own.
+# (and every training checkpoint, *.ckpt but the search's: a pipeline resumes from its own).
+PER_TRY_FILES = ("verify.json", "verify-state.json", "schedule-state.json", "schedule-device.json",
+                 "device-state.json")
+KEEP_CHECKPOINTS = ("search.ckpt",)
+
+
+class StageRewind(Exception):
+    """The stage asks the runner to go back to ``stage`` with ``results`` merged into
+    the job's result (the stages from ``stage`` on run again); ``message`` goes on the
+    timeline as a warning."""
+
+    def __init__(self, stage: str, results: dict[str, Any], message: str, data: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.stage, self.results, self.message, self.data = stage, results, message, data
+
+
+def keep_promise(ctx: StageContext, verified: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """The verify stage's output with ``target_met`` and the tries so far; raises
+    StageRewind to try a faster network when this one missed and retries remain."""
+    spec = JobSpec.from_params(ctx.params)
+    target_ms = float(ctx.params["latency_target_ms"])
+    tries = [*((ctx.results.get("promise") or {}).get("tries") or []),
+             {"try": len((ctx.results.get("promise") or {}).get("tries") or []) + 1, "arch": candidate["arch"],
+              "predicted_ms": candidate["predicted_ms"], "measured_ms": verified["measured_ms"],
+              "meets_target": verified["meets_target"]}]
+    if verified["meets_target"]:
+        return {**verified, "target_met": True, "tries": tries}
+    retries_used = len(tries) - 1
+    measured, predicted = float(verified["measured_ms"]), float(candidate["predicted_ms"])
+    miss = f"measured {measured:.4g} ms, over the target {target_ms:g} ms (predicted {predicted:.4g} ms)"
+    if retries_used < spec.target_retries:
+        faster = next_faster(ctx, candidate, measured)
+        if faster is not None:
+            retry = retries_used + 1
+            _archive_try(ctx, len(tries))
+            raise StageRewind(
+                REWIND_TO, {"promise": {"tries": tries}, "retry": {**faster, "try": retry + 1}},
+                f"the network {miss}: trying the next-faster network of the search (retry {retry} of "
+                f"{spec.target_retries}, predicted {faster['predicted_ms']:.4g} ms); it is trained with the job's "
+                "train budget again, exported and measured",
+                {"level": "warning", "target_ms": target_ms, "measured_ms": measured, "predicted_ms": predicted,
+                 "retry": retry, "retries": spec.target_retries, "next_predicted_ms": faster["predicted_ms"]})
+        why = "no faster network can be derived from the search's probabilities"
+    else:
+        why = (f"{spec.target_retries} retr{'y' if spec.target_retries == 1 else 'ies'} allowed, all used"
+               if spec.target_retries else "no retries: params.target_retries is 0")
+    message = (f"latency target missed: the network {miss}; {len(tries)} network(s) tried, none met the "
+               f"target ({why})")
+    ctx.event("warning", message, level="warning", target_met=False, target_ms=target_ms, measured_ms=measured,
+              tries=len(tries))
+    return {**verified, "target_met": False, "tries": tries, "missed": message}
+
+
+def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -> dict[str, Any] | None:
+    """The next-faster derivation of the search's final probabilities, as a chosen-network
+    dict (arch, predicted_ms); None when the job has no search or nothing faster exists."""
+    import torch
+
+    from automl_server.engine.derive import derive_within_target
+    from automl_server.engine.supernet import SuperNet
+    from automl_server.jobs.profile import job_layout
+    from automl_server.jobs.search_stage import latency_model, target_band
+
+    checkpoint = ctx.job_dir() / "search.ckpt"
+    if not checkpoint.exists():  # a job that adopted its parent's network did not search
+        return None
+    layout = job_layout(ctx)
+    model = latency_model(ctx, layout)
+    net = SuperNet(layout)
+    net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
+    _aim, margin, top = target_band(ctx)
+    predicted = float(missed["predicted_ms"])
+    ratio = measured_ms / predicted if predicted > 0 else 1.0
+    # What the device showed corrects the aim: a network measured r x its prediction needs a
+    # prediction r times further under the band's top; and each try is faster than the last.
+    new_top = min(top / max(ratio, 1.0), predicted * (1 - STEP))
+    derived = derive_within_target(net, model, new_top / (1 + margin), margin)
+    if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
+        return None
+    return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6), "holdout_accuracy": None,
+            "derived_from": "the search's final probabilities", "aimed_under_ms": round(new_top, 6)}
+
+
+def _same(arch: Arch, other: dict[str, Any]) -> bool:
+    return list(arch.blocks) == list(other.get("blocks", []))
+
+
+def _archive_try(ctx: StageContext, number: int) -> None:
+    """Move the files of the stages that run again into try-<number>/."""
+    folder = ctx.job_dir() / f"try-{number}"
+    folder.mkdir(exist_ok=True)
+    directory = ctx.job_dir()
+    checkpoints = [p.name for p in directory.glob("*.ckpt") if p.name not in KEEP_CHECKPOINTS]
+    for name in (*PER_TRY_FILES, *checkpoints):
+        path = directory / name
+        if path.exists():
+            shutil.move(str(path), folder / name)
