@@ -162,7 +162,8 @@ class JobOut(BaseModel):
     runtime: str
     space: str
     pipeline: str
-    latency_target_ms: float
+    latency_target_ms: float | None = Field(description="The latency target in ms; null until the profile "
+                                           "stage sets it when the request gave none.")
     params: dict[str, Any]
     result: dict[str, Any]
     cancel_requested: bool

@@ -28,7 +28,8 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--dataset", required=True, help="Dataset id or name.")
 @click.option("--device", required=True, help="Device name.")
 @click.option("--runtime", help="Runtime on the device (default: its first).")
-@click.option("--target-ms", "latency_target_ms", type=float, required=True, help="Latency target in ms.")
+@click.option("--target-ms", "latency_target_ms", type=float,
+              help="Latency target in ms (default: the middle of the achievable range, set once the device is profiled).")
 @click.option("--space", default="proxyless-mobile", show_default=True)
 @click.option("--strategy", default="gradient", show_default=True,
               help="Architecture-search strategy: gradient (binarized gates) or rl (REINFORCE), or a registered one.")
@@ -52,7 +53,7 @@ def _summary(job: dict[str, Any]) -> str:
 @server_option
 @token_option
 @json_option
-def submit(dataset: str, device: str, runtime: str | None, latency_target_ms: float, space: str, strategy: str,
+def submit(dataset: str, device: str, runtime: str | None, latency_target_ms: float | None, space: str, strategy: str,
            pipeline: str, warmup_epochs: int | None, search_epochs: int | None, tune_trials: int | None,
            tune_epochs: int | None, train_epochs: int | None, minutes: float | None, no_tune: bool,
            stop_after: str | None, webhook_url: str | None, params: tuple[str, ...], idempotency_key: str | None,
@@ -62,10 +63,11 @@ def submit(dataset: str, device: str, runtime: str | None, latency_target_ms: fl
     budget = {k: v for k, v in {"warmup_epochs": warmup_epochs, "search_epochs": search_epochs,
                                 "tune_trials": tune_trials, "tune_epochs": tune_epochs,
                                 "train_epochs": train_epochs, "minutes": minutes}.items() if v is not None}
-    body: dict[str, Any] = {"dataset": dataset, "device": device, "latency_target_ms": latency_target_ms,
+    body: dict[str, Any] = {"dataset": dataset, "device": device,
                             "space": space, "strategy": strategy, "pipeline": pipeline, "budget": budget,
                             "tune": not no_tune, "params": _parse_params(params)}
-    for key, value in (("runtime", runtime), ("stop_after", stop_after), ("webhook_url", webhook_url)):
+    for key, value in (("latency_target_ms", latency_target_ms), ("runtime", runtime), ("stop_after", stop_after),
+                       ("webhook_url", webhook_url)):
         if value:
             body[key] = value
     job = client.json("POST", "/jobs", json=body,

@@ -137,7 +137,8 @@ class Job(Base):
     runtime: Mapped[str] = mapped_column(String(50))
     space: Mapped[str] = mapped_column(String(50))
     pipeline: Mapped[str] = mapped_column(String(30))
-    latency_target_ms: Mapped[float] = mapped_column(Float)
+    # None until the profile stage sets it when the request gave none (the middle of the achievable range).
+    latency_target_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Everything else the request asked for (budget, strategy, ...).
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Outputs of finished stages (dataset statistics, metrics, ...).

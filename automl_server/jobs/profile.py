@@ -98,6 +98,24 @@ def target_range_ms(db: Database, target: Target, layout: SpaceLayout) -> tuple[
     return round(fastest, 6), round(slowest, 6), lat
 
 
+def _target_of(ctx: StageContext, fastest: float, slowest: float) -> tuple[float, str]:
+    """The job's latency target, and where it came from. A request without one gets the middle
+    of the achievable range (what New search suggests), written to the job so that every later
+    stage, the API and the page read it like a requested one."""
+    requested = ctx.params.get("latency_target_ms")
+    if requested is not None:
+        return float(requested), "request"
+    from automl_server.db.models import Job
+
+    target_ms = round((fastest + slowest) / 2, 6)
+    with ctx.db.session() as session:
+        session.get_one(Job, ctx.job_id).latency_target_ms = target_ms
+    ctx.params["latency_target_ms"] = target_ms
+    ctx.event("log", f"no latency target was given: {target_ms:.4g} ms, the middle of the achievable range "
+              f"{fastest:.4g}-{slowest:.4g} ms on this device", target_ms=target_ms, target_source="range middle")
+    return target_ms, "range middle"
+
+
 def _state(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
     path = ctx.job_dir() / "profile-state.json"
     return path, (json.loads(path.read_text()) if path.exists() else {})
@@ -207,7 +225,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
                   f"their retakes and do not calibrate the predictor (first: {flagged[0].unreliable_reason})",
                   unreliable_networks=len(flagged), measured_networks=len(networks))
-    target_ms = float(ctx.params["latency_target_ms"])
+    target_ms, target_source = _target_of(ctx, fastest, slowest)
     device_seconds = time.time() - state["started"] if ("ops_sent_at" in state or "networks_sent_at" in state) else 0.0
     output = {
         "target": target.to_dict(), "ops": len(keys), "ops_measured_now": state.get("ops_to_measure", 0),
@@ -218,6 +236,7 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
         "predictor_error": lat.heldout.to_dict() if lat.heldout else None,
         "unreliable_networks": len(flagged),
         "achievable_ms": [round(fastest, 6), round(slowest, 6)], "device_seconds": round(device_seconds, 3),
+        "target_ms": target_ms, "target_source": target_source,
         "resolution": layout.resolution, "num_classes": layout.num_classes, "in_channels": layout.in_channels,
     }
     margin, source = target_margin(output)

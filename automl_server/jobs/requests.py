@@ -147,7 +147,10 @@ class JobCreate(Strict):
     dataset: str = Field(min_length=1, max_length=200, description="Dataset id or name.")
     device: str = Field(min_length=1, max_length=200, description="Device name.")
     runtime: str | None = Field(None, description="One of the device's runtimes; default: its first.")
-    latency_target_ms: float = Field(gt=0, le=1e6, description="Latency the search aims at, in milliseconds.")
+    latency_target_ms: float | None = Field(None, gt=0, le=1e6, description="Latency the search aims at, in "
+                                            "milliseconds. Omitted: the middle of the achievable range of the space "
+                                            "on the device for this dataset, set by the profile stage once the "
+                                            "latency table has it (the job's latency_target_ms is null until then).")
     space: str = Field("proxyless-mobile", pattern=NAME_PATTERN, description="Search space name.")
     strategy: str = Field("gradient", max_length=100, json_schema_extra=_strategy_names,
                           description="Architecture-search strategy (engine/strategies.py): binarized gates "

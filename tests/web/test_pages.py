@@ -211,6 +211,26 @@ def test_the_pages_range_is_the_one_a_profile_only_job_records(client, app, tmp_
     assert done["state"] == "succeeded", done["error"]
     assert done["result"]["profile"]["achievable_ms"] == [shown["fastest_ms"], shown["slowest_ms"]]
 
+    # A job that names no target gets the middle of that range once profiled, like New search suggests.
+    before = client.post("/api/v1/jobs", json={"dataset": "pets", "device": "pi", "space": "tiny",
+                                               "stop_after": "profile", "params": {"calibration_networks": 5}}).json
+    untargeted = client.get(f"/api/v1/jobs/{before['id']}").json
+    middle = round((shown["fastest_ms"] + shown["slowest_ms"]) / 2, 6)
+    assert before["latency_target_ms"] is None  # the 202 answer: nothing chosen before the table is read
+    assert untargeted["state"] == "succeeded", untargeted["error"]
+    assert untargeted["latency_target_ms"] == middle
+    assert untargeted["result"]["profile"]["target_source"] == "range middle"
+    page = client.get(f"/jobs/{before['id']}").get_data(as_text=True)
+    assert f"{middle:.4g} ms" in page
+    # Before its profile stage such a job has no target yet: the pages say so instead of failing.
+    from automl_server.db.models import Job
+    with db.session() as session:
+        session.get_one(Job, before["id"]).latency_target_ms = None
+    job_page, jobs_page = client.get(f"/jobs/{before['id']}"), client.get("/")
+    assert job_page.status_code == jobs_page.status_code == 200
+    assert "the middle of the achievable range (set once profiled)" in job_page.get_data(as_text=True)
+    assert "mid-range" in jobs_page.get_data(as_text=True)
+
 
 def test_duration_estimate_from_the_devices_recent_jobs(client, app, tmp_path):
     from datetime import timedelta

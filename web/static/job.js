@@ -203,7 +203,8 @@
     const latNode = document.getElementById("chart-latency");
     const latPoints = searchMetrics.filter((m) => m.expected_latency_ms != null).map((m, i) => [i + 1, m.expected_latency_ms]);
     Charts.line(latNode, [{ name: "expected latency of the search's network", color: Charts.PALETTE[4], points: latPoints }],
-      { xLabel: "search epoch", yLabel: "expected latency (ms)", hline: { y: job.latency_target_ms, label: `target ${fmtMs(job.latency_target_ms)}` } });
+      { xLabel: "search epoch", yLabel: "expected latency (ms)",
+        hline: job.latency_target_ms == null ? undefined : { y: job.latency_target_ms, label: `target ${fmtMs(job.latency_target_ms)}` } });
     if (latPoints.length) latNode.setAttribute("aria-label", `Expected latency per search epoch, last ${fmtMs(latPoints[latPoints.length - 1][1])}, target ${fmtMs(job.latency_target_ms)}`);
 
     const layout = data.layout;
