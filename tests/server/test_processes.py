@@ -128,7 +128,7 @@ def test_token_protected_server_with_a_remote_agent_going_offline(tmp_path):
                                  heartbeat_interval_s=0.3, heartbeat_timeout_s=2.0)
     env = child_env(settings)
     cli(env, "db", "upgrade")
-    token = cli_json(env, "tokens", "create", "ci")["token"]
+    token = cli_json(env, "tokens", "create", "ci", "--scope", "read", "--scope", "agent:pi-sim")["token"]
     server = Process([*CLI, "serve", "--no-worker", "--no-agent"], env, tmp_path / "serve.log")
     agent = Process([*CLI, "agent", "--name", "pi-sim", "--kind", "raspberry-pi", "--token", token], env,
                     tmp_path / "agent.log")

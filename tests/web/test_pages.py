@@ -26,7 +26,7 @@ def locked_app(tmp_path, database_url):  # type: ignore[no-untyped-def]
 
 def _token(app) -> str:  # type: ignore[no-untyped-def]
     with app.extensions["automl"].db.session() as session:
-        return create_token(session, "web-test").secret
+        return create_token(session, "web-test", ["read", "submit", "admin"]).secret
 
 
 def _csrf(page_html: str) -> str:
