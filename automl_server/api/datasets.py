@@ -49,7 +49,7 @@ def _rejected(exc: DatasetRejected) -> ProblemError:
 
 @registry.operation(
     api_blueprint, "/datasets", "POST", scope="submit", summary="Upload a dataset", tag="datasets",
-    responses={201: DatasetOut}, multipart=_UPLOAD_FORM, errors=(409, 413, 415),
+    responses={201: DatasetOut}, multipart=_UPLOAD_FORM, errors=(409, 413, 415, 507),
 )
 def upload_dataset() -> tuple[DatasetOut, int, dict[str, str]]:
     """Validates the whole file before anything is stored; a rejected upload

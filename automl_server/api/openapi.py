@@ -281,6 +281,7 @@ _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request (unreadable input)",
     401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
     415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Service unavailable",
+    507: "Insufficient storage (the data directory's disk is full)",
 }
 
 _PROBLEM_SCHEMA = {

@@ -54,7 +54,7 @@ def _dir(schedule_id: str) -> Path:
 
 
 @registry.operation(api_blueprint, "/schedules", "POST", scope="submit", summary="Schedule an ONNX model on a device (IOS)",
-                    tag="schedules", responses={201: ScheduleOut, 202: ScheduleOut}, multipart=_UPLOAD_FORM, errors=(404, 413))
+                    tag="schedules", responses={201: ScheduleOut, 202: ScheduleOut}, multipart=_UPLOAD_FORM, errors=(404, 413, 507))
 def create_schedule() -> tuple[ScheduleOut, int, dict[str, str]]:
     from automl_server.profiling import ProfilingError, resolve_target
 

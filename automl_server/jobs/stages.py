@@ -32,6 +32,7 @@ from sqlalchemy import select
 from automl_server.db.engine import Database
 from automl_server.db.models import Job, JobState, utcnow
 from automl_server.engine.privacy.settings import audit_applies
+from automl_server.files import disk_full, disk_full_detail
 from automl_server.jobs import service
 from automl_server.jobs.audit import audit_privacy
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
@@ -239,6 +240,14 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             _release(job)
         return None
     except Exception as exc:  # an unexpected bug must still end the job visibly
+        if disk_full(exc, settings.data_dir):  # not a bug: say what happened and what to do
+            with db.session() as session:
+                job = session.get_one(Job, job_id)
+                service.fail(session, job, disk_full_detail(
+                    settings.data_dir, f"stage {stage_name} wrote its files (a checkpoint, a model)")
+                    + "; the files of its finished stages are kept. Re-run the job once there is space")
+                _release(job)
+            return None
         with db.session() as session:
             job = session.get_one(Job, job_id)
             service.fail(session, job, f"internal error in stage {stage_name}: {exc!r}")
