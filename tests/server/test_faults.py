@@ -33,7 +33,7 @@ from tests.server.test_api_datasets import stored_state, upload
 
 
 def report(fault: str, seconds: float) -> None:
-    print(f"\nFAULT {fault}: {seconds:.1f} s")
+    print(f"\nFAULT {fault}: {seconds:.1f} s (at {time.strftime('%H:%M:%S')})")
 
 
 @pytest.fixture
@@ -123,3 +123,49 @@ def test_a_full_data_disk_refuses_an_upload_and_fails_a_checkpoint_clearly(small
     assert job["result"]["validate"]["num_samples"] > 0 and "profile" in job["result"]  # earlier stages kept
     assert checkpoint  # the last checkpoint written before the disk filled is whole
     assert {"digits", "small", "noise"} <= datasets
+
+
+def test_a_stage_that_loses_its_database_is_sent_again_and_resumes(tmp_path, monkeypatch):
+    """What a PostgreSQL restart does to a stage writing its progress (the
+    process test hits it only when a write falls in the restart's second):
+    the stage is not failed; once the database answers it is sent again,
+    its lease given up so that the next delivery resumes it at once."""
+    import dataclasses
+
+    from sqlalchemy.exc import OperationalError
+
+    from automl_server.db.engine import StorageError
+    from automl_server.db.models import Job
+    from automl_server.jobs import stages
+
+    url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    settings = make_settings(tmp_path, url)
+    client = create_app(settings, celery=make_celery(settings)).test_client()  # nobody consumes: jobs stay queued
+    db = get_database(url)
+    with db.session() as session:
+        register_bundled_datasets(session, settings)
+    client.post("/api/v1/devices", json={"name": "cpu-1", "kind": "cpu", "runtimes": [{"name": "onnxruntime"}]})
+    job_id = client.post("/api/v1/jobs", json={"dataset": "digits", "device": "cpu-1", "latency_target_ms": 10.0,
+                                               "space": "tiny", "stop_after": "validate"}).json["id"]
+    validate = stages.get_stage("validate")
+    calls: list[int] = []
+
+    def loses_its_database_once(ctx):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("database error") from OperationalError("UPDATE jobs", {}, Exception("terminated"))
+        return validate.run(ctx)
+
+    monkeypatch.setattr(stages, "get_stage", lambda name: dataclasses.replace(validate, run=loses_its_database_once))
+    first = stages.run_stage(db, settings, job_id, "validate", owner="task-A")
+    between = client.get(f"/api/v1/jobs/{job_id}").json
+    second = stages.run_stage(db, settings, job_id, "validate", owner="task-B")
+    done = client.get(f"/api/v1/jobs/{job_id}").json
+    with db.session() as session:
+        recoveries = session.get_one(Job, job_id).recoveries
+    _forget_database(url)
+
+    assert first is not None and first.stage == "validate"  # sent again, not failed
+    assert between["state"] == "running" and between["error"] is None
+    assert second is None and done["state"] == "succeeded" and recoveries == 1
