@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
-from automl_server.auth import create_token
+from automl_server.auth import agent_scope, create_token
 from automl_server.datasets.store import register_bundled_datasets
 from automl_server.db.engine import get_database
 from automl_server.db.migrate import upgrade
@@ -67,7 +67,8 @@ def _agent_token(settings: Settings) -> str | None:
             update(ApiToken).where(ApiToken.name == EMBEDDED_AGENT_TOKEN, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-        return create_token(session, EMBEDDED_AGENT_TOKEN).secret
+        # Its agent registers and heartbeats the local device, and needs nothing more.
+        return create_token(session, EMBEDDED_AGENT_TOKEN, [agent_scope(settings.local_device_name)]).secret
 
 
 def agent_state_dir(settings: Settings) -> Path:

@@ -48,13 +48,15 @@ def _state() -> ServiceState:
 
 
 def _logged_in() -> bool:
-    from automl_server.auth import verify_token
+    from automl_server.auth import READ, allows, token_scopes, verify_token
 
     secret = session.get(SESSION_TOKEN)
     if not secret:
         return False
     with _state().db.session() as db_session:
-        return verify_token(db_session, secret) is not None
+        token = verify_token(db_session, secret)
+        # The pages show what the API's GETs do: they need the read scope.
+        return token is not None and allows(token_scopes(token), READ)
 
 
 @web.before_request
@@ -100,12 +102,18 @@ def login() -> Any:
         if not secret:
             error = "Paste your API token into the box. An administrator creates one with: automl tokens create NAME"
         else:
+            from automl_server.auth import READ, allows, token_scopes
+
             with _state().db.session() as db_session:
                 token = verify_token(db_session, secret)
+                scopes = token_scopes(token) if token is not None else ()
             if token is None:
                 throttle.failed(client)
                 error = ("This token was not accepted: it is unknown or was revoked. "
                          "Check that you copied all of it, or ask for a new one.")
+            elif not allows(scopes, READ):
+                error = (f"This token may not read (its scopes: {', '.join(scopes)}); the pages need a token "
+                         "with the read scope: automl tokens create NAME --scope read --scope submit")
             else:
                 session.clear()
                 session.permanent = True

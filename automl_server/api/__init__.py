@@ -7,7 +7,7 @@ from automl_server.api.blueprint import API_PREFIX, api_blueprint, registry
 
 # Importing the resource modules declares their routes on the blueprint.
 from automl_server.api import comparisons, datasets, devices, jobs, meta, pipelines, ui  # noqa: E402,F401
-from automl_server.api import schedules  # noqa: E402,F401
+from automl_server.api import audit, schedules  # noqa: E402,F401
 from automl_server.api import auth as _auth  # noqa: E402
 from automl_server.api import problems  # noqa: E402
 

@@ -43,7 +43,7 @@ def _targets(session: Session, devices: list[str]) -> list[dict[str, str]]:
 
 
 @registry.operation(
-    api_blueprint, "/comparisons", "POST", summary="Search one dataset for several devices", tag="comparisons",
+    api_blueprint, "/comparisons", "POST", scope="submit", summary="Search one dataset for several devices", tag="comparisons",
     body=ComparisonCreate, responses={202: ComparisonOut}, errors=(503,),
 )
 def create_comparison(body: ComparisonCreate) -> tuple[ComparisonOut, int, dict[str, str]]:
@@ -109,7 +109,7 @@ def to_out(session: Session, comparison: Comparison) -> ComparisonOut:
 
 
 @registry.operation(
-    api_blueprint, "/comparisons/<comparison_id>", "GET", summary="A comparison and its matrix", tag="comparisons",
+    api_blueprint, "/comparisons/<comparison_id>", "GET", scope="read", summary="A comparison and its matrix", tag="comparisons",
     responses={200: ComparisonOut}, errors=(404,),
 )
 def get_comparison(comparison_id: str) -> ComparisonOut:
@@ -125,7 +125,7 @@ def _load(comparison_id: str) -> ComparisonOut:
 
 
 @registry.operation(
-    api_blueprint, "/comparisons/<comparison_id>/matrix.csv", "GET", summary="The matrix as CSV",
+    api_blueprint, "/comparisons/<comparison_id>/matrix.csv", "GET", scope="read", summary="The matrix as CSV",
     tag="comparisons", responses={200: None}, streams="text/csv", errors=(404,),
 )
 def get_comparison_csv(comparison_id: str) -> Response:

@@ -48,8 +48,8 @@ def _rejected(exc: DatasetRejected) -> ProblemError:
 
 
 @registry.operation(
-    api_blueprint, "/datasets", "POST", summary="Upload a dataset", tag="datasets",
-    responses={201: DatasetOut}, multipart=_UPLOAD_FORM, errors=(409, 413, 415),
+    api_blueprint, "/datasets", "POST", scope="submit", summary="Upload a dataset", tag="datasets",
+    responses={201: DatasetOut}, multipart=_UPLOAD_FORM, errors=(409, 413, 415, 507),
 )
 def upload_dataset() -> tuple[DatasetOut, int, dict[str, str]]:
     """Validates the whole file before anything is stored; a rejected upload
@@ -93,7 +93,7 @@ def upload_dataset() -> tuple[DatasetOut, int, dict[str, str]]:
 
 
 @registry.operation(
-    api_blueprint, "/datasets", "GET", summary="List datasets", tag="datasets",
+    api_blueprint, "/datasets", "GET", scope="read", summary="List datasets", tag="datasets",
     query=PageQuery, responses={200: DatasetList},
 )
 def list_datasets(query: PageQuery) -> DatasetList:
@@ -103,7 +103,7 @@ def list_datasets(query: PageQuery) -> DatasetList:
 
 
 @registry.operation(
-    api_blueprint, "/datasets/<key>", "GET", summary="Get a dataset by id or name", tag="datasets",
+    api_blueprint, "/datasets/<key>", "GET", scope="read", summary="Get a dataset by id or name", tag="datasets",
     responses={200: DatasetOut}, errors=(404,),
 )
 def get_dataset(key: str) -> DatasetOut:
@@ -115,7 +115,7 @@ def get_dataset(key: str) -> DatasetOut:
 
 
 @registry.operation(
-    api_blueprint, "/datasets/<key>", "DELETE", summary="Delete a dataset", tag="datasets",
+    api_blueprint, "/datasets/<key>", "DELETE", scope="admin", summary="Delete a dataset", tag="datasets",
     responses={204: None}, errors=(404, 409),
 )
 def delete_dataset(key: str) -> tuple[None, int]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
+from flask import g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from automl_server import audit_log
 from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import decode_token, encode_token
 from automl_server.api.problems import ProblemError, not_found
@@ -22,8 +23,14 @@ from automl_server.devices import ownership, retire
 from automl_server.devices.ownership import AGENT_TOKEN_HEADER
 from automl_server.service_state import state
 
-# Device changes are logged (who registered, claimed or retired what): the audit trail until an audit table exists.
+# Device changes are logged here and written to the audit log (automl_server.audit_log).
 log = logging.getLogger("automl.devices")
+
+
+def _who() -> dict[str, str | None]:
+    """The caller, as an audit row records it."""
+    return {"token_name": g.get("token_name"), "token_prefix": g.get("audit_token_prefix"),
+            "method": request.method, "path": request.path[:500], "address": (request.remote_addr or "")[:100] or None}
 
 
 def to_out(device: Device, timeout_s: float) -> DeviceOut:
@@ -50,7 +57,7 @@ def _not_owner(exc: ownership.NotTheOwner, status: int) -> ProblemError:
 
 
 @registry.operation(
-    api_blueprint, "/devices", "POST", summary="Register (or re-register) a device", tag="devices",
+    api_blueprint, "/devices", "POST", scope="agent", summary="Register (or re-register) a device", tag="devices",
     body=DeviceRegister, responses={200: DeviceRegistered, 201: DeviceRegistered}, errors=(409,),
     headers={AGENT_TOKEN_HEADER: {"required": False, "schema": {"type": "string"}, "description": _AGENT_HEADER_DOC}},
 )
@@ -63,24 +70,35 @@ def register_device(body: DeviceRegister) -> tuple[DeviceRegistered, int]:
     spec = ownership.RegistrationSpec(
         name=body.name, kind=body.kind, description=body.description,
         runtimes={r.name: r.version for r in body.runtimes}, info=dict(body.info), agent_version=body.agent_version)
+    refused: ownership.NotTheOwner | None = None
     with s.db.session() as session:
         try:
             done = ownership.register(session, spec, _agent_token(), s.settings.heartbeat_timeout_s)
-        except ownership.NotTheOwner as exc:
-            log.warning("registration of device %s from %s refused: no valid agent token", body.name,
-                        request.remote_addr)
-            raise _not_owner(exc, 409) from None
-        reused = retire.reuse_latency(session, body.name) if done.created and body.reuse_latency else 0
-        out = DeviceRegistered(**to_out(done.device, s.settings.heartbeat_timeout_s).model_dump(),
-                               agent_token=done.agent_token, latency_targets_reused=reused)
-        if done.agent_token is not None or reused:
-            log.info("device %s registered (%s)%s", body.name, "new" if done.created else "claimed",
-                     f", {reused} latency target(s) reused" if reused else "")
+        except ownership.NotTheOwner as exc:  # raised before anything is changed
+            refused = exc
+        else:
+            reused = retire.reuse_latency(session, body.name) if done.created and body.reuse_latency else 0
+            action = "register" if done.created else "claim" if done.agent_token is not None else "re-register"
+            audit_log.record(session, audit_log.DEVICE, action, subject=body.name,
+                             status=201 if done.created else 200,
+                             detail=f"kind {body.kind}; runtimes {', '.join(spec.runtimes) or 'none'}"
+                                    + (f"; {reused} latency target(s) reused" if reused else ""), **_who())
+            out = DeviceRegistered(**to_out(done.device, s.settings.heartbeat_timeout_s).model_dump(),
+                                   agent_token=done.agent_token, latency_targets_reused=reused)
+            if done.agent_token is not None or reused:
+                log.info("device %s registered (%s)%s", body.name, "new" if done.created else "claimed",
+                         f", {reused} latency target(s) reused" if reused else "")
+    if refused is not None:
+        log.warning("registration of device %s from %s refused: no valid agent token", body.name,
+                    request.remote_addr)
+        audit_log.record_apart(s.db, audit_log.DEVICE, "register-refused", subject=body.name, status=409,
+                               detail=refused.detail[:2000], **_who())
+        raise _not_owner(refused, 409)
     return out, 201 if done.created else 200
 
 
 @registry.operation(
-    api_blueprint, "/devices", "GET", summary="List devices", tag="devices", query=PageQuery,
+    api_blueprint, "/devices", "GET", scope="read", summary="List devices", tag="devices", query=PageQuery,
     responses={200: DeviceList},
 )
 def list_devices(query: PageQuery) -> DeviceList:
@@ -106,7 +124,7 @@ def _get(session: Session, name: str) -> Device:
 
 
 @registry.operation(
-    api_blueprint, "/devices/<name>", "GET", summary="Get a device", tag="devices",
+    api_blueprint, "/devices/<name>", "GET", scope="read", summary="Get a device", tag="devices",
     responses={200: DeviceOut}, errors=(404,),
 )
 def get_device(name: str) -> DeviceOut:
@@ -116,27 +134,33 @@ def get_device(name: str) -> DeviceOut:
 
 
 @registry.operation(
-    api_blueprint, "/devices/<name>/heartbeat", "POST", summary="Heartbeat from a device's agent", tag="devices",
+    api_blueprint, "/devices/<name>/heartbeat", "POST", scope="agent", summary="Heartbeat from a device's agent", tag="devices",
     body=HeartbeatIn, responses={200: DeviceOut}, errors=(403, 404),
     headers={AGENT_TOKEN_HEADER: {"required": True, "schema": {"type": "string"}, "description": _AGENT_HEADER_DOC}},
 )
 def heartbeat(name: str, body: HeartbeatIn) -> DeviceOut:
     s = state()
+    refused: ownership.NotTheOwner | None = None
     with s.db.session() as session:
         device = _get(session, name)
         try:
             ownership.check_heartbeat(device, _agent_token())
         except ownership.NotTheOwner as exc:
-            raise _not_owner(exc, 403) from None
-        device.last_heartbeat_at = utcnow()
-        if body.info is not None:
-            device.info = {**device.info, **body.info}
-        session.flush()
-        return to_out(device, s.settings.heartbeat_timeout_s)
+            refused = exc
+        else:
+            device.last_heartbeat_at = utcnow()
+            if body.info is not None:
+                device.info = {**device.info, **body.info}
+            session.flush()
+            return to_out(device, s.settings.heartbeat_timeout_s)
+    # Written after the request's own transaction: on SQLite a second one would wait for it.
+    audit_log.record_apart(s.db, audit_log.DEVICE, "heartbeat-refused", subject=name, status=403,
+                           detail=refused.detail[:2000], **_who())
+    raise _not_owner(refused, 403)
 
 
 @registry.operation(
-    api_blueprint, "/devices/<name>", "DELETE", summary="Retire a device", tag="devices", query=DeviceDeleteQuery,
+    api_blueprint, "/devices/<name>", "DELETE", scope="admin", summary="Retire a device", tag="devices", query=DeviceDeleteQuery,
     responses={200: DeviceRetired}, errors=(404, 409),
 )
 def delete_device(name: str, query: DeviceDeleteQuery) -> DeviceRetired:
@@ -153,5 +177,8 @@ def delete_device(name: str, query: DeviceDeleteQuery) -> DeviceRetired:
             raise ProblemError(409, "Conflict", str(exc), field="force", slug="device-busy", jobs=exc.job_ids) from None
         log.info("device %s retired (cancelled jobs: %s; latency kept as %s)", name,
                  ", ".join(done.cancelled_jobs) or "none", done.latency_archive or "-")
+        audit_log.record(session, audit_log.DEVICE, "retire", subject=name, status=200,
+                         detail=f"cancelled jobs: {', '.join(done.cancelled_jobs) or 'none'}; latency kept as "
+                                f"{done.latency_archive or '-'}", **_who())
         return DeviceRetired(name=done.name, cancelled_jobs=done.cancelled_jobs, latency_archive=done.latency_archive,
                              latency_targets_kept=done.latency_targets_kept)

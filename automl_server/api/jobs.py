@@ -122,7 +122,7 @@ def _dispatch_with_retries(celery: Any, job_id: str, stage: str, device_name: st
 
 
 @registry.operation(
-    api_blueprint, "/jobs", "POST", summary="Submit a job", tag="jobs", body=JobCreate,
+    api_blueprint, "/jobs", "POST", scope="submit", summary="Submit a job", tag="jobs", body=JobCreate,
     responses={202: JobOut, 200: JobOut}, errors=(409, 503),
 )
 def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
@@ -156,7 +156,7 @@ def create_job(body: JobCreate) -> tuple[JobOut, int, dict[str, str]]:
 
 
 @registry.operation(
-    api_blueprint, "/jobs", "GET", summary="List jobs, newest first", tag="jobs", query=JobListQuery,
+    api_blueprint, "/jobs", "GET", scope="read", summary="List jobs, newest first", tag="jobs", query=JobListQuery,
     responses={200: JobList},
 )
 def list_jobs(query: JobListQuery) -> JobList:
@@ -179,7 +179,7 @@ def _get(session: Session, job_id: str) -> Job:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>", "GET", summary="Get a job (the operation resource)", tag="jobs",
+    api_blueprint, "/jobs/<job_id>", "GET", scope="read", summary="Get a job (the operation resource)", tag="jobs",
     responses={200: JobOut}, errors=(404,),
 )
 def get_job(job_id: str) -> JobOut:
@@ -188,7 +188,7 @@ def get_job(job_id: str) -> JobOut:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/cancel", "POST", summary="Cancel a job", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/cancel", "POST", scope="submit", summary="Cancel a job", tag="jobs",
     responses={202: JobOut}, errors=(404, 409),
 )
 def cancel_job(job_id: str) -> tuple[JobOut, int]:
@@ -213,7 +213,7 @@ def _event_out(event: JobEvent) -> JobEventOut:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/events", "GET", summary="A job's timeline, oldest first", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/events", "GET", scope="read", summary="A job's timeline, oldest first", tag="jobs",
     query=PageQuery, responses={200: JobEventList}, errors=(404,),
 )
 def list_job_events(job_id: str, query: PageQuery) -> JobEventList:
@@ -242,7 +242,7 @@ STREAM_KEEPALIVE_S = 15.0
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/events/stream", "GET", summary="Live timeline (Server-Sent Events)", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/events/stream", "GET", scope="read", summary="Live timeline (Server-Sent Events)", tag="jobs",
     query=StreamQuery, responses={200: None}, streams="text/event-stream", stream_event=JobEventOut, errors=(404,),
     headers={"Last-Event-ID": {"schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                                "description": "The id of the last event received; the stream resumes after it."}},
@@ -290,7 +290,7 @@ def stream_job_events(job_id: str, query: StreamQuery) -> Response:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/report", "GET", summary="The finished job's report", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/report", "GET", scope="read", summary="The finished job's report", tag="jobs",
     responses={200: None}, errors=(404, 409),
 )
 def get_job_report(job_id: str) -> Response:
@@ -332,7 +332,7 @@ def _artifact_paths(session: Session, job_id: str) -> dict[str, Path]:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/artifacts/<kind>", "GET", summary="Download one of the job's files", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/artifacts/<kind>", "GET", scope="read", summary="Download one of the job's files", tag="jobs",
     responses={200: None}, streams=tuple(dict.fromkeys(media for _, media in ARTIFACT_FILES.values())), errors=(404,),
 )
 def download_artifact(job_id: str, kind: str) -> Response:
@@ -355,7 +355,7 @@ def download_artifact(job_id: str, kind: str) -> Response:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/artifacts/bundle", "GET", summary="Download the deployment bundle (zip)",
+    api_blueprint, "/jobs/<job_id>/artifacts/bundle", "GET", scope="read", summary="Download the deployment bundle (zip)",
     tag="jobs", responses={200: None}, streams=BUNDLE_MEDIA_TYPE, errors=(404, 409),
 )
 def download_bundle(job_id: str) -> Response:
@@ -383,7 +383,7 @@ def download_bundle(job_id: str) -> Response:
 
 
 @registry.operation(
-    api_blueprint, "/jobs/<job_id>/rerun", "POST", summary="Run a job again with the same settings", tag="jobs",
+    api_blueprint, "/jobs/<job_id>/rerun", "POST", scope="submit", summary="Run a job again with the same settings", tag="jobs",
     responses={202: JobOut}, errors=(404, 409, 422, 503),
 )
 def rerun_job(job_id: str) -> tuple[JobOut, int, dict[str, str]]:

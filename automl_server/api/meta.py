@@ -26,7 +26,7 @@ _DOCS_PAGE = """<!doctype html>
 _DOCS_INIT = 'window.ui = SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true});\n'
 
 
-@registry.operation(api_blueprint, "/health", "GET", summary="Service health", tag="meta", responses={200: Health})
+@registry.operation(api_blueprint, "/health", "GET", scope=None, summary="Service health", tag="meta", responses={200: Health})
 def health() -> Health:
     s = state()
     with s.db.engine.connect() as conn:

@@ -40,12 +40,21 @@ class Operation:
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # For a text/event-stream: the model of each event's JSON data.
     stream_event: type[BaseModel] | None = None
+    # The token scope the operation needs (automl_server.auth): "read", "submit", "admin" or
+    # "agent" (the agent of the device the request names); None: open without a token.
+    scope: str | None = None
+
+
+# Called before the view with (operation, device named by the request): raises a problem if
+# the caller may not. Set by api/auth.py; None (tests of the registry alone) checks nothing.
+Authorize = Callable[[Operation, "str | None"], None]
 
 
 @dataclass
 class ApiRegistry:
     prefix: str
     operations: list[Operation] = field(default_factory=list)
+    authorize: Authorize | None = None
 
     def operation(
         self,
@@ -56,6 +65,7 @@ class ApiRegistry:
         summary: str,
         tag: str,
         responses: dict[int, type[BaseModel] | None],
+        scope: str | None,
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         multipart: dict[str, dict[str, Any]] | None = None,
@@ -70,13 +80,17 @@ class ApiRegistry:
                 method=method.lower(), rule=rule, summary=summary, tag=tag, operation_id=view.__name__,
                 body=body, query=query, responses=responses, multipart=multipart, streams=streams,
                 description=description or (view.__doc__ or "").strip(), errors=errors,
-                headers=dict(headers or {}), stream_event=stream_event,
+                headers=dict(headers or {}), stream_event=stream_event, scope=scope,
             )
             self.operations.append(op)
 
             @functools.wraps(view)
             def endpoint(**path_args: Any) -> Any:
                 kwargs = dict(path_args)
+                # The agent scope needs the device's name, which a registration carries in its body.
+                late = scope == "agent" and "name" not in path_args
+                if self.authorize is not None and not late:
+                    self.authorize(op, path_args.get("name"))
                 if query is not None:
                     kwargs["query"] = _parse(query, request.args.to_dict(), "query parameter")
                 if body is not None:
@@ -90,6 +104,8 @@ class ApiRegistry:
                             slug="bad-body",
                         )
                     kwargs["body"] = _parse(body, payload, "body")
+                if self.authorize is not None and late:
+                    self.authorize(op, getattr(kwargs.get("body"), "name", None))
                 result = view(**kwargs)
                 return _serialise(result)
 
@@ -115,6 +131,12 @@ class ApiRegistry:
             }
             if op.description:
                 item["description"] = op.description
+            if op.scope is not None:
+                item["x-required-scope"] = "agent:DEVICE" if op.scope == "agent" else op.scope
+                needs = ("the agent:DEVICE scope of the device it names (or admin)" if op.scope == "agent"
+                         else f"the {op.scope} scope" + ("" if op.scope == "admin" else " (or admin)"))
+                if auth_required:
+                    item["description"] = (item.get("description", "") + f"\n\nToken needs {needs}.").strip()
             if op.operation_id in public:
                 item["security"] = []
             params = _parameters(op, schemas)
@@ -193,7 +215,9 @@ def _error_statuses(op: Operation, needs_token: bool) -> list[int]:
     if op.multipart is not None:
         statuses.append(413)
     if needs_token:
-        statuses += [401, 429]  # a missing or unknown token; 429 once failed attempts are slowed (login_throttle)
+        # A missing or unknown token (401), a token without the operation's scope (403),
+        # 429 once failed attempts are slowed (login_throttle).
+        statuses += [401, 403, 429]
     if op.method not in ("get", "head", "options"):
         statuses.append(403)  # a browser session's write without its CSRF header (api/ui.py)
     return sorted(set(statuses))
@@ -262,6 +286,7 @@ _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request (unreadable input)",
     401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
     415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Service unavailable",
+    507: "Insufficient storage (the data directory's disk is full)",
 }
 
 _PROBLEM_SCHEMA = {

@@ -35,13 +35,13 @@ def to_out(pipeline: Pipeline) -> PipelineOut:
                        defaults=pipeline.parse(None).model_dump(mode="json"))
 
 
-@registry.operation(api_blueprint, "/pipelines", "GET", summary="List the training pipelines and their settings",
+@registry.operation(api_blueprint, "/pipelines", "GET", scope="read", summary="List the training pipelines and their settings",
                     tag="pipelines", responses={200: PipelineList})
 def list_pipelines() -> PipelineList:
     return PipelineList(pipelines=[to_out(p) for p in pipelines().values()])
 
 
-@registry.operation(api_blueprint, "/pipelines/<name>", "GET", summary="One training pipeline and its settings",
+@registry.operation(api_blueprint, "/pipelines/<name>", "GET", scope="read", summary="One training pipeline and its settings",
                     tag="pipelines", responses={200: PipelineOut}, errors=(404,))
 def get_pipeline(name: str) -> PipelineOut:
     known = pipelines()

@@ -99,6 +99,15 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response | HTTPException:
         if isinstance(exc, HTTPException):
             return _http(exc)
+        from automl_server.files import disk_full, disk_full_detail
+        from automl_server.service_state import state
+
+        if request.path.startswith("/api/") and disk_full(exc, state().settings.data_dir):
+            app.logger.error("disk full on %s %s: %s", request.method, request.path, exc)
+            return problem_response(ProblemError(
+                507, "Insufficient storage",
+                disk_full_detail(state().settings.data_dir, f"handling {request.method} {request.path}")
+                + "; nothing was stored", slug="disk-full"))
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         if not request.path.startswith("/api/"):
             raise exc

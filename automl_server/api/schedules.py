@@ -53,8 +53,8 @@ def _dir(schedule_id: str) -> Path:
     return state().settings.artifacts_dir / "schedules" / schedule_id
 
 
-@registry.operation(api_blueprint, "/schedules", "POST", summary="Schedule an ONNX model on a device (IOS)",
-                    tag="schedules", responses={201: ScheduleOut, 202: ScheduleOut}, multipart=_UPLOAD_FORM, errors=(404, 413))
+@registry.operation(api_blueprint, "/schedules", "POST", scope="submit", summary="Schedule an ONNX model on a device (IOS)",
+                    tag="schedules", responses={201: ScheduleOut, 202: ScheduleOut}, multipart=_UPLOAD_FORM, errors=(404, 413, 507))
 def create_schedule() -> tuple[ScheduleOut, int, dict[str, str]]:
     from automl_server.profiling import ProfilingError, resolve_target
 
@@ -95,7 +95,7 @@ def _check_onnx(data: bytes) -> None:
                            slug="schedule-rejected") from None
 
 
-@registry.operation(api_blueprint, "/schedules/<schedule_id>", "GET", summary="A schedule's progress or result",
+@registry.operation(api_blueprint, "/schedules/<schedule_id>", "GET", scope="read", summary="A schedule's progress or result",
                     tag="schedules", responses={200: ScheduleOut, 202: ScheduleOut}, errors=(404,))
 def get_schedule(schedule_id: str) -> tuple[ScheduleOut, int]:
     out = _step(schedule_id)

@@ -219,3 +219,34 @@ class Health(BaseModel):
     version: str
     database: str
     auth_required: bool
+
+
+# -- audit log ------------------------------------------------------------
+AuditKind = Literal["token-use", "device"]
+AUDIT_KINDS: tuple[AuditKind, ...] = get_args(AuditKind)
+
+
+class AuditQuery(PageQuery):
+    kind: AuditKind | None = Field(None, description="Only token use, or only device changes.")
+    device: str | None = Field(None, max_length=100, description="Only changes of this device.")
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    created_at: datetime
+    kind: AuditKind
+    action: str = Field(description="token-use: request; device: register, claim, re-register, register-refused, "
+                                    "heartbeat-refused, retire.")
+    token_name: str | None = Field(description="The token's name; null for an unknown token or local mode.")
+    token_prefix: str | None = Field(description="The first characters of the token presented.")
+    method: str | None
+    path: str | None
+    status: int | None
+    address: str | None = Field(description="The client's address as the server saw it.")
+    subject: str | None = Field(description="The device a device event is about.")
+    detail: str
+
+
+class AuditList(BaseModel):
+    events: list[AuditEventOut]
+    next_page_token: str | None

@@ -122,7 +122,7 @@ def _samples_png(settings: Any, row: Dataset, per_class: int) -> Path:
 
 
 @registry.operation(
-    api_blueprint, "/datasets/<key>/samples.png", "GET", summary="Sample images of a dataset, per class",
+    api_blueprint, "/datasets/<key>/samples.png", "GET", scope="read", summary="Sample images of a dataset, per class",
     tag="datasets", query=SamplesQuery, responses={200: None}, streams="image/png", errors=(404, 409),
 )
 def dataset_samples(key: str, query: SamplesQuery) -> Response:
@@ -201,7 +201,7 @@ def achievable_range(db: Database, device: str, runtime: str | None, row: Datase
 
 
 @registry.operation(
-    api_blueprint, "/devices/<name>/achievable-range", "GET", summary="Latency range a device can reach",
+    api_blueprint, "/devices/<name>/achievable-range", "GET", scope="read", summary="Latency range a device can reach",
     tag="devices", query=RangeQuery, responses={200: AchievableRange}, errors=(404,),
 )
 def device_achievable_range(name: str, query: RangeQuery) -> AchievableRange:
@@ -290,7 +290,7 @@ def estimate_duration(db: Database, device: str, images: int, budget: dict[str, 
 
 
 @registry.operation(
-    api_blueprint, "/devices/<name>/duration-estimate", "GET", summary="How long a job would take",
+    api_blueprint, "/devices/<name>/duration-estimate", "GET", scope="read", summary="How long a job would take",
     tag="devices", query=EstimateQuery, responses={200: DurationEstimate}, errors=(404,),
 )
 def device_duration_estimate(name: str, query: EstimateQuery) -> DurationEstimate:

@@ -92,22 +92,84 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.argument("name")
+@click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
+              help="read, submit, admin or agent:DEVICE; repeat for several (default: read and submit).")
 @json_option
-def tokens_create(name: str, as_json: bool) -> None:
-    """Create a token; its secret is printed once and stored only hashed."""
-    from automl_server.auth import create_token
+def tokens_create(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    """Create a token; its secret is printed once and stored only hashed.
+
+    Scopes: read (every GET), submit (datasets, jobs, comparisons, schedules),
+    admin (everything: deleting datasets, retiring devices, the audit log) and
+    agent:DEVICE (register device DEVICE and send its heartbeats)."""
+    from automl_server.auth import DEFAULT_SCOPES, BadScope, create_token, normalise_scopes
     from automl_server.db.engine import get_database
     from automl_server.db.migrate import require_current_schema
+
+    try:
+        chosen = normalise_scopes(scopes or DEFAULT_SCOPES)
+    except BadScope as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from None
+    database = get_database(get_settings().resolved_database_url)
+    require_current_schema(database)
+    with database.session() as session:
+        created = create_token(session, name, chosen)
+    if as_json:
+        _echo_json({"id": created.id, "name": created.name, "token": created.secret, "scopes": list(created.scopes)})
+    else:
+        click.echo(created.secret)
+        click.echo(f"token {created.name!r} ({' '.join(created.scopes)}) created; it is shown only once", err=True)
+
+
+@tokens.command("list")
+@json_option
+def tokens_list(as_json: bool) -> None:
+    """List tokens (names, prefixes, scopes; never secrets), from the database."""
+    from sqlalchemy import select
+
+    from automl_server.db.engine import get_database
+    from automl_server.db.migrate import require_current_schema
+    from automl_server.db.models import ApiToken
 
     database = get_database(get_settings().resolved_database_url)
     require_current_schema(database)
     with database.session() as session:
-        created = create_token(session, name)
+        rows: list[dict[str, Any]] = [{"id": t.id, "name": t.name, "prefix": t.prefix, "scopes": t.scopes.split(),
+                 "created_at": t.created_at.isoformat(),
+                 "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+                 "revoked": t.revoked_at is not None}
+                for t in session.scalars(select(ApiToken).order_by(ApiToken.created_at))]
     if as_json:
-        _echo_json({"id": created.id, "name": created.name, "token": created.secret})
-    else:
-        click.echo(created.secret)
-        click.echo(f"token {created.name!r} created; it is shown only once", err=True)
+        _echo_json(rows)
+        return
+    _table([[r["name"], r["prefix"], " ".join(r["scopes"]), r["last_used_at"] or "-", "yes" if r["revoked"] else "no"]
+            for r in rows], ["NAME", "PREFIX", "SCOPES", "LAST USED", "REVOKED"])
+
+
+@main.command("audit-log")
+@click.option("--kind", type=click.Choice(["token-use", "device"]), help="Only token use, or only device changes.")
+@click.option("--device", help="Only changes of this device.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Newest N events.")
+@server_option
+@token_option
+@json_option
+def audit_log(kind: str | None, device: str | None, limit: int, server: str | None, token: str | None,
+              as_json: bool) -> None:
+    """The audit log, newest first: API requests made with a token and device
+    changes (needs a token with the admin scope when the server asks for tokens).
+    Not `automl audit JOB_ID`, which is a job's privacy audit."""
+    params = {k: v for k, v in (("kind", kind), ("device", device)) if v}
+    rows: list[dict[str, Any]] = []
+    for row in ApiClient(server, token).paged("/audit", "events", page_size=max(1, min(limit, 500)), params=params):
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    if as_json:
+        _echo_json(rows)
+        return
+    _table([[r["created_at"], r["kind"], r["action"], r["token_name"] or "-", r["token_prefix"] or "-",
+             f"{r['method'] or ''} {r['path'] or ''}".strip() or "-", r["status"] or "-", r["address"] or "-",
+             r["subject"] or "-"] for r in rows],
+           ["TIME", "KIND", "ACTION", "TOKEN", "PREFIX", "REQUEST", "STATUS", "ADDRESS", "DEVICE"])
 
 
 # -- client commands -------------------------------------------------------

@@ -37,10 +37,12 @@ class ApiClient:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
-    def paged(self, path: str, key: str, page_size: int = 200) -> Iterator[dict[str, Any]]:
+    def paged(self, path: str, key: str, page_size: int = 200,
+              params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         token = None
         while True:
-            params: dict[str, Any] = {"page_size": page_size}
+            params = {**(params or {}), "page_size": page_size}
+            params.pop("page_token", None)
             if token:
                 params["page_token"] = token
             page = self.json("GET", path, params=params)

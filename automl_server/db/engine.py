@@ -16,6 +16,37 @@ class StorageError(RuntimeError):
     """The database refused an operation; the message says what to do."""
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is the database going away (a restart, a
+    failover, a dropped connection) rather than a refused statement."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (OperationalError, InterfaceError)):
+            return True
+        current = current.__cause__
+    return False
+
+
+def wait_until_reachable(db: "Database", timeout_s: float, poll_s: float = 0.5) -> bool:
+    """Poll the database until it answers (True) or ``timeout_s`` passes (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except SQLAlchemyError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     # WAL lets readers (the web UI) proceed while a worker writes. pysqlite's
     # own transaction handling issues a deferred BEGIN, and a deferred

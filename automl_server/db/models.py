@@ -234,6 +234,35 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+    # What the token may do, space-separated (automl_server.auth.SCOPES): "read submit",
+    # "admin", "agent:pixel-7", ... Tokens made before scopes existed have "read submit admin".
+    scopes: Mapped[str] = mapped_column(String(500))
+
+
+class AuditEvent(Base):
+    """One line of the audit log: an API request made with a token, or a change
+    to the device farm (registration, refused re-registration, retirement)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "token-use" or "device"
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    # token-use: "request"; device: "register", "claim", "re-register", "register-refused",
+    # "heartbeat-refused", "retire"
+    action: Mapped[str] = mapped_column(String(30))
+    # The token that made the request (None in local mode, or for a refused unknown token).
+    token_name: Mapped[str | None] = mapped_column(String(100))
+    token_prefix: Mapped[str | None] = mapped_column(String(16))
+    method: Mapped[str | None] = mapped_column(String(10))
+    path: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[int | None] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(100))
+    # The device a device event is about.
+    subject: Mapped[str | None] = mapped_column(String(100))
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 def device_status(device: Device, timeout_s: float, now: datetime | None = None) -> Literal["online", "offline"]:

@@ -30,9 +30,10 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from automl_server.db.engine import Database
+from automl_server.db.engine import Database, database_unreachable, wait_until_reachable
 from automl_server.db.models import Job, JobState, utcnow
 from automl_server.engine.privacy.settings import audit_applies
+from automl_server.files import disk_full, disk_full_detail
 from automl_server.jobs import service
 from automl_server.jobs.audit import audit_privacy
 from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
@@ -148,6 +149,8 @@ register_stage(Stage("schedule", "default", schedule_model, "Schedule the export
 register_stage(Stage("audit", "search", audit_privacy, "Privacy audit: rebuild training images from what the "
                      "pipeline shares, under each defense"), after="train", applies=audit_applies)
 log = logging.getLogger(__name__)
+# How long a stage whose database went away waits for it before giving up (the sweep then takes over).
+DATABASE_WAIT_S = 60.0
 WAITING = "waiting"  # lease owner of a stage that re-sent itself with a countdown
 
 
@@ -253,6 +256,23 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             _release(job)
         return None
     except Exception as exc:  # an unexpected bug must still end the job visibly
+        if disk_full(exc, settings.data_dir):  # not a bug: say what happened and what to do
+            with db.session() as session:
+                job = session.get_one(Job, job_id)
+                service.fail(session, job, disk_full_detail(
+                    settings.data_dir, f"stage {stage_name} wrote its files (a checkpoint, a model)")
+                    + "; the files of its finished stages are kept. Re-run the job once there is space")
+                _release(job)
+            return None
+        if database_unreachable(exc) and wait_until_reachable(db, DATABASE_WAIT_S):
+            # The database went away mid-stage (a restart, a failover) and is back: not the job's fault.
+            # The lease is given up at once, so the stage sent again takes over and resumes from its
+            # checkpoint now instead of after the recovery sweep finds the lease run out.
+            log.warning("job %s: stage %s lost its database (%s); sending it again", job_id, stage_name, exc)
+            with db.session() as session:
+                job = session.get_one(Job, job_id)
+                job.lease_until = utcnow()
+            return Dispatch(stage_name)
         with db.session() as session:
             job = session.get_one(Job, job_id)
             service.fail(session, job, f"internal error in stage {stage_name}: {exc!r}")

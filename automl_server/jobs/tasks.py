@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task, shared_task
 from sqlalchemy import func, select
 
-from automl_server.db.engine import Database, get_database
+from automl_server.db.engine import Database, StorageError, database_unreachable, get_database, wait_until_reachable
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs import stages
 from device_agents.protocol import device_queue
@@ -61,12 +61,21 @@ def run_stage(self: Task[Any, Any], job_id: str, stage_name: str, device_name: s
 
     settings = settings_of(self.app)
     db = get_database(settings.resolved_database_url)
-    before = last_event_id(db, job_id)
     try:
-        following = stages.run_stage(db, settings, job_id, stage_name, owner=self.request.id or "eager",
-                                     celery=self.app)
-    finally:
-        notify_state_changes(self.app, db, job_id, before)
+        before = last_event_id(db, job_id)
+        try:
+            following = stages.run_stage(db, settings, job_id, stage_name, owner=self.request.id or "eager",
+                                         celery=self.app)
+        finally:
+            notify_state_changes(self.app, db, job_id, before)
+    except StorageError as exc:
+        # The database went away (a restart) before or after the stage itself ran: once it is back, the
+        # stage is sent again (idempotent: done stages are skipped); the message is not simply dropped.
+        if not (database_unreachable(exc) and wait_until_reachable(db, stages.DATABASE_WAIT_S)):
+            raise
+        log.warning("job %s: stage %s could not reach the database; sending it again", job_id, stage_name)
+        dispatch_stage(self.app, job_id, stage_name, device_name, 1.0)
+        return stage_name
     if following is not None:
         dispatch_stage(self.app, job_id, following.stage, device_name, following.countdown_s)
         return following.stage

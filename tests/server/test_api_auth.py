@@ -78,3 +78,58 @@ def test_spec_docs_and_health_stay_open(tmp_path, database_url):
 
     for path in ("/api/v1/openapi.json", "/api/v1/docs", "/api/v1/health"):
         assert client.get(path).status_code == 200, path
+
+
+def test_scopes_limit_each_token_and_the_audit_log_records_it(tmp_path, database_url):
+    client, settings = client_for(tmp_path, database_url, auth_mode="always")
+    with get_database(settings.resolved_database_url).session() as session:
+        reader, agent, admin = (create_token(session, name, scopes).secret for name, scopes in (
+            ("dashboard", ["read"]), ("pi-agent", ["agent:pi"]), ("ops", ["admin"])))
+        default = create_token(session, "pipeline")
+    as_ = lambda secret: {"Authorization": f"Bearer {secret}"}  # noqa: E731
+    pi = {"name": "pi", "kind": "raspberry-pi", "runtimes": [{"name": "onnxruntime"}]}
+
+    read_ok = client.get("/api/v1/jobs", headers=as_(reader))
+    submit_refused = client.post("/api/v1/jobs", headers=as_(reader), json={"dataset": "x"})
+    registered = client.post("/api/v1/devices", headers=as_(agent), json=pi)
+    other_device = client.post("/api/v1/devices", headers=as_(agent), json={**pi, "name": "other"})
+    agent_reads = client.get("/api/v1/jobs", headers=as_(agent))
+    hijack = client.post("/api/v1/devices", headers=as_(admin), json={**pi, "runtimes": [{"name": "litert"}]})
+    retire_refused = client.delete("/api/v1/devices/pi", headers=as_(reader))
+    audit_refused = client.get("/api/v1/audit", headers=as_(reader))
+    retired = client.delete("/api/v1/devices/pi", headers=as_(admin))
+    devices = client.get("/api/v1/audit?kind=device", headers=as_(admin)).json["events"]
+    uses = client.get("/api/v1/audit?kind=token-use&page_size=3", headers=as_(admin)).json
+    more = client.get(f"/api/v1/audit?kind=token-use&page_size=3&page_token={uses['next_page_token']}",
+                      headers=as_(admin)).json
+
+    assert default.scopes == ("read", "submit")
+    assert read_ok.status_code == 200 and registered.status_code == 201
+    assert submit_refused.status_code == 403 and submit_refused.mimetype == "application/problem+json"
+    assert submit_refused.json["scope_needed"] == "submit" and submit_refused.json["token_scopes"] == ["read"]
+    assert "'dashboard' has read" in submit_refused.json["detail"]
+    assert "automl tokens create NAME --scope submit" in submit_refused.json["detail"]
+    assert other_device.status_code == 403 and other_device.json["scope_needed"] == "agent:other"
+    assert agent_reads.status_code == 403 and agent_reads.json["token_scopes"] == ["agent:pi"]
+    assert hijack.status_code == 409  # admin may register any device, but not take one over without its agent token
+    assert retire_refused.status_code == audit_refused.status_code == 403
+    assert retire_refused.json["scope_needed"] == audit_refused.json["scope_needed"] == "admin"
+    assert retired.status_code == 200
+    # Device changes, newest first, with who made them.
+    assert [(e["action"], e["subject"], e["token_name"]) for e in devices] == [
+        ("retire", "pi", "ops"), ("register-refused", "pi", "ops"), ("register", "pi", "pi-agent")]
+    assert "litert" in devices[1]["detail"] and devices[0]["status"] == 200 and devices[1]["status"] == 409
+    # Token use: each request with a token, refused ones too; paged like the other lists.
+    newest = uses["events"] + more["events"]
+    assert [(e["method"], e["path"], e["status"]) for e in newest[:4]] == [
+        ("GET", "/api/v1/audit", 200), ("DELETE", "/api/v1/devices/pi", 200), ("GET", "/api/v1/audit", 403),
+        ("DELETE", "/api/v1/devices/pi", 403)]
+    assert newest[1]["token_name"] == "ops" and newest[1]["token_prefix"] == admin[:10]
+    assert newest[1]["address"] == "127.0.0.1" and len({e["id"] for e in newest}) == len(newest)
+
+
+def test_unknown_scope_is_refused_with_the_accepted_ones(tmp_path, database_url):
+    _, settings = client_for(tmp_path, database_url, auth_mode="always")
+    with get_database(settings.resolved_database_url).session() as session:
+        with pytest.raises(ValueError, match="accepted: read, submit, admin or agent:DEVICE"):
+            create_token(session, "x", ["write"])

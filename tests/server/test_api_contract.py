@@ -87,7 +87,7 @@ def fuzzed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     settings = make_settings(tmp_path, url, auth_mode="always")
     app = create_app(settings, celery=make_celery(settings))
     with get_database(url).session() as session:
-        token = create_token(session, "contract-test").secret
+        token = create_token(session, "contract-test", ["admin"]).secret  # every operation
         register_bundled_datasets(session, settings)
     app.test_client().post("/api/v1/devices", headers={"Authorization": f"Bearer {token}"},
                            json={"name": "local-cpu", "kind": "cpu", "runtimes": [{"name": "onnxruntime"}]})

@@ -69,3 +69,22 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     _forget_database(url)
 
     assert mode == "wal" and foreign_keys == 1
+
+
+def test_tokens_made_before_scopes_keep_what_they_could_do(empty_database_url):
+    from sqlalchemy import text
+
+    from automl_server.auth import verify_token, token_scopes
+
+    db = get_database(empty_database_url)
+    upgrade(db, "0005")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_tokens (id, name, token_hash, prefix, created_at) "
+                          "VALUES ('t1', 'old-ci', :hash, 'aml_old', CURRENT_TIMESTAMP)"),
+                     {"hash": __import__("hashlib").sha256(b"aml_old-secret").hexdigest()})
+
+    upgrade(db)
+
+    with db.session() as session:
+        token = verify_token(session, "aml_old-secret")
+        assert token is not None and token_scopes(token) == ("read", "submit", "admin")

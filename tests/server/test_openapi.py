@@ -103,3 +103,21 @@ def test_the_event_stream_documents_its_events(spec):
 def test_spec_asks_for_a_token_only_where_the_server_does(client, spec):
     assert spec["security"] == []  # the test app runs in local mode (loopback)
     assert spec["paths"]["/api/v1/health"]["get"]["security"] == []
+
+
+def test_every_operation_says_the_scope_it_needs_and_documents_403(tmp_path, database_url):
+    from automl_server.app import create_app
+    from automl_server.celery_app import make_celery
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, database_url, auth_mode="always")
+    spec = create_app(settings, celery=make_celery(settings, eager=True)).test_client().get("/api/v1/openapi.json").json
+    operations = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
+
+    scopes = {key: op.get("x-required-scope") for key, op in operations.items()}
+    assert scopes.pop(("/api/v1/health", "get")) is None
+    assert set(scopes.values()) == {"read", "submit", "admin", "agent:DEVICE"}
+    assert scopes[("/api/v1/audit", "get")] == scopes[("/api/v1/devices/{name}", "delete")] == "admin"
+    assert scopes[("/api/v1/devices/{name}/heartbeat", "post")] == "agent:DEVICE"
+    assert all("403" in operations[key]["responses"] for key in scopes)
+    assert "Token needs the admin scope." in operations[("/api/v1/audit", "get")]["description"]

@@ -128,7 +128,8 @@ def test_token_protected_server_with_a_remote_agent_going_offline(tmp_path):
                                  heartbeat_interval_s=0.3, heartbeat_timeout_s=2.0)
     env = child_env(settings)
     cli(env, "db", "upgrade")
-    token = cli_json(env, "tokens", "create", "ci")["token"]
+    token = cli_json(env, "tokens", "create", "ci", "--scope", "read", "--scope", "agent:pi-sim")["token"]
+    admin = cli_json(env, "tokens", "create", "ops", "--scope", "admin")["token"]
     server = Process([*CLI, "serve", "--no-worker", "--no-agent"], env, tmp_path / "serve.log")
     agent = Process([*CLI, "agent", "--name", "pi-sim", "--kind", "raspberry-pi", "--token", token], env,
                     tmp_path / "agent.log")
@@ -140,6 +141,8 @@ def test_token_protected_server_with_a_remote_agent_going_offline(tmp_path):
         agent.stop()
         offline = wait_for(lambda: [d for d in cli_json(env, "devices", "list", "--token", token)
                                     if d["status"] == "offline"], 30, "agent offline")
+        audit = cli_json(env, "audit-log", "--kind", "device", "--token", admin)
+        not_admin = cli(env, "audit-log", "--token", token, check=False)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{server.log()}\n{agent.log()}") from None
     finally:
@@ -152,3 +155,6 @@ def test_token_protected_server_with_a_remote_agent_going_offline(tmp_path):
     assert refused.returncode != 0 and "automl tokens create" in refused.stderr
     assert online[0]["kind"] == "raspberry-pi"
     assert offline[0]["name"] == "pi-sim"
+    # The agent's token (read, agent:pi-sim) registered its device; the audit log, for admins, says so.
+    assert [(e["action"], e["subject"], e["token_name"]) for e in audit] == [("register", "pi-sim", "ci")]
+    assert not_admin.returncode != 0 and "needs the scope admin" in not_admin.stderr

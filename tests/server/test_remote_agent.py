@@ -77,7 +77,7 @@ def test_agent_in_its_own_namespace_profiles_over_the_network(remote_host, tmp_p
                                  heartbeat_timeout_s=3.0, worker_concurrency=1)
     server_env = child_env(settings)
     cli(server_env, "db", "upgrade")
-    token = cli_json(server_env, "tokens", "create", "remote-pi")["token"]
+    token = cli_json(server_env, "tokens", "create", "remote-pi", "--scope", "read,agent:remote-pi")["token"]
     server = Process([*CLI, "serve", "--no-agent"], server_env, tmp_path / "serve.log")
     # The remote host shares no files with the server: its own data directory, no database at all.
     agent_env = {k: v for k, v in server_env.items() if k != "AUTOML_DATABASE_URL"}

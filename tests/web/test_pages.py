@@ -27,7 +27,7 @@ def locked_app(tmp_path, database_url):  # type: ignore[no-untyped-def]
 
 def _token(app) -> str:  # type: ignore[no-untyped-def]
     with app.extensions["automl"].db.session() as session:
-        return create_token(session, "web-test").secret
+        return create_token(session, "web-test", ["read", "submit", "admin"]).secret
 
 
 def _csrf(page_html: str) -> str:
@@ -93,6 +93,21 @@ def test_session_cookie_is_secure_over_https_and_login_never_redirects_off_site(
 
     assert "Secure" in over_https.headers["Set-Cookie"]
     assert over_https.location == "/"
+
+
+def test_the_pages_need_a_token_that_may_read_and_the_session_keeps_its_scopes(locked_app):
+    client = locked_app.test_client()
+    with locked_app.extensions["automl"].db.session() as session:
+        agent = create_token(session, "pi-agent", ["agent:pi"]).secret
+        reader = create_token(session, "dashboard", ["read"]).secret
+
+    agent_login = client.post("/login", data={"token": agent})
+    client.post("/login", data={"token": reader})
+    csrf = _csrf(client.get("/").get_data(as_text=True))
+    retire = client.delete("/api/v1/devices/pi", headers={"X-CSRF-Token": csrf})
+
+    assert agent_login.status_code == 401 and "the read scope" in agent_login.get_data(as_text=True)
+    assert retire.status_code == 403 and retire.json["scope_needed"] == "admin"
 
 
 def test_local_mode_needs_no_login(client):
