@@ -374,10 +374,13 @@ def run_search(
         search.load_state_dict(torch.load(checkpoint_path, weights_only=False))
     while search.epoch < config.total_epochs:
         report = search.run_epoch()
-        if checkpoint_path is not None:
-            search.save(checkpoint_path)
+        # Reported before it is checkpointed: if the report cannot be stored (the service's database
+        # restarting), the epoch is not in the checkpoint either and runs again on resume, so no
+        # checkpointed epoch goes unreported. A crash between the two repeats one reported epoch.
         if progress is not None:
             progress(report)
+        if checkpoint_path is not None:
+            search.save(checkpoint_path)
         if stop_after_epoch is not None and search.epoch >= stop_after_epoch:
             break
         if should_stop is not None and should_stop():

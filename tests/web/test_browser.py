@@ -390,7 +390,7 @@ def test_login_off_loopback_in_a_browser(browser, artifacts_dir, tmp_path):
     with _served_off_loopback(tmp_path, f"sqlite:///{tmp_path / 'login.db'}") as (app, url):
         assert app.extensions["automl"].settings.auth_required
         with app.extensions["automl"].db.session() as session:
-            secret = create_token(session, "browser-test").secret
+            secret = create_token(session, "browser-test", scopes=("read", "submit", "admin")).secret  # it registers a device
         context = browser.new_context(viewport=PHONE)
         page = context.new_page()
         errors: list[str] = []
