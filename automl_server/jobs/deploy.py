@@ -111,14 +111,13 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
             raise StageFailed(f"the device could not run the exported model: {measured['error']}")
         ms = float(measured["measured_ms"])
         target_ms = float(ctx.params["latency_target_ms"])
-        stats = measured.get("stats") or {}
+        method = (measured.get("stats") or {}).get("method") or {}
         output = {"measured_ms": ms, "predicted_ms": predicted, "ratio": round(ms / predicted, 6),
                   "within_10pct": abs(ms / predicted - 1) <= 0.10, "meets_target": ms <= target_ms,
                   "raw_measured_ms": measured.get("raw_measured_ms", ms),
                   "measured_file": measured.get("measured_file"), "stats": measured.get("stats"),
                   # Whether the measurement itself was clean (device_agents.profiling.contention).
-                  "reliable": (stats.get("method") or {}).get("reliable"),
-                  "unreliable_reason": (stats.get("method") or {}).get("unreliable_reason"),
+                  "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason"),
                   "device_seconds": round(time.time() - state.get("sent_at", time.time()), 3)}
         # Over the target: the next-faster network is tried before the job reports (jobs/promise.py).
         return keep_promise(ctx, output, chosen(ctx.results))
