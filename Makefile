@@ -20,6 +20,11 @@ ORT_VENV := .venv-ort-training
 ORT_REQS := device_agents/ort_training/requirements.txt
 ORT_STAMP := $(ORT_VENV)/.installed-$(shell cat $(ORT_REQS) | sha1sum | cut -c1-12)
 ORT_PYTHON ?= $(shell command -v python3.11)
+# The suite runs on this many pytest-xdist workers. Its tests wait on processes
+# (server, worker, agents, torchrun, Flower) much of the time, so two workers keep
+# two cores busy; the tests that start the whole service stay on one worker
+# (tests/conftest.py, SERVICE_PROCESS_MODULES).
+TEST_WORKERS ?= 2
 
 .PHONY: run test setup setup-test ort-training-venv clean
 
@@ -28,7 +33,7 @@ run: setup
 
 test: setup-test
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 setup: $(STAMP)
 setup-test: $(TEST_STAMP) $(CHROMIUM) $(ORT_STAMP)

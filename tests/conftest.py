@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +30,44 @@ os.environ.setdefault("AUTOML_NETWORK_MEASURE_S", "0.2")
 # with the machine's load. tests/device_agents/test_contention.py tests the retakes.
 os.environ.setdefault("AUTOML_MEASURE_RETAKES", "0")
 POSTGRES_URL = os.environ.get("AUTOML_TEST_POSTGRES_URL")
-REDIS_URL = os.environ.get("AUTOML_TEST_REDIS_URL")
+
+
+def redis_url_of_this_worker(url: str | None) -> str | None:
+    """`make test` runs the suite in parallel (pytest-xdist, workers gw0, gw1, ...).
+    The Redis tests empty their database (flushdb), so each worker gets its own:
+    the configured number for gw0, one less for gw1, and so on."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not url or not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    number = base - int(worker[2:])
+    if number < 0:
+        raise RuntimeError(f"AUTOML_TEST_REDIS_URL names database {base}: too few for xdist worker {worker}; "
+                           "name a higher database (Redis has 0-15 by default) or run fewer workers")
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+REDIS_URL = redis_url_of_this_worker(os.environ.get("AUTOML_TEST_REDIS_URL"))
 REQUIRE_SERVICES = os.environ.get("AUTOML_TEST_REQUIRE_SERVICES") == "1"
+
+
+# The tests that start the whole service as processes (`automl serve`, its worker and
+# agents, a browser) run one at a time, on one xdist worker (`--dist loadgroup`): two
+# such stacks at once on a 2-core machine would slow each past its heartbeat and
+# stage deadlines. Everything else is spread over the workers.
+SERVICE_PROCESS_MODULES = {
+    "device_agents/test_agent_install.py", "server/test_android_agent.py", "server/test_device_ownership_live.py",
+    "server/test_fault_processes.py", "server/test_job_processes.py", "server/test_processes.py",
+    "server/test_profiling.py", "server/test_remote_agent.py", "web/test_browser.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if f"{item.path.parent.name}/{item.path.name}" in SERVICE_PROCESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("service-processes"))
 
 
 def need_service(url: str | None, variable: str) -> str:
