@@ -33,7 +33,7 @@ run: setup
 
 test: setup-test
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 setup: $(STAMP)
 setup-test: $(TEST_STAMP) $(CHROMIUM) $(ORT_STAMP)

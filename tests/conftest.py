@@ -53,9 +53,9 @@ REQUIRE_SERVICES = os.environ.get("AUTOML_TEST_REQUIRE_SERVICES") == "1"
 
 
 # The tests that start the whole service as processes (`automl serve`, its worker and
-# agents, a browser) run one at a time, on one xdist worker (`--dist loadgroup`): two
-# such stacks at once on a 2-core machine would slow each past its heartbeat and
-# stage deadlines. Everything else is spread over the workers.
+# agents, a browser) run one at a time, on one xdist worker: two such stacks at once
+# on a 2-core machine would slow each past its heartbeat and stage deadlines.
+# Everything else is spread over the workers.
 SERVICE_PROCESS_MODULES = {
     "device_agents/test_agent_install.py", "server/test_android_agent.py", "server/test_device_ownership_live.py",
     "server/test_fault_processes.py", "server/test_job_processes.py", "server/test_processes.py",
@@ -63,11 +63,19 @@ SERVICE_PROCESS_MODULES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if f"{item.path.parent.name}/{item.path.name}" in SERVICE_PROCESS_MODULES:
-            item.add_marker(pytest.mark.xdist_group("service-processes"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's own `--dist loadgroup` marks a group by rewriting ``item._nodeid``, which
+    pytest 9 no longer reads (it silently runs grouped tests on every worker), so the
+    grouping is done here: one scope for the service-process modules, one per test
+    for the rest."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServiceProcessesOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].removeprefix("tests/")
+            return "service-processes" if module in SERVICE_PROCESS_MODULES else nodeid
+
+    return ServiceProcessesOnOneWorker(config, log)
 
 
 def need_service(url: str | None, variable: str) -> str:
