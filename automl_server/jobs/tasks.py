@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from automl_server.db.engine import Database, StorageError, database_unreachable, get_database, wait_until_reachable
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs import service, stages
+from automl_server.jobs.context import LOST_MESSAGE
 from device_agents.protocol import device_queue
 
 RUN_STAGE = "automl.run_stage"
@@ -102,7 +103,6 @@ def recover_stages(self: Task[Any, Any]) -> list[str]:
 # the messages needs no duplicates, and the key also survives a restart of `automl
 # serve` itself, whose sweep would not know the run_id from before.)
 BROKER_MARKER = "automl:broker-marker"
-LOST_MESSAGE = "the broker restarted and lost this stage's message; sent again"
 
 
 def _redis_broker(app: Celery) -> Any:

@@ -110,7 +110,9 @@ def test_a_redis_broker_that_came_back_empty_gets_every_waiting_stage_again(redi
     running = make_job(db, "running", "t-next", "task-A", 100.0, done=("t-first",))  # a worker runs it
     finished = make_job(db, "succeeded", "t-last", done=tuple(PLAN))
 
+    before = time.time()
     assert tasks.recover(celery, db) == [queued, behind, counting_down]
+    after = time.time()
 
     assert queued_messages(client, "default") == [[queued, "t-first", "cpu-1"]]
     assert queued_messages(client, "search") == [[behind, "t-next", "cpu-1"], [counting_down, "t-next", "cpu-1"]]
@@ -118,6 +120,14 @@ def test_a_redis_broker_that_came_back_empty_gets_every_waiting_stage_again(redi
         assert tasks.LOST_MESSAGE in timeline(db, job_id)
     for job_id in (running, finished):
         assert tasks.LOST_MESSAGE not in timeline(db, job_id)
+
+    # A stage that sent work to a device's queue before the loss sends it again (profile,
+    # schedule, verify, device fine-tune ask this of their context); work sent after it waits.
+    def lost_since(job_id: str, sent_at: float) -> bool:
+        return StageContext(db, settings, job_id, "t-next", 1, 3, "task-B").broker_lost_since(sent_at)
+
+    assert lost_since(counting_down, before) and not lost_since(counting_down, after)
+    assert not lost_since(running, before)
 
     # The same broker, its messages kept: the next sweeps send nothing.
     assert tasks.recover(celery, db) == []
