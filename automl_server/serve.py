@@ -114,23 +114,23 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             child.kill()
 
 
-RECOVERY_SWEEP_S = 30.0
-
-
 def start_recovery_sweep(app: Flask) -> threading.Thread:
-    """Every 30 s, re-send job stages whose lease ran out: a worker that died
-    (killed, machine lost) with a message the broker will not redeliver."""
+    """At start, then every ``settings.recovery_sweep_s`` (30 s), re-send what was lost:
+    job stages whose lease ran out (a worker that died, killed or with its machine,
+    with a message the broker will not redeliver), and every waiting stage of an
+    active job when a Redis broker came back empty (``jobs.tasks.recover``)."""
     from automl_server.jobs.tasks import recover
 
     s = app.extensions["automl"]
+    interval_s = s.settings.recovery_sweep_s
 
     def sweep() -> None:
         while True:
-            time.sleep(RECOVERY_SWEEP_S)
             try:
                 recover(s.celery, s.db)
             except Exception:  # noqa: BLE001 - the sweep must outlive a broker or database hiccup
-                log.exception("recovery sweep failed; trying again in %.0f s", RECOVERY_SWEEP_S)
+                log.exception("recovery sweep failed; trying again in %.0f s", interval_s)
+            time.sleep(interval_s)
 
     thread = threading.Thread(target=sweep, name="automl-recovery", daemon=True)
     thread.start()

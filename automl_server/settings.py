@@ -73,6 +73,9 @@ class Settings:
     # How many times a device retakes a measurement that came out noisy (contention: the
     # yardstick moved, a high CV, its core shared) before recording it as unreliable (0-5).
     measure_retakes: int = 2
+    # How often `automl serve` looks for job stages that were lost (a worker that died, a
+    # Redis broker that came back empty) and sends them again, in seconds.
+    recovery_sweep_s: float = 30.0
 
     # -- derived values -------------------------------------------------
     @property

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select
 
 from automl_server.db.engine import Database
-from automl_server.db.models import Artifact, Job, utcnow
+from automl_server.db.models import Artifact, Job, JobEvent, utcnow
 from automl_server.files import sha256_of
 from automl_server.jobs import service
 from automl_server.settings import Settings
@@ -27,6 +27,9 @@ from automl_server.settings import Settings
 # A running stage renews its lease at least this often (through progress());
 # a lease older than LEASE_S means its worker is gone.
 LEASE_S = 120.0
+# The warning the recovery sweep records on a job whose waiting stage it sent again
+# because the broker came back empty (jobs.tasks.recover).
+LOST_MESSAGE = "the broker restarted and lost this stage's message; sent again"
 
 
 class StageFailed(Exception):
@@ -97,6 +100,18 @@ class StageContext:
             self._renew(job)
             if job.cancel_requested:
                 raise service.JobCancelled()
+
+    def broker_lost_since(self, sent_at: float | None) -> bool:
+        """Whether the broker came back empty after ``sent_at`` (a ``time.time()``), as the
+        recovery sweep recorded on this stage: work the stage sent to a device's queue
+        before then was lost with it, and must be sent again now, not after its timeout."""
+        if not sent_at:
+            return False
+        with self.db.session() as session:
+            return session.scalar(select(JobEvent.id).where(
+                JobEvent.job_id == self.job_id, JobEvent.stage == self.stage, JobEvent.kind == "warning",
+                JobEvent.message == LOST_MESSAGE,
+                JobEvent.created_at > datetime.fromtimestamp(sent_at, timezone.utc)).limit(1)) is not None
 
     def _renew(self, job: Job) -> None:
         if job.lease_owner == self.lease_owner:

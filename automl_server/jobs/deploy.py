@@ -122,8 +122,10 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
         # Over the target: the next-faster network is tried before the job reports (jobs/promise.py).
         return keep_promise(ctx, output, chosen(ctx.results))
     _wait_for_device(ctx, spec, state, state_path, "the exported model needs measuring on it")
-    if "sent_at" not in state or time.time() - state["sent_at"] > VERIFY_TIMEOUT_S:
-        if state.get("sent_at"):
+    # Sent again, without failing, when the broker came back empty since (the request was lost with it).
+    lost = ctx.broker_lost_since(state.get("sent_at"))
+    if "sent_at" not in state or lost or time.time() - state["sent_at"] > VERIFY_TIMEOUT_S:
+        if state.get("sent_at") and not lost:
             raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s; "
                               "check its agent's log, then re-run this job")
         _, arch = _load_model(ctx)

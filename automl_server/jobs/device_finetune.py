@@ -68,8 +68,10 @@ def finetune_on_device(ctx: StageContext) -> dict[str, Any]:
                 "device_seconds": round(time.time() - state.get("sent_at", time.time()), 3)}
     _wait_for_device(ctx, JobSpec.from_params(ctx.params), state, state_path,
                      "the sparse update's on-device steps need it")
-    if "sent_at" not in state or time.time() - state["sent_at"] > FINETUNE_TIMEOUT_S:
-        if state.get("sent_at"):
+    # Sent again, without failing, when the broker came back empty since (the request was lost with it).
+    lost = ctx.broker_lost_since(state.get("sent_at"))
+    if "sent_at" not in state or lost or time.time() - state["sent_at"] > FINETUNE_TIMEOUT_S:
+        if state.get("sent_at") and not lost:
             raise StageFailed(f"device {target.device_name!r} did not answer within {FINETUNE_TIMEOUT_S:.0f} s; "
                               "check its agent's log, then re-run this job")
         model = ModelFile.from_bytes("onnx", (folder / plan["model_file"]).read_bytes())

@@ -176,7 +176,8 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
                           f"{record.describe()} (first: {key}: {error}); choose another runtime or space")
     if missing:
         _wait_for_device(ctx, spec, state, path, f"{len(missing)} of {len(keys)} ops still need measuring")
-        resend = time.time() - state.get("ops_sent_at", 0) > RESEND_AFTER_S
+        resend = (time.time() - state.get("ops_sent_at", 0) > RESEND_AFTER_S
+                  or ctx.broker_lost_since(state.get("ops_sent_at")))
         if "ops_sent_at" not in state or resend:
             dispatch_profiling(ctx.celery, target, missing, op_method(ctx.settings))
             state["ops_sent_at"] = time.time()
@@ -194,6 +195,8 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
                 if n.arch.get("space") == layout.space and n.arch.get("resolution") == layout.resolution]
     wanted = max(spec.calibration_networks, MIN_CALIBRATION_NETWORKS) if spec.calibration_networks else 0
     if len(networks) < wanted:
+        if ctx.broker_lost_since(state.get("networks_sent_at")):
+            del state["networks_sent_at"]  # lost with a broker that came back empty: sent again now
         if "networks_sent_at" not in state:
             _wait_for_device(ctx, spec, state, path, "the predictor's calibration networks need measuring")
             # The space's two extremes anchor the fit, so that it interpolates

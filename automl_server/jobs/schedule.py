@@ -207,6 +207,11 @@ def schedule_model(ctx: StageContext) -> dict[str, Any]:
     if not onnx_path.exists():
         raise StageFailed("no exported ONNX model to schedule; the export stage must run first")
     state_path = ctx.job_dir() / STATE_FILE
+    state = _read(state_path)
+    # Requests the device lost with a broker that came back empty since: ``advance`` sends them again.
+    lost = [key for key in ("stages_sent_at", "times_sent_at") if ctx.broker_lost_since(state.get(key))]
+    if lost:
+        _write(state_path, {k: v for k, v in state.items() if k not in lost})
     _wait_for_device(ctx, spec, _read(state_path), ctx.job_dir() / "schedule-device.json",
                      "the schedule's stages need measuring on it")
     try:

@@ -196,7 +196,11 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
     """Run one stage of a job; returns what to send next, or None."""
     stage = get_stage(stage_name)
     with db.session() as session:
-        job = session.get(Job, job_id)
+        # The row is locked until the lease is decided: two deliveries of one stage (a duplicate
+        # sent by the recovery sweep, a redelivery) taken by two workers at the same instant would
+        # otherwise both read "no lease" and both run it (PostgreSQL; SQLite's BEGIN IMMEDIATE
+        # already serialises them).
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None or JobState(job.state).is_terminal:
             return None
         plan = plan_of(job)
@@ -208,6 +212,11 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
         last = len(plan) - 1
         following = Dispatch(plan[index + 1]) if index < last else None
         if stage_name in job.result.get("stages_done", []):
+            # A duplicate, or a redelivery whose worker died between recording this stage and
+            # sending the next: the next stage is sent only while it has not started (the job
+            # waits at it, no lease), so a duplicate ends here instead of running down the chain.
+            if following is not None and (job.stage != following.stage or job.lease_owner is not None):
+                return None
             return following
         if job.cancel_requested:
             service.mark_cancelled(session, job)
@@ -308,6 +317,22 @@ def _rewind(db: Database, job_id: str, stage_name: str, plan: list[str], rewind:
         _release(job)
         job.stage = rewind.stage  # queued; its start_stage records the transition
     return Dispatch(rewind.stage)
+
+
+def unleased_stages(db: Database) -> list[tuple[str, str, str]]:
+    """(job id, stage, device) of active jobs whose stage no worker holds: a queued
+    job (its first stage), a running job waiting at its next stage (no lease), or a
+    stage waiting out a countdown (``WAITING``). The message that runs each of them
+    is on the broker (a worker drops the countdowns it held when its broker
+    connection breaks), so when the broker lost its messages, ``jobs.tasks.recover``
+    re-sends these. Running stages hold a lease and are left alone."""
+    with db.session() as session:
+        jobs = session.scalars(
+            select(Job).where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                              (Job.lease_owner.is_(None)) | (Job.lease_owner == WAITING))
+            .order_by(Job.created_at)
+        ).all()
+        return [(job.id, job.stage or plan_of(job)[0], job.device_name) for job in jobs]
 
 
 def orphaned_stages(db: Database) -> list[tuple[str, str, str]]:

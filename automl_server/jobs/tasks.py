@@ -7,11 +7,13 @@ import time
 from typing import Any
 
 from celery import Celery, Task, shared_task
+from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import func, select
 
 from automl_server.db.engine import Database, StorageError, database_unreachable, get_database, wait_until_reachable
 from automl_server.db.models import Job, JobEvent
-from automl_server.jobs import stages
+from automl_server.jobs import service, stages
+from automl_server.jobs.context import LOST_MESSAGE
 from device_agents.protocol import device_queue
 
 RUN_STAGE = "automl.run_stage"
@@ -84,16 +86,85 @@ def run_stage(self: Task[Any, Any], job_id: str, stage_name: str, device_name: s
 
 @shared_task(name=RECOVER, bind=True)
 def recover_stages(self: Task[Any, Any]) -> list[str]:
-    """Re-send the stages whose lease ran out (their worker died with the message)."""
+    """Re-send the stages whose lease ran out (their worker died with the message),
+    and every waiting stage when the broker lost its messages."""
     from automl_server.settings import settings_of
 
     db = get_database(settings_of(self.app).resolved_database_url)
     return recover(self.app, db)
 
 
+# A key the recovery sweep keeps on a Redis broker, beside its queues. Redis without
+# persistence comes back from a restart empty (so does one flushed, or a failover to
+# an empty replica): the key is gone with every message that waited there, and the
+# sweep re-sends the stages those messages would have run. A Redis that kept its data
+# (``appendonly yes``) keeps the key too, so its restart re-sends nothing. (The key,
+# rather than Redis's ``run_id``, which changes on every restart: a restart that kept
+# the messages needs no duplicates, and the key also survives a restart of `automl
+# serve` itself, whose sweep would not know the run_id from before.)
+BROKER_MARKER = "automl:broker-marker"
+
+
+def _redis_broker(app: Celery) -> Any:
+    """A client of the broker when it is Redis, else None. The embedded default broker
+    (kombu's SQLAlchemy transport on SQLite) keeps its messages in a file that a restart
+    keeps, and RabbitMQ's queues that Celery declares are durable (its messages
+    persistent): neither needs this."""
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+
+
+def broker_lost_messages(app: Celery) -> bool:
+    """True when the broker is a Redis that lost its data since the sweep last
+    marked it (call ``mark_broker`` once the lost stages are sent again)."""
+    client = _redis_broker(app)
+    if client is None:
+        return False
+    try:
+        return not client.exists(BROKER_MARKER)
+    finally:
+        client.close()
+
+
+def mark_broker(app: Celery) -> None:
+    client = _redis_broker(app)
+    if client is None:
+        return
+    try:
+        server = client.info("server")
+        client.set(BROKER_MARKER, f"run_id {server.get('run_id')} marked at {time.time():.0f}")
+    finally:
+        client.close()
+
+
 def recover(app: Celery, db: Database) -> list[str]:
+    """Re-send what was lost: every waiting stage when the broker came back empty
+    (duplicates are harmless: stages are idempotent and leased), and the stages whose
+    lease ran out. Returns the ids of the jobs whose stage was sent again."""
     sent = []
+    if broker_lost_messages(app):
+        waiting = stages.unleased_stages(db)
+        if waiting:
+            log.warning("the broker (%s) came back empty: sending the waiting stages of %d job(s) again",
+                        maybe_sanitize_url(str(app.conf.broker_url)), len(waiting))
+        for job_id, stage_name, device_name in waiting:
+            log.warning("job %s: the broker lost the message of stage %s; sending it again", job_id, stage_name)
+            dispatch_stage(app, job_id, stage_name, device_name)
+            with db.session() as session:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    service.record_event(session, job, "warning", LOST_MESSAGE, stage=stage_name,
+                                         data={"broker_restarted": True})
+            sent.append(job_id)
+        # Marked only once every stage is sent: a sweep that failed half-way sends them all again.
+        mark_broker(app)
     for job_id, stage_name, device_name in stages.orphaned_stages(db):
+        if job_id in sent:
+            continue
         log.warning("job %s: stage %s lost its worker; sending it again", job_id, stage_name)
         dispatch_stage(app, job_id, stage_name, device_name)
         sent.append(job_id)

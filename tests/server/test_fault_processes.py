@@ -3,7 +3,8 @@ agent) on a private Redis broker and a private PostgreSQL, both started for
 this test on free ports (never the machine's shared ones), and one job's
 life through the faults a service meets: the server restarted with a job
 queued, the agent killed mid-profile, the broker and the database restarted
-mid-search, the agent killed mid-verify. Each fault ends with the job
+mid-search (a job queued then loses its message, and the recovery sweep
+sends it again), the agent killed mid-verify. Each fault ends with the job
 finished or failed with a reason that says what to do, never stuck
 ``running``, and what was stored before it kept. Recovery times are printed
 (``FAULT ... s``) for the README's failure table."""
@@ -26,6 +27,7 @@ import pytest
 import redis
 import requests
 
+from automl_server.jobs.tasks import LOST_MESSAGE
 from tests.server.processes import CLI, Process, child_env, free_port, serving, wait_for
 from tests.server.test_faults import report
 
@@ -164,6 +166,10 @@ class Api:
         return max([e["data"]["measured"] for e in events if e["stage"] == "profile" and "measured" in e["data"]],
                    default=None)
 
+    def lost_message_resent(self, job_id: str) -> bool:
+        events = self.get(f"/jobs/{job_id}/events", page_size=500)["events"]
+        return any(e["kind"] == "warning" and e["message"] == LOST_MESSAGE for e in events)
+
     def search_epochs(self, job_id: str) -> list[int]:
         events = self.get(f"/jobs/{job_id}/events", page_size=500)["events"]
         return [e["data"]["epoch"] for e in events if e["kind"] == "metric" and e["stage"] == "search"
@@ -191,7 +197,9 @@ def test_a_job_through_a_server_restart_a_killed_agent_and_restarted_broker_and_
         services = {"database_url": database.url, "broker_url": broker.url, "result_backend": broker.url,
                     "heartbeat_timeout_s": 3.0, "heartbeat_interval_s": 0.5,
                     # Whole-network measurements (verify) take 3 s, so the agent is killed while it measures.
-                    "network_measure_s": 3.0}
+                    "network_measure_s": 3.0,
+                    # The recovery sweep looks every 2 s (30 s by default) for stages to send again.
+                    "recovery_sweep_s": 2.0}
         # 1. The server stops with a job queued (no worker yet); the next start runs it.
         with serving(tmp_path, "--no-worker", **services) as (settings, env):
             api = Api(settings.resolved_server_url)
@@ -221,14 +229,21 @@ def test_a_job_through_a_server_restart_a_killed_agent_and_restarted_broker_and_
                 wait_for(lambda: api.get("/devices/local-cpu")["status"] == "online", 60, "the agent again")
                 second = requests.post(f"{api.base}/jobs", json=JOB, timeout=30).json()
 
-                # 3. The broker, then the database, restarted mid-search.
+                # 3. The broker, then the database, restarted mid-search. A third job, submitted while
+                # the search holds the only worker, waits queued: its first stage's message is on the
+                # broker, and the empty restart loses it. The recovery sweep sends it again.
                 wait_for(lambda: api.search_epochs(second["id"]), 180, "the first search epoch", interval_s=0.2)
+                third = requests.post(f"{api.base}/jobs", json={**JOB, "stop_after": "validate"}, timeout=30).json()
                 at_restart = len(api.search_epochs(second["id"]))
+                assert api.job(third["id"])["state"] == "queued", api.job(third["id"])
                 restart = time.monotonic()
                 broker.restart()
                 wait_for(lambda: len(api.search_epochs(second["id"])) > at_restart, 120,
                          "a search epoch after the broker restart", interval_s=0.2)
                 report("broker restarted mid-search: next search epoch recorded", time.monotonic() - restart)
+                wait_for(lambda: api.lost_message_resent(third["id"]), 60,
+                         "the queued job's lost stage to be sent again", interval_s=0.1)
+                report("broker restarted empty with a job queued: its stage sent again", time.monotonic() - restart)
                 at_restart = len(api.search_epochs(second["id"]))
                 restart = time.monotonic()
                 database.restart()
@@ -245,12 +260,15 @@ def test_a_job_through_a_server_restart_a_killed_agent_and_restarted_broker_and_
                 agent.kill_group()
                 b = api.done(second["id"], 60, "the job to end after its agent was killed mid-verify")
                 report("agent killed mid-verify: job failed with the reason", time.monotonic() - killed)
+                c = api.done(third["id"], 120, "the job whose queued stage the broker lost to end")
+                report("broker restarted empty with a job queued: job succeeded", time.monotonic() - restart)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n--- agent log ---\n{agent.log()}") from None
             finally:
                 agent.stop()
                 agent.kill_group()
             epochs = api.search_epochs(second["id"])
+            third_timeline = [e["message"] for e in api.get(f"/jobs/{third['id']}/events", page_size=500)["events"]]
             datasets = {d["name"] for d in api.get("/datasets")["datasets"]}
             jobs = {j["id"]: j["state"] for j in api.get("/jobs")["jobs"]}
 
@@ -262,4 +280,8 @@ def test_a_job_through_a_server_restart_a_killed_agent_and_restarted_broker_and_
     assert {"search", "train", "export"} <= set(b["result"]["stages_done"]), b["result"]["stages_done"]
     assert b["state"] == "failed" and b["stage"] == "verify", b
     assert "device 'local-cpu' is offline" in b["error"] and "exported model needs measuring" in b["error"]
-    assert "small" in datasets and jobs == {first["id"]: "failed", second["id"]: "failed"}
+    assert "small" in datasets and jobs == {first["id"]: "failed", second["id"]: "failed", third["id"]: "succeeded"}
+    # The job whose queued stage the broker lost ran it once, and its timeline says why it was sent again.
+    assert c["state"] == "succeeded" and c["result"]["stages_done"] == ["validate"], c
+    assert third_timeline.count(LOST_MESSAGE) == 1, third_timeline
+    assert third_timeline.count("stage validate started") == 1, third_timeline
