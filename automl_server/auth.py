@@ -20,6 +20,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +35,10 @@ AGENT_SCOPE_PREFIX = "agent:"
 # A device name as the API accepts it (jobs/requests.py NAME_PATTERN), after "agent:".
 _AGENT_SCOPE = re.compile(r"^agent:[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SCOPES_ACCEPTED = "read, submit, admin or agent:DEVICE"
+# A token's last_used_at is written at most this often: a write per request would double
+# the database work of every request (bench/bench_api_load.py). `automl tokens list`
+# shows when a token was last used to within a minute.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 class BadScope(ValueError):
@@ -95,9 +100,13 @@ def create_token(session: Session, name: str, scopes: Iterable[str] = DEFAULT_SC
 
 
 def verify_token(session: Session, secret: str) -> ApiToken | None:
-    """The live token row for ``secret`` (and marks it used), or None."""
+    """The live token row for ``secret`` (and marks it used, to within
+    LAST_USED_RESOLUTION), or None. Read from the database on every request (no
+    cache): a token revoked by any process is refused from its next request on."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
     if row is None or row.revoked_at is not None:
         return None
-    row.last_used_at = utcnow()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        row.last_used_at = now
     return row

@@ -6,7 +6,8 @@ and the health check stay open so that a client can discover how to log in.
 Each operation declares the scope it needs (``registry.operation(scope=...)``,
 automl_server.auth); a token without it is answered 403 naming the scope
 needed and the token's scopes. Every request that presented a token is
-written to the audit log (automl_server.audit_log).
+written to the audit log (automl_server.audit_log; repeated successful reads as
+a count per minute).
 """
 from __future__ import annotations
 
@@ -80,13 +81,13 @@ def authorize(op: Operation, device: str | None) -> None:
 
 
 def _audit_token_use(response: Response) -> Response:
-    """One audit row per request that presented a token (refused ones too)."""
+    """The audit of each request that presented a token (refused ones too): a row of
+    its own, or for a repeated successful read a count (audit_log.record_token_use)."""
     prefix = g.get("audit_token_prefix")
     if prefix is not None:
-        audit_log.record_apart(
-            state().db, audit_log.TOKEN_USE, "request", token_name=g.get("token_name"), token_prefix=prefix,
-            method=request.method, path=request.path[:500], status=response.status_code,
-            address=(request.remote_addr or "")[:100] or None,
+        audit_log.record_token_use(
+            state().db, token_name=g.get("token_name"), token_prefix=prefix, method=request.method,
+            path=request.path[:500], status=response.status_code, address=(request.remote_addr or "")[:100] or None,
         )
     return response
 
