@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from automl_server.db.engine import Database
 from automl_server.db.models import ApiToken, utcnow
 
 TOKEN_PREFIX = "aml_"
@@ -108,5 +109,20 @@ def verify_token(session: Session, secret: str) -> ApiToken | None:
         return None
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        row.last_used_at = now
+    return row
+
+
+def check_token(db: Database, secret: str) -> ApiToken | None:
+    """`verify_token` for a request: the lookup in a read-only transaction (no lock on
+    SQLite), and last_used_at, when it is due, in a short write of its own."""
+    with db.read_session() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        with db.session() as session:
+            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
         row.last_used_at = now
     return row

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=120)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sort", default="cumulative", help="pstats order: cumulative or tottime")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="profile-jobs-page-"))
@@ -63,7 +64,7 @@ def main() -> None:
     profiler.disable()
     elapsed = time.perf_counter() - started
     print(f"{args.requests} requests: {elapsed / args.requests * 1000:.2f} ms each under the profiler")
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.top)
+    pstats.Stats(profiler).sort_stats(*sys.argv[sys.argv.index("--sort") + 1:sys.argv.index("--sort") + 2] if "--sort" in sys.argv else ["cumulative"]).print_stats(args.top)
 
     started = time.perf_counter()
     for _ in range(args.requests):

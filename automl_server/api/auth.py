@@ -17,7 +17,7 @@ from automl_server import audit_log
 from automl_server.api.blueprint import registry
 from automl_server.api.openapi import Operation
 from automl_server.api.problems import ProblemError
-from automl_server.auth import AGENT, allows, token_scopes, verify_token
+from automl_server.auth import AGENT, allows, check_token, token_scopes
 from automl_server.login_throttle import failed_logins
 from automl_server.service_state import state
 
@@ -51,16 +51,15 @@ def _require_token() -> None:
             f"too many requests with an unknown or revoked API token from this address; try again in {wait_s} s",
             field="Authorization", slug="too-many-failed-logins", headers={"Retry-After": str(wait_s)},
         )
-    with state().db.session() as session:
-        token = verify_token(session, secret)
-        if token is None:
-            throttle.failed(client)
-            raise ProblemError(
-                401, "Unauthorized", "the API token is unknown or revoked; create a new one with `automl tokens create NAME`",
-                field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},
-            )
-        g.token_name = token.name
-        g.token_scopes = token_scopes(token)
+    token = check_token(state().db, secret)
+    if token is None:
+        throttle.failed(client)
+        raise ProblemError(
+            401, "Unauthorized", "the API token is unknown or revoked; create a new one with `automl tokens create NAME`",
+            field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},
+        )
+    g.token_name = token.name
+    g.token_scopes = token_scopes(token)
 
 
 def authorize(op: Operation, device: str | None) -> None:

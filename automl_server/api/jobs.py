@@ -169,7 +169,7 @@ def list_jobs(query: JobListQuery) -> Response:
         stmt = stmt.where(Job.state == query.state)
     if query.device:
         stmt = stmt.where(Job.device_name == query.device)
-    with state().db.session() as session:
+    with state().db.read_session() as session:
         rows, token = newest_first_rows(session, stmt, Job, query.page_size, query.page_token)
     # What JobList(jobs=..., next_page_token=token).model_dump_json() writes, byte for byte
     # (tests/server/test_api_jobs.py checks it), from each job's JSON cached by its row.

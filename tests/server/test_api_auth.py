@@ -184,3 +184,25 @@ def test_last_use_is_kept_to_within_a_minute_and_a_revoked_token_stops_at_once(t
         assert session.scalar(select(ApiToken)).last_used_at > stale + timedelta(seconds=100)
         session.scalar(select(ApiToken)).revoked_at = utcnow()
     assert client.get("/api/v1/jobs", headers=headers).status_code == 401
+
+
+def test_listing_jobs_with_a_token_does_not_wait_for_a_writer(tmp_path, database_url):
+    # SQLite: reads begin without a lock (Database.read_session), so a long write elsewhere
+    # (a worker's transaction) does not hold them up to the 30 s busy timeout.
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's locking; PostgreSQL readers never wait for writers")
+    import sqlite3
+
+    client, settings = client_for(tmp_path, database_url, auth_mode="always")
+    secret = new_token(settings)
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200  # last use written now
+    writer = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, held until the request has been answered
+        response = client.get("/api/v1/jobs", headers=headers)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    assert response.status_code == 200 and response.json["jobs"] == []
