@@ -76,7 +76,7 @@ def normalise_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda s: (SCOPES.index(s) if s in SCOPES else len(SCOPES), s)))
 
 
-def token_scopes(token: ApiToken) -> tuple[str, ...]:
+def token_scopes(token: ApiToken | CheckedToken) -> tuple[str, ...]:
     return tuple(token.scopes.split())
 
 
@@ -113,16 +113,29 @@ def verify_token(session: Session, secret: str) -> ApiToken | None:
     return row
 
 
-def check_token(db: Database, secret: str) -> ApiToken | None:
+@dataclass(frozen=True)
+class CheckedToken:
+    """What a request needs of its token (check_token)."""
+    id: str
+    name: str
+    scopes: str
+
+
+_CHECK_COLUMNS = select(ApiToken.id, ApiToken.name, ApiToken.scopes, ApiToken.revoked_at, ApiToken.last_used_at)
+
+
+def check_token(db: Database, secret: str) -> CheckedToken | None:
     """`verify_token` for a request: the lookup in a read-only transaction (no lock on
-    SQLite), and last_used_at, when it is due, in a short write of its own."""
+    SQLite; its columns, not an ORM object), and last_used_at, when it is due, in a
+    short write of its own. No cache: a token revoked by any process is refused from
+    its next request on."""
     with db.read_session() as session:
-        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+        row = session.connection().execute(
+            _CHECK_COLUMNS.where(ApiToken.token_hash == hash_token(secret))).first()
     if row is None or row.revoked_at is not None:
         return None
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         with db.session() as session:
             session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
-        row.last_used_at = now
-    return row
+    return CheckedToken(id=row.id, name=row.name, scopes=row.scopes)
