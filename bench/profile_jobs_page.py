@@ -34,11 +34,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=120)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--local", action="store_true", help="Local mode: no token (auth_mode never).")
     parser.add_argument("--sort", default="cumulative", help="pstats order: cumulative or tottime")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="profile-jobs-page-"))
-    settings = settings_from_env({}, data_dir=data_dir, auth_mode="always", broker_url="memory://",
+    settings = settings_from_env({}, data_dir=data_dir, auth_mode="never" if "--local" in sys.argv else "always", broker_url="memory://",
                                  result_backend="cache+memory://")
     upgrade(get_database(settings.resolved_database_url))
     app = create_app(settings, celery=make_celery(settings))
