@@ -8,6 +8,7 @@ from automl_server.celery_app import make_celery
 from automl_server.db.engine import get_database
 from automl_server.db.migrate import require_current_schema
 from automl_server.api import init_app as init_api
+from automl_server.host_check import init_app as init_host_check
 from automl_server.security_headers import init_app as init_security_headers
 from automl_server.service_state import ServiceState, state  # noqa: F401  (state: re-exported)
 from automl_server.settings import PROJECT_ROOT, Settings, get_settings
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     )
     app.extensions["automl"] = ServiceState(settings, db, celery or make_celery(settings))
 
+    init_host_check(app, settings)  # first: a foreign Host gets nothing else
     init_api(app)
     init_pages(app)
     init_security_headers(app)

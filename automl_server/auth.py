@@ -20,10 +20,12 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from automl_server.db.engine import Database
 from automl_server.db.models import ApiToken, utcnow
 
 TOKEN_PREFIX = "aml_"
@@ -34,6 +36,10 @@ AGENT_SCOPE_PREFIX = "agent:"
 # A device name as the API accepts it (jobs/requests.py NAME_PATTERN), after "agent:".
 _AGENT_SCOPE = re.compile(r"^agent:[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SCOPES_ACCEPTED = "read, submit, admin or agent:DEVICE"
+# A token's last_used_at is written at most this often: a write per request would double
+# the database work of every request (bench/bench_api_load.py). `automl tokens list`
+# shows when a token was last used to within a minute.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 class BadScope(ValueError):
@@ -70,7 +76,7 @@ def normalise_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda s: (SCOPES.index(s) if s in SCOPES else len(SCOPES), s)))
 
 
-def token_scopes(token: ApiToken) -> tuple[str, ...]:
+def token_scopes(token: ApiToken | CheckedToken) -> tuple[str, ...]:
     return tuple(token.scopes.split())
 
 
@@ -95,9 +101,41 @@ def create_token(session: Session, name: str, scopes: Iterable[str] = DEFAULT_SC
 
 
 def verify_token(session: Session, secret: str) -> ApiToken | None:
-    """The live token row for ``secret`` (and marks it used), or None."""
+    """The live token row for ``secret`` (and marks it used, to within
+    LAST_USED_RESOLUTION), or None. Read from the database on every request (no
+    cache): a token revoked by any process is refused from its next request on."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
     if row is None or row.revoked_at is not None:
         return None
-    row.last_used_at = utcnow()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        row.last_used_at = now
     return row
+
+
+@dataclass(frozen=True)
+class CheckedToken:
+    """What a request needs of its token (check_token)."""
+    id: str
+    name: str
+    scopes: str
+
+
+_CHECK_COLUMNS = select(ApiToken.id, ApiToken.name, ApiToken.scopes, ApiToken.revoked_at, ApiToken.last_used_at)
+
+
+def check_token(db: Database, secret: str) -> CheckedToken | None:
+    """`verify_token` for a request: the lookup in a read-only transaction (no lock on
+    SQLite; its columns, not an ORM object), and last_used_at, when it is due, in a
+    short write of its own. No cache: a token revoked by any process is refused from
+    its next request on."""
+    with db.read_session() as session:
+        row = session.connection().execute(
+            _CHECK_COLUMNS.where(ApiToken.token_hash == hash_token(secret))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        with db.session() as session:
+            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+    return CheckedToken(id=row.id, name=row.name, scopes=row.scopes)

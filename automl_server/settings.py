@@ -65,6 +65,10 @@ class Settings:
     server_threads: int = 0
     # Connections the WSGI server accepts at once; more wait in the listen backlog.
     server_connection_limit: int = 200
+    # More names (comma-separated) a request's Host header may carry when no token is required
+    # (besides localhost, 127.0.0.1, [::1], the bind address, the server URL's host and the
+    # hostname); "*" allows any (no DNS-rebinding check). See automl_server/host_check.py.
+    allowed_hosts: str = ""
     # Allow webhooks to loopback, link-local and private addresses (off: no server-side request forgery).
     webhook_allow_private: bool = False
     # Seconds each whole-network measurement spans on a device (calibration, verification,

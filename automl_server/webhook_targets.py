@@ -7,9 +7,13 @@ the private network (server-side request forgery). The host is resolved and
 every address it resolves to is checked, so a name pointing at 127.0.0.1
 is refused like the literal. Redirects are never followed (``webhooks._post``).
 
-Deviation, stated: the check runs at submission and again right before each
-delivery, and the HTTP client then resolves the name once more; a DNS server
-answering differently within that window (DNS rebinding) is not pinned out.
+The check runs at submission and again right before each delivery, and the
+delivery then connects to exactly the addresses that were checked
+(`resolve_target` returns them; ``webhooks._post`` pins the connection to
+them, keeping the Host header and, for https, the SNI name and the
+certificate check on the URL's host name). A DNS server that answers a
+public address to the check and 127.0.0.1 to a second lookup (DNS
+rebinding, TTL 0) therefore gets no second lookup to answer.
 """
 from __future__ import annotations
 
@@ -57,8 +61,10 @@ def _kind(address: IpAddress) -> str:
     return "non-public"
 
 
-def addresses_of(host: str, port: int, resolve: Resolver = socket.getaddrinfo) -> list[IpAddress]:
-    """Every address ``host`` stands for (itself when it is an IP literal)."""
+def addresses_of(host: str, port: int, resolve: Resolver | None = None) -> list[IpAddress]:
+    """Every address ``host`` stands for (itself when it is an IP literal);
+    ``resolve`` defaults to ``socket.getaddrinfo`` (looked up at the call)."""
+    resolve = resolve or socket.getaddrinfo
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
@@ -67,20 +73,33 @@ def addresses_of(host: str, port: int, resolve: Resolver = socket.getaddrinfo) -
         infos = resolve(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnresolvableTarget(f"webhook host {host!r} does not resolve ({exc})") from None
-    # The scope of a link-local IPv6 address (fe80::1%eth0) is not part of the address.
-    return sorted({ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, key=str)
+    # In the resolver's order (its preference), each once. The scope of a link-local IPv6
+    # address (fe80::1%eth0) is not part of the address.
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
 
-def check_target(url: str, *, allow_private: bool, resolve: Resolver = socket.getaddrinfo) -> None:
-    """Raise ForbiddenTarget unless every address of ``url``'s host is public
-    (or ``allow_private``); UnresolvableTarget when the host does not resolve."""
-    if allow_private:
-        return
+def resolve_target(url: str, *, allow_private: bool,
+                   resolve: Resolver | None = None) -> list[IpAddress]:
+    """The addresses of ``url``'s host, resolved once: what a delivery must connect
+    to (and nothing else). Raises ForbiddenTarget unless every one is public (or
+    ``allow_private``); UnresolvableTarget when the host does not resolve."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    for address in addresses_of(host, port, resolve):
-        if not _is_public(address):
+    addresses = addresses_of(host, port, resolve)
+    if not addresses:
+        raise UnresolvableTarget(f"webhook host {host!r} resolves to no address")
+    for address in addresses:
+        if not allow_private and not _is_public(address):
             raise ForbiddenTarget(
                 f"webhook URL {url!r} points at {address} ({_kind(address)} address); webhooks go to public "
                 f"addresses only, unless the server sets {ALLOW_SETTING}=1 (e.g. for a receiver on this machine)")
+    return addresses
+
+
+def check_target(url: str, *, allow_private: bool, resolve: Resolver | None = None) -> None:
+    """Raise ForbiddenTarget unless every address of ``url``'s host is public
+    (or ``allow_private``, which skips the lookup); UnresolvableTarget when the
+    host does not resolve."""
+    if not allow_private:
+        resolve_target(url, allow_private=False, resolve=resolve)

@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 from celery import Celery, shared_task
 from celery.exceptions import Retry
 
@@ -32,13 +34,16 @@ from automl_server.settings import settings_of
 from automl_server.db.engine import get_database
 from automl_server.db.models import Job, JobEvent
 from automl_server.jobs.service import record_event
-from automl_server.webhook_targets import ForbiddenTarget, UnresolvableTarget, check_target
+from automl_server.webhook_targets import ForbiddenTarget, IpAddress, UnresolvableTarget, resolve_target
 
 DELIVER_WEBHOOK = "automl.deliver_webhook"
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2000
 REQUEST_TIMEOUT_S = 10.0
 USER_AGENT = "automl-webhooks/1"
+# How https receivers' certificates are checked (requests' ``verify``): True is the
+# certifi bundle; a path is a CA bundle (tests use their own CA).
+CA_BUNDLE: bool | str = True
 # Longest receiver-supplied text (an error) kept in a timeline message.
 _MAX_REASON_CHARS = 300
 
@@ -146,24 +151,75 @@ def event_payload(job: Job, event: JobEvent) -> dict[str, Any]:
 
 
 # -- delivery --------------------------------------------------------------
-def _post(url: str, secret: str, msg_id: str, body: bytes) -> requests.Response | str:
-    """POST one attempt; the response, or why there was none."""
+class PinnedAdapter(HTTPAdapter):
+    """Connects to ``address`` whatever the URL's host name resolves to now: the
+    address that was checked (`resolve_target`), so that a second DNS answer
+    (DNS rebinding) is never asked for. The request keeps its Host header (set
+    by `_post`); for https the SNI name and the certificate's host name check
+    stay those of the URL's host, so a certificate for the name is still required."""
+
+    def __init__(self, address: IpAddress, host_name: str) -> None:
+        self.address, self.host_name = address, host_name
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(
+            self, request: requests.PreparedRequest, verify: Any, cert: Any = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params["host"] = str(self.address)
+        if host_params["scheme"] == "https":
+            pool_kwargs["server_hostname"] = self.host_name
+            pool_kwargs["assert_hostname"] = self.host_name
+        return host_params, pool_kwargs
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    return host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+
+
+def _post(url: str, addresses: list[IpAddress], secret: str, msg_id: str,
+          body: bytes) -> requests.Response | str:
+    """POST one attempt to ``url``, connecting only to ``addresses`` (in turn, the
+    next one when a connection cannot be made); the response, or why there was none."""
     timestamp = int(time.time())
     headers = {
+        "host": _host_header(url),
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, msg_id, timestamp, body),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
-    try:
-        # No redirects: a POST that is redirected is a receiver misconfiguration
-        # (and following them would let a receiver point us anywhere).
-        return requests.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_S, allow_redirects=False)
-    except requests.Timeout:
-        return f"no answer within {REQUEST_TIMEOUT_S:g} s"
-    except requests.RequestException as exc:
-        return f"{exc.__class__.__name__}: {exc}"[:_MAX_REASON_CHARS]
+    reason = "no address to connect to"
+    for address in addresses:
+        with requests.Session() as session:
+            # No proxies from the environment: a proxy would resolve the name again.
+            session.trust_env = False
+            adapter = PinnedAdapter(address, urlsplit(url).hostname or "")
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            try:
+                # No redirects: a POST that is redirected is a receiver misconfiguration
+                # (and following them would let a receiver point us anywhere).
+                return session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_S,
+                                    allow_redirects=False, verify=CA_BUNDLE)
+            except requests.ConnectTimeout:
+                reason = f"no connection to {address} within {REQUEST_TIMEOUT_S:g} s"
+            except requests.Timeout:
+                return f"no answer within {REQUEST_TIMEOUT_S:g} s"
+            except requests.ConnectionError as exc:
+                reason = f"{exc.__class__.__name__}: {exc}"[:_MAX_REASON_CHARS]
+                if not isinstance(getattr(exc.args[0] if exc.args else None, "reason", None),
+                                  NewConnectionError):
+                    return reason  # connected, then failed: the next address would repeat the POST
+            except requests.RequestException as exc:
+                return f"{exc.__class__.__name__}: {exc}"[:_MAX_REASON_CHARS]
+    return reason
 
 
 def _log(db_url: str, job_id: str, message: str) -> None:
@@ -197,15 +253,16 @@ def deliver_webhook(self: Any, job_id: str, event_id: int) -> str:
         _log(db_url, job_id, f"webhook delivery to {url} not attempted: {exc}")
         return "failed"
     try:
-        # Again at delivery: the name may resolve elsewhere now than at submission.
-        check_target(url, allow_private=settings.webhook_allow_private)
+        # Again at delivery: the name may resolve elsewhere now than at submission. The
+        # addresses checked are the ones connected to (no second lookup: DNS rebinding).
+        addresses = resolve_target(url, allow_private=settings.webhook_allow_private)
     except ForbiddenTarget as exc:  # no retry will make it public
         _log(db_url, job_id, f"webhook delivery to {url} refused: {exc}")
         return "refused"
     except UnresolvableTarget as exc:
         outcome: requests.Response | str = str(exc)
     else:
-        outcome = _post(url, secret, msg_id, body)
+        outcome = _post(url, addresses, secret, msg_id, body)
     if isinstance(outcome, requests.Response):
         if 200 <= outcome.status_code < 300:
             return "delivered"

@@ -13,6 +13,7 @@ duplicate submissions created one job per key.
 
     .venv/bin/python bench/bench_api_load.py                      # 50 clients, 10 s per run
     .venv/bin/python bench/bench_api_load.py --clients 50 --seconds 30 --max-requests 50000
+    .venv/bin/python bench/bench_api_load.py --token   # tokens required: every request authenticated and audited
 
 The broker is `memory://` in the server process by default (jobs stay queued,
 no worker): what is measured is the API, not the broker; --broker redis://...
@@ -55,9 +56,12 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any
              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     hdrs = {"Content-Type": "application/json"} if data is not None else {}
-    conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
+    conn.request(method, path, body=data, headers={**AUTH, **hdrs, **(headers or {})})
     response = conn.getresponse()
     return response.status, response.read()
+
+
+AUTH: dict[str, str] = {}  # {"Authorization": "Bearer ..."} with --token
 
 
 def _client(port: int, plan: list[str], job_ids: list[str], keys: list[str], deadline: float, budget: list[int],
@@ -134,7 +138,7 @@ def report(title: str, tally: Tally, usage: dict[str, float]) -> None:
     total = sum(len(v) for v in tally.latencies_ms.values())
     print(f"\n{title}: {total} requests in {usage['wall_s']:.1f} s = {total / usage['wall_s']:.0f} req/s; "
           f"CPU share of {os.cpu_count()} cores: load generator {usage['generator_cpu']:.0%}, "
-          f"server {usage['server_cpu']:.0%}")
+          f"server {usage['server_cpu']:.0%}; load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     print(f"| endpoint | requests | req/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- | --- |")
     for kind, values in sorted(tally.latencies_ms.items()):
         print(f"| {kind} | {len(values)} | {len(values) / usage['wall_s']:.0f} | {_percentile(values, 0.5):.1f} | "
@@ -150,12 +154,16 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=20, help="Distinct Idempotency-Keys the submissions share.")
     parser.add_argument("--broker", default="memory://")
     parser.add_argument("--database-url", default="", help="Default: SQLite in a temporary data dir.")
+    parser.add_argument("--token", action="store_true",
+                        help="Require tokens (AUTOML_AUTH_MODE=always): every request presents one (admin scope), "
+                             "is looked up and audited.")
     args = parser.parse_args()
 
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
     env = {**os.environ, "AUTOML_DATA_DIR": str(data_dir), "AUTOML_PORT": str(port), "AUTOML_BROKER_URL": args.broker,
-           "AUTOML_RESULT_BACKEND": "cache+memory://", "AUTOML_DATABASE_URL": args.database_url}
+           "AUTOML_RESULT_BACKEND": "cache+memory://", "AUTOML_DATABASE_URL": args.database_url,
+           "AUTOML_AUTH_MODE": "always" if args.token else "auto"}
     server = subprocess.Popen([sys.executable, "-m", "automl_server.cli", "serve", "--no-worker", "--no-agent"],
                               env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
@@ -167,6 +175,13 @@ def main() -> None:
             except OSError:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             time.sleep(0.2)
+        if args.token:
+            sys.path.insert(0, str(ROOT))
+            from automl_server.auth import create_token
+            from automl_server.db.engine import get_database
+
+            with get_database(args.database_url or f"sqlite:///{data_dir / 'automl.sqlite'}").session() as session:
+                AUTH["Authorization"] = f"Bearer {create_token(session, 'bench', ['admin']).secret}"
         _request(conn, "POST", "/api/v1/devices",
                  {"name": "local-cpu", "kind": "cpu", "runtimes": [{"name": "onnxruntime"}]})
         job_ids = []
@@ -175,7 +190,9 @@ def main() -> None:
             assert status == 202, payload
             job_ids.append(json.loads(payload)["id"])
         print(f"server: automl serve --no-worker --no-agent on 127.0.0.1:{port}, {args.jobs} jobs stored, "
-              f"broker {args.broker}, database {args.database_url or 'SQLite'}; {args.clients} clients, "
+              f"broker {args.broker}, database {args.database_url or 'SQLite'}, "
+              f"{'tokens required (each request with one, audited)' if args.token else 'local mode (no token)'}; "
+              f"{args.clients} clients, "
               f"{args.seconds:.0f} s or {args.max_requests} requests per run; "
               f"load average before: {os.getloadavg()[0]:.1f}")
 

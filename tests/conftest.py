@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from automl_server import audit_log
 from automl_server.app import create_app
 from automl_server.celery_app import make_celery
 from automl_server.db.engine import _databases, get_database
@@ -106,6 +107,13 @@ def drop_postgres_database(server_url: str, database_url: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _no_audit_counts_across_tests() -> Iterator[None]:
+    """Counts of repeated reads (audit_log) belong to the test's own database."""
+    yield
+    audit_log.forget_windows()
 
 
 def _forget_database(url: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from automl_server import audit_log
 from automl_server.api.blueprint import api_blueprint, registry
 from automl_server.api.pagination import newest_first_page
 from automl_server.api.schemas import AUDIT_KINDS, AuditEventOut, AuditList, AuditQuery, one_of
@@ -24,8 +25,11 @@ def to_out(row: AuditEvent) -> AuditEventOut:
 )
 def list_audit(query: AuditQuery) -> AuditList:
     """Token use (every API request that presented a token, refused ones
-    included) and device changes (register, claim, re-register,
+    included; repeated successful reads of one token, path and status within a
+    minute are one row with action `requests` and their count in `detail`) and device changes (register, claim, re-register,
     register-refused, heartbeat-refused, retire)."""
+    # The counts of repeated reads not yet written (audit_log's coalescing) go in first.
+    audit_log.flush_coalesced(state().db)
     stmt = select(AuditEvent)
     if query.kind:
         stmt = stmt.where(AuditEvent.kind == query.kind)

@@ -6,7 +6,8 @@ and the health check stay open so that a client can discover how to log in.
 Each operation declares the scope it needs (``registry.operation(scope=...)``,
 automl_server.auth); a token without it is answered 403 naming the scope
 needed and the token's scopes. Every request that presented a token is
-written to the audit log (automl_server.audit_log).
+written to the audit log (automl_server.audit_log; repeated successful reads as
+a count per minute).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from automl_server import audit_log
 from automl_server.api.blueprint import registry
 from automl_server.api.openapi import Operation
 from automl_server.api.problems import ProblemError
-from automl_server.auth import AGENT, allows, token_scopes, verify_token
+from automl_server.auth import AGENT, allows, check_token, token_scopes
 from automl_server.login_throttle import failed_logins
 from automl_server.service_state import state
 
@@ -50,16 +51,15 @@ def _require_token() -> None:
             f"too many requests with an unknown or revoked API token from this address; try again in {wait_s} s",
             field="Authorization", slug="too-many-failed-logins", headers={"Retry-After": str(wait_s)},
         )
-    with state().db.session() as session:
-        token = verify_token(session, secret)
-        if token is None:
-            throttle.failed(client)
-            raise ProblemError(
-                401, "Unauthorized", "the API token is unknown or revoked; create a new one with `automl tokens create NAME`",
-                field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},
-            )
-        g.token_name = token.name
-        g.token_scopes = token_scopes(token)
+    token = check_token(state().db, secret)
+    if token is None:
+        throttle.failed(client)
+        raise ProblemError(
+            401, "Unauthorized", "the API token is unknown or revoked; create a new one with `automl tokens create NAME`",
+            field="Authorization", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"},
+        )
+    g.token_name = token.name
+    g.token_scopes = token_scopes(token)
 
 
 def authorize(op: Operation, device: str | None) -> None:
@@ -80,13 +80,13 @@ def authorize(op: Operation, device: str | None) -> None:
 
 
 def _audit_token_use(response: Response) -> Response:
-    """One audit row per request that presented a token (refused ones too)."""
+    """The audit of each request that presented a token (refused ones too): a row of
+    its own, or for a repeated successful read a count (audit_log.record_token_use)."""
     prefix = g.get("audit_token_prefix")
     if prefix is not None:
-        audit_log.record_apart(
-            state().db, audit_log.TOKEN_USE, "request", token_name=g.get("token_name"), token_prefix=prefix,
-            method=request.method, path=request.path[:500], status=response.status_code,
-            address=(request.remote_addr or "")[:100] or None,
+        audit_log.record_token_use(
+            state().db, token_name=g.get("token_name"), token_prefix=prefix, method=request.method,
+            path=request.path[:500], status=response.status_code, address=(request.remote_addr or "")[:100] or None,
         )
     return response
 

@@ -220,6 +220,7 @@ def _error_statuses(op: Operation, needs_token: bool) -> list[int]:
         statuses += [401, 403, 429]
     if op.method not in ("get", "head", "options"):
         statuses.append(403)  # a browser session's write without its CSRF header (api/ui.py)
+    statuses.append(421)  # a Host that is not a name of this server, when no token is required (host_check.py)
     return sorted(set(statuses))
 
 
@@ -285,7 +286,9 @@ def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No content", 400: "Bad request (unreadable input)",
     401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large",
-    415: "Unsupported media type", 422: "Invalid input", 429: "Too many requests", 503: "Service unavailable",
+    415: "Unsupported media type",
+    421: "Misdirected request (the Host header is not a name of this server; see AUTOML_ALLOWED_HOSTS)",
+    422: "Invalid input", 429: "Too many requests", 503: "Service unavailable",
     507: "Insufficient storage (the data directory's disk is full)",
 }
 

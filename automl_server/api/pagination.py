@@ -93,4 +93,5 @@ def newest_first_rows(
     """``newest_first_page`` for a select of columns: plain rows (attribute access
     by column name), without the ORM's identity map and change tracking, which
     cost more than the query itself on a page of 50 jobs."""
-    return _cut(list(session.execute(_newest_first(stmt, model, page_size, page_token)).all()), page_size)
+    # Core execution (the connection, not the ORM session): no ORM compile and row processing.
+    return _cut(list(session.connection().execute(_newest_first(stmt, model, page_size, page_token)).all()), page_size)

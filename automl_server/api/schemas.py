@@ -235,7 +235,8 @@ class AuditEventOut(BaseModel):
     id: str
     created_at: datetime
     kind: AuditKind
-    action: str = Field(description="token-use: request; device: register, claim, re-register, register-refused, "
+    action: str = Field(description="token-use: request, or requests (repeated successful reads within a minute, "
+                                    "counted in detail); device: register, claim, re-register, register-refused, "
                                     "heartbeat-refused, retire.")
     token_name: str | None = Field(description="The token's name; null for an unknown token or local mode.")
     token_prefix: str | None = Field(description="The first characters of the token presented.")

@@ -47,6 +47,9 @@ def wait_until_reachable(db: "Database", timeout_s: float, poll_s: float = 0.5) 
             time.sleep(poll_s)
 
 
+READ_ONLY = "automl_read_only"
+
+
 def _configure_sqlite(engine: Engine) -> None:
     # WAL lets readers (the web UI) proceed while a worker writes. pysqlite's
     # own transaction handling issues a deferred BEGIN, and a deferred
@@ -54,6 +57,8 @@ def _configure_sqlite(engine: Engine) -> None:
     # "database is locked" at once instead of waiting on busy_timeout. So we
     # take over BEGIN ourselves and make it IMMEDIATE: writers queue politely
     # behind each other for up to busy_timeout (SQLAlchemy's documented recipe).
+    # A session that only reads (Database.read_session) begins DEFERRED: under WAL
+    # it takes no lock at all, so reads no longer queue behind writers and each other.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None
@@ -66,7 +71,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -95,6 +100,25 @@ class Database:
         try:
             yield session
             session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite its transaction takes no write lock
+        (a plain BEGIN; see _configure_sqlite), so it does not wait for writers nor
+        make them wait. Writing in it may fail with "database is locked": use
+        `session` for anything that writes."""
+        session = self.session_factory()
+        try:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session  # close() below ends the transaction, keeping what was read loaded
         except SQLAlchemyError as exc:
             session.rollback()
             raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc

@@ -133,3 +133,76 @@ def test_unknown_scope_is_refused_with_the_accepted_ones(tmp_path, database_url)
     with get_database(settings.resolved_database_url).session() as session:
         with pytest.raises(ValueError, match="accepted: read, submit, admin or agent:DEVICE"):
             create_token(session, "x", ["write"])
+
+
+def test_repeated_reads_are_one_row_with_their_count_and_writes_and_refusals_each_their_own(tmp_path, database_url):
+    client, settings = client_for(tmp_path, database_url, auth_mode="always")
+    with get_database(settings.resolved_database_url).session() as session:
+        admin = create_token(session, "ops", ["admin"]).secret
+        reader = create_token(session, "dashboard", ["read"]).secret
+    as_ = lambda secret: {"Authorization": f"Bearer {secret}"}  # noqa: E731
+
+    for _ in range(4):
+        assert client.get("/api/v1/jobs?page_size=5", headers=as_(reader)).status_code == 200
+    assert client.delete("/api/v1/devices/none", headers=as_(reader)).status_code == 403
+    assert client.delete("/api/v1/devices/none", headers=as_(reader)).status_code == 403
+    events = client.get("/api/v1/audit?kind=token-use", headers=as_(admin)).json["events"]
+
+    rows = [(e["token_name"], e["action"], e["method"], e["path"], e["status"]) for e in events]
+    assert rows == [
+        ("dashboard", "request", "DELETE", "/api/v1/devices/none", 403),
+        ("dashboard", "request", "DELETE", "/api/v1/devices/none", 403),
+        # The 3 after the first: written when the log was read, dated at the last of them.
+        ("dashboard", "requests", "GET", "/api/v1/jobs", 200),
+        ("dashboard", "request", "GET", "/api/v1/jobs", 200),  # the first, at once
+    ]
+    assert events[2]["detail"].startswith("3 more identical requests from ")
+    assert events[2]["token_prefix"] == reader[:10] and events[2]["address"] == "127.0.0.1"
+
+
+def test_last_use_is_kept_to_within_a_minute_and_a_revoked_token_stops_at_once(tmp_path, database_url):
+    from datetime import timedelta
+
+    client, settings = client_for(tmp_path, database_url, auth_mode="always")
+    secret = new_token(settings)
+    headers = {"Authorization": f"Bearer {secret}"}
+    db = get_database(settings.resolved_database_url)
+
+    def set_last_used(ago_s: float):  # type: ignore[no-untyped-def]
+        with db.session() as session:
+            when = utcnow() - timedelta(seconds=ago_s)
+            session.scalar(select(ApiToken)).last_used_at = when
+            return when
+
+    recent = set_last_used(30)
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+    with db.session() as session:
+        assert session.scalar(select(ApiToken)).last_used_at == recent  # within the minute: not rewritten
+    stale = set_last_used(120)
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+    with db.session() as session:
+        assert session.scalar(select(ApiToken)).last_used_at > stale + timedelta(seconds=100)
+        session.scalar(select(ApiToken)).revoked_at = utcnow()
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 401
+
+
+def test_listing_jobs_with_a_token_does_not_wait_for_a_writer(tmp_path, database_url):
+    # SQLite: reads begin without a lock (Database.read_session), so a long write elsewhere
+    # (a worker's transaction) does not hold them up to the 30 s busy timeout.
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's locking; PostgreSQL readers never wait for writers")
+    import sqlite3
+
+    client, settings = client_for(tmp_path, database_url, auth_mode="always")
+    secret = new_token(settings)
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200  # last use written now
+    writer = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, held until the request has been answered
+        response = client.get("/api/v1/jobs", headers=headers)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    assert response.status_code == 200 and response.json["jobs"] == []

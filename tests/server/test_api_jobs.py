@@ -231,6 +231,29 @@ def test_list_filters_by_state_and_pages(client, dataset, device):
     assert failed["jobs"] == []
 
 
+def test_the_list_writes_what_the_job_resources_say_and_follows_every_change(client, settings, dataset, device):
+    from automl_server.api.jobs import to_out
+    from automl_server.api.schemas import JobList
+
+    ids = [client.post("/api/v1/jobs", json=job_request()).json["id"] for _ in range(3)]
+    before = client.get("/api/v1/jobs", query_string={"page_size": 2})
+    with get_database(settings.resolved_database_url).session() as session:
+        job = session.get(Job, ids[-1])
+        job.result = {**job.result, "note": "changed"}
+        job.progress = 0.5
+    after = client.get("/api/v1/jobs", query_string={"page_size": 2})
+    with get_database(settings.resolved_database_url).session() as session:
+        newest = sorted(session.query(Job).all(), key=lambda j: (j.created_at, j.id), reverse=True)
+        expected = JobList(jobs=[to_out(j) for j in newest[:2]], next_page_token=after.json["next_page_token"])
+
+    assert after.data.decode() == expected.model_dump_json()  # byte for byte what pydantic would write
+    assert [j["id"] for j in after.json["jobs"]] == [ids[2], ids[1]] and after.json["next_page_token"]
+    changed = after.json["jobs"][0]
+    assert changed["result"]["note"] == "changed" and changed["progress"] == 0.5
+    assert before.json["jobs"][0]["progress"] != 0.5 and "note" not in before.json["jobs"][0]["result"]
+    assert after.json["jobs"][1] == before.json["jobs"][1]
+
+
 def test_job_resource_links_resolve(client, dataset, device):
     job = client.post("/api/v1/jobs", json=job_request()).json
 

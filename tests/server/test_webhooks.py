@@ -2,19 +2,24 @@
 retries to a real HTTP receiver on the loopback interface."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import urllib3.util.connection
 from celery import Celery, signals
 from kombu.exceptions import OperationalError
 from sqlalchemy import select
 
+from automl_server import webhooks
 from automl_server.celery_app import make_celery
 from automl_server.db.engine import get_database
 from automl_server.db.models import Job, JobEvent
@@ -113,14 +118,15 @@ class Receiver:
     statuses: list[int]
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     redirect_to: str | None = None  # sent as Location with every answer
+    port: int = 0
 
     def answer(self) -> int:
         return self.statuses[min(len(self.received), len(self.statuses)) - 1]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="", statuses=[200])
+@contextmanager
+def serving(state: Receiver, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """Run ``state``'s receiver on a loopback port (https with ``tls``) while inside."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -136,13 +142,24 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/automl"
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    state.port = server.server_address[1]
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{state.port}/hooks/automl"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serving(Receiver(url="", statuses=[200])) as state:
+        yield state
 
 
 def eager_celery(tmp_path: Path, database_url: str, **overrides: object) -> Celery:
@@ -362,3 +379,99 @@ def test_a_redirect_is_never_followed(tmp_path, database_url, receiver):
     assert len(receiver.received) == 1
     assert timeline(database_url, job_id)[-1].message == (
         f"webhook delivery to {receiver.url} failed after 1 attempts: HTTP 307")
+
+
+# -- DNS rebinding: the delivery connects to the address that was checked ----------
+@pytest.fixture
+def public_receiver() -> Iterator[Receiver]:
+    """A second receiver on loopback, standing for one on a public address."""
+    with serving(Receiver(url="", statuses=[200])) as state:
+        yield state
+
+
+def test_a_name_rebound_to_loopback_after_the_check_does_not_reach_loopback(
+        tmp_path, database_url, receiver, public_receiver, monkeypatch):
+    # The attacker's DNS answers a public address to the check, then 127.0.0.1 (TTL 0) to any
+    # later lookup, hoping the HTTP client resolves again and reaches `receiver` on loopback.
+    real_getaddrinfo, lookups = socket.getaddrinfo, []
+
+    def rebinding_dns(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "hooks.rebind.example":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = "93.184.215.14" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    # No internet here: a connection to the public address is carried to `public_receiver`.
+    real_connect, connected = urllib3.util.connection.create_connection, []
+
+    def connect(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+        connected.append(address)
+        if address[0] == "93.184.215.14":
+            address = ("127.0.0.1", public_receiver.port)
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", connect)
+    port = receiver.port
+    url = f"http://hooks.rebind.example:{port}/hooks/automl"
+    secret = new_secret()
+    job_id, event_id = job_with_state_event(database_url, url, secret)
+
+    notify(eager_celery(tmp_path, database_url, webhook_allow_private=False), job_id, [event_id])
+
+    assert receiver.received == []  # nothing reached loopback
+    assert lookups == ["hooks.rebind.example"]  # resolved once, by the check
+    assert connected == [("93.184.215.14", port)]
+    [(headers, body)] = public_receiver.received
+    assert headers["host"] == f"hooks.rebind.example:{port}"
+    verify(secret, headers, body)
+    assert [e.kind for e in timeline(database_url, job_id)] == ["state"]  # delivered, nothing to log
+
+
+def _certificate_for(tmp_path: Path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for DNS name ``name`` and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.parametrize("certificate_name", ["hooks.example.com", "other.example.com"])
+def test_https_to_a_pinned_address_checks_the_certificate_against_the_url_host(
+        tmp_path, monkeypatch, certificate_name):
+    cert, key = _certificate_for(tmp_path, certificate_name)
+    server_names: list[str | None] = []
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    tls.sni_callback = lambda _sock, name, _ctx: server_names.append(name)  # type: ignore[assignment,func-returns-value]
+    monkeypatch.setattr(webhooks, "CA_BUNDLE", cert)
+
+    with serving(Receiver(url="", statuses=[200]), tls) as state:
+        url = f"https://hooks.example.com:{state.port}/hooks/automl"
+        outcome = webhooks._post(url, [ipaddress.ip_address("127.0.0.1")], new_secret(), "evt_1", b"{}")
+
+    assert server_names == ["hooks.example.com"]  # SNI: the URL's host, not the address
+    if certificate_name == "hooks.example.com":
+        assert getattr(outcome, "status_code", outcome) == 200
+        assert state.received[0][0]["host"] == f"hooks.example.com:{state.port}"
+    else:  # a certificate for another name is refused, as it would be without pinning
+        assert isinstance(outcome, str) and "SSLError" in outcome and "hooks.example.com" in outcome
+        assert state.received == []
