@@ -80,6 +80,10 @@ class Settings:
     # How often `automl serve` looks for job stages that were lost (a worker that died, a
     # Redis broker that came back empty) and sends them again, in seconds.
     recovery_sweep_s: float = 30.0
+    # A running stage renews its lease as it works (progress, events, cancel checks: about
+    # once a second in training loops); a lease not renewed for this many seconds means
+    # its worker is gone, and the recovery sweep sends the stage again (from its checkpoint).
+    stage_lease_s: float = 120.0
 
     # -- derived values -------------------------------------------------
     @property
@@ -190,6 +194,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     settings = replace(Settings(), **values)
     if settings.network_measure_s > 3600:
         raise SettingsError(f"AUTOML_NETWORK_MEASURE_S={settings.network_measure_s!r} must be at most 3600 seconds")
+    if settings.stage_lease_s < 5:
+        raise SettingsError(f"AUTOML_STAGE_LEASE_S={settings.stage_lease_s!r} must be at least 5 seconds: a shorter "
+                            "lease runs out between two renewals of a live stage")
     if not 0 <= settings.measure_retakes <= 5:
         raise SettingsError(f"AUTOML_MEASURE_RETAKES={settings.measure_retakes!r} must be an integer from 0 to 5")
     if settings.auth_mode not in _AUTH_MODES:

@@ -24,9 +24,6 @@ from automl_server.files import sha256_of
 from automl_server.jobs import service
 from automl_server.settings import Settings
 
-# A running stage renews its lease at least this often (through progress());
-# a lease older than LEASE_S means its worker is gone.
-LEASE_S = 120.0
 # The warning the recovery sweep records on a job whose waiting stage it sent again
 # because the broker came back empty (jobs.tasks.recover).
 LOST_MESSAGE = "the broker restarted and lost this stage's message; sent again"
@@ -115,7 +112,7 @@ class StageContext:
 
     def _renew(self, job: Job) -> None:
         if job.lease_owner == self.lease_owner:
-            job.lease_until = utcnow() + timedelta(seconds=LEASE_S)
+            job.lease_until = utcnow() + timedelta(seconds=self.settings.stage_lease_s)
 
     def job_dir(self) -> Path:
         directory = self.settings.artifacts_dir / self.job_id

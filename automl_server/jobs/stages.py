@@ -36,7 +36,7 @@ from automl_server.engine.privacy.settings import audit_applies
 from automl_server.files import disk_full, disk_full_detail
 from automl_server.jobs import service
 from automl_server.jobs.audit import audit_privacy
-from automl_server.jobs.context import LEASE_S, Stage, StageContext, StageFailed, StageWait
+from automl_server.jobs.context import Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.device_finetune import applies as device_finetune_applies
 from automl_server.jobs.device_finetune import finetune_on_device
@@ -170,7 +170,7 @@ def plan_of(job: Job) -> list[str]:
     return plan_for({**job.params, "pipeline": job.pipeline})
 
 
-def _take_lease(session: Any, job: Job, stage_name: str, owner: str) -> bool:
+def _take_lease(session: Any, job: Job, stage_name: str, owner: str, lease_s: float) -> bool:
     """True when this delivery may run the stage; records a take-over of a lost one."""
     now = utcnow()
     held = job.stage == stage_name and job.lease_owner not in (None, WAITING, owner)
@@ -182,7 +182,7 @@ def _take_lease(session: Any, job: Job, stage_name: str, owner: str) -> bool:
         service.record_event(session, job, "log", f"stage {stage_name} resumed: its worker was lost",
                              stage=stage_name, data={"recoveries": job.recoveries})
     job.lease_owner = owner
-    job.lease_until = now + timedelta(seconds=LEASE_S)
+    job.lease_until = now + timedelta(seconds=lease_s)
     return True
 
 
@@ -223,7 +223,7 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             _release(job)
             return None
         fresh = not (job.stage == stage_name and job.lease_owner is not None)
-        if not _take_lease(session, job, stage_name, owner):
+        if not _take_lease(session, job, stage_name, owner, settings.stage_lease_s):
             return None
         if fresh:
             service.start_stage(session, job, stage_name, index / (last + 1))
@@ -248,7 +248,7 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             job = session.get_one(Job, job_id)
             job.lease_owner = WAITING
             # The sweep re-sends the stage if the delayed message is lost with its worker.
-            job.lease_until = utcnow() + timedelta(seconds=wait.seconds + LEASE_S)
+            job.lease_until = utcnow() + timedelta(seconds=wait.seconds + settings.stage_lease_s)
         return Dispatch(stage_name, wait.seconds)
     except StageRewind as rewind:
         return _rewind(db, job_id, stage_name, plan, rewind)

@@ -72,7 +72,9 @@ def _worker_pid(serve_pid: int) -> int:
 
 @pytest.mark.timeout(600)  # a search killed and resumed, then trained, on a shared CI machine
 def test_a_worker_killed_mid_search_is_retried_and_resumes_from_its_checkpoint(tmp_path):
-    with serving(tmp_path) as (settings, env):
+    # A 30 s lease (default 120 s) and a sweep every 2 s: the stage is sent again soon after
+    # the kill instead of after two idle minutes; the search renews its lease every second.
+    with serving(tmp_path, stage_lease_s=30.0, recovery_sweep_s=2.0) as (settings, env):
         agent_online(env)
         url = f"{settings.resolved_server_url}/api/v1"
         submitted = requests.post(f"{url}/jobs", timeout=30, json={

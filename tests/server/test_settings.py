@@ -42,6 +42,7 @@ def test_environment_overrides_defaults(tmp_path):
     ("AUTOML_AUTH_MODE", "sometimes", "accepted: auto, always, never"),
     ("AUTOML_NETWORK_MEASURE_S", "0", "must be > 0"),
     ("AUTOML_NETWORK_MEASURE_S", "7200", "must be at most 3600 seconds"),
+    ("AUTOML_STAGE_LEASE_S", "2", "AUTOML_STAGE_LEASE_S=2.0 must be at least 5 seconds"),
 ])
 def test_bad_values_are_named(variable, value, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
