@@ -3,7 +3,9 @@
 Upgrades the database, registers the bundled datasets and the local CPU
 device, starts an embedded Celery worker and the local device agent as child
 processes, and serves the web UI and REST API with waitress. Stopping it
-(Ctrl-C or SIGTERM) stops the children too.
+(Ctrl-C or SIGTERM) stops the children too, and everything they started
+(``stop_children``): a stage cut short is resumed from its checkpoint by the
+next `automl serve` once its lease runs out.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +37,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("automl.serve")
 EMBEDDED_AGENT_TOKEN = "embedded-agent"
+# Every process `automl serve` starts, and every process they start (pool children, torchrun
+# and its workers, Flower, ONNX Runtime training: some in sessions of their own), inherits
+# this variable with one value per run of `automl serve`: stopping finds them all by it,
+# orphans included, never a process of another run.
+RUN_ENV = "AUTOML_SERVE_RUN"
+# On Ctrl-C or SIGTERM the worker gets this long for a warm shutdown (an idle worker, or a
+# short task, ends in a second or two); a search or training does not end that soon and is
+# ended, then resumed from its checkpoint by the next `automl serve` (its lease runs out,
+# AUTOML_STAGE_LEASE_S). With KILL_WAIT_S the whole stop stays under `docker stop`'s default
+# 10 s, after which Docker kills the server without letting it log what it stopped.
+SHUTDOWN_GRACE_S = 6.0
+KILL_WAIT_S = 2.0  # between SIGTERM and SIGKILL to what is left (torchrun ends its workers on SIGTERM)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -76,8 +91,14 @@ def agent_state_dir(settings: Settings) -> Path:
     return settings.data_dir / "agent"
 
 
-def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[subprocess.Popen[bytes]]:
+def start_children(settings: Settings, *, worker: bool, agent: bool,
+                   run_id: str = "") -> list[subprocess.Popen[bytes]]:
+    """The embedded worker and the local agent, each in a process group of its own (so that
+    stopping can signal a child with its pool without signalling `automl serve` itself),
+    marked with ``RUN_ENV=run_id`` when given."""
     env = settings_env(settings)
+    if run_id:
+        env[RUN_ENV] = run_id
     # The worker and the local agent share this machine's cores: training pauses at its next
     # weight step while the agent measures (device_agents.cores). AUTOML_CORES_LOCK="" turns it off.
     env.setdefault(CORES_LOCK_ENV, str(settings.data_dir / "cores.lock"))
@@ -87,7 +108,7 @@ def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[sub
         children.append(subprocess.Popen(
             [sys.executable, "-m", "automl_server.cli", "worker", "--queues", queues,
              "--concurrency", str(settings.worker_concurrency), "--hostname", "embedded@%h"],
-            env=env,
+            env=env, process_group=0,
         ))
     if agent:
         token = _agent_token(settings)
@@ -98,20 +119,117 @@ def start_children(settings: Settings, *, worker: bool, agent: bool) -> list[sub
         env = {**env, "AUTOML_AGENT_STATE_DIR": str(agent_state_dir(settings))}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "automl_server.cli", "agent", "--device", settings.local_device_name, "--kind", "cpu"],
-            env=env,
+            env=env, process_group=0,
         ))
     return children
 
 
-def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            command = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+    return command if len(command) <= 100 else command[:97] + "..."
+
+
+def processes_of_run(run_id: str) -> dict[int, str]:
+    """pid -> command line of every live process that carries ``RUN_ENV=run_id`` (Linux
+    /proc; elsewhere none are found, and stopping signals the children's groups only)."""
+    if not run_id or not os.path.isdir("/proc"):
+        return {}
+    marker = f"{RUN_ENV}={run_id}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker not in fh.read().split(b"\0"):
+                    continue
+        except OSError:  # gone, or not ours
+            continue
+        if _alive(int(entry)):
+            found[int(entry)] = _command(int(entry))
+    return found
+
+
+def _signal(children: list[subprocess.Popen[bytes]], pids: list[int], sig: signal.Signals) -> None:
+    for child in children:
+        if child.poll() is None:  # not reaped yet: its pid is still its process group's id
+            try:
+                os.killpg(child.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_children(children: list[subprocess.Popen[bytes]], run_id: str = "", *,
+                  grace_s: float = SHUTDOWN_GRACE_S, kill_wait_s: float = KILL_WAIT_S,
+                  hurry: threading.Event | None = None) -> dict[int, str]:
+    """Stop the children and everything they started; returns what had to be ended
+    (pid -> command line) after the grace period.
+
+    SIGTERM first: the worker begins a warm shutdown (it ends once its running tasks end), the
+    agent stops after its current measurement. After ``grace_s`` (or at once when ``hurry`` is
+    set: a second Ctrl-C), SIGTERM to each child's process group and to every process of this
+    run (found by ``RUN_ENV``, in whatever session it runs), then SIGKILL after ``kill_wait_s``
+    to what is left. A stage cut short keeps its lease until it runs out; then the recovery
+    sweep of the next `automl serve` sends it again, and it resumes from its checkpoint."""
     for child in children:
         if child.poll() is None:
             child.terminate()
+    started = time.monotonic()
+    deadline = started + grace_s
+    while (any(child.poll() is None for child in children) and time.monotonic() < deadline
+           and not (hurry is not None and hurry.is_set())):
+        time.sleep(0.1)
+    left = processes_of_run(run_id)
+    late = [child for child in children if child.poll() is None]
+    if late or left:
+        log.warning("still running %.1f s after the stop signal: ending %s", time.monotonic() - started,
+                    "; ".join(f"pid {pid}: {command}" for pid, command in left.items())
+                    or ", ".join(f"pid {child.pid}" for child in late))
+        _signal(children, list(left), signal.SIGTERM)
+        deadline = time.monotonic() + kill_wait_s
+        while time.monotonic() < deadline and (any(child.poll() is None for child in children)
+                                               or any(_alive(pid) for pid in left)):
+            time.sleep(0.05)
+        stubborn = list(processes_of_run(run_id))
+        if stubborn or any(child.poll() is None for child in children):
+            log.warning("killing what did not end on SIGTERM within %.0f s: %s", kill_wait_s,
+                        ", ".join(f"pid {pid}" for pid in stubborn) or "the children's process groups")
+        _signal(children, stubborn, signal.SIGKILL)
     for child in children:
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        child.wait()
+    # SIGKILL is not ignorable: anything still found now is a process that has not been reaped by
+    # its (dying) parent yet, or one that dropped RUN_ENV; say so rather than claim a clean stop.
+    remaining = processes_of_run(run_id)
+    if remaining:
+        log.error("still running after the stop: %s", "; ".join(f"pid {p}: {c}" for p, c in remaining.items()))
+    log.info("stopped: %s%s", ", ".join(f"{_role(child)} (pid {child.pid}, exit {child.returncode})"
+                                        for child in children) or "no child processes",
+             f"; ended {len(left)} process(es) still running after the grace period" if left else
+             ", each within the grace period")
+    return left
+
+
+def _role(child: subprocess.Popen[bytes]) -> str:
+    args = [str(a) for a in child.args] if isinstance(child.args, (list, tuple)) else [str(child.args)]
+    return "the worker" if "worker" in args else "the agent" if "agent" in args else "a child"
 
 
 def start_recovery_sweep(app: Flask) -> threading.Thread:
@@ -142,13 +260,22 @@ def serve(settings: Settings, *, worker: bool = True, agent: bool = True) -> Non
 
     prepare(settings)
     app = create_app(settings)
-    children = start_children(settings, worker=worker, agent=agent)
+    run_id = uuid.uuid4().hex
+    children = start_children(settings, worker=worker, agent=agent, run_id=run_id)
     start_recovery_sweep(app)
+    stopping, hurry = threading.Event(), threading.Event()
 
-    def _terminate(_signum: int, _frame: object) -> None:
+    def _terminate(signum: int, _frame: object) -> None:
+        if stopping.is_set():  # a second Ctrl-C or SIGTERM: skip the grace period, not the cleanup
+            hurry.set()
+            return
+        stopping.set()
+        log.info("%s: stopping (the worker gets %.0f s to finish; Ctrl-C again to stop it now)",
+                 signal.Signals(signum).name, SHUTDOWN_GRACE_S)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     log.info("serving on %s (auth %s)", settings.resolved_server_url,
              "required" if settings.auth_required else "off: local mode")
     try:
@@ -156,4 +283,5 @@ def serve(settings: Settings, *, worker: bool = True, agent: bool = True) -> Non
     except KeyboardInterrupt:
         pass
     finally:
-        stop_children(children)
+        stopping.set()
+        stop_children(children, run_id, hurry=hurry)

@@ -33,6 +33,10 @@ def training_python() -> Path:
 def _run(argv: list[str], log_path: Path, timeout_s: float) -> int:
     """Run ``argv`` in its own process group; past the timeout the whole group (the
     artifact generator's child included) is killed."""
+    # The engine's run_in_training_env (sparse_update/on_device.py) does the same (and polls a
+    # cancel), on purpose not shared: the engine and device_agents may not import each other
+    # (tests/engine/test_boundaries.py), and the one package both may import, search_spaces,
+    # loads torch and the space catalog on import, no home for a stdlib-only helper of 15 lines.
     with open(log_path, "w") as log:
         process = subprocess.Popen(argv, cwd=AGENT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)

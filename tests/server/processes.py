@@ -74,6 +74,45 @@ class Process:
             pass
 
 
+def is_running(pid: int) -> bool:
+    """The process runs (a zombie waiting for its parent's wait counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """pid -> command line of every running process whose command line or environment
+    mentions ``text`` (a test's tmp dir: every process `automl serve` starts, and what
+    they start, inherits AUTOML_DATA_DIR)."""
+    found = {}
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if needle in cmdline or needle in (entry / "environ").read_bytes():
+                if is_running(int(entry.name)):
+                    found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def kill_leftovers(data_dir: Path) -> None:
+    """SIGKILL every process that `automl serve` on ``data_dir`` started (they inherit
+    AUTOML_DATA_DIR): the safety net of a test whose server failed to stop them."""
+    entry = f"AUTOML_DATA_DIR={data_dir}".encode()
+    for pid in processes_mentioning(str(data_dir)):
+        try:
+            if entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = settings_env(settings)
     env.pop("AUTOML_TOKEN", None)
@@ -95,14 +134,16 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
 
 
 @contextmanager
-def serving(tmp_path: Path, *serve_args: str, **overrides: Any) -> Iterator[tuple[Settings, dict[str, str]]]:
+def serving(tmp_path: Path, *serve_args: str, log_name: str = "serve.log",
+            **overrides: Any) -> Iterator[tuple[Settings, dict[str, str]]]:
     """`automl serve` on embedded defaults (or ``overrides``) in a fresh data
-    directory, answering on a free port; stopped (and its exit checked) afterwards."""
+    directory, answering on a free port, its output in ``tmp_path / log_name``;
+    stopped (and its exit checked) afterwards."""
     values = {"data_dir": tmp_path / "data", "port": free_port(), "heartbeat_interval_s": 0.5,
               "worker_concurrency": 1, **overrides}
     settings = settings_from_env({}, **values)
     env = child_env(settings)
-    server = Process([*CLI, "serve", *serve_args], env, tmp_path / "serve.log")
+    server = Process([*CLI, "serve", *serve_args], env, tmp_path / log_name)
     try:
         wait_for(lambda: requests.get(f"{settings.resolved_server_url}/api/v1/health", timeout=2).ok, 120,
                  "the server to answer")
@@ -113,4 +154,6 @@ def serving(tmp_path: Path, *serve_args: str, **overrides: Any) -> Iterator[tupl
     finally:
         code = server.stop()
         server.kill_group()
+        # The worker and the agent run in process groups of their own: killed by their data dir.
+        kill_leftovers(settings.data_dir)
         assert code == 0, server.log()

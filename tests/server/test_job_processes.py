@@ -1,13 +1,15 @@
 """Whole push-button jobs through real processes: `automl serve` with its
-worker and local CPU agent, the CLI, PostgreSQL + Redis, and a worker killed
-in the middle of a search."""
+worker and local CPU agent, the CLI, PostgreSQL + Redis, and a search whose
+worker is killed, then whose server is stopped and started again."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +19,7 @@ from device_agents.ort_training_runner import training_python
 from tests.conftest import (
     POSTGRES_URL, REDIS_URL, _forget_database, create_postgres_database, drop_postgres_database, need_service,
 )
-from tests.server.processes import cli, cli_json, serving, wait_for
+from tests.server.processes import cli, cli_json, is_running, processes_mentioning, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,45 +72,73 @@ def _worker_pid(serve_pid: int) -> int:
     raise AssertionError("no embedded worker process under `automl serve`")
 
 
-@pytest.mark.timeout(600)  # a search killed and resumed, then trained, on a shared CI machine
-def test_a_worker_killed_mid_search_is_retried_and_resumes_from_its_checkpoint(tmp_path):
-    # A 30 s lease (default 120 s) and a sweep every 2 s: the stage is sent again soon after
-    # the kill instead of after two idle minutes; the search renews its lease every second.
-    with serving(tmp_path, stage_lease_s=30.0, recovery_sweep_s=2.0) as (settings, env):
+@pytest.mark.timeout(600)  # a search killed and resumed, stopped and resumed, then trained, on a shared CI machine
+def test_a_search_killed_or_stopped_with_its_server_resumes_from_its_checkpoint(tmp_path):
+    # A 10 s lease (default 120 s) and a sweep every 2 s: a stage is sent again soon after its
+    # worker is gone instead of after two idle minutes; the search renews its lease every second.
+    short_lease: dict[str, Any] = {"stage_lease_s": 10.0, "recovery_sweep_s": 2.0}
+    with serving(tmp_path, **short_lease) as (settings, env):
         agent_online(env)
         url = f"{settings.resolved_server_url}/api/v1"
         submitted = requests.post(f"{url}/jobs", timeout=30, json={
             "dataset": "digits", "device": "local-cpu", "runtime": "onnxruntime", "space": "tiny",
             "latency_target_ms": 10.0, "tune": False, "params": {"calibration_networks": 5, "schedule": False},
-            # Long enough that the kill after epoch 3 lands mid-search; no schedule stage: not what is tested.
+            # Long enough that the kill after epoch 3 and the stop an epoch after the resume land
+            # mid-search; no schedule stage: not what is tested.
             "budget": {"warmup_epochs": 1, "search_epochs": 12, "train_epochs": 1}})
         # Says what the service answered when it was not a job (one CI run got a body without "id").
         assert submitted.status_code == 202, (submitted.status_code, submitted.text)
         job = submitted.json()
 
-        def search_epochs() -> list[int]:
-            events = requests.get(f"{url}/jobs/{job['id']}/events", params={"page_size": 500}, timeout=30).json()
-            return [e["data"]["epoch"] for e in events["events"]
-                    if e["kind"] == "metric" and e["stage"] == "search" and "block_probs" in e["data"]]
-
-        wait_for(lambda: len(search_epochs()) >= 3, 300, "three search epochs")
-        pool = _pool_children(_worker_pid(_serve_pid(settings.port)))
-        for pid in pool:  # the process running the search dies without a word
+        wait_for(lambda: len(_search_epochs(url, job["id"])) >= 3, 300, "three search epochs")
+        serve_pid = _serve_pid(settings.port)
+        pool = _pool_children(_worker_pid(serve_pid))
+        for pid in pool:  # 1. the process running the search dies without a word
             os.kill(pid, signal.SIGKILL)
-        before = search_epochs()
+        before_kill = _search_epochs(url, job["id"])
+        wait_for(lambda: len(_search_epochs(url, job["id"])) > len(before_kill), 300, "a search epoch after the kill")
+        # 2. `automl serve` stopped mid-search (SIGTERM, as `docker stop` sends): it stops its worker
+        # (which a warm shutdown would leave finishing the search) and all they started, then exits.
+        before_stop = _search_epochs(url, job["id"])
+        os.kill(serve_pid, signal.SIGTERM)
+        stopping = time.monotonic()
+        wait_for(lambda: not is_running(serve_pid), 60, "automl serve to exit after SIGTERM", interval_s=0.1)
+        stop_s = time.monotonic() - stopping
+        leftovers = processes_mentioning(str(tmp_path))
+    first_log = (tmp_path / "serve.log").read_text(errors="replace")
+    print(f"FAULT automl serve stopped (SIGTERM) mid-search: exited, nothing left {stop_s:.1f} s")
+    assert leftovers == {}, leftovers
+    assert "SIGTERM: stopping" in first_log and "ended" in first_log, first_log[-3000:]
+
+    # 3. `automl serve` started again on the same data: the stage's lease runs out, the sweep
+    # sends it again, and the search resumes from its checkpoint.
+    with serving(tmp_path, log_name="serve-again.log", **short_lease) as (settings, env):
+        restarted = time.monotonic()
+        url = f"{settings.resolved_server_url}/api/v1"
+        at_restart = _search_epochs(url, job["id"])  # the search ran on for part of the grace period
+        wait_for(lambda: len(_search_epochs(url, job["id"])) > len(at_restart), 300,
+                 "a search epoch after the restart")
+        print(f"FAULT automl serve started again: the stopped search resumed {time.monotonic() - restarted:.1f} s")
         done = wait_for(lambda: (j := requests.get(f"{url}/jobs/{job['id']}", timeout=30).json())["done"] and j, 600,
-                        "the job to finish after the kill")
-        after = search_epochs()
+                        "the job to finish after the restart")
+        after = _search_epochs(url, job["id"])
         log = [e["message"] for e in requests.get(f"{url}/jobs/{job['id']}/events", params={"page_size": 500},
                                                    timeout=30).json()["events"] if e["kind"] == "log"]
 
     assert done["state"] == "succeeded", done["error"]
-    assert done["recoveries"] >= 1 and any("resumed: its worker was lost" in m for m in log)
-    # Resumed from the checkpoint: no epoch ran twice except, at most, the one cut short.
-    resumed = after[len(before):]
-    assert resumed and resumed[0] >= before[-1] and resumed[-1] == 13
+    assert done["recoveries"] >= 2 and sum("resumed: its worker was lost" in m for m in log) >= 2, log
+    # Resumed from the checkpoint each time: no epoch ran twice except, at most, the one cut short.
+    after_kill, after_restart = after[len(before_kill):len(before_stop)], after[len(at_restart):]
+    assert after_kill and after_kill[0] >= before_kill[-1], after
+    assert after_restart and after_restart[0] >= at_restart[-1] and after_restart[-1] == 13, after
     assert after.count(1) == 1
     assert json.dumps(done["result"]["report"]["arch"])
+
+
+def _search_epochs(url: str, job_id: str) -> list[int]:
+    events = requests.get(f"{url}/jobs/{job_id}/events", params={"page_size": 500}, timeout=30).json()
+    return [e["data"]["epoch"] for e in events["events"]
+            if e["kind"] == "metric" and e["stage"] == "search" and "block_probs" in e["data"]]
 
 
 def _serve_pid(port: int) -> int:

@@ -164,6 +164,7 @@ def run_in_training_env(plan: DeviceRunPlan, python: Path, folder: Path, *, cwd:
     ``.venv-ort-training``), from ``cwd`` (the directory holding ``device_agents``); returns its
     result JSON. A cancellation raised by ``check_cancelled`` (polled every 0.2 s) or the timeout
     ends the whole process group, the artifact generator's child included."""
+    # Written twice, here and in device_agents.ort_training_runner._run (the agent's side): why not shared there.
     out = folder / "device_result.json"
     argv = plan.argv(str(python), out, folder / "device_params.npz" if params_out else None)
     log_path = folder / "device_log.txt"
