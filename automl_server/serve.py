@@ -213,6 +213,9 @@ def stop_children(children: list[subprocess.Popen[bytes]], run_id: str = "", *,
             log.warning("killing what did not end on SIGTERM within %.0f s: %s", kill_wait_s,
                         ", ".join(f"pid {pid}" for pid in stubborn) or "the children's process groups")
         _signal(children, stubborn, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0  # SIGKILL is delivered at once; dying takes a moment
+        while time.monotonic() < deadline and any(_alive(pid) for pid in stubborn):
+            time.sleep(0.02)
     for child in children:
         child.wait()
     # SIGKILL is not ignorable: anything still found now is a process that has not been reaped by

@@ -43,6 +43,7 @@ def test_stopping_ends_a_child_that_ignores_sigterm_and_what_it_started_in_anoth
         # The log says what was still running and what was killed.
         assert f"pid {grandchild}: " in caplog.text and "killing what did not end on SIGTERM" in caplog.text
         assert "ended 2 process(es) still running after the grace period" in caplog.text
+        assert "still running after the stop" not in caplog.text
     finally:
         child.kill()
         child.wait()
