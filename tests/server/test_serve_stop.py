@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -61,3 +62,19 @@ def test_children_that_end_on_sigterm_are_not_killed(caplog):
 
     assert ended == {} and child.returncode == -15
     assert f"stopped: a child (pid {child.pid}, exit -15), each within the grace period" in caplog.text
+
+
+@pytest.mark.timeout(30)  # a grace period of 60 s that the second Ctrl-C did not cut short fails here
+def test_a_second_ctrl_c_skips_the_grace_period(caplog):
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(600)"],
+                             stdout=subprocess.PIPE, process_group=0)
+    assert child.stdout is not None and child.stdout.readline()  # SIGTERM is ignored from now on
+    hurry = threading.Event()
+    hurry.set()
+    with caplog.at_level(logging.INFO, logger="automl.serve"):
+        stop_children([child], uuid.uuid4().hex, grace_s=60, kill_wait_s=0.5, hurry=hurry)
+    child.stdout.close()
+
+    assert child.returncode == -9
+    assert "killing what did not end on SIGTERM" in caplog.text
