@@ -9,6 +9,7 @@ next `automl serve` once its lease runs out.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +44,9 @@ EMBEDDED_AGENT_TOKEN = "embedded-agent"
 # this variable with one value per run of `automl serve`: stopping finds them all by it,
 # orphans included, never a process of another run.
 RUN_ENV = "AUTOML_SERVE_RUN"
+# The pid of the `automl serve` that started a child: the worker stops when its parent is
+# no longer that process (exit_with_parent).
+SERVE_PID_ENV = "AUTOML_SERVE_PID"
 # On Ctrl-C or SIGTERM the worker gets this long for a warm shutdown (an idle worker, or a
 # short task, ends in a second or two); a search or training does not end that soon and is
 # ended, then resumed from its checkpoint by the next `automl serve` (its lease runs out,
@@ -99,6 +104,7 @@ def start_children(settings: Settings, *, worker: bool, agent: bool,
     env = settings_env(settings)
     if run_id:
         env[RUN_ENV] = run_id
+        env[SERVE_PID_ENV] = str(os.getpid())
     # The worker and the local agent share this machine's cores: training pauses at its next
     # weight step while the agent measures (device_agents.cores). AUTOML_CORES_LOCK="" turns it off.
     env.setdefault(CORES_LOCK_ENV, str(settings.data_dir / "cores.lock"))
@@ -108,7 +114,7 @@ def start_children(settings: Settings, *, worker: bool, agent: bool,
         children.append(subprocess.Popen(
             [sys.executable, "-m", "automl_server.cli", "worker", "--queues", queues,
              "--concurrency", str(settings.worker_concurrency), "--hostname", "embedded@%h"],
-            env=env, process_group=0,
+            env=env, process_group=0,  # ends with serve: cli.worker calls exit_with_parent
         ))
     if agent:
         token = _agent_token(settings)
@@ -119,9 +125,55 @@ def start_children(settings: Settings, *, worker: bool, agent: bool,
         env = {**env, "AUTOML_AGENT_STATE_DIR": str(agent_state_dir(settings))}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "automl_server.cli", "agent", "--device", settings.local_device_name, "--kind", "cpu"],
-            env=env, process_group=0,
+            env=env, process_group=0, preexec_fn=_dies_with_parent(signal.SIGTERM),
         ))
     return children
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """Linux: the child (the agent) is sent ``sig`` when `automl serve` dies, even by
+    SIGKILL: in a process group of its own, it no longer gets the signals of serve's group.
+    (The Celery worker does not act on a parent-death signal, seen here: it watches its
+    parent instead, `exit_with_parent`.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_parent_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+    return set_parent_death_signal
+
+
+def exit_with_parent(sig: signal.Signals = signal.SIGQUIT, every_s: float = 1.0) -> None:
+    """In a child of `automl serve` (``RUN_ENV`` set): a daemon thread sends this process
+    ``sig`` once its parent is gone, even if serve was killed with SIGKILL. For the worker
+    SIGQUIT is Celery's cold shutdown: its pool children end at once (a warm shutdown would
+    finish the running stage for a job nobody serves; its lease runs out and the next
+    serve resumes it from its checkpoint)."""
+    if not os.environ.get(RUN_ENV) or not os.environ.get(SERVE_PID_ENV, "").isdigit():
+        return
+    # From the environment, not getppid() now: serve may have died while this process was
+    # still importing, and then getppid() already names init.
+    parent = int(os.environ[SERVE_PID_ENV])
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        log.warning("automl serve (pid %d) is gone: stopping this process", parent)
+        # Sent again until it takes: a signal that arrives before Celery installed its
+        # handlers (still starting up) is lost. Past the grace, the whole process group
+        # (this worker and its pool children; serve made it a group leader) is killed.
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S * 3
+        while time.monotonic() < deadline:
+            os.kill(os.getpid(), sig)
+            time.sleep(SHUTDOWN_GRACE_S / 2)
+        log.warning("still running %.0f s after serve died: killing this process group", SHUTDOWN_GRACE_S * 3)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _alive(pid: int) -> bool:

@@ -53,21 +53,19 @@ REDIS_URL = redis_url_of_this_worker(os.environ.get("AUTOML_TEST_REDIS_URL"))
 REQUIRE_SERVICES = os.environ.get("AUTOML_TEST_REQUIRE_SERVICES") == "1"
 
 
-# The tests that start the whole service as processes (`automl serve`, its worker and
-# agents, a browser) run one at a time, on one xdist worker: two such stacks at once
-# on a 2-core machine would slow each past its heartbeat and stage deadlines.
-# Everything else is spread over the workers.
+# The tests that run whole jobs through `automl serve` as processes (its worker and
+# agents, a browser) run one at a time, on one xdist worker: two such pipelines at
+# once on a 2-core machine slow each other past their waits (and double the memory).
+# Everything else, lighter `automl serve` tests included, is spread over the workers.
 SERVICE_PROCESS_MODULES = {
-    "device_agents/test_agent_install.py", "server/test_android_agent.py", "server/test_device_ownership_live.py",
-    "server/test_fault_processes.py", "server/test_job_processes.py", "server/test_processes.py",
-    "server/test_profiling.py", "server/test_remote_agent.py", "web/test_browser.py",
+    "server/test_fault_processes.py", "server/test_job_processes.py", "web/test_browser.py",
 }
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """xdist's own `--dist loadgroup` marks a group by rewriting ``item._nodeid``, which
     pytest 9 no longer reads (it silently runs grouped tests on every worker), so the
-    grouping is done here: one scope for the service-process modules, one per test
+    grouping is done here: one scope for the whole-job process modules, one per test
     for the rest."""
     from xdist.scheduler import LoadScopeScheduling
 

@@ -54,8 +54,10 @@ def serve(host: str | None, port: int | None, no_worker: bool, no_agent: bool) -
 @click.option("--hostname", "-n", default="worker@%h", show_default=True)
 def worker(queues: str, concurrency: int | None, pool: str, hostname: str) -> None:
     """Start a Celery worker (e.g. on a GPU server: --queues search)."""
+    from automl_server.serve import exit_with_parent
     from automl_server.worker import celery_app
 
+    exit_with_parent()  # when started by `automl serve`
     argv = ["worker", "--queues", queues, "--pool", pool, "--hostname", hostname, "--loglevel", "INFO",
             "--concurrency", str(concurrency or get_settings().worker_concurrency)]
     celery_app.worker_main(argv)
