@@ -29,6 +29,9 @@ MEASURE_NETWORK = "automl.measure_network"
 # model, then the whole model under several schedules side by side.
 MEASURE_IOS_STAGES = "automl.measure_ios_stages"
 TIME_SCHEDULES = "automl.time_schedules"
+# The runtimes an agent runs IOS schedules on (device_agents/ios/remote.py); the job's
+# schedule stage is planned only for these (LiteRT has no per-operator entry point).
+IOS_RUNTIMES = ("onnxruntime", "pytorch")
 # Sparse-update fine-tuning steps with ONNX Runtime training in the agent's training
 # environment (automl_server.jobs.on_device_finetune; device_agents.ort_training).
 FINETUNE_ON_DEVICE = "automl.finetune_on_device"

@@ -50,6 +50,7 @@ from automl_server.jobs.train import train_network
 from automl_server.jobs.validate import validate_dataset
 from automl_server.settings import Settings
 from device_agents import cores
+from device_agents.protocol import IOS_RUNTIMES
 
 __all__ = ["Dispatch", "StageContext", "StageFailed", "StageWait", "get_stage", "plan_for", "plan_of",
            "register_stage", "run_stage", "stage_names"]
@@ -140,10 +141,11 @@ for _stage, _applies in (
 # The sparse update's steps on the job's device (params.sparse_update.on_device).
 register_stage(Stage("device-finetune", "default", finetune_on_device, "Fine-tune on the device with ONNX Runtime "
                      "training and compare with PyTorch"), after="train", applies=device_finetune_applies)
-# An IOS schedule of the exported model for every pipeline; params.schedule false skips it.
+# An IOS schedule of the exported model for every pipeline on a runtime IOS runs on;
+# params.schedule false skips it.
 register_stage(Stage("schedule", "default", schedule_model, "Schedule the exported model's operators (IOS) "
                      "with latencies measured on the device"), after="export",
-               applies=lambda p: bool(p.get("schedule", True)))
+               applies=lambda p: bool(p.get("schedule", True)) and p.get("runtime") in (None, *IOS_RUNTIMES))
 # A privacy audit of what the pipeline shares (DLG, feature inversion): on by default for
 # fedgkt and delayed-sgd, params.privacy_audit decides (engine/privacy/settings.py).
 register_stage(Stage("audit", "search", audit_privacy, "Privacy audit: rebuild training images from what the "
@@ -167,7 +169,7 @@ def plan_of(job: Job) -> list[str]:
     saved = job.result.get("plan")
     if saved:
         return list(saved)
-    return plan_for({**job.params, "pipeline": job.pipeline})
+    return plan_for({**job.params, "pipeline": job.pipeline, "runtime": job.runtime})
 
 
 def _take_lease(session: Any, job: Job, stage_name: str, owner: str, lease_s: float) -> bool:

@@ -144,7 +144,7 @@ def submit_job(session: Session, body: JobCreate, *, idempotency_key: str | None
               "stop_after": body.stop_after, **options, **settings}
     check_parent(session, body, dataset, params)
     try:
-        plan = plan_for({**params, "pipeline": body.pipeline})
+        plan = plan_for({**params, "pipeline": body.pipeline, "runtime": runtime})
     except KeyError as exc:
         raise InvalidRequest("stop_after", str(exc.args[0])) from None
     job = Job(

@@ -37,6 +37,7 @@ from device_agents.ios.executor import CpuExecutor
 from device_agents.ios.ort_program import OrtModelProgram, session_options
 from device_agents.ios.program import OnnxModelProgram, ScheduledModel
 from device_agents.protocol import (
+    IOS_RUNTIMES,
     MeasureStagesReply,
     MeasureStagesRequest,
     OpResult,
@@ -50,7 +51,7 @@ YardstickFor = Callable[[Any], "Callable[[], object] | None"]  # MeasurementMeth
 STAGE_METHOD: dict[str, Any] = {"warmup": 2, "block_size": 6, "min_block_ms": 0.0, "min_blocks": 6, "max_blocks": 6}
 # Outputs of a scheduled run may differ from the sequential run's by float rounding only.
 TOLERANCE = 1e-3
-RUNTIMES = ("onnxruntime", "pytorch")
+RUNTIMES = IOS_RUNTIMES
 
 
 def _program(model: onnx.ModelProto, target: TargetPayload) -> Any:

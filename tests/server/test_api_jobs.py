@@ -283,3 +283,17 @@ def test_job_with_a_webhook_to_a_private_address_is_refused_and_nothing_is_store
     assert response.status_code == 422 and response.json["field"] == "webhook_url"
     assert "AUTOML_WEBHOOK_ALLOW_PRIVATE=1" in response.json["detail"]
     assert client.get("/api/v1/jobs").json["jobs"] == []
+
+
+def test_a_job_on_the_devices_default_litert_runtime_is_planned_without_the_schedule(
+        queued_app, dataset, device):  # type: ignore[no-untyped-def]
+    """The device's first runtime (LiteRT) is a job's default; IOS does not run on it, so the
+    plan leaves the schedule out (a job once failed there after hours of training). Queued,
+    not run: the whole plan is kept."""
+    client = queued_app.test_client()
+    job = client.post("/api/v1/jobs", json=job_request(stop_after=None)).json
+    assert job["runtime"] == "litert"
+    plan = job["result"]["plan"]
+    assert "export" in plan and "schedule" not in plan
+    onnx_job = client.post("/api/v1/jobs", json=job_request(runtime="onnxruntime", stop_after=None)).json
+    assert "schedule" in onnx_job["result"]["plan"]

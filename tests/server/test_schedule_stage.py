@@ -33,6 +33,13 @@ def test_the_schedule_stage_follows_export_and_can_be_skipped():
     assert "schedule" not in stages.plan_for({"schedule": False})
 
 
+def test_a_runtime_ios_cannot_run_has_no_schedule_stage():
+    """LiteRT has no per-operator entry point: its jobs are planned without the stage
+    instead of failing in it (tests/server/test_api_jobs.py: through the API)."""
+    assert "schedule" in stages.plan_for({"runtime": "onnxruntime"})
+    assert "schedule" not in stages.plan_for({"runtime": "litert"})
+
+
 def test_a_job_schedules_its_network_and_a_second_job_reuses_the_stage_costs(farm):  # type: ignore[no-untyped-def]
     app, settings, _db = farm
     client = app.test_client()
