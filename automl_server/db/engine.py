@@ -96,18 +96,8 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Commit on success, roll back on any error, always close."""
-        session = self.session_factory()
-        try:
+        with self._session(read_only=False) as session:
             yield session
-            session.commit()
-        except SQLAlchemyError as exc:
-            session.rollback()
-            raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -115,10 +105,18 @@ class Database:
         (a plain BEGIN; see _configure_sqlite), so it does not wait for writers nor
         make them wait. Writing in it may fail with "database is locked": use
         `session` for anything that writes."""
+        with self._session(read_only=True) as session:
+            yield session  # close() ends the transaction, keeping what was read loaded
+
+    @contextmanager
+    def _session(self, *, read_only: bool) -> Iterator[Session]:
         session = self.session_factory()
         try:
-            session.connection(execution_options={READ_ONLY: True})
-            yield session  # close() below ends the transaction, keeping what was read loaded
+            if read_only:
+                session.connection(execution_options={READ_ONLY: True})
+            yield session
+            if not read_only:
+                session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
             raise StorageError(f"database error: {exc.__class__.__name__}: {exc}") from exc
