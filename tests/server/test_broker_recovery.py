@@ -197,11 +197,11 @@ def test_two_copies_taken_by_two_workers_at_once_run_the_stage_once(tmp_path, da
     first_read, go = threading.Event(), threading.Event()
     take_lease = stages._take_lease
 
-    def paused_take_lease(session: Any, job: Job, stage_name: str, owner: str) -> bool:
+    def paused_take_lease(session: Any, job: Job, stage_name: str, owner: str, lease_s: float) -> bool:
         if owner == "worker-1":
             first_read.set()
             assert go.wait(60)
-        return take_lease(session, job, stage_name, owner)
+        return take_lease(session, job, stage_name, owner, lease_s)
 
     monkeypatch.setattr(stages, "_take_lease", paused_take_lease)
     results: dict[str, str | None] = {}
