@@ -93,7 +93,7 @@ def main() -> None:
     down = np.mean([row["bytes_down"] for row in outcome.history])
     print(f"\nFedGKT vs FedAvg: {args.dataset} ({args.samples} images, {len(data.y_train)} training, "
           f"{len(data.y_holdout)} evaluated), {args.clients} clients, Dirichlet(0.5), "
-          f"{args.rounds} rounds x {settings.client_epochs} client epoch(s), "
+          f"{args.rounds} rounds x {r['client_epochs']} client epoch(s), "
           f"{settings.server_epochs} server epochs, "
           f"tiny space at {data.resolution}px, cut after stage {r['cut']}; server model ResNet-"
           f"{6 * settings.server_depth_mult + 2}-style over H, {settings.server_width_mult}x H's channels")

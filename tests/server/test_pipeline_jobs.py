@@ -14,8 +14,10 @@ import pytest
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
 from automl_server.db.engine import get_database
 from automl_server.db.migrate import upgrade
+from automl_server.engine.train.fedgkt.pipeline import auto_client_epochs
 from tests.conftest import _forget_database
 from tests.server.test_job_pipeline import SMALL_BUDGET, events, job_request, make_farm
+
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +147,9 @@ def test_a_fedgkt_job_trains_through_flower_clients_and_reports_each_round(farm)
     assert_audited(job, farm, traffic="features")
     report = job["result"]["train"]["fedgkt"]
     assert report["clients"] == 2 and len(report["client_histograms"]) == 2
+    # client_epochs was left to the job: chosen from the shards' size, and said in the report
+    shard_sizes = [sum(histogram) for histogram in report["client_histograms"]]
+    assert report["client_epochs"] == auto_client_epochs(shard_sizes, job["params"]["batch_size"])
     assert report["bytes_per_round"][0]["up"] > 0 and report["bytes_per_round"][0]["down"] > 0
     rounds = [e.data for e in events(db, job["id"], "metric") if e.data.get("phase") == "fedgkt"]
     assert [r["round"] for r in rounds] == [1]

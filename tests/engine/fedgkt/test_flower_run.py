@@ -17,7 +17,7 @@ from search_spaces import build_model
 from .conftest import tiny_arch
 
 # the server model: ResNet-8 over H
-SMALL = {"clients": 2, "rounds": 2, "baselines": False, "server_width_mult": 4, "server_depth_mult": 1}
+SMALL = {"clients": 2, "rounds": 2, "client_epochs": 1, "baselines": False, "server_width_mult": 4, "server_depth_mult": 1}
 
 
 class Cancelled(Exception):
