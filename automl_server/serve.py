@@ -176,7 +176,7 @@ def exit_with_parent(sig: signal.Signals = signal.SIGQUIT, every_s: float = 1.0)
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:  # the same as engine.train.processes.alive, without importing torch
     """Running (a zombie waiting for its parent counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from automl_server.engine.train.distributed.collective import TorchCollective
 from automl_server.engine.train.distributed.loop import LoopSpec, train_worker
 from automl_server.engine.train.distributed.settings import DelayedSGDSettings
+from automl_server.engine.train.processes import alive
 
 # Set by the launcher on the launching host: a worker whose launcher is gone stops.
 WATCH_PID_ENV = "AUTOML_DTS_WATCH_PID"
@@ -48,16 +49,6 @@ class Orphaned(RuntimeError):
 def _append_event(path: Path, event: dict[str, Any]) -> None:
     with open(path, "a") as fh:  # one short line per write: a reader never sees half an event
         fh.write(json.dumps(event) + "\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(spec_path: str) -> None:
@@ -84,7 +75,7 @@ def main(spec_path: str) -> None:
     def on_step(epoch: int, step: int, steps: int) -> None:
         nonlocal last_report
         # Within a step of a cancel or a crash of whoever started us.
-        if os.getppid() != parent or (watch and not _alive(watch)):
+        if os.getppid() != parent or (watch and not alive(watch)):
             raise Orphaned("the launcher is gone")
         if rank == 0 and time.monotonic() - last_report > 0.5:
             last_report = time.monotonic()

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from automl_server.engine.train.processes import alive
+
 APP_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -217,7 +219,7 @@ def reap_leftovers(root: Path, grace_s: float = 5.0) -> list[int]:
     for pid in found:
         _signal_pid(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+    while time.monotonic() < deadline and any(alive(pid) for pid in found):
         time.sleep(0.1)
     for pid in found:
         _signal_pid(pid, signal.SIGKILL)
@@ -234,15 +236,6 @@ def _environ(pid: int) -> bytes:
             return fh.read()
     except OSError:  # gone, or not ours
         return b""
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie awaiting its parent's wait counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
