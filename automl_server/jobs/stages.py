@@ -40,6 +40,7 @@ from automl_server.jobs.context import Stage, StageContext, StageFailed, StageWa
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.device_finetune import applies as device_finetune_applies
 from automl_server.jobs.device_finetune import finetune_on_device
+from automl_server.jobs.lease import LeaseHeartbeat
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
 from automl_server.jobs.promise import StageRewind
@@ -239,7 +240,8 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
     ctx = StageContext(db, settings, job_id, stage_name, index, last + 1, owner, params, results, celery,
                        cores=training)
     try:
-        with training if training is not None else contextlib.nullcontext():
+        with (LeaseHeartbeat(db, job_id, owner, settings.stage_lease_s),
+              training if training is not None else contextlib.nullcontext()):
             output = stage.run(ctx)
         if training is not None and training.pauses:
             ctx.event("log", f"training paused {training.pauses} time(s), {training.paused_s:.1f} s in all, while "
@@ -292,6 +294,11 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
     with db.session() as session:
         job = session.get_one(Job, job_id)
         if JobState(job.state).is_terminal:
+            return None
+        if job.lease_owner != owner:
+            # Another delivery took the stage over (this worker looked lost): it records the stage.
+            log.warning("job %s: stage %s finished here after another worker took it over; "
+                        "its result is left to that worker", job_id, stage_name)
             return None
         # Assign new dicts: SQLAlchemy does not track in-place JSON mutation.
         job.result = {**job.result, stage_name: output, "stages_done": [*job.result.get("stages_done", []), stage_name]}

@@ -4,6 +4,7 @@ an eager Celery so that a job runs inside the request; on SQLite and
 PostgreSQL. Real worker processes run it in test_job_processes.py."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from automl_server.datasets.store import register_bundled_datasets
 from automl_server.db.engine import get_database
 from automl_server.db.models import Device, Job, JobEvent, utcnow
 from automl_server.jobs import stages
+from automl_server.jobs.lease import LeaseHeartbeat
 from automl_server.db.migrate import upgrade
 from tests.conftest import _forget_database, make_settings
 
@@ -282,6 +284,67 @@ def test_an_expired_lease_is_taken_over_and_recorded(farm_app):
         job = session.get_one(Job, job_id)
         assert job.state == "succeeded" and job.recoveries == 1 and job.lease_owner is None
     assert any("resumed: its worker was lost" in e.message for e in events(db, job_id, "log"))
+
+
+def _running_validate(db: Any, client: Any, owner: str) -> str:
+    """A job whose "validate" stage ``owner`` holds right now, its lease about to run out."""
+    job_id = client.post("/api/v1/jobs", json=job_request(stop_after="validate")).json["id"]
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        job.state, job.stage = "running", "validate"
+        job.lease_owner, job.lease_until = owner, utcnow()
+    return job_id
+
+
+def test_a_stage_busy_longer_than_its_lease_keeps_it_while_its_process_lives(farm_app):
+    """A step longer than the lease (one L-BFGS step of the privacy audit) without any call into
+    the job: the heartbeat keeps the lease, so the sweep does not start a second copy."""
+    app, _settings, db = farm_app
+    job_id = _running_validate(db, app.test_client(), "task-A")
+    assert stages.orphaned_stages(db) == [(job_id, "validate", "cpu-1")]  # without the heartbeat: lost
+
+    with LeaseHeartbeat(db, job_id, "task-A", lease_s=0.3) as heartbeat:
+        deadline = time.monotonic() + 30
+        while heartbeat.beats < 3 and time.monotonic() < deadline:  # the stage busy for a lease's length
+            threading.Event().wait(0.05)
+        assert heartbeat.beats >= 3
+        assert stages.orphaned_stages(db) == []
+
+
+def test_the_heartbeat_never_takes_back_a_lease_another_worker_took_over(farm_app):
+    app, _settings, db = farm_app
+    job_id = _running_validate(db, app.test_client(), "task-A")
+    heartbeat = LeaseHeartbeat(db, job_id, "task-A", lease_s=60)
+    with db.session() as session:
+        session.get_one(Job, job_id).lease_owner = "task-B"
+
+    assert heartbeat.renew() is False
+    with db.session() as session:
+        assert session.get_one(Job, job_id).lease_owner == "task-B"
+
+
+def test_a_stage_that_lost_its_lease_midway_leaves_the_result_to_the_worker_that_took_over(farm_app, monkeypatch):
+    app, settings, db = farm_app
+    job_id = app.test_client().post("/api/v1/jobs", json=job_request(stop_after="validate")).json["id"]
+    with db.session() as session:  # back to before its "validate" ran (the eager farm ran it at submission)
+        job = session.get_one(Job, job_id)
+        job.state, job.stage, job.lease_owner = "running", "validate", None
+        job.result = {k: v for k, v in job.result.items() if k not in ("validate", "stages_done")}
+    real = stages.get_stage("validate")
+
+    def taken_over_while_running(ctx: Any) -> dict[str, Any]:
+        output = real.run(ctx)
+        with db.session() as session:  # meanwhile the sweep judged this worker lost and task-B took over
+            session.get_one(Job, job_id).lease_owner = "task-B"
+        return output
+
+    monkeypatch.setattr(stages, "get_stage", lambda name: dataclasses.replace(real, run=taken_over_while_running))
+    assert stages.run_stage(db, settings, job_id, "validate", owner="task-A") is None
+
+    with db.session() as session:
+        job = session.get_one(Job, job_id)
+        assert job.state == "running" and job.lease_owner == "task-B"
+        assert "validate" not in job.result.get("stages_done", [])  # task-B records it, once
 
 
 @pytest.mark.parametrize("stage", ["profile", "search", "tune", "train", "verify"])
