@@ -145,6 +145,10 @@ class _ShareCallbacks(StageCallbacks):
         share = self.low + (self.high - self.low) * min(max(fraction, 0.0), 1.0)
         self.ctx.progress(share, f"{self.label}: {message}", baseline=self.label, **data)
 
+    def store_artifact(self, kind: str, path: Path) -> None:
+        """A baseline's files (a pipeline's figures) stay in its folder: the job's downloads of
+        each kind are its own network's."""
+
 
 def _train(ctx: StageContext, method: str, entry: dict[str, Any], low: float, high: float) -> dict[str, Any]:
     """Train one baseline as the job's network was trained, and export the file its device runs."""
