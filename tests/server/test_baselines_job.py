@@ -69,3 +69,33 @@ def test_a_bad_baselines_value_is_refused_naming_the_field(farm):
 
     assert response.status_code == 422
     assert response.json["field"] == "params.baselines"
+
+
+def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monkeypatch):
+    from sqlalchemy import update
+
+    from automl_server.db.models import Job
+    from automl_server.engine import baselines
+
+    app, _settings, db = farm
+    client = app.test_client()
+    searched = baselines.random_search
+
+    def cancelled_after_the_first_network(*args: Any, on_network: Any, **kwargs: Any) -> Any:
+        def cancel_then_report(tried: Any, number: int) -> None:
+            with db.session() as session:  # what POST /jobs/{id}/cancel does
+                session.execute(update(Job).where(Job.state == "running").values(cancel_requested=True))
+            on_network(tried, number)
+
+        return searched(*args, on_network=cancel_then_report, **kwargs)
+
+    monkeypatch.setattr(baselines, "random_search", cancelled_after_the_first_network)
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        tune=False, budget=TINY_BUDGET, params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "cancelled"
+    assert "verify" in job["result"]["stages_done"] and "baselines" not in job["result"]["stages_done"]
+    tried = [e for e in events(db, job["id"], "metric") if e.stage == "baselines" and "network" in e.data]
+    assert [e.data["network"] for e in tried] == [1]
