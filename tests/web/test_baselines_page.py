@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from automl_server.db.models import Job, JobState
+from tests.web.test_browser import serious_axe_violations
 
 PLAN = ["validate", "profile", "search", "tune", "train", "export", "verify", "baselines", "report"]
 
@@ -65,6 +66,7 @@ def test_the_job_page_draws_the_searched_network_against_the_baselines_and_the_t
         rows = page.locator("#baselines-rows tr")
         assert rows.count() == 3 and "91.0%" in rows.nth(0).inner_text()
         assert not errors, errors
+        assert not serious_axe_violations(page)
         page.locator("#baselines-card").screenshot(path=artifacts_dir / "job-baselines.png")
     finally:
         page.close()
