@@ -6,14 +6,17 @@ one thread), with the same training budget for every final network:
 - searched: the gradient strategy (binarized two-path gates) with the job's
   settings (target band derivation, schedule from the dataset's size), the
   derived network then trained for ``--train-epochs``;
-- random: networks sampled uniformly from the space until ``N`` are predicted
-  within the target, ``N`` set so that their brief training (``--brief-epochs``
-  each) costs the search's wall time (at least 3), the best on holdout then
-  trained fully;
+- random: networks sampled uniformly from the space that are predicted
+  within the target, ``N`` of them trained briefly (``--brief-epochs`` each),
+  ``N`` set so that they cost the search's wall time (at least 3, at most 30),
+  the best on holdout then trained fully;
 - uniform: a MobileNetV2-style network of the space, one block type in every
-  cell, scaled in depth (Zero in the last cells of each stage, from the end)
-  to the largest predicted latency within the target; the block type whose
-  network is predicted closest under the target is taken.
+  cell, scaled in depth (Zero cells, the most expensive first) to fit the
+  target; the block type whose network is predicted closest under the target
+  is taken.
+
+Both come from ``automl_server/engine/baselines.py``, the code a job's
+``baselines`` stage runs.
 
 Each final network's test accuracy (a test split no search saw), its
 *measured* latency (median of interleaved timings), and the search cost
@@ -33,11 +36,12 @@ import torch
 
 from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.data import SplitData, split_arrays, stratified_split
-from automl_server.engine.latency import FlopsLatencyModel, LatencyModel, arch_latency_ms
+from automl_server.engine import baselines
+from automl_server.engine.latency import FlopsLatencyModel, LatencyModel
 from automl_server.engine.search import SearchConfig, run_search
 from automl_server.engine.search_plan import latency_range_ms, loss_kind_for, schedule_for
 from automl_server.engine.train.standard import StandardConfig, evaluate, train_standard
-from search_spaces import Arch, SpaceLayout, build_model, get_space, sample_archs
+from search_spaces import Arch, SpaceLayout, build_model, get_space
 
 
 @dataclass
@@ -85,40 +89,20 @@ def searched(layout: SpaceLayout, data: SplitData, model: LatencyModel, target_m
 
 def random_search(layout: SpaceLayout, data: SplitData, model: LatencyModel, target_ms: float, budget_s: float,
                   args: argparse.Namespace, seed: int) -> Outcome:
-    started = time.perf_counter()
-    pool = [a for a in sample_archs(layout.space, 4000, seed, layout.resolution, layout.num_classes,
-                                    layout.in_channels) if arch_latency_ms(a, model) <= target_ms]
-    if not pool:
+    """The engine's random search (engine/baselines.py), as a job's baselines stage runs it."""
+    found = baselines.random_search(layout, data, model, target_ms, budget_s=budget_s,
+                                    brief_epochs=args.brief_epochs, seed=seed, max_networks=30)
+    if found is None:
         raise SystemExit(f"no sampled network meets {target_ms:.3f} ms; pick a looser target")
-    best: tuple[float, Arch] | None = None
-    for tried, arch in enumerate(pool, start=1):
-        holdout, _ = train_and_test(arch, data, data.x_holdout, data.y_holdout, args.brief_epochs, seed)
-        if best is None or holdout > best[0]:
-            best = (holdout, arch)
-        if tried >= 3 and time.perf_counter() - started >= budget_s or tried >= 30:
-            break
-    assert best is not None
-    return Outcome(f"random (N={tried})", best[1], arch_latency_ms(best[1], model), time.perf_counter() - started)
+    return Outcome(f"random (N={found.networks})", found.best.arch, found.best.predicted_ms, found.cost_s)
 
 
 def uniform(layout: SpaceLayout, model: LatencyModel, target_ms: float) -> Outcome:
-    """One block type everywhere, scaled in depth by Zero cells (last in each stage first)."""
-    best: tuple[float, Arch] | None = None
-    stage_ends = [i for i, cell in enumerate(layout.cells) if "zero" in cell.candidates]
-    for block in get_space(layout.space).candidates:
-        blocks = [block] * len(layout.cells)
-        order = sorted(stage_ends, reverse=True)  # drop depth from the end of the network
-        while True:
-            arch = Arch(layout.space, layout.resolution, layout.num_classes, layout.in_channels, tuple(blocks))
-            ms = arch_latency_ms(arch, model)
-            if ms <= target_ms or not order:
-                break
-            blocks[order.pop(0)] = "zero"
-        if ms <= target_ms and (best is None or ms > best[0]):
-            best = (ms, arch)
-    if best is None:
+    """The engine's uniform network (engine/baselines.py): one block type everywhere, scaled in depth by Zero cells."""
+    found = baselines.uniform_network(layout, model, target_ms)
+    if found is None:
         raise SystemExit(f"no uniform network meets {target_ms:.3f} ms")
-    return Outcome("uniform", best[1], best[0], 0.0)
+    return Outcome("uniform", found.arch, found.predicted_ms, 0.0)
 
 
 def measured_ms(archs: list[Arch], repeats: int = 30) -> list[float]:

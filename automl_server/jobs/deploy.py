@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
@@ -96,9 +97,6 @@ def export_model(ctx: StageContext) -> dict[str, Any]:
 
 
 def verify_on_device(ctx: StageContext) -> dict[str, Any]:
-    from automl_server.profiling import measure_network_signature, network_method
-    from device_agents.protocol import ModelFile
-
     spec = JobSpec.from_params(ctx.params)
     target = job_target(ctx)
     result_path = ctx.job_dir() / "verify.json"
@@ -109,15 +107,7 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
         measured = json.loads(result_path.read_text())
         if "error" in measured:
             raise StageFailed(f"the device could not run the exported model: {measured['error']}")
-        ms = float(measured["measured_ms"])
-        target_ms = float(ctx.params["latency_target_ms"])
-        method = (measured.get("stats") or {}).get("method") or {}
-        output = {"measured_ms": ms, "predicted_ms": predicted, "ratio": round(ms / predicted, 6),
-                  "within_10pct": abs(ms / predicted - 1) <= 0.10, "meets_target": ms <= target_ms,
-                  "raw_measured_ms": measured.get("raw_measured_ms", ms),
-                  "measured_file": measured.get("measured_file"), "stats": measured.get("stats"),
-                  # Whether the measurement itself was clean (device_agents.profiling.contention).
-                  "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason"),
+        output = {**measurement_fields(measured, predicted, float(ctx.params["latency_target_ms"])),
                   "device_seconds": round(time.time() - state.get("sent_at", time.time()), 3)}
         # Over the target: the next-faster network is tried before the job reports (jobs/promise.py).
         return keep_promise(ctx, output, chosen(ctx.results))
@@ -129,24 +119,52 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
             raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s; "
                               "check its agent's log, then re-run this job")
         _, arch = _load_model(ctx)
-        model_file: ModelFile | None = None
-        fmt = FILE_FORMATS.get(target.runtime)
-        if fmt and fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]:
-            data = (ctx.job_dir() / f"model.{fmt}").read_bytes()
-            if len(data) <= MAX_SHIPPED_BYTES:
-                model_file = ModelFile.from_bytes(fmt, data)
-        measure_network_signature(ctx.celery, target, arch, network_method(ctx.settings), model_file).apply_async(
-            link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id], queue="default"))
+        exported = {fmt: ctx.job_dir() / f"model.{fmt}" for fmt in FILE_FORMATS.values()
+                    if fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]}
+        send_measurement(ctx, target, arch, exported, result_path.name)
         state["sent_at"] = time.time()
         state_path.write_text(json.dumps(state))
     ctx.progress(0.5, f"measuring the exported model on {target.device_name}", device_status="online")
     raise StageWait(POLL_S, "waiting for the device's measurement")
 
 
+def measurement_fields(measured: dict[str, Any], predicted_ms: float, target_ms: float) -> dict[str, Any]:
+    """What a job reports of one network's measurement on its device (``measured``: what
+    ``record_verification`` wrote), beside its prediction and the target."""
+    ms = float(measured["measured_ms"])
+    method = (measured.get("stats") or {}).get("method") or {}
+    return {"measured_ms": ms, "predicted_ms": predicted_ms, "ratio": round(ms / predicted_ms, 6),
+            "within_10pct": abs(ms / predicted_ms - 1) <= 0.10, "meets_target": ms <= target_ms,
+            "raw_measured_ms": measured.get("raw_measured_ms", ms),
+            "measured_file": measured.get("measured_file"), "stats": measured.get("stats"),
+            # Whether the measurement itself was clean (device_agents.profiling.contention).
+            "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason")}
+
+
+def send_measurement(ctx: StageContext, target: Any, arch: Arch, exported: dict[str, Path], result_file: str) -> None:
+    """Send one network of the job to its device's agent to be timed: the exported file of
+    the target's runtime when ``exported`` has it (ONNX for onnxruntime, TFLite for LiteRT;
+    other runtimes rebuild ``arch``); the answer is written to ``result_file`` in the job's
+    directory (``record_verification``). The verify stage and the baselines stage measure
+    their networks this one way."""
+    from automl_server.profiling import measure_network_signature, network_method
+    from device_agents.protocol import ModelFile
+
+    model_file: ModelFile | None = None
+    fmt = FILE_FORMATS.get(target.runtime)
+    if fmt and fmt in exported:
+        data = exported[fmt].read_bytes()
+        if len(data) <= MAX_SHIPPED_BYTES:
+            model_file = ModelFile.from_bytes(fmt, data)
+    measure_network_signature(ctx.celery, target, arch, network_method(ctx.settings), model_file).apply_async(
+        link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id, result_file], queue="default"))
+
+
 @shared_task(name=RECORD_VERIFICATION, bind=True, acks_late=True)
-def record_verification(self: Any, payload: dict[str, Any], job_id: str) -> None:
-    """The agent's measurement of a job's exported model: kept for the verify
-    stage, and (as any whole network) for the target's calibration."""
+def record_verification(self: Any, payload: dict[str, Any], job_id: str, result_file: str = "verify.json") -> None:
+    """The agent's measurement of a network of a job (its exported model, or a baseline):
+    kept in ``result_file`` of the job's directory for the stage that waits for it, and
+    (as any whole network) for the target's calibration."""
     from automl_server.settings import settings_of
     from automl_server.db.engine import get_database
     from automl_server.profiling import ProfilingError, paced_measurement, record_network
@@ -154,11 +172,13 @@ def record_verification(self: Any, payload: dict[str, Any], job_id: str) -> None
     settings = settings_of(self.app)
     # At the target's pace, as the prediction is (latency_db.pace); the raw figure is kept beside it.
     paced = paced_measurement(get_database(settings.resolved_database_url), payload)
+    if Path(result_file).name != result_file or not result_file.endswith(".json"):
+        raise ValueError(f"result_file must be a plain file name ending in .json, got {result_file!r}")
     directory = settings.artifacts_dir / job_id
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "verify.json.tmp"
+    tmp = directory / f"{result_file}.tmp"
     tmp.write_text(json.dumps({k: v for k, v in paced.items() if k != "arch"}))
-    tmp.replace(directory / "verify.json")
+    tmp.replace(directory / result_file)
     if "error" not in payload:
         try:
             record_network(payload)

@@ -43,8 +43,9 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
     chosen = chosen_stage(r)
     verify, export, train, profile = r["verify"], r["export"], r["train"], r["profile"]
     seconds = stage_seconds(ctx)
-    compute_s = sum(seconds.get(s, 0.0) for s in ("validate", "search", "tune", "train", "export"))
-    device_s = float(profile.get("device_seconds", 0.0)) + float(verify.get("device_seconds", 0.0))
+    compute_s = sum(seconds.get(s, 0.0) for s in ("validate", "search", "tune", "train", "export", "baselines"))
+    device_s = (float(profile.get("device_seconds", 0.0)) + float(verify.get("device_seconds", 0.0))
+                + float((r.get("baselines") or {}).get("device_seconds", 0.0)))
     gpu = torch.cuda.is_available()
     report = {
         "format": REPORT_FORMAT,
@@ -96,6 +97,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                      "epochs": train.get("epochs"),
                      "figures": train.get(str(train.get("pipeline", ctx.params["pipeline"])))},
         "schedule": r.get("schedule"),
+        # The searched network against random search and a uniform network (baselines stage, when it ran).
+        "baselines": r.get("baselines"),
         # What an observer of the job's traffic could rebuild, per defense (audit stage, when it ran).
         "privacy": r.get("audit"),
         "downloads": {kind: f"/api/v1/jobs/{ctx.job_id}/artifacts/{kind}"

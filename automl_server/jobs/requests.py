@@ -101,6 +101,13 @@ class JobOptions(BaseModel):
     static_batch: bool = Field(_SPEC.static_batch, description="Export the ONNX model with a fixed batch of 1; "
                                "by default its first dimension is dynamic (\"batch\") and any batch size runs. The "
                                "latency is measured at batch 1 either way; the TFLite model always takes batch 1.")
+    baselines: bool = Field(
+        _SPEC.baselines, description="After verify, compare the searched network with the baselines a user would "
+        "try instead (baselines stage): random search (networks predicted within the same latency bound, each "
+        "trained briefly, as many as the search's own seconds allow, the best kept) and a uniform MobileNetV2-style "
+        "network of the space (one block type, scaled in depth and width to the same bound); each trained with "
+        "the job's train budget, tested, and measured on the device. Shown in the report and on the job page; "
+        "costs about one more search and two more trainings.")
     privacy_audit: PrivacyAuditSettings | None = Field(
         None, description="Privacy audit after training (audit stage): rebuild training images from what the "
         "pipeline shares (DLG, iDLG, feature inversion) under the job's settings and each defense. Default: on for "

@@ -58,6 +58,11 @@ class JobSpec:
     # trained with the job's train budget again, exported and measured) before it reports
     # the miss (jobs/promise.py).
     target_retries: int = 3
+    # The searched network side by side with random search and a uniform MobileNetV2-style
+    # network at the same latency bound, each trained with the job's train budget and measured
+    # on the device (stage "baselines", jobs/baselines.py); costs about one more search and two
+    # more trainings.
+    baselines: bool = False
     stop_after: str | None = None
 
     @classmethod

@@ -6,7 +6,8 @@ the runner that executes one stage. The built-in plan is
 (with ``adopt`` in place of search and tune when the job fine-tunes a finished
 job's network, without ``schedule`` when ``params.schedule`` is false, and with
 ``audit`` after train when ``params.privacy_audit`` applies: by default for
-fedgkt and delayed-sgd).
+fedgkt and delayed-sgd, and with ``baselines`` after verify when
+``params.baselines`` is true).
 
 Each stage runs as its own Celery task on its queue and sends the next one
 when it is done (a chain built as it goes, so a stage may also re-send itself
@@ -36,6 +37,8 @@ from automl_server.engine.privacy.settings import audit_applies
 from automl_server.files import disk_full, disk_full_detail
 from automl_server.jobs import service
 from automl_server.jobs.audit import audit_privacy
+from automl_server.jobs.baselines import applies as baselines_applies
+from automl_server.jobs.baselines import compare_baselines
 from automl_server.jobs.context import Stage, StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.device_finetune import applies as device_finetune_applies
@@ -151,6 +154,10 @@ register_stage(Stage("schedule", "default", schedule_model, "Schedule the export
 # fedgkt and delayed-sgd, params.privacy_audit decides (engine/privacy/settings.py).
 register_stage(Stage("audit", "search", audit_privacy, "Privacy audit: rebuild training images from what the "
                      "pipeline shares, under each defense"), after="train", applies=audit_applies)
+# The searched network against random search and a uniform network (params.baselines), once the
+# job's own network is final and measured.
+register_stage(Stage("baselines", "search", compare_baselines, "Compare with random search and a uniform network "
+                     "at the same latency, trained and measured alike"), after="verify", applies=baselines_applies)
 log = logging.getLogger(__name__)
 # How long a stage whose database went away waits for it before giving up (the sweep then takes over).
 DATABASE_WAIT_S = 60.0

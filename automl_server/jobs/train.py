@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,33 @@ def start_from_parent(ctx: StageContext, model: torch.nn.Module) -> None:
 
 
 def train_network(ctx: StageContext) -> dict[str, Any]:
+    arch_dict = chosen_arch(ctx.results)
+    path: Path = ctx.job_dir() / "arch.json"
+    path.write_text(json.dumps(arch_dict, indent=2))
+    ctx.store_artifact("arch", path)
+    trained = train_arch(ctx, Arch.from_dict(arch_dict), ctx.job_dir(), StageCallbacks)
+    weights = ctx.job_dir() / "model.pt"
+    torch.save({"arch": arch_dict, "state_dict": trained.model.state_dict(), "mean": trained.data.mean,
+                "std": trained.data.std}, weights)
+    ctx.store_artifact("weights", weights)
+    return trained.output
+
+
+@dataclass
+class Trained:
+    """A network trained by the job's pipeline: the model, its splits, and the train stage's output."""
+
+    model: torch.nn.Module
+    data: SplitData
+    output: dict[str, Any]
+
+
+def train_arch(ctx: StageContext, arch: Arch, work_dir: Path,
+               callbacks: Callable[[StageContext, float | None], StageCallbacks]) -> Trained:
+    """``arch`` trained as the job trains its network: the job's pipeline and settings, seed,
+    splits (``final_fit``) and train budget (``train_epochs``, or the train stage's share of
+    ``budget.minutes``), then tested once on the test split; checkpoints in ``work_dir``.
+    The train stage and the baselines stage (jobs/baselines.py) both train through it."""
     spec = JobSpec.from_params(ctx.params)
     name = ctx.params["pipeline"]
     try:
@@ -89,13 +118,7 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
         settings = pipeline.parse(ctx.params.get(pipeline.params_key))
     except ValidationError as exc:  # submission validated them; a changed pipeline may not accept them now
         raise StageFailed(f"params.{pipeline.params_key}: {exc.errors()[0]['msg']}") from None
-    arch_dict = chosen_arch(ctx.results)
-    path: Path = ctx.job_dir() / "arch.json"
-    path.write_text(json.dumps(arch_dict, indent=2))
-    ctx.store_artifact("arch", path)
-
     data, arrays = fit_split(ctx, spec)
-    arch = Arch.from_dict(arch_dict)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = build_model(arch)
@@ -105,23 +128,20 @@ def train_network(ctx: StageContext) -> dict[str, Any]:
     y_test = torch.from_numpy(arrays["y"][arrays["test_idx"]].astype("int64"))
     inputs = PipelineInputs(arch=arch, model=model, data=data, x_test=x_test, y_test=y_test,
                             epochs=spec.budget.train_epochs, batch_size=spec.batch_size, seed=spec.seed,
-                            work_dir=ctx.job_dir())
+                            work_dir=work_dir)
     started = time.monotonic()
     try:
-        outcome = pipeline.run(inputs, settings, StageCallbacks(ctx, deadline(ctx, spec, "train")))
+        outcome = pipeline.run(inputs, settings, callbacks(ctx, deadline(ctx, spec, "train")))
     except InvalidPipelineSettings as exc:
         raise StageFailed(f"{pipeline.field_path(exc.field)}: {exc.detail}") from None
     test_accuracy = evaluate(outcome.model, x_test, y_test)
-    weights = ctx.job_dir() / "model.pt"
-    torch.save({"arch": arch.to_dict(), "state_dict": outcome.model.state_dict(), "mean": data.mean,
-                "std": data.std}, weights)
-    ctx.store_artifact("weights", weights)
     holdout = outcome.holdout_accuracy
-    return {"pipeline": name, "settings": settings.model_dump(mode="json"),
-            "test_accuracy": round(test_accuracy, 6),
-            "holdout_accuracy": None if holdout is None else round(holdout, 6),
-            "trained_on": spec.final_fit, "train_samples": int(len(data.y_train)),
-            "epochs": outcome.epochs, "test_samples": int(len(y_test)),
-            "train_seconds": round(time.monotonic() - started, 3),
-            "normalisation": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
-            **({name: outcome.report} if outcome.report else {})}
+    output = {"pipeline": name, "settings": settings.model_dump(mode="json"),
+              "test_accuracy": round(test_accuracy, 6),
+              "holdout_accuracy": None if holdout is None else round(holdout, 6),
+              "trained_on": spec.final_fit, "train_samples": int(len(data.y_train)),
+              "epochs": outcome.epochs, "test_samples": int(len(y_test)),
+              "train_seconds": round(time.monotonic() - started, 3),
+              "normalisation": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"},
+              **({name: outcome.report} if outcome.report else {})}
+    return Trained(outcome.model, data, output)

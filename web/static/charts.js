@@ -115,12 +115,16 @@ const Charts = (() => {
   }
 
   /** points: [{device, accuracy, measured_ms, job}] */
-  function scatter(container, points) {
+  /** Accuracy against measured latency (log scale): points [{device, accuracy, measured_ms, job?, title?}], one
+      colour per ``device`` (a series name); a point with ``job`` links to that job's page. opts.marker {value, label}
+      draws a dashed vertical line (the latency target); opts.empty is the text shown without points. */
+  function scatter(container, points, opts) {
+    opts = opts || {};
     container.replaceChildren();
-    if (!points.length) { container.append(Object.assign(document.createElement("p"), { className: "muted", textContent: "No finished job yet." })); return; }
+    if (!points.length) { container.append(Object.assign(document.createElement("p"), { className: "muted", textContent: opts.empty || "No finished job yet." })); return; }
     const devices = [...new Set(points.map((p) => p.device))];
     const W = 620, H = 320, L = 60, R = 34, T = 14, B = 42;
-    const ms = points.map((p) => p.measured_ms), acc = points.map((p) => p.accuracy);
+    const ms = points.map((p) => p.measured_ms).concat(opts.marker ? [opts.marker.value] : []), acc = points.map((p) => p.accuracy);
     const lo = Math.min(...ms) / 1.3, hi = Math.max(...ms) * 1.3;
     const aLo = Math.max(0, Math.min(...acc) - 0.05), aHi = Math.min(1, Math.max(...acc) + 0.05);
     const x = (v) => L + (W - L - R) * (Math.log(v) - Math.log(lo)) / (Math.log(hi) - Math.log(lo));
@@ -139,11 +143,17 @@ const Charts = (() => {
     add(root, "line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" });
     add(root, "text", { x: (L + W) / 2, y: H - 6, "text-anchor": "middle" }, "measured latency (ms, log scale)");
     add(root, "text", { x: 12, y: (T + H - B) / 2, transform: `rotate(-90 12 ${(T + H - B) / 2})`, "text-anchor": "middle" }, "test accuracy");
+    if (opts.marker) {
+      const mx = x(opts.marker.value);
+      add(root, "line", { x1: mx, x2: mx, y1: T, y2: H - B, stroke: "#b3261e", "stroke-width": 2, "stroke-dasharray": "5 3", "data-marker": "target" });
+      add(root, "text", { x: mx - 4, y: T + 10, "text-anchor": "end", fill: "#b3261e" }, opts.marker.label);
+    }
     for (const p of points) {
       const color = PALETTE[devices.indexOf(p.device) % PALETTE.length];
-      const link = add(root, "a", { href: `/jobs/${p.job}` });
-      const dot = add(link, "circle", { cx: x(p.measured_ms), cy: y(p.accuracy), r: 6, fill: color, stroke: "#fff", "stroke-width": 1.5 });
-      add(dot, "title", {}, `${p.device}: ${(p.accuracy * 100).toFixed(1)}% at ${niceNumber(p.measured_ms)} ms (job ${p.job.slice(0, 8)})`);
+      const parent = p.job ? add(root, "a", { href: `/jobs/${p.job}` }) : root;
+      const dot = add(parent, "circle", { cx: x(p.measured_ms), cy: y(p.accuracy), r: 6, fill: color, stroke: "#fff", "stroke-width": 1.5 });
+      add(dot, "title", {}, p.title || `${p.device}: ${(p.accuracy * 100).toFixed(1)}% at ${niceNumber(p.measured_ms)} ms` +
+        (p.job ? ` (job ${p.job.slice(0, 8)})` : ""));
     }
     container.append(root);
     legend(container, devices.map((d, i) => ({ name: d, color: PALETTE[i % PALETTE.length] })));

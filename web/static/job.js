@@ -19,6 +19,7 @@
     audit: "Tries to rebuild training images from what the pipeline sends, with and without defenses.",
     export: "Writes the model as ONNX and TFLite files.",
     verify: "Times the exported file on the device itself.",
+    baselines: "Trains and times random search's best network and a uniform network at the same latency, to compare.",
     "device-finetune": "Runs the sparse update's fine-tuning steps on the device (ONNX Runtime training) and compares them with PyTorch's.",
     report: "Sums up accuracy, speed, size and cost.",
   };
@@ -253,6 +254,35 @@
     else if (job.result.verify) showLatency(null);
     if (job.result.schedule) showSchedule(job.result.schedule);
     if (job.result.audit) showPrivacy(job.result.audit);
+    if (job.result.baselines) showBaselines(job.result.baselines);
+  }
+
+  // -- baselines: the searched network beside random search and a uniform network --------------
+  function showBaselines(b) {
+    document.getElementById("baselines-card").hidden = false;
+    const rows = b.rows || [];
+    const measured = rows.filter((r) => r.measured_ms != null && r.test_accuracy != null);
+    const skipped = rows.filter((r) => r.skipped);
+    document.getElementById("baselines-summary").textContent =
+      `Each network was kept within the same predicted latency (${fmtMs(b.predicted_at_most_ms)}, under your target of ` +
+      `${fmtMs(b.target_ms)}), trained with the same budget by the ${b.train_budget.pipeline} pipeline, tested on the same ` +
+      "images and measured on the same device. Random search tried networks of the space for about as long as the search ran; " +
+      "the uniform network uses one block type in every layer, as a hand-designed MobileNetV2 does." +
+      (skipped.length ? ` Not run: ${skipped.map((r) => `${r.label} (${r.skipped})`).join("; ")}.` : "");
+    const chart = document.getElementById("chart-baselines");
+    Charts.scatter(chart, measured.map((r) => ({ device: r.label, accuracy: r.test_accuracy, measured_ms: r.measured_ms,
+      title: `${r.label}: ${fmtPct(r.test_accuracy)} at ${fmtMs(r.measured_ms)} measured (${fmtMs(r.predicted_ms)} predicted)` })),
+      { marker: { value: b.target_ms, label: `your target ${fmtMs(b.target_ms)}` }, empty: "No network measured yet." });
+    chart.setAttribute("aria-label", "Test accuracy against measured latency: " + measured.map((r) =>
+      `${r.label} ${fmtPct(r.test_accuracy)} at ${fmtMs(r.measured_ms)}`).join("; ") + `; target ${fmtMs(b.target_ms)}`);
+    const sec = (v) => (v == null ? "–" : `${Number(v).toFixed(1)} s`);
+    document.getElementById("baselines-rows").replaceChildren(...rows.map((r) => el("tr", { "data-baseline": r.method },
+      el("th", { scope: "row", text: r.label }),
+      el("td", { text: r.test_accuracy == null ? "–" : fmtPct(r.test_accuracy) }),
+      el("td", { text: r.predicted_ms == null ? "–" : fmtMs(r.predicted_ms) }),
+      el("td", { text: r.measured_ms == null ? (r.measurement_error || r.skipped || "–") : fmtMs(r.measured_ms) }),
+      el("td", { text: sec(r.search_cost_s) }),
+      el("td", { text: sec(r.train_seconds) }))));
   }
 
   // -- privacy audit: originals beside rebuilds, and one row per attacked setting -------------

@@ -1,0 +1,181 @@
+"""The baselines a user would try instead of a search (issue 17): at one
+latency bound, under one latency model,
+
+- **random search**: networks sampled uniformly from the space, those
+  predicted within the bound each trained briefly, the best on the holdout
+  split kept; stopped once its cost reaches a budget of seconds (the
+  search's own cost), so that both spend about the same compute;
+- **a uniform network**: MobileNetV2-style, one block type in every cell,
+  scaled to the bound in depth (Zero in the cells where the space allows
+  it) and in width (the block type's expansion and kernel): for each block
+  type the deepest such network within the bound, and of those the one
+  predicted closest under it (ties: the deeper), so that the baseline
+  spends the latency the searched network may spend: the comparison is at
+  the same predicted latency. (Deepest first would leave budget unused:
+  on proxyless-mobile at 60% of its range, full-depth mb3_k7 is predicted
+  at 80% of the bound, mb6_k5 with two cells skipped at 99.8%.)
+
+Used by the job's ``baselines`` stage (``jobs/baselines.py``) and by
+``bench/bench_search_quality.py``; no Flask, Celery or database here.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from automl_server.engine.data import SplitData
+from automl_server.engine.latency import LatencyModel, arch_latency_ms
+from automl_server.engine.train.standard import StandardConfig, train_standard
+from search_spaces import Arch, SpaceLayout, build_model, get_space, op_key, sample_archs
+from search_spaces.ops import ZERO
+
+__all__ = ["RandomSearchResult", "Tried", "UniformNetwork", "deepest_uniform", "random_search",
+           "sample_within", "uniform_network"]
+
+# A random search tries at least this many networks, whatever its budget (fewer is no search),
+# and at most this many (a long search's budget would otherwise buy hundreds of brief trainings).
+MIN_RANDOM_NETWORKS = 3
+MAX_RANDOM_NETWORKS = 50
+# Networks drawn to find those within the bound; a tight bound keeps few of them.
+RANDOM_POOL = 4000
+
+
+@dataclass(frozen=True)
+class UniformNetwork:
+    """One block type everywhere, ``zero_cells`` of its cells skipped to fit the bound."""
+
+    arch: Arch
+    block: str
+    predicted_ms: float
+    zero_cells: tuple[int, ...]
+
+
+def deepest_uniform(layout: SpaceLayout, latency_model: LatencyModel, block: str,
+                    max_ms: float) -> UniformNetwork | None:
+    """The uniform network of ``block`` with the fewest Zero cells predicted within
+    ``max_ms`` (None when even the shallowest one is over it). The model's latency is a
+    sum over the ops that run, so the fewest cells are dropped by dropping the most
+    expensive first; of cells that cost the same, the later one goes first (a
+    MobileNet-style network loses depth at its end)."""
+    blocks = [block if block in cell.candidates else _closest(cell.candidates, block) for cell in layout.cells]
+    arch = _arch(layout, blocks)
+    predicted = arch_latency_ms(arch, latency_model)
+    droppable = [cell for cell in layout.cells if ZERO in cell.candidates]
+    savings = {cell.index: latency_model.latency_ms(op_key(layout, cell, blocks[cell.index])) for cell in droppable}
+    order = sorted(savings, key=lambda i: (-savings[i], -i))
+    dropped: list[int] = []
+    while predicted > max_ms and order:
+        index = order.pop(0)
+        if savings[index] <= 0:
+            break  # dropping a cell the model prices at nothing (or less) saves nothing
+        blocks[index] = ZERO
+        dropped.append(index)
+        arch = _arch(layout, blocks)
+        predicted = arch_latency_ms(arch, latency_model)
+    if predicted > max_ms:
+        return None
+    return UniformNetwork(arch, block, predicted, tuple(sorted(dropped)))
+
+
+def uniform_network(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float) -> UniformNetwork | None:
+    """The hand-designed baseline: of each block type's deepest uniform network within
+    ``max_ms``, the one predicted closest under it (ties: the deeper); None when no block
+    type fits."""
+    fits = [u for block in get_space(layout.space).candidates
+            if (u := deepest_uniform(layout, latency_model, block, max_ms)) is not None]
+    if not fits:
+        return None
+    return max(fits, key=lambda u: (u.predicted_ms, -len(u.zero_cells)))
+
+
+def sample_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float, seed: int,
+                  pool: int = RANDOM_POOL) -> list[tuple[Arch, float]]:
+    """Networks drawn uniformly from the space (each cell's block at random) whose predicted
+    latency is within ``max_ms``, with it, in the order drawn, without repeats."""
+    seen: set[tuple[str, ...]] = set()
+    kept: list[tuple[Arch, float]] = []
+    for arch in sample_archs(layout.space, pool, seed, layout.resolution, layout.num_classes, layout.in_channels):
+        if arch.blocks in seen:
+            continue
+        seen.add(arch.blocks)
+        predicted = arch_latency_ms(arch, latency_model)
+        if predicted <= max_ms:
+            kept.append((arch, predicted))
+    return kept
+
+
+@dataclass(frozen=True)
+class Tried:
+    """One network of a random search: its prediction and its holdout accuracy after brief training."""
+
+    arch: Arch
+    predicted_ms: float
+    holdout_accuracy: float
+    seconds: float
+
+
+@dataclass
+class RandomSearchResult:
+    best: Tried
+    tried: list[Tried] = field(default_factory=list)
+    cost_s: float = 0.0
+    candidates: int = 0  # networks drawn that were predicted within the bound
+
+    @property
+    def networks(self) -> int:
+        return len(self.tried)
+
+
+def random_search(layout: SpaceLayout, data: SplitData, latency_model: LatencyModel, max_ms: float, *,
+                  budget_s: float, brief_epochs: int, seed: int, batch_size: int = 64,
+                  min_networks: int = MIN_RANDOM_NETWORKS, max_networks: int = MAX_RANDOM_NETWORKS,
+                  on_step: Callable[[], None] | None = None,
+                  on_network: Callable[[Tried, int], None] | None = None) -> RandomSearchResult | None:
+    """Random search within ``max_ms``: each network trained ``brief_epochs`` from scratch
+    on ``data``'s training split and judged on its holdout split; the best is returned.
+
+    It stops before a network that would end past ``budget_s`` (judged by the mean time of
+    those done), after at least ``min_networks`` and at most ``max_networks``. ``on_step``
+    runs after every weight step and may raise to abandon the search (a cancel);
+    ``on_network(tried, number)`` after each network. None when no sampled network is
+    predicted within ``max_ms``."""
+    pool = sample_within(layout, latency_model, max_ms, seed)
+    if not pool:
+        return None
+    started = time.perf_counter()
+    result: RandomSearchResult | None = None
+    for number, (arch, predicted) in enumerate(pool[:max_networks], start=1):
+        elapsed = time.perf_counter() - started
+        if result is not None and number > min_networks and elapsed + elapsed / (number - 1) > budget_s:
+            break
+        began = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(arch)
+            history = train_standard(model, data, StandardConfig(epochs=brief_epochs, batch_size=batch_size,
+                                                                 seed=seed), on_step=on_step).history
+        holdout = history[-1]["holdout_accuracy"] if history else None
+        tried = Tried(arch, predicted, float(holdout or 0.0), time.perf_counter() - began)
+        if result is None:
+            result = RandomSearchResult(best=tried, candidates=len(pool))
+        elif tried.holdout_accuracy > result.best.holdout_accuracy:
+            result.best = tried
+        result.tried.append(tried)
+        if on_network is not None:
+            on_network(tried, number)
+    assert result is not None  # the pool is not empty
+    result.cost_s = time.perf_counter() - started
+    return result
+
+
+def _arch(layout: SpaceLayout, blocks: list[str]) -> Arch:
+    return Arch(layout.space, layout.resolution, layout.num_classes, layout.in_channels, tuple(blocks))
+
+
+def _closest(candidates: tuple[str, ...], block: str) -> str:
+    """A cell without ``block`` (never in the built-in spaces, which offer every block in every
+    cell) takes its first non-Zero candidate."""
+    return next(c for c in candidates if c != ZERO)

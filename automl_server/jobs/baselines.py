@@ -1,0 +1,290 @@
+"""Stage "baselines" (``params.baselines: true``; issue 17): the job's searched
+network side by side with the networks a user would try instead, on the job's
+own data, at the same latency bound on the same device and runtime, each
+trained with the same budget:
+
+- **random search** (``engine.baselines.random_search``): networks sampled
+  from the space whose latency the job's predictor puts within the bound the
+  searched network keeps to (``target * (1 - margin)``, jobs/search_stage.target_band),
+  each trained briefly (``budget.tune_epochs``, at most ``train_epochs``) on
+  the job's training split and judged on its holdout split, as many as fit
+  in the search's own cost (search + tune seconds; at least 3, at most 50);
+  the best is then trained like the job's network;
+- **a uniform network** (``engine.baselines.uniform_network``): one block
+  type everywhere, MobileNetV2-style, scaled in depth (Zero cells) and width
+  (the block type) to the same predicted bound.
+
+Each final network is trained by the job's pipeline with the job's train
+budget (``jobs.train.train_arch``: the same epochs or share of
+``budget.minutes``, seed and splits), tested once on the job's test split,
+exported in the file the device runs and measured on the job's device by its
+agent through the verify stage's path (``jobs.deploy.send_measurement``).
+
+Runs after ``verify``, once the job's own network is final (a retry of the
+promise has rewound and re-run before it). Three phases, each recorded in
+``baselines-state.json`` so that a resumed stage skips what is done: pick
+the networks, train each (its checkpoints in ``baseline-<method>/``), then
+measure them (the stage re-sends itself while the device measures, as
+verify does). Progress events throughout; a cancel is noticed at every
+weight step and between networks.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.deploy import FILE_FORMATS, VERIFY_TIMEOUT_S, measurement_fields, send_measurement
+from automl_server.jobs.parent import parent_of
+from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
+from automl_server.jobs.search_stage import chosen, latency_model, load_split, target_band
+from automl_server.jobs.spec import MINUTE_SHARES, JobSpec
+from automl_server.jobs.train import StageCallbacks
+
+if TYPE_CHECKING:
+    from automl_server.engine.baselines import RandomSearchResult, UniformNetwork
+    from search_spaces import Arch
+
+STATE_FILE = "baselines-state.json"
+METHODS = ("random", "uniform")
+# Shares of the stage's progress bar: picking the networks (the random search), training them, measuring.
+PICK, TRAIN = 0.4, 0.5
+
+
+def applies(params: dict[str, Any]) -> bool:
+    """Only when asked for, and only for a job that searches (an adopted network has no search to compare)."""
+    return bool(params.get("baselines")) and parent_of(params) is None
+
+
+def compare_baselines(ctx: StageContext) -> dict[str, Any]:
+    spec = JobSpec.from_params(ctx.params)
+    state_path = ctx.job_dir() / STATE_FILE
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    _aim, _margin, bound_ms = target_band(ctx)
+    if "networks" not in state:
+        state["networks"] = _pick(ctx, spec, bound_ms)
+        _save(state_path, state)
+    for number, method in enumerate(METHODS):
+        entry = state["networks"][method]
+        if "skipped" in entry or "trained" in entry:
+            continue
+        entry["trained"] = _train(ctx, method, entry, PICK + TRAIN * number / len(METHODS),
+                                  PICK + TRAIN * (number + 1) / len(METHODS))
+        _save(state_path, state)
+    _measure(ctx, spec, state, state_path)
+    return _output(ctx, spec, state, bound_ms)
+
+
+def search_cost_s(results: dict[str, Any]) -> float:
+    """What the job's search cost: the search stage's seconds and the tune stage's."""
+    search = results.get("search") or {}
+    tune = results.get("tune") or {}
+    return float(search.get("search_seconds") or 0.0) + float(tune.get("tune_seconds") or 0.0)
+
+
+def _pick(ctx: StageContext, spec: JobSpec, bound_ms: float) -> dict[str, Any]:
+    """The two baselines' networks: a random search within the bound, and the uniform network."""
+    from automl_server.engine.baselines import random_search, uniform_network
+
+    layout = job_layout(ctx)
+    model = latency_model(ctx, layout)
+    budget_s = search_cost_s(ctx.results)
+    brief_epochs = max(1, min(spec.budget.tune_epochs, spec.budget.train_epochs))
+    ctx.progress(0.0, f"random search: networks of {layout.space} predicted within {bound_ms:.4g} ms, "
+                 f"{brief_epochs} epoch(s) each, for about the search's {budget_s:.0f} s")
+    data, _ = load_split(ctx)
+
+    def on_network(tried: Any, number: int) -> None:
+        ctx.event("metric", f"random search network {number}: holdout accuracy {tried.holdout_accuracy:.3f}, "
+                  f"predicted {tried.predicted_ms:.4g} ms", baseline="random", network=number,
+                  holdout_accuracy=round(tried.holdout_accuracy, 6), predicted_ms=round(tried.predicted_ms, 6),
+                  seconds=round(tried.seconds, 3))
+        ctx.progress(PICK * min(tried.seconds * number / max(budget_s, 1e-9), 1.0),
+                     f"random search: {number} network(s) trained briefly")
+
+    found = random_search(layout, data, model, bound_ms, budget_s=budget_s, brief_epochs=brief_epochs,
+                          seed=spec.seed, batch_size=spec.batch_size, on_step=ctx.check_cancelled,
+                          on_network=on_network)
+    uniform = uniform_network(layout, model, bound_ms)
+    ctx.progress(PICK, "baselines picked; training each with the job's train budget")
+    return {"random": _random_entry(found, bound_ms, brief_epochs, budget_s),
+            "uniform": _uniform_entry(uniform, bound_ms)}
+
+
+def _random_entry(found: RandomSearchResult | None, bound_ms: float, brief_epochs: int,
+                  budget_s: float) -> dict[str, Any]:
+    if found is None:
+        return {"skipped": f"no network sampled from the space is predicted within {bound_ms:.4g} ms"}
+    return {"arch": found.best.arch.to_dict(), "predicted_ms": round(found.best.predicted_ms, 6),
+            "brief_holdout_accuracy": round(found.best.holdout_accuracy, 6), "networks": found.networks,
+            "candidates": found.candidates, "brief_epochs": brief_epochs, "budget_s": round(budget_s, 3),
+            "search_cost_s": round(found.cost_s, 3),
+            "tried": [{"blocks": list(t.arch.blocks), "predicted_ms": round(t.predicted_ms, 6),
+                       "holdout_accuracy": round(t.holdout_accuracy, 6), "seconds": round(t.seconds, 3)}
+                      for t in found.tried]}
+
+
+def _uniform_entry(uniform: UniformNetwork | None, bound_ms: float) -> dict[str, Any]:
+    if uniform is None:
+        return {"skipped": f"no uniform network of the space (one block type, Zero cells where allowed) is "
+                           f"predicted within {bound_ms:.4g} ms"}
+    return {"arch": uniform.arch.to_dict(), "predicted_ms": round(uniform.predicted_ms, 6), "block": uniform.block,
+            "zero_cells": list(uniform.zero_cells), "search_cost_s": 0.0}
+
+
+class _ShareCallbacks(StageCallbacks):
+    """A baseline's training callbacks: its progress is a share of the stage's bar, named."""
+
+    def __init__(self, ctx: StageContext, ends: float | None, low: float, high: float, label: str) -> None:
+        super().__init__(ctx, ends)
+        self.low, self.high, self.label = low, high, label
+
+    def progress(self, fraction: float, message: str, *, eta_s: float | None = None, **data: Any) -> None:
+        share = self.low + (self.high - self.low) * min(max(fraction, 0.0), 1.0)
+        self.ctx.progress(share, f"{self.label}: {message}", baseline=self.label, **data)
+
+    def store_artifact(self, kind: str, path: Path) -> None:
+        """A baseline's files (a pipeline's figures) stay in its folder: the job's downloads of
+        each kind are its own network's."""
+
+
+def _train(ctx: StageContext, method: str, entry: dict[str, Any], low: float, high: float) -> dict[str, Any]:
+    """Train one baseline as the job's network was trained, and export the file its device runs."""
+    from automl_server.jobs.train import train_arch
+    from search_spaces import Arch
+
+    arch = Arch.from_dict(entry["arch"])
+    work_dir = ctx.job_dir() / f"baseline-{method}"
+    work_dir.mkdir(exist_ok=True)
+    ctx.progress(low, f"training the {method} baseline with the job's train budget")
+    trained = train_arch(ctx, arch, work_dir,
+                         lambda c, ends: _ShareCallbacks(c, ends, low, high, f"{method} baseline"))
+    out = trained.output
+    exported = _export(ctx, trained.model, arch, work_dir)
+    ctx.event("metric", f"{method} baseline trained: test accuracy {out['test_accuracy']:.3f}", baseline=method,
+              test_accuracy=out["test_accuracy"], predicted_ms=entry["predicted_ms"])
+    return {"test_accuracy": out["test_accuracy"], "holdout_accuracy": out["holdout_accuracy"],
+            "epochs": out["epochs"], "train_seconds": out["train_seconds"], "exported": exported}
+
+
+def _export(ctx: StageContext, model: Any, arch: Arch, work_dir: Path) -> dict[str, str]:
+    """The file the job's runtime runs (ONNX, or TFLite for LiteRT), as the export stage writes
+    it, so that the baseline is measured as the job's network is; {} leaves the agent to build
+    the architecture itself."""
+    from automl_server.engine.deploy.export import export_onnx, export_tflite
+
+    fmt = FILE_FORMATS.get(str(ctx.params.get("runtime")))
+    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
+    model.eval()
+    if fmt == "onnx":
+        return {"onnx": str(export_onnx(model, shape, work_dir / "model.onnx").name)}
+    if fmt == "tflite":
+        from device_agents.profiling.tflite_writer import write_tflite
+
+        try:
+            path, _converter = export_tflite(model, shape, work_dir / "model.tflite", write_tflite)
+        except Exception as exc:  # noqa: BLE001 - as the export stage: the agent then builds the network
+            ctx.event("log", f"the baseline's TFLite export failed ({exc.__class__.__name__}: {exc}); the device "
+                      "measures the architecture rebuilt instead")
+            return {}
+        return {"tflite": path.name}
+    return {}
+
+
+def _result_file(method: str) -> str:
+    return f"baseline-{method}.json"
+
+
+def _measure(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Path) -> None:
+    """Each trained baseline measured on the job's device; re-sends the stage until both answered."""
+    from search_spaces import Arch
+
+    wanted = [m for m in METHODS if "trained" in state["networks"][m]]
+    pending = [m for m in wanted if not (ctx.job_dir() / _result_file(m)).exists()]
+    if not pending:
+        return
+    target = job_target(ctx)
+    lost = ctx.broker_lost_since(state.get("sent_at"))
+    if "sent_at" not in state or lost or time.time() - state["sent_at"] > VERIFY_TIMEOUT_S:
+        if state.get("sent_at") and not lost:
+            raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s "
+                              "for the baselines; check its agent's log, then re-run this job")
+        _wait_for_device(ctx, spec, state, state_path, "the baselines need measuring on it")
+        state["sent_at"] = time.time()
+        _save(state_path, state)
+        for method in pending:
+            entry = state["networks"][method]
+            work_dir = ctx.job_dir() / f"baseline-{method}"
+            exported = {fmt: work_dir / name for fmt, name in entry["trained"]["exported"].items()}
+            send_measurement(ctx, target, Arch.from_dict(entry["arch"]), exported, _result_file(method))
+        # An eager Celery (tests, `automl` on one process) has answered already: no need to come back.
+        pending = [m for m in wanted if not (ctx.job_dir() / _result_file(m)).exists()]
+        if not pending:
+            return
+    ctx.progress(PICK + TRAIN, f"measuring {len(pending)} baseline(s) on {target.device_name}",
+                 device_status="online")
+    raise StageWait(POLL_S, "waiting for the device's measurements of the baselines")
+
+
+def _output(ctx: StageContext, spec: JobSpec, state: dict[str, Any], bound_ms: float) -> dict[str, Any]:
+    r = ctx.results
+    target_ms = float(ctx.params["latency_target_ms"])
+    verify, train, picked = r["verify"], r["train"], chosen(r)
+    searched = {"method": "searched", "label": f"searched ({ctx.params.get('strategy') or spec.strategy})",
+                "arch": picked["arch"], "predicted_ms": picked["predicted_ms"],
+                "test_accuracy": train["test_accuracy"], "holdout_accuracy": train["holdout_accuracy"],
+                "measured_ms": verify["measured_ms"], "raw_measured_ms": verify.get("raw_measured_ms"),
+                "meets_target": verify["meets_target"], "search_cost_s": round(search_cost_s(r), 3),
+                "train_seconds": train.get("train_seconds"), "epochs": train.get("epochs")}
+    rows = [searched]
+    device_seconds = 0.0
+    for method in METHODS:
+        entry = state["networks"][method]
+        if "skipped" in entry:
+            rows.append({"method": method, "label": _label(method, entry), "skipped": entry["skipped"]})
+            continue
+        row: dict[str, Any] = {"method": method, "label": _label(method, entry), "arch": entry["arch"],
+                               "predicted_ms": entry["predicted_ms"],
+                               "meets_predicted_bound": entry["predicted_ms"] <= bound_ms,
+                               **{k: entry["trained"][k] for k in ("test_accuracy", "holdout_accuracy",
+                                                                   "train_seconds", "epochs")},
+                               "search_cost_s": entry["search_cost_s"]}
+        row.update({k: entry[k] for k in ("networks", "candidates", "brief_epochs", "brief_holdout_accuracy",
+                                          "tried", "block", "zero_cells") if k in entry})
+        measured = json.loads((ctx.job_dir() / _result_file(method)).read_text())
+        if "error" in measured:
+            row["measurement_error"] = str(measured["error"])
+        else:
+            fields = measurement_fields(measured, float(entry["predicted_ms"]), target_ms)
+            row.update({k: fields[k] for k in ("measured_ms", "raw_measured_ms", "meets_target", "reliable")})
+        rows.append(row)
+    if state.get("sent_at"):
+        device_seconds = max(0.0, time.time() - float(state["sent_at"]))
+    ctx.event("metric", "baselines: " + "; ".join(
+        f"{row['label']}: " + ("skipped" if "skipped" in row else
+                               f"test accuracy {row['test_accuracy']:.3f}, measured "
+                               + (f"{row['measured_ms']:.4g} ms" if "measured_ms" in row else "-"))
+        for row in rows), baselines=[{k: row.get(k) for k in ("method", "test_accuracy", "measured_ms")}
+                                     for row in rows])
+    return {"target_ms": target_ms, "predicted_at_most_ms": round(bound_ms, 6), "rows": rows,
+            "train_budget": {"epochs": spec.budget.train_epochs, "minutes": None if spec.budget.minutes is None
+                             else round(spec.budget.minutes * MINUTE_SHARES["train"], 3),
+                             "pipeline": ctx.params["pipeline"]},
+            "device_seconds": round(device_seconds, 3)}
+
+
+def _label(method: str, entry: dict[str, Any]) -> str:
+    if method == "random":
+        return f"random search (N={entry['networks']})" if "networks" in entry else "random search"
+    if "block" in entry:
+        skipped = len(entry["zero_cells"])
+        return f"uniform {entry['block']}" + (f" ({skipped} cell{'s' if skipped != 1 else ''} skipped)" if skipped else "")
+    return "uniform"
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)

@@ -1,0 +1,104 @@
+"""The baselines a search is compared with (engine/baselines.py): the uniform
+network checked against every uniform network of the space (brute force), and
+random search within its bound and its budget."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from automl_server.engine.baselines import deepest_uniform, random_search, sample_within, uniform_network
+from automl_server.engine.data import split_arrays
+from automl_server.engine.latency import FlopsLatencyModel, arch_latency_ms
+from automl_server.engine.search_plan import latency_range_ms
+from search_spaces import Arch, get_space
+from search_spaces.ops import ZERO
+
+MODEL = FlopsLatencyModel()
+LAYOUT = get_space("tiny").layout(8, 10, 1)
+
+
+def every_uniform_network(block: str) -> list[tuple[int, float]]:
+    """(Zero cells, predicted ms) of every uniform network of ``block``: each subset of the
+    cells that may be Zero, by brute force."""
+    droppable = [cell.index for cell in LAYOUT.cells if ZERO in cell.candidates]
+    found = []
+    for k in range(len(droppable) + 1):
+        for dropped in itertools.combinations(droppable, k):
+            blocks = tuple(ZERO if i in dropped else block for i in range(len(LAYOUT.cells)))
+            arch = Arch(LAYOUT.space, LAYOUT.resolution, LAYOUT.num_classes, LAYOUT.in_channels, blocks)
+            found.append((k, arch_latency_ms(arch, MODEL)))
+    return found
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.45, 0.7, 1.0])
+def test_the_uniform_network_is_the_deepest_of_each_block_and_the_closest_under_the_bound(fraction):
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + fraction * (slowest - fastest)
+
+    chosen = uniform_network(LAYOUT, MODEL, bound)
+
+    assert chosen is not None and chosen.predicted_ms <= bound
+    assert set(chosen.arch.blocks) <= {chosen.block, ZERO}  # one block type everywhere
+    assert list(chosen.zero_cells) == [i for i, b in enumerate(chosen.arch.blocks) if b == ZERO]
+    deepest = {}
+    for block in get_space("tiny").candidates:
+        fits = [(k, ms) for k, ms in every_uniform_network(block) if ms <= bound]
+        mine = deepest_uniform(LAYOUT, MODEL, block, bound)
+        if not fits:
+            assert mine is None
+            continue
+        # No uniform network of this block with fewer Zero cells fits the bound.
+        assert mine is not None and len(mine.zero_cells) == min(k for k, _ in fits)
+        deepest[block] = mine.predicted_ms
+    # Of the blocks' deepest networks, the one that spends the most of the bound.
+    assert chosen.predicted_ms == pytest.approx(max(deepest.values()))
+
+
+def test_no_uniform_network_under_a_bound_below_the_fastest():
+    fastest, _ = latency_range_ms(LAYOUT, MODEL)
+
+    assert uniform_network(LAYOUT, MODEL, fastest * 0.5) is None
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    raw = load_digits()
+    x = np.rint(raw.images * 255 / 16).astype(np.uint8)[..., None]
+    return split_arrays(x[:300], raw.target[:300].astype(np.int64), seed=0)
+
+
+def test_random_search_trains_networks_within_the_bound_and_keeps_the_best_on_holdout(digits):
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + 0.4 * (slowest - fastest)
+    seen = []
+
+    found = random_search(LAYOUT, digits, MODEL, bound, budget_s=0.0, brief_epochs=1, seed=0, batch_size=64,
+                          min_networks=2, on_network=lambda tried, number: seen.append(number))
+
+    assert found is not None
+    assert found.networks == 2 and seen == [1, 2]  # a spent budget still tries the minimum
+    assert all(t.predicted_ms <= bound for t in found.tried)
+    assert found.best.holdout_accuracy == max(t.holdout_accuracy for t in found.tried)
+    assert found.cost_s >= sum(t.seconds for t in found.tried) * 0.99
+
+
+def test_random_search_finds_nothing_under_an_impossible_bound(digits):
+    fastest, _ = latency_range_ms(LAYOUT, MODEL)
+
+    assert sample_within(LAYOUT, MODEL, fastest * 0.5, seed=0, pool=200) == []
+    assert random_search(LAYOUT, digits, MODEL, fastest * 0.5, budget_s=1.0, brief_epochs=1, seed=0) is None
+
+
+def test_a_cancel_raised_by_on_step_stops_random_search(digits):
+    class Cancelled(Exception):
+        pass
+
+    def cancel() -> None:
+        raise Cancelled()
+
+    _, slowest = latency_range_ms(LAYOUT, MODEL)
+    with pytest.raises(Cancelled):
+        random_search(LAYOUT, digits, MODEL, slowest, budget_s=10.0, brief_epochs=1, seed=0, on_step=cancel)

@@ -1,0 +1,101 @@
+"""A job with ``params.baselines``: its searched network side by side with
+random search and a uniform network at the same latency bound, each trained
+with the job's budget and measured on the device (eager Celery, every stage
+for real, on SQLite, digits and the tiny space). The baselines themselves are
+tested in tests/engine/test_baselines.py."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from automl_server.db.engine import get_database
+from automl_server.db.migrate import upgrade
+from tests.conftest import _forget_database
+from tests.server.test_job_pipeline import events, job_request, make_farm
+
+
+# The least search and training a job does: the random search's cost follows the search's.
+TINY_BUDGET = {"warmup_epochs": 0, "search_epochs": 1, "tune_trials": 0, "tune_epochs": 1, "train_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("baselines-jobs")
+    url = f"sqlite:///{tmp / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    yield make_farm(tmp, url)
+    _forget_database(url)
+
+
+def test_a_job_with_baselines_reports_the_searched_network_beside_random_search_and_a_uniform_network(farm):
+    app, _settings, db = farm
+    client = app.test_client()
+    # A target inside the achievable range, so that the bound leaves some networks out.
+    profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
+    low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=low + 0.6 * (high - low), tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    assert response.status_code == 202, response.json
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    assert job["result"]["plan"][-3:] == ["verify", "baselines", "report"]
+    section = client.get(job["links"]["report"]).json["baselines"]
+    rows = {row["method"]: row for row in section["rows"]}
+    assert [row["method"] for row in section["rows"]] == ["searched", "random", "uniform"]
+    assert section["predicted_at_most_ms"] <= section["target_ms"] == job["latency_target_ms"]
+    for row in rows.values():
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["measured_ms"] > 0 and row["search_cost_s"] >= 0
+    for method in ("random", "uniform"):
+        assert rows[method]["predicted_ms"] <= section["predicted_at_most_ms"]
+        assert rows[method]["epochs"] == rows["searched"]["epochs"]  # the same train budget
+    assert len(set(rows["uniform"]["arch"]["blocks"]) - {"zero"}) == 1  # one block type everywhere
+    assert rows["random"]["networks"] >= 3 == len(rows["random"]["tried"][:3])
+    # The stage reported its progress while it ran.
+    progress = [e for e in events(db, job["id"], "progress") if e.stage == "baselines"]
+    assert any("random search" in e.message for e in progress)
+    assert any("training the uniform baseline" in e.message for e in progress)
+
+
+def test_a_bad_baselines_value_is_refused_naming_the_field(farm):
+    client = farm[0].test_client()
+
+    response = client.post("/api/v1/jobs", json=job_request(params={"baselines": "sometimes"}))
+
+    assert response.status_code == 422
+    assert response.json["field"] == "params.baselines"
+
+
+def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monkeypatch):
+    from sqlalchemy import update
+
+    from automl_server.db.models import Job
+    from automl_server.engine import baselines
+
+    app, _settings, db = farm
+    client = app.test_client()
+    searched = baselines.random_search
+
+    def cancelled_after_the_first_network(*args: Any, on_network: Any, **kwargs: Any) -> Any:
+        def cancel_then_report(tried: Any, number: int) -> None:
+            with db.session() as session:  # what POST /jobs/{id}/cancel does
+                session.execute(update(Job).where(Job.state == "running").values(cancel_requested=True))
+            on_network(tried, number)
+
+        return searched(*args, on_network=cancel_then_report, **kwargs)
+
+    monkeypatch.setattr(baselines, "random_search", cancelled_after_the_first_network)
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        tune=False, budget=TINY_BUDGET, params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "cancelled"
+    assert "verify" in job["result"]["stages_done"] and "baselines" not in job["result"]["stages_done"]
+    tried = [e for e in events(db, job["id"], "metric") if e.stage == "baselines" and "network" in e.data]
+    assert [e.data["network"] for e in tried] == [1]
