@@ -30,3 +30,17 @@ def test_no_round_starts_once_the_budget_is_spent(digits):
                         eval_x=digits.x_holdout, eval_y=digits.y_holdout, should_stop=lambda: True)
 
     assert result["rounds"] == 1 and len(result["history"]) == 1  # type: ignore[arg-type]
+
+
+def test_each_round_is_reported_as_it_ends(digits):
+    """The job's progress bar moves with FedAvg's rounds (the baselines run as long as FedGKT)."""
+    federation = make_federation(digits.x_train, digits.y_train, digits.x_holdout, digits.y_holdout, clients=2,
+                                 partition="iid", dirichlet_alpha=0.5, num_classes=10, seed=0)
+    torch.manual_seed(0)
+    seen: list[dict[str, object]] = []
+
+    result = run_fedavg(build_model(tiny_arch(digits)), federation.shards[:2], rounds=2, client_epochs=1, lr=1e-3,
+                        batch_size=64, seed=0, eval_x=digits.x_holdout[:50], eval_y=digits.y_holdout[:50],
+                        on_round=seen.append)
+
+    assert seen == result["history"] and [row["round"] for row in seen] == [1, 2]

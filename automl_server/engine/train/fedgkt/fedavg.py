@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,11 @@ def state_bytes(model: nn.Module) -> int:
 def run_fedavg(model: nn.Module, shards: list[ClientShard], *, rounds: int, client_epochs: int, lr: float,
                batch_size: int, seed: int, eval_x: torch.Tensor, eval_y: torch.Tensor,
                on_step: Callable[[], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
+               should_stop: Callable[[], bool] | None = None,
+               on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, object]:
     """Train ``model`` (the global model) in place; the accuracy per round on (eval_x, eval_y) and bytes.
-    Once ``should_stop`` says so (asked between rounds) no further round starts."""
+    Once ``should_stop`` says so (asked between rounds) no further round starts. ``on_round``
+    gets each round's row as it ends (the job's progress)."""
     history = []
     for round_index in range(1, rounds + 1):
         if should_stop is not None and round_index > 1 and should_stop():
@@ -67,6 +70,8 @@ def run_fedavg(model: nn.Module, shards: list[ClientShard], *, rounds: int, clie
             weights.append(len(shard.y))
         model.load_state_dict(average_states(states, weights))
         history.append({"round": round_index, "accuracy": evaluate(model, eval_x, eval_y) if len(eval_y) else None})
+        if on_round is not None:
+            on_round(history[-1])
     per_client = state_bytes(model)
     return {"history": history, "rounds": len(history), "accuracy": history[-1]["accuracy"] if history else None,
             "bytes_per_round": 2 * per_client * len(shards), "bytes_per_client_per_round": {"up": per_client,

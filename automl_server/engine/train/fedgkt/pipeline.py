@@ -12,6 +12,7 @@ import copy
 import functools
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -261,13 +262,22 @@ def _baselines(inputs: PipelineInputs, arch: Any, cut: int, initial_edge: dict[s
                                lr=settings.lr, batch_size=inputs.batch_size, seed=round_settings.seed,
                                eval_x=eval_x, eval_y=eval_y, on_step=callbacks.check_cancelled,
                                should_stop=callbacks.should_stop)
+    def progress_of(label: str, first: float, share: float) -> Callable[[dict[str, Any]], None]:
+        """FedAvg's rounds on the job's progress bar (they take as long as FedGKT's on a CPU)."""
+        def on_round(row: dict[str, Any]) -> None:
+            accuracy = row["accuracy"]
+            callbacks.progress(first + share * row["round"] / max(rounds, 1),
+                               f"FedAvg, {label}: round {row['round']}/{rounds}, accuracy "
+                               f"{accuracy if accuracy is not None else float('nan'):.3f}")
+        return on_round
+
     started = time.monotonic()
-    server_size = fedavg(large)
+    server_size = fedavg(large, on_round=progress_of("server-size model", 0.8, 0.1))
     server_size["wall_s"] = time.monotonic() - started
     callbacks.metric("FedAvg, server-size model on the edge", phase="fedavg", model="server_size",
                      accuracy=server_size["accuracy"], history=server_size["history"])
     started = time.monotonic()
-    edge_only = fedavg(searched_edge)
+    edge_only = fedavg(searched_edge, on_round=progress_of("searched model", 0.9, 0.1))
     edge_only["wall_s"] = time.monotonic() - started
     callbacks.metric("FedAvg, searched model", phase="fedavg", model="searched", accuracy=edge_only["accuracy"],
                      history=edge_only["history"])
