@@ -198,10 +198,15 @@ class FlowerDeployment:
             _signal_group(process, signal.SIGKILL)  # the group's children too, even if the leader is gone
         for pid in descendants:
             _signal_pid(pid, signal.SIGKILL)
+        for process in self.processes.values():
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        # A ServerApp or ClientApp that the SuperLink or a SuperNode started after the last list of
+        # descendants (seen in CI under load: a flwr-serverapp outlived the run) still carries this
+        # deployment's FLWR_HOME: end it by that mark, and wait until none is left.
+        _kill_marked(self.env["FLWR_HOME"], timeout_s=5.0)
 
     @property
     def process_groups(self) -> list[int]:
@@ -224,6 +229,20 @@ def reap_leftovers(root: Path, grace_s: float = 5.0) -> list[int]:
     for pid in found:
         _signal_pid(pid, signal.SIGKILL)
     return found
+
+
+def _kill_marked(flwr_home: str, timeout_s: float) -> None:
+    """SIGKILL every live process whose environment holds FLWR_HOME=flwr_home, until none is left."""
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [pid for pid in _live_pids()
+                 if pid != os.getpid() and marker in _environ(pid).split(b"\0") and alive(pid)]
+        if not found or time.monotonic() > deadline:
+            return
+        for pid in found:
+            _signal_pid(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _live_pids() -> list[int]:
