@@ -40,7 +40,12 @@ REWIND_TO = "train"
 # Files of the stages that run again, moved into try-<n>/ so each try keeps its own.
 # (and every training checkpoint, *.ckpt but the search's: a pipeline resumes from its own).
 PER_TRY_FILES = ("verify.json", "verify-state.json", "schedule-state.json", "schedule-device.json",
-                 "device-state.json")
+                 "device-state.json", "sparse_update_plan.json")
+# The folders where pipelines keep their resumable state (FedGKT's Flower workspace, delayed-sgd's
+# torchrun checkpoints, sparse-update's on-device bundle): a retry trains a different network, which
+# must not resume from the missed one's state (a FedGKT retry failed loading the old edge weights
+# into the new network, 2026-12-03).
+PER_TRY_DIRS = ("fedgkt", "dts", "on_device")
 KEEP_CHECKPOINTS = ("search.ckpt",)
 
 
@@ -131,7 +136,9 @@ def _archive_try(ctx: StageContext, number: int) -> None:
     folder.mkdir(exist_ok=True)
     directory = ctx.job_dir()
     checkpoints = [p.name for p in directory.glob("*.ckpt") if p.name not in KEEP_CHECKPOINTS]
-    for name in (*PER_TRY_FILES, *checkpoints):
+    for name in (*PER_TRY_FILES, *checkpoints, *PER_TRY_DIRS):
         path = directory / name
         if path.exists():
+            if (folder / name).is_dir():  # a redelivered rewind already moved an earlier copy
+                shutil.rmtree(folder / name)
             shutil.move(str(path), folder / name)

@@ -133,3 +133,26 @@ def test_target_retries_outside_its_bounds_is_refused_naming_the_field(farm) -> 
     assert response.status_code in (400, 422)
     assert response.headers["Content-Type"].startswith("application/problem+json")
     assert "target_retries" in response.get_data(as_text=True)
+
+
+def test_a_retry_moves_every_pipelines_resumable_state_out_of_the_way(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A retry trains another network: FedGKT's workspace, delayed-sgd's checkpoints and the
+    training checkpoints go into try-<n>/ (a FedGKT retry once failed loading the missed network's
+    edge weights into the new one); the search's checkpoint stays for the next derivation."""
+    from types import SimpleNamespace
+
+    from automl_server.jobs.promise import _archive_try
+
+    for name in ("fedgkt/clients/0", "dts", "on_device"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "fedgkt" / "clients" / "0" / "edge.pt").write_bytes(b"old network")
+    for name in ("train.ckpt", "search.ckpt", "verify.json", "sparse_update_plan.json"):
+        (tmp_path / name).write_text(name)
+
+    _archive_try(SimpleNamespace(job_dir=lambda: tmp_path), 1)  # type: ignore[arg-type]
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.ckpt", "try-1"]
+    moved = tmp_path / "try-1"
+    assert (moved / "fedgkt" / "clients" / "0" / "edge.pt").read_bytes() == b"old network"
+    assert {p.name for p in moved.iterdir()} == {"fedgkt", "dts", "on_device", "train.ckpt", "verify.json",
+                                                  "sparse_update_plan.json"}
