@@ -80,8 +80,8 @@ class Settings:
     # How often `automl serve` looks for job stages that were lost (a worker that died, a
     # Redis broker that came back empty) and sends them again, in seconds.
     recovery_sweep_s: float = 30.0
-    # A running stage renews its lease as it works (progress, events, cancel checks: about
-    # once a second in training loops); a lease not renewed for this many seconds means
+    # A running stage's process renews its lease with a heartbeat every third of this
+    # (jobs/lease.py); a lease not renewed for this many seconds means
     # its worker is gone, and the recovery sweep sends the stage again (from its checkpoint).
     stage_lease_s: float = 120.0
 

@@ -1,6 +1,5 @@
 """What a stage of a job sees: the job's settings, its earlier stages' outputs,
-progress reporting (which also renews the stage's lease and notices a
-cancellation) and the job's directory of artifacts.
+progress reporting (which also notices a cancellation) and the job's directory of artifacts.
 
 A stage is a function ``(StageContext) -> dict`` (its output, stored in
 ``job.result[stage]``). It may raise ``StageFailed`` (the user must fix
@@ -12,14 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select
 
 from automl_server.db.engine import Database
-from automl_server.db.models import Artifact, Job, JobEvent, utcnow
+from automl_server.db.models import Artifact, Job, JobEvent
 from automl_server.files import sha256_of
 from automl_server.jobs import service
 from automl_server.settings import Settings
@@ -62,7 +61,8 @@ class StageContext:
 
     def progress(self, fraction: float, message: str, *, eta_s: float | None = None, **data: Any) -> None:
         """Report progress within this stage (0..1), with an ETA of the stage
-        when known; renews the lease and raises JobCancelled if the user cancelled."""
+        when known; raises JobCancelled if the user cancelled. (The lease is kept by the
+        stage's heartbeat, jobs/lease.py, not by these calls.)"""
         overall = (self.stage_index + min(max(fraction, 0.0), 1.0)) / self.stage_count
         payload = dict(data)
         payload["stage_progress"] = round(min(max(fraction, 0.0), 1.0), 4)
@@ -70,17 +70,15 @@ class StageContext:
             payload["eta_s"] = round(max(eta_s, 0.0), 1)
         with self.db.session() as session:
             job = session.get_one(Job, self.job_id)
-            self._renew(job)
             if job.cancel_requested:
                 raise service.JobCancelled()
             service.set_progress(session, job, overall, message, payload)
         self._last_check = time.monotonic()
 
     def event(self, kind: str, message: str, **data: Any) -> None:
-        """A metric or log entry on the job's timeline (also renews the lease)."""
+        """A metric or log entry on the job's timeline."""
         with self.db.session() as session:
             job = session.get_one(Job, self.job_id)
-            self._renew(job)
             service.record_event(session, job, kind, message, stage=self.stage, data=data)
 
     def check_cancelled(self, every_s: float = 1.0) -> None:
@@ -92,10 +90,9 @@ class StageContext:
         if now - self._last_check < every_s:
             return
         self._last_check = now
-        with self.db.session() as session:
-            job = session.get_one(Job, self.job_id)
-            self._renew(job)
-            if job.cancel_requested:
+        # Only reads (no write lock on SQLite): the lease is the heartbeat's (jobs/lease.py).
+        with self.db.read_session() as session:
+            if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
                 raise service.JobCancelled()
 
     def broker_lost_since(self, sent_at: float | None) -> bool:
@@ -109,10 +106,6 @@ class StageContext:
                 JobEvent.job_id == self.job_id, JobEvent.stage == self.stage, JobEvent.kind == "warning",
                 JobEvent.message == LOST_MESSAGE,
                 JobEvent.created_at > datetime.fromtimestamp(sent_at, timezone.utc)).limit(1)) is not None
-
-    def _renew(self, job: Job) -> None:
-        if job.lease_owner == self.lease_owner:
-            job.lease_until = utcnow() + timedelta(seconds=self.settings.stage_lease_s)
 
     def job_dir(self) -> Path:
         directory = self.settings.artifacts_dir / self.job_id

@@ -14,8 +14,8 @@ when it is done (a chain built as it goes, so a stage may also re-send itself
 later while it waits for a device). The runner makes every delivery safe:
 
 * idempotent: a stage recorded as done is skipped, a finished job left alone;
-* leased: the task running a stage holds a lease on the job, renewed by its
-  progress reports; a second delivery of another message finds the lease held
+* leased: the task running a stage holds a lease on the job, renewed by a
+  heartbeat thread while its process lives (jobs/lease.py); a second delivery of another message finds the lease held
   and leaves, a re-delivery of the same message (its worker died, Celery's
   ``acks_late`` + ``reject_on_worker_lost``) or any delivery after the lease
   ran out takes the stage over and resumes it from its checkpoint;

@@ -11,10 +11,7 @@ from typing import Any
 import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
-from automl_server.db.engine import get_database
-from automl_server.db.migrate import upgrade
-from tests.conftest import _forget_database
-from tests.server.test_job_pipeline import events, job_request, make_farm
+from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
 
 # The least search and training a job does: the random search's cost follows the search's.
@@ -23,11 +20,7 @@ TINY_BUDGET = {"warmup_epochs": 0, "search_epochs": 1, "tune_trials": 0, "tune_e
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("baselines-jobs")
-    url = f"sqlite:///{tmp / 'automl.sqlite'}"
-    upgrade(get_database(url))
-    yield make_farm(tmp, url)
-    _forget_database(url)
+    yield from sqlite_module_farm(tmp_path_factory, "baselines-jobs")
 
 
 def test_a_job_with_baselines_reports_the_searched_network_beside_random_search_and_a_uniform_network(farm):

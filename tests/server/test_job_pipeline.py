@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,15 @@ def sqlite_farm_app(tmp_path):  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
     upgrade(get_database(url))
     yield make_farm(tmp_path, url)
+    _forget_database(url)
+
+
+def sqlite_module_farm(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Any]:
+    """A farm on its own SQLite database for a whole test module (``yield from`` it in a fixture)."""
+    tmp = tmp_path_factory.mktemp(name)
+    url = f"sqlite:///{tmp / 'automl.sqlite'}"
+    upgrade(get_database(url))
+    yield make_farm(tmp, url)
     _forget_database(url)
 
 

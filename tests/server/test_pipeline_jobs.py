@@ -12,11 +12,8 @@ from typing import Any
 import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
-from automl_server.db.engine import get_database
-from automl_server.db.migrate import upgrade
 from automl_server.engine.train.fedgkt.pipeline import auto_client_epochs
-from tests.conftest import _forget_database
-from tests.server.test_job_pipeline import SMALL_BUDGET, events, job_request, make_farm
+from tests.server.test_job_pipeline import SMALL_BUDGET, events, job_request, sqlite_module_farm
 
 
 pytestmark = pytest.mark.slow
@@ -24,11 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("pipeline-jobs")
-    url = f"sqlite:///{tmp / 'automl.sqlite'}"
-    upgrade(get_database(url))
-    yield make_farm(tmp, url)
-    _forget_database(url)
+    yield from sqlite_module_farm(tmp_path_factory, "pipeline-jobs")
 
 
 def run_job(client: Any, **overrides: Any) -> dict[str, Any]:

@@ -15,12 +15,9 @@ import pytest
 
 import automl_server.profiling as profiling
 from automl_server.cli.jobs_cmds import format_report
-from automl_server.db.engine import get_database
-from automl_server.db.migrate import upgrade
 from automl_server.db.models import Job
 from automl_server.webhooks import event_payload
-from tests.conftest import _forget_database
-from tests.server.test_job_pipeline import events, job_request, make_farm
+from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
 TARGET_MS = 10.0
 # One search epoch, no tuning, one training epoch: what is tested is what follows the measurement.
@@ -30,11 +27,7 @@ BUDGET = {"warmup_epochs": 1, "search_epochs": 1, "tune_trials": 0, "tune_epochs
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):  # type: ignore[no-untyped-def]
     """One farm for the module's jobs: the second job finds the ops and networks the first measured."""
-    tmp_path = tmp_path_factory.mktemp("promise")
-    url = f"sqlite:///{tmp_path / 'automl.sqlite'}"
-    upgrade(get_database(url))
-    yield make_farm(tmp_path, url)
-    _forget_database(url)
+    yield from sqlite_module_farm(tmp_path_factory, "promise")
 
 
 def slow_device(monkeypatch: pytest.MonkeyPatch, verifications: int) -> list[float]:

@@ -205,8 +205,8 @@ class FlowerDeployment:
                 pass
         # A ServerApp or ClientApp that the SuperLink or a SuperNode started after the last list of
         # descendants (seen in CI under load: a flwr-serverapp outlived the run) still carries this
-        # deployment's FLWR_HOME: end it by that mark, and wait until none is left.
-        _kill_marked(self.env["FLWR_HOME"], timeout_s=5.0)
+        # deployment's FLWR_HOME: ended by that mark, as an earlier run's leftovers are.
+        reap_leftovers(self.root, grace_s=2.0)
 
     @property
     def process_groups(self) -> list[int]:
@@ -228,21 +228,10 @@ def reap_leftovers(root: Path, grace_s: float = 5.0) -> list[int]:
         time.sleep(0.1)
     for pid in found:
         _signal_pid(pid, signal.SIGKILL)
-    return found
-
-
-def _kill_marked(flwr_home: str, timeout_s: float) -> None:
-    """SIGKILL every live process whose environment holds FLWR_HOME=flwr_home, until none is left."""
-    marker = f"FLWR_HOME={flwr_home}".encode()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = [pid for pid in _live_pids()
-                 if pid != os.getpid() and marker in _environ(pid).split(b"\0") and alive(pid)]
-        if not found or time.monotonic() > deadline:
-            return
-        for pid in found:
-            _signal_pid(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace_s  # SIGKILL is delivered asynchronously: gone before we return
+    while time.monotonic() < deadline and any(alive(pid) for pid in found):
         time.sleep(0.05)
+    return found
 
 
 def _live_pids() -> list[int]:
