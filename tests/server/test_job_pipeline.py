@@ -99,7 +99,10 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app, tmp_path):
     # the latency loss takes part in the search.
     profiled = submit(client, stop_after="profile")
     low, high = profiled["result"]["profile"]["achievable_ms"]
-    response = client.post("/api/v1/jobs", json=job_request(latency_target_ms=(low + high) / 2))
+    # No retry of a missed target: a target in the middle of the range can be missed on a loaded
+    # machine, and a retry runs train..verify again (tests/server/test_promise.py covers retries).
+    params = {**job_request()["params"], "target_retries": 0}
+    response = client.post("/api/v1/jobs", json=job_request(latency_target_ms=(low + high) / 2, params=params))
 
     assert response.status_code == 202
     job = client.get(response.headers["Location"]).json
