@@ -21,6 +21,7 @@ the same session options (no spinning, ``--threads`` intra-op threads).
 
     .venv/bin/python bench/bench_ios.py
     .venv/bin/python bench/bench_ios.py --nets squeezenet --threads 2 --rounds 5
+    .venv/bin/python bench/bench_ios.py --nets inception_v3 --export-onnx /tmp/nets   # ONNX files only
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -61,7 +61,7 @@ from device_agents.ios import (  # noqa: E402
     OrtModelProgram,
     ScheduledModel,
 )
-from device_agents.ios.ort_program import session_options  # noqa: E402
+from device_agents.ios.ort_program import whole_graph_session  # noqa: E402
 from search_spaces import build_model, sample_archs  # noqa: E402
 
 
@@ -261,13 +261,21 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], int]] = {
 }
 
 
-def ort_session(model_bytes: bytes, parallel: bool, threads: int) -> ort.InferenceSession:
-    # The executor's own session options (no spinning), so that only the schedule differs.
-    options = session_options(threads)
-    if parallel:
-        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        options.inter_op_num_threads = threads
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+def network_onnx(name: str) -> tuple[Any, tuple[int, ...]]:
+    """The network as an ONNX model at batch 1 (seeded random weights) and its input shape."""
+    build, resolution = NETWORKS[name]
+    torch.manual_seed(0)
+    shape = (1, 3, resolution, resolution)
+    return export_module_onnx(build().eval(), shape), shape
+
+
+def export_networks(names: list[str], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        model, shape = network_onnx(name)
+        path = directory / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString())
+        print(f"{path}: input {shape}, {len(model.graph.node)} nodes")
 
 
 def side_by_side(runs: dict[str, Callable[[], object]], rounds: int, number: int) -> dict[str, float]:
@@ -288,11 +296,7 @@ def side_by_side(runs: dict[str, Callable[[], object]], rounds: int, number: int
 def bench_network(name: str, threads: int, number: int, repeat: int, rounds: int, backend: str,
                   max_states: int) -> dict[str, Any]:
     """One row of the table: counts, the search's figures and ms per inference of each method."""
-    build, resolution = NETWORKS[name]
-    torch.manual_seed(0)
-    module = build().eval()
-    shape = (1, 3, resolution, resolution)
-    model = export_module_onnx(module, shape)
+    model, shape = network_onnx(name)
     graph = graph_from_onnx(model)
     # Any: the two programs share their interface (stage, feed, run_sequential) but not a base class.
     program: Any = OrtModelProgram(model, threads) if backend == "ort" else OnnxModelProgram(model)
@@ -313,7 +317,8 @@ def bench_network(name: str, threads: int, number: int, repeat: int, rounds: int
                 raise AssertionError(f"{name}: {method} differs from the sequential run by {diff}")
         feed = {"input": np.asarray(x)}
         model_bytes = model.SerializeToString()
-        ort_seq, ort_par = ort_session(model_bytes, False, threads), ort_session(model_bytes, True, threads)
+        ort_seq, ort_par = (whole_graph_session(model_bytes, False, threads),
+                            whole_graph_session(model_bytes, True, threads))
         figures = side_by_side({
             "sequential": lambda: scheduled["sequential"](x, executor=executor),
             "greedy": lambda: scheduled["greedy"](x, executor=executor),
@@ -342,8 +347,14 @@ def main() -> None:
     parser.add_argument("--backend", choices=("ort", "torch"), default="ort",
                         help="kernels of the scheduled runs: ONNX Runtime per-op sessions or PyTorch")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the side-by-side timing")
+    parser.add_argument("--export-onnx", type=Path, metavar="DIR",
+                        help="only write each network as DIR/<network>.onnx (batch 1, random weights) and stop; "
+                             "e.g. for `automl schedule --device local-cpu --model DIR/inception_v3.onnx`")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.export_onnx:
+        export_networks(args.nets.split(","), args.export_onnx)
+        return
     np.random.seed(0)
     rows = [bench_network(name, args.threads, args.number, args.repeat, args.rounds, args.backend, args.max_states)
             for name in args.nets.split(",")]

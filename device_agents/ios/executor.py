@@ -4,8 +4,9 @@ CPU: the groups of a stage run on a pool of threads. Threads are split so the
 stage never asks for more intra-op threads than the executor owns: with T
 threads and g groups, group i gets T // g threads plus one for the first
 T % g groups, and at least one (g > T oversubscribes, which the stage's
-measured latency then shows and the scheduler avoids). A stage of one group
-runs inline on the caller's thread. PyTorch's OpenMP
+measured latency then shows and the scheduler avoids). The caller's thread
+runs the first group (a stage of one group runs inline), the pool the
+others. PyTorch's OpenMP
 thread count is per calling thread (an OpenMP ICV), so each worker sets its own
 with ``torch.set_num_threads``; ONNX Runtime kernels read the count through
 ``current_threads()``. On a CPU shared with other work, set
@@ -84,11 +85,29 @@ class CpuExecutor:
             _current.threads = self.threads
             tasks[0]()
             return
-        futures = [self._pool.submit(self._in_worker, task, n)
-                   for task, n in zip(tasks, split_threads(self.threads, len(tasks)))]
-        wait(futures)  # every group ends before an error propagates: no work outlives the stage
+        counts = split_threads(self.threads, len(tasks))
+        # The caller runs the first group itself instead of idling on the others: one thread
+        # hand-off fewer per stage, which is most of a stage's overhead when its operators are small.
+        futures = [self._pool.submit(self._in_worker, task, n) for task, n in zip(tasks[1:], counts[1:])]
+        try:
+            self._on_caller(tasks[0], counts[0])
+        finally:
+            wait(futures)  # every group ends before an error propagates: no work outlives the stage
         for future in futures:
             future.result()
+
+    def _on_caller(self, task: Task, threads: int) -> None:
+        before = torch.get_num_threads()
+        _current.threads = threads
+        if before != threads:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                task()
+        finally:
+            _current.threads = self.threads
+            if before != threads:
+                torch.set_num_threads(before)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -10,6 +10,7 @@ The PyTorch program (``program.py``) remains for CUDA streams.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,21 @@ def session_options(threads: int) -> ort.SessionOptions:
     # No spinning between runs: groups on other threads need the cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def whole_graph_session(model_bytes: bytes, parallel: bool, threads: int) -> ort.InferenceSession:
+    """The model as one ONNX Runtime session with the executor's options (so that only the schedule
+    differs from the scheduled runs): ORT's own sequential or parallel execution mode.
+
+    Parallel mode gets as many inter-op threads as the IOS executor may run at once: at least one per
+    core, as a stage of g groups runs g threads even when the target has fewer intra-op threads
+    (``split_threads``); with ``threads`` inter-op threads only, a 1-thread target would leave ORT's
+    parallel mode sequential while IOS used every core."""
+    options = session_options(threads)
+    if parallel:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = max(threads, os.cpu_count() or 1)
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 @dataclass

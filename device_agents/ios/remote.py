@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from device_agents.ios.executor import CpuExecutor
-from device_agents.ios.ort_program import OrtModelProgram, session_options
+from device_agents.ios.ort_program import OrtModelProgram, whole_graph_session
 from device_agents.ios.program import OnnxModelProgram, ScheduledModel
 from device_agents.protocol import (
     IOS_RUNTIMES,
@@ -113,13 +113,7 @@ def measure_stages(request: MeasureStagesRequest, agent_version: str,
 
 
 def _ort_session(model_bytes: bytes, parallel: bool, threads: int) -> Callable[[], object]:
-    import onnxruntime as ort
-
-    options = session_options(threads)  # the executor's own options: only the schedule differs
-    if parallel:
-        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        options.inter_op_num_threads = threads
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = whole_graph_session(model_bytes, parallel, threads)
     feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], np.float32)
              for i in session.get_inputs()}
     return lambda: session.run(None, feeds)

@@ -193,6 +193,43 @@ def test_threads_are_split_between_groups():
     assert split_threads(4, 1) == [4]
 
 
+def test_each_group_runs_with_its_share_of_threads_and_the_callers_count_is_restored():
+    import threading
+
+    from device_agents.ios import current_threads
+
+    seen: list[tuple[str, int, int]] = []
+
+    def group() -> None:
+        seen.append((threading.current_thread().name, current_threads(0), torch.get_num_threads()))
+
+    before = torch.get_num_threads()
+    with CpuExecutor(threads=5) as executor:
+        executor.run([group, group, group])
+    assert sorted((threads, torch_threads) for _name, threads, torch_threads in seen) == [(1, 1), (2, 2), (2, 2)]
+    # The caller ran one group itself (one thread hand-off fewer), then got its own count back.
+    assert threading.current_thread().name in {name for name, _t, _tt in seen}
+    assert torch.get_num_threads() == before
+
+
+def test_a_failing_group_ends_the_stage_only_after_the_other_groups_end():
+    import threading
+    import time
+
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    def failing() -> None:
+        raise RuntimeError("kernel failed")
+
+    with CpuExecutor(threads=2) as executor, pytest.raises(RuntimeError, match="kernel failed"):
+        executor.run([failing, slow])
+    assert finished.is_set()  # no work of the stage outlives it
+
+
 def test_an_unsupported_operator_is_refused_at_load_naming_it():
     node = onnx.helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,ij->ij")
     graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
