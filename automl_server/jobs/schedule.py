@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 RECORD_STAGE_COSTS = "automl.record_ios_stages"
 RECORD_SCHEDULE_TIMES = "automl.record_schedule_times"
 STAGES_PER_TASK = 16  # small enough that progress shows and a lost task costs little
-MAX_MODEL_BYTES = 32 * 1024 * 1024  # as the verify stage: files up to this size travel through the broker
+MAX_MODEL_BYTES = 32 * 1024 * 1024  # as the verify stage: payloads up to this size travel through the broker
 STATE_FILE = "schedule-state.json"
 TIMES_FILE = "schedule-times.json"
 SCHEDULE_FILE = "schedule.json"
@@ -76,13 +76,16 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 def _model_file(onnx_path: Path) -> Any:
+    """The model as the IOS tasks carry it: without its large weights ("onnx-weightless"), which the
+    agent fills; a stage's time does not depend on them and the model crosses the broker per chunk."""
+    from automl_server.engine.deploy.ios.weights import weightless_onnx
     from device_agents.protocol import ModelFile
 
-    data = onnx_path.read_bytes()
+    data = weightless_onnx(onnx_path.read_bytes())
     if len(data) > MAX_MODEL_BYTES:
-        raise ScheduleFailed(f"the ONNX model is {len(data)} bytes; models up to {MAX_MODEL_BYTES} bytes "
-                             "travel to a device agent")
-    return ModelFile.from_bytes("onnx", data)
+        raise ScheduleFailed(f"the ONNX model is {len(data)} bytes without its weights; models up to "
+                             f"{MAX_MODEL_BYTES} bytes travel to a device agent")
+    return ModelFile.from_bytes("onnx-weightless", data)
 
 
 def advance(db: Database, settings: Settings, celery: Celery, target: Target, onnx_path: Path, work_dir: Path,

@@ -36,6 +36,7 @@ import onnx
 from device_agents.ios.executor import CpuExecutor
 from device_agents.ios.ort_program import OrtModelProgram, whole_graph_session
 from device_agents.ios.program import OnnxModelProgram, ScheduledModel
+from device_agents.ios.weights import load_model_file
 from device_agents.protocol import (
     IOS_RUNTIMES,
     MeasureStagesReply,
@@ -85,7 +86,7 @@ def measure_stages(request: MeasureStagesRequest, agent_version: str,
     from device_agents.profiling import measure
 
     try:
-        model = onnx.load_from_string(request.model_file.data())
+        model = load_model_file(request.model_file)
         program = _program(model, request.target)
         method = _method(request.target.threads, STAGE_METHOD, request.method)
         stick = yardstick_for(method) if yardstick_for else None
@@ -127,8 +128,8 @@ def time_schedules(request: TimeSchedulesRequest, agent_version: str,
     executor = CpuExecutor(threads=request.target.threads)
     skipped: dict[str, str] = {}
     try:
-        data = request.model_file.data()
-        model = onnx.load_from_string(data)
+        model = load_model_file(request.model_file)
+        data = model.SerializeToString()
         program = _program(model, request.target)
         inputs = _inputs(model, program)
         reference = [np.asarray(t) for t in program.run_sequential(*inputs)]
