@@ -48,7 +48,7 @@ DEVICE_KINDS = ("cpu", "gpu", "android", "raspberry-pi")
 # Exported-model formats an agent can time as a file (``MeasureNetworkRequest.model_file``).
 # "onnx-weightless" (IOS tasks only, where only time matters): an ONNX model whose float initializers of
 # at least WEIGHTLESS_MIN_ELEMENTS elements keep their name, type and dims but carry no data; the agent
-# fills them with seeded random values before it runs the model. Inception-v3 travels as ~100 KB instead
+# fills them with seeded random values before it runs the model. Inception-v3 travels as 58 KB instead
 # of 95 MB, once per chunk of stages (the server's half: automl_server/engine/deploy/ios/weights.py, the
 # agent's: device_agents/ios/weights.py).
 MODEL_FILE_FORMATS = ("onnx", "tflite", "onnx-weightless")
