@@ -97,3 +97,17 @@ def test_the_ios_tasks_time_a_weightless_model(model_bytes):
 def test_a_tflite_file_is_refused_by_the_ios_tasks_naming_the_formats_they_take():
     with pytest.raises(ValueError, match="'onnx' or 'onnx-weightless'"):
         load_model_file(ModelFile.from_bytes("tflite", b"TFL3"))
+
+
+def test_the_agent_keeps_the_last_model_prepared_and_never_times_a_stale_one(model_bytes):
+    from tests.device_agents.ios.test_agent_tasks import inception_onnx
+
+    other = inception_onnx()
+    for data in (model_bytes, model_bytes, other, model_bytes):  # repeated chunks, then another model
+        shipped = ModelFile.from_bytes("onnx-weightless", weightless_onnx(data))
+        stages = payloads(data)[:3]
+        reply = MeasureStagesReply.from_dict(measure_ios_stages(
+            *MeasureStagesRequest(target(), shipped, tuple(stages), QUICK).to_args()))
+        # A stale program would not know this model's operators and fail every stage.
+        assert [r.key for r in reply.results] == [s.key for s in stages]
+        assert all(r.error is None for r in reply.results), [r.error for r in reply.results]
