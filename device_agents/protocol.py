@@ -49,7 +49,7 @@ DEVICE_KINDS = ("cpu", "gpu", "android", "raspberry-pi")
 # "onnx-weightless" (IOS tasks only, where only time matters): an ONNX model whose float initializers of
 # at least WEIGHTLESS_MIN_ELEMENTS elements keep their name, type and dims but carry no data; the agent
 # fills them with seeded random values before it runs the model. Inception-v3 travels as 58 KB instead
-# of 95 MB, once per chunk of stages (the server's half: automl_server/engine/deploy/ios/weights.py, the
+# of 95 MB, once per chunk of stages (the server's half: automl_server/jobs/ios_weights.py, the
 # agent's: device_agents/ios/weights.py).
 MODEL_FILE_FORMATS = ("onnx", "tflite", "onnx-weightless")
 WEIGHTLESS_MIN_ELEMENTS = 1024

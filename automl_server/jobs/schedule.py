@@ -78,7 +78,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 def _model_file(onnx_path: Path) -> Any:
     """The model as the IOS tasks carry it: without its large weights ("onnx-weightless"), which the
     agent fills; a stage's time does not depend on them and the model crosses the broker per chunk."""
-    from automl_server.engine.deploy.ios.weights import weightless_onnx
+    from automl_server.jobs.ios_weights import weightless_onnx
     from device_agents.protocol import ModelFile
 
     data = weightless_onnx(onnx_path.read_bytes())

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from automl_server.engine.deploy.ios import graph_from_onnx, ios_schedule, schedule_to_json, sequential_schedule
-from automl_server.engine.deploy.ios.weights import weightless_onnx
+from automl_server.jobs.ios_weights import weightless_onnx
 from device_agents.ios.weights import load_model_file
 from device_agents.protocol import (
     WEIGHTLESS_MIN_ELEMENTS,
