@@ -253,11 +253,21 @@ def chain_network() -> nn.Module:
     return build_model(arch)
 
 
+def inception_mobile(resolution: int) -> Callable[[], nn.Module]:
+    """A network of the multi-branch space (an arch sampled from it standing in for a searched one)."""
+    def build() -> nn.Module:
+        return build_model(sample_archs("inception-mobile", 1, seed=0, resolution=resolution, num_classes=10)[0])
+    return build
+
+
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "inception_v3": (inception_v3, 299),
     "nasnet_like": (NasNetLike, 224),
     "squeezenet": (squeezenet, 224),
     "proxyless_chain": (chain_network, 224),
+    # The multi-branch space at a job's sizes: digits (8 px) and a 64 px upload.
+    "inception_mobile_8": (inception_mobile(8), 8),
+    "inception_mobile_64": (inception_mobile(64), 64),
 }
 
 

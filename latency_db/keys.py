@@ -25,14 +25,16 @@ ACCEPTED_FORMS = (
     "Conv-input:{H}x{W}x{C}-output:{h}x{w}x{c}",
     "Conv_1-input:{H}x{W}x{C}-output:{h}x{w}x{c}",
     "Logits-input:{H}x{W}x{C}-output:{N}",
-    "ios-stage/1:{parallel|merge}:{40 hex digits}",
+    "ios-stage/{version}:{parallel|merge}:{40 hex digits}",
 )
 # A stage of an IOS schedule (automl_server.engine.deploy.ios.stage): a set of
 # operators run side by side, or merged, named by a hash of its canonical form.
 # Its cost is stored per target like an op's, so a second schedule on the same
-# device reuses it.
+# device reuses it. The version changes when the executor runs a stage
+# differently (2: a group of operators is one session), so costs timed the old
+# way are never read for the new; stored keys of every version stay valid.
 IOS_STAGE = "ios_stage"
-_IOS_STAGE_PATTERN = re.compile(r"ios-stage/1:(parallel|merge):[0-9a-f]{40}")
+_IOS_STAGE_PATTERN = re.compile(r"ios-stage/[1-9][0-9]*:(parallel|merge):[0-9a-f]{40}")
 
 _INT = r"([1-9][0-9]*)"
 _SHAPE = rf"{_INT}x{_INT}x{_INT}"

@@ -22,12 +22,14 @@ def _describe(result: dict[str, Any]) -> list[str]:
         lines.append(f"  {number:3}. {stage['kind']:8} {groups}")
     latency = result["latency_ms"]
     lines.append("measured latency (ms per inference, side by side):")
-    for name in ("sequential", "greedy", "ort_parallel", "ios"):
+    for name in ("sequential", "greedy", "ort_sequential", "ort_parallel", "ios"):
         value = latency.get(name)
         lines.append(f"  {name:13} {value:10.4f}" if value is not None else f"  {name:13} not measured")
     if result.get("speedup"):
         lines.append(f"speed-up of IOS over sequential: {result['speedup']:.2f}x")
     lines.append(f"deployed: {result['deployed']}" + (f" ({result['note']})" if result.get("note") else ""))
+    if result.get("advice"):
+        lines.append(f"note: {result['advice']}")
     lines.append(f"stages measured {result['stages_measured']}, reused from the latency database "
                  f"{result['stages_reused']}, device seconds {result['device_seconds']:.1f}")
     return lines

@@ -199,7 +199,25 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
     if not faster:
         output["note"] = ("the IOS schedule measured slower than the sequential one on this device; "
                           "the sequential schedule is deployed")
+    advice = whole_graph_advice(latency, deployed)
+    if advice:
+        output["advice"] = advice
     return output
+
+
+def whole_graph_advice(latency: dict[str, float | None], deployed: str) -> str | None:
+    """What to tell a user when ONNX Runtime running the whole graph in one session beat every
+    schedule: the schedules run through a host call per group, which a small network pays more for
+    than it gains from running groups side by side; the plain runtime is then the better deployment."""
+    scheduled = latency.get(deployed)
+    runs = {name: latency.get(name) for name in ("ort_sequential", "ort_parallel")}
+    best = min(((v, name) for name, v in runs.items() if v is not None), default=None)
+    if scheduled is None or best is None or best[0] >= scheduled:
+        return None
+    mode = "sequential" if best[1] == "ort_sequential" else "parallel"
+    return (f"ONNX Runtime's own whole-graph run ({mode} mode) measured {best[0]:.4g} ms, faster than the "
+            f"deployed {deployed} schedule ({scheduled:.4g} ms): on this device, model.onnx in one session "
+            f"is the faster deployment")
 
 
 def schedule_model(ctx: StageContext) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""The same schedules run on ONNX Runtime kernels: one small session per operator.
+"""The same schedules run on ONNX Runtime kernels: one small session per group.
 
 ONNX Runtime runs a whole graph; to run the groups of a stage side by side
-each operator of the schedule (its nodes, e.g. Conv + Relu, which ORT fuses)
-becomes its own single-op model and session, and a merge stage one session of
-the wider convolution. A session's intra-op thread count is fixed when it is
+each group of a stage (its operators' nodes, e.g. Conv + Relu, which ORT
+fuses) becomes its own model and session, and a merge stage one session of
+the wider convolution. A group of several operators is one session, not one
+per operator: the reference launches a group's kernels back to back on its
+stream with no host round trip between them, and a Python call per operator
+(tens of microseconds) would cost more than the operators of a small network.
+The sequential schedule (one operator per stage) keeps one call per operator,
+as the paper's baseline runs one kernel after another. A session's intra-op thread count is fixed when it is
 made, so an operator keeps one session per count the executor hands out
 (``current_threads``). Tensors travel between sessions as numpy arrays.
 The PyTorch program (``program.py``) remains for CUDA streams.
@@ -106,6 +111,12 @@ class OrtModelProgram:
         self.inputs = [i.name for i in graph.input if i.name not in self.initializers]
         self.outputs = [o.name for o in graph.output]
         self.order = list(self.nodes)
+        self._position = {node_id: i for i, node_id in enumerate(self.order)}
+        self._graph_outputs = set(self.outputs)
+        self._readers: dict[str, set[str]] = {}  # tensor -> ids of the nodes that read it
+        for node_id, node in self.nodes.items():
+            for name in node.input:
+                self._readers.setdefault(name, set()).add(node_id)
         self.device = "cpu"
         self._ops: dict[tuple[str, ...], OpSession] = {}
         self._merges: dict[tuple[tuple[str, ...], ...], OpSession] = {}
@@ -135,6 +146,24 @@ class OrtModelProgram:
         if key not in self._ops:
             nodes = [self.nodes[n] for n in node_ids]
             outputs = [nodes[-1].output[0]]
+            data, inputs = self._submodel(nodes, [], outputs)
+            self._ops[key] = OpSession(data, inputs, tuple(outputs))
+        return self._ops[key]
+
+    def group(self, ops: Sequence[Sequence[str]]) -> OpSession:
+        """One session for a group's operators (any small DAG, in the model's order). Its outputs are
+        the tensors read outside the group or returned by the model; tensors only the group reads
+        stay inside the session, where ORT may fuse across the operators' boundary as it does in a
+        whole-graph run."""
+        if len(ops) == 1:
+            return self.op(ops[0])
+        ids = sorted({n for op in ops for n in op}, key=self._position.__getitem__)
+        key = ("group", *ids)
+        if key not in self._ops:
+            inside = set(ids)
+            nodes = [self.nodes[n] for n in ids]
+            outputs = [o for n in nodes for o in n.output
+                       if o in self._graph_outputs or self._readers.get(o, set()) - inside]
             data, inputs = self._submodel(nodes, [], outputs)
             self._ops[key] = OpSession(data, inputs, tuple(outputs))
         return self._ops[key]
@@ -192,7 +221,7 @@ class OrtModelProgram:
             return OrtStage(((self.merged([ops[g[0]] for g in groups]),),), self.threads)
         if kind not in ("parallel", "merge"):
             raise ValueError(f"unknown stage kind {kind!r}; expected 'parallel' or 'merge'")
-        return OrtStage(tuple(tuple(self.op(ops[op]) for op in group) for group in groups), self.threads)
+        return OrtStage(tuple((self.group([ops[op] for op in group]),) for group in groups), self.threads)
 
     def feed(self, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
         if len(inputs) != len(self.inputs):

@@ -63,3 +63,14 @@ def test_a_job_schedules_its_network_and_a_second_job_reuses_the_stage_costs(far
     # The same seed finds the same network: every stage cost comes from the database.
     assert again["candidate_stages"] == out["candidate_stages"]
     assert again["stages_measured"] == 0 and again["stages_reused"] == again["candidate_stages"]
+
+
+def test_the_report_advises_the_plain_runtime_only_when_its_whole_graph_run_beat_the_deployed_schedule():
+    from automl_server.jobs.schedule import whole_graph_advice
+
+    latency = {"sequential": 5.8, "ios": 4.5, "ort_sequential": 1.5, "ort_parallel": 2.7}
+    advice = whole_graph_advice(latency, "ios")
+    assert advice is not None and "sequential mode" in advice and "1.5 ms" in advice and "ios schedule (4.5 ms)" in advice
+    assert whole_graph_advice({**latency, "ort_sequential": 4.6, "ort_parallel": 4.7}, "ios") is None
+    assert "parallel mode" in whole_graph_advice({**latency, "ort_sequential": None}, "ios")
+    assert whole_graph_advice({"sequential": 5.8, "ios": None}, "sequential") is None

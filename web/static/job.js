@@ -314,7 +314,8 @@
     document.getElementById("schedule-summary").textContent =
       `${s.num_stages} stages for ${s.ops} operators (${s.merges} merged, up to ${s.max_groups} side by side); ${speed}. ` +
       `Deployed: ${s.deployed}${s.note ? ` (${s.note})` : ""}. Stages measured on the device: ${s.stages_measured}, ` +
-      `reused from earlier schedules: ${s.stages_reused}, device time ${s.device_seconds.toFixed(1)} s.`;
+      `reused from earlier schedules: ${s.stages_reused}, device time ${s.device_seconds.toFixed(1)} s.` +
+      (s.advice ? ` Note: ${s.advice}.` : "");
     const short = (name) => name.replace(/_output_0$/, "").split("/").filter(Boolean).slice(-2).join("/");
     const grid = document.getElementById("schedule-stages");
     grid.replaceChildren(...s.stages.map((stage, i) => el("div", { class: `schedule-stage schedule-${stage.kind}`, title: `stage ${i + 1}: ${stage.kind}` },
@@ -323,7 +324,8 @@
     grid.style.display = "flex";
     grid.style.overflowX = "auto";
     grid.style.gap = "4px";
-    const names = [["sequential", "sequential"], ["greedy", "greedy"], ["ort_parallel", "ONNX Runtime parallel"], ["ios", "IOS"]];
+    const names = [["sequential", "sequential"], ["greedy", "greedy"], ["ort_sequential", "ONNX Runtime sequential"],
+      ["ort_parallel", "ONNX Runtime parallel"], ["ios", "IOS"]];
     Charts.bars(document.getElementById("chart-schedule"), names.filter(([k]) => lat[k] != null).map(([k, label], i) =>
       ({ label, value: lat[k], color: Charts.PALETTE[i % Charts.PALETTE.length] })), { unit: " ms" });
   }

@@ -166,6 +166,25 @@ def test_the_same_schedule_on_onnx_runtime_kernels_equals_the_sequential_run(mod
     np.testing.assert_allclose(out, torch_program.run_sequential(x)[0].numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_group_of_operators_runs_as_one_onnx_runtime_session_returning_only_what_others_read(model):
+    program = OrtModelProgram(model, threads=1)
+    deep = [n for n in program.order if n.startswith("/deep/")]  # conv, clip, conv, clip: one chain
+    ops = {n: [n] for n in deep}
+
+    stage = program.stage("parallel", [deep], ops)
+
+    (session,) = stage.groups[0]
+    assert session.outputs == (deep[-1],)  # the intermediate tensors stay inside the session
+    env = program.feed([np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)])
+    reference = program.all_tensors(*env.values())
+    for node in program.order[:program.order.index(deep[0])]:
+        env[node] = reference[node]
+    with CpuExecutor(threads=1) as executor:
+        stage.run(env, executor)
+    np.testing.assert_allclose(env[deep[-1]], reference[deep[-1]], rtol=1e-5, atol=1e-6)
+    assert deep[0] not in env  # not returned, so not copied out
+
+
 def test_a_schedule_that_skips_nodes_is_refused(model):
     program = OnnxModelProgram(model)
     schedule = schedule_with_every_stage_kind(program)

@@ -22,7 +22,9 @@ from automl_server.engine.deploy.ios.graph import Op, OpGraph
 
 PARALLEL = "parallel"
 MERGE = "merge"
-KEY_VERSION = "ios-stage/1"
+# 2: the agent's ONNX Runtime program runs a group of operators as one session
+# (device_agents/ios/ort_program.py); a cost timed one session per operator is stale.
+KEY_VERSION = "ios-stage/2"
 
 
 @dataclass(frozen=True)
