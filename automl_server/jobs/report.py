@@ -9,6 +9,7 @@ from typing import Any
 from celery import shared_task
 
 from automl_server.jobs.context import StageContext
+from automl_server.jobs.search_signal import search_signal
 from automl_server.jobs.search_stage import chosen as chosen_stage
 
 REPORT_FORMAT = 1
@@ -89,6 +90,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                  "gpu_hours": round(compute_s / 3600 if gpu else 0.0, 6),
                  "stage_seconds": seconds},
         "arch": chosen["arch"],
+        # How much the supernet had learned when it chose (jobs/search_signal.py).
+        "search_signal": search_signal(r),
         "tuning": ({k: r["tune"].get(k) for k in ("study_name", "trial_number", "trial_params", "used_trial",
                                                    "trials")} if "tune" in r and "study_name" in r["tune"] else None),
         # The pipeline's own figures (rounds and bytes, workers' traffic, scheme and memory) and the
@@ -107,6 +110,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                         # One zip with what an app needs (api/jobs.py: download_bundle).
                         "bundle": f"/api/v1/jobs/{ctx.job_id}/artifacts/bundle"},
     }
+    if (report["search_signal"] or {}).get("weak"):
+        ctx.event("warning", report["search_signal"]["note"], search_signal=report["search_signal"])
     path = ctx.job_dir() / "report.json"
     path.write_text(json.dumps(report, indent=2))
     ctx.store_artifact("report", path)

@@ -126,6 +126,9 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app, tmp_path):
     assert 0 < low < high
     assert report["model"]["parameters"] > 0 and report["model"]["macs"] > 0
     assert len(report["arch"]["blocks"]) == 8 and report["arch"]["space"] == "tiny"
+    # The supernet's holdout accuracy set against the network's own, the majority rate from the dataset.
+    assert report["search_signal"]["network_test_accuracy"] == report["accuracy"]["test"]
+    assert 0.0 < report["search_signal"]["majority_class_rate"] < 0.2
     assert set(report["downloads"]) >= {"onnx", "tflite", "arch", "weights", "report"}
     # The per-epoch events the UI draws: losses, accuracies, E[latency], block probabilities.
     epochs = [e.data for e in events(db, job["id"], "metric") if e.stage == "search" and "block_probs" in e.data]
