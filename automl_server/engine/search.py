@@ -27,6 +27,7 @@ from torch import nn
 from automl_server.engine.data import BatchStream, SplitData
 from automl_server.engine.latency import LatencyModel, arch_latency_ms  # noqa: F401  (re-exported)
 from automl_server.engine.losses import latency_loss
+from automl_server.engine.mixed_op import ZERO_BLOCK
 from automl_server.engine.rl import ReinforceController
 from automl_server.engine.search_plan import arch_steps_after, arch_steps_per_epoch
 from automl_server.engine.strategies import get_strategy, register_strategy
@@ -35,6 +36,7 @@ from search_spaces import Arch, SpaceLayout
 
 DERIVATIONS = ("argmax", "target")
 LATENCY_OVER = ("pair", "all")
+WARMUP_SAMPLING = ("uniform", "progressive")
 # mul#log takes logarithms of latencies, so its strength depends on the unit.
 # The reference tuned a and beta with latencies in ms and an 80 ms mobile
 # target. Deviation: we measure latencies in units of target/80 for that
@@ -48,6 +50,16 @@ REFERENCE_TARGET_MS = 80.0
 class SearchConfig:
     # Epochs of weight-only training on random paths before alpha moves (paper: 40 of 160).
     warmup_epochs: int = 1
+    # How the warm-up draws each step's path. "uniform" (paper): every cell's candidate at
+    # random every step. "progressive" (our deviation, for small data): cells join the random
+    # draw one after another over the first ``warmup_ramp`` share of the warm-up steps, the cells
+    # not yet joined held on one seeded path of real (non-Zero) blocks; then every cell is random.
+    # Why: with a few hundred steps, resampling all 21 cells of proxyless-mobile every step left
+    # the supernet near chance (digits, 8 px: 0.16 training accuracy of random paths after 25
+    # epochs), while the cells' candidates learn to feed one another when they join a trained
+    # network one at a time (bench/probe_supernet_sampling.py; README, issue 17).
+    warmup_sampling: str = "uniform"
+    warmup_ramp: float = 0.7
     # Epochs of alternating weight / architecture steps after warm-up (paper: 120).
     search_epochs: int = 4
     batch_size: int = 64
@@ -99,6 +111,11 @@ class SearchConfig:
         get_strategy(self.strategy)  # ValueError naming the registered strategies
         if self.latency_over not in LATENCY_OVER:
             raise ValueError(f"latency_over {self.latency_over!r} is not known; accepted: {', '.join(LATENCY_OVER)}")
+        if self.warmup_sampling not in WARMUP_SAMPLING:
+            raise ValueError(f"warmup_sampling {self.warmup_sampling!r} is not known; accepted: "
+                             f"{', '.join(WARMUP_SAMPLING)}")
+        if not 0.0 < self.warmup_ramp <= 1.0:
+            raise ValueError(f"warmup_ramp must be within (0, 1], got {self.warmup_ramp}")
         if self.derive not in DERIVATIONS:
             raise ValueError(f"derive {self.derive!r} is not known; accepted: {', '.join(DERIVATIONS)}")
         if self.target_ms <= 0:
@@ -157,6 +174,7 @@ class ProxylessSearch:
             torch.manual_seed(config.seed)
             self.net = SuperNet(layout)
         self.gate_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.base_path = self._base_path(config.seed + 4)
         self.train_stream = BatchStream(data.x_train, data.y_train, config.batch_size, config.seed + 2)
         self.holdout_stream = BatchStream(data.x_holdout, data.y_holdout, config.batch_size, config.seed + 3)
         steps_per_epoch = self.train_stream.batches_per_epoch
@@ -176,12 +194,35 @@ class ProxylessSearch:
         # Called after every weight step (the service checks for cancellation there).
         self.on_step: Callable[[], None] | None = None
 
+    def _base_path(self, seed: int) -> list[int]:
+        """One real block per cell, drawn once (seeded): where a progressive warm-up holds the cells
+        that have not joined the random draw yet."""
+        generator = torch.Generator().manual_seed(seed)
+        path = []
+        for mixed in self.net.mixed_ops:
+            real = [i for i, block in enumerate(mixed.candidates) if block != ZERO_BLOCK]
+            path.append(real[int(torch.randint(len(real), (1,), generator=generator))])
+        return path
+
+    def cells_in_random_draw(self, warmup_step: int) -> int:
+        """How many cells (from the first) draw their block at random at this warm-up step."""
+        cells = len(self.base_path)
+        if self.config.warmup_sampling == "uniform":
+            return cells
+        total = self.config.warmup_epochs * self.train_stream.batches_per_epoch
+        return min(cells, 1 + int(cells * warmup_step / max(1.0, self.config.warmup_ramp * total)))
+
     # -- steps --------------------------------------------------------------
     def weight_step(self, mode: str) -> tuple[float, float]:
         """One batch on one sampled path: only that path's activations are kept."""
         self.net.train()
         self.net.set_mode(mode)
         self.net.sample(self.gate_generator)
+        if mode == "random":
+            # The scheduler counts weight steps (checkpointed): during warm-up, the warm-up's step.
+            joined = self.cells_in_random_draw(self.scheduler.last_epoch)
+            for mixed, index in list(zip(self.net.mixed_ops, self.base_path))[joined:]:
+                mixed.active_index, mixed.sampled = index, (index,)
         x, y = self.train_stream.next()
         logits = self.net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
@@ -273,8 +314,10 @@ class ProxylessSearch:
         if state.get("format") != 1:
             raise ValueError(f"unknown checkpoint format {state.get('format')!r}; this engine reads format 1")
         mine = asdict(self.config)
-        if state["config"] != mine:
-            changed = sorted(k for k in mine if state["config"].get(k) != mine[k])
+        # A setting added since the checkpoint was written had its default then.
+        theirs = {**asdict(SearchConfig()), **state["config"]}
+        if theirs != mine:
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
             raise ValueError(f"checkpoint was written with another search config (differs in: {', '.join(changed)}); "
                              "resume with the same settings or start a new search")
         self.epoch = state["epoch"]

@@ -230,3 +230,39 @@ def test_reinforce_scores_networks_with_batchnorm_in_train_mode(small_digits):
     search.arch_step()
 
     assert modes and all(modes)
+
+
+def test_a_progressive_warm_up_adds_cells_to_the_random_draw_one_after_another(small_digits):
+    layout, model = tiny_layout(small_digits), FlopsLatencyModel()
+    config = quick_config(warmup_epochs=4, warmup_sampling="progressive", warmup_ramp=0.5)
+    search = ProxylessSearch(layout, small_digits, model, config)
+    cells = len(search.net.mixed_ops)
+    total = config.warmup_epochs * search.train_stream.batches_per_epoch
+
+    # One cell at first, every cell once half of the warm-up's steps are done (ramp 0.5).
+    joined = [search.cells_in_random_draw(step) for step in range(total)]
+    assert joined[0] == 1 and joined == sorted(joined) and joined[total // 2] == cells
+    assert joined[total // 4] == 1 + cells * (total // 4) // (total // 2)
+    # The cells not yet in the draw hold one real (non-Zero) block each.
+    assert all(search.net.mixed_ops[i].candidates[b] != "zero" for i, b in enumerate(search.base_path))
+
+    seen: list[set[int]] = [set() for _ in range(cells)]
+    for step in range(total // 4):
+        k = search.cells_in_random_draw(step)
+        search.weight_step("random")
+        for i, mixed in enumerate(search.net.mixed_ops):
+            seen[i].add(mixed.active_index)
+            if i >= k:
+                assert mixed.active_index == search.base_path[i]
+    assert len(seen[0]) > 1  # the first cell was drawn at random
+    assert seen[-1] == {search.base_path[-1]}  # the last had not joined yet
+
+    uniform = ProxylessSearch(layout, small_digits, model, quick_config())
+    assert uniform.cells_in_random_draw(0) == cells  # the paper's warm-up: every cell, every step
+
+
+def test_an_unknown_warm_up_sampling_is_refused_naming_the_accepted_ones():
+    with pytest.raises(ValueError, match="warmup_sampling 'sideways' is not known; accepted: uniform, progressive"):
+        quick_config(warmup_sampling="sideways")
+    with pytest.raises(ValueError, match=r"warmup_ramp must be within \(0, 1\]"):
+        quick_config(warmup_ramp=0.0)
