@@ -48,6 +48,8 @@ STATE_FILE = "schedule-state.json"
 TIMES_FILE = "schedule-times.json"
 SCHEDULE_FILE = "schedule.json"
 IOS_SCHEDULE_FILE = "schedule-ios.json"
+CANDIDATES_FILE = "schedule-candidates.json"  # the candidate stages' keys, computed once
+PLAN_FILE = "schedule-plan.json"  # the DP's schedules on the recorded costs, computed once
 METHODS = ("sequential", "greedy", "ort_parallel", "ios")
 
 
@@ -117,14 +119,29 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
     state_path = work_dir / STATE_FILE
     state = _read(state_path)
     state.setdefault("started", time.time())
-    graph = graph_from_onnx(onnx.load(str(onnx_path)))
     ios_settings = IOSSettings()
-    candidates = candidate_stages(graph, ios_settings)
+    loaded: dict[str, Any] = {}
+
+    def load() -> tuple[Any, dict[str, Any]]:
+        """The graph and its candidate stages. Seconds of CPU for a large model (Inception-v3:
+        2.3 s), so computed only when stages are sent and once for the DP, never on every poll:
+        polling every 2 s kept one of this 2-core machine's cores busy while the device, which
+        may be this machine, measured and timed schedules that need both."""
+        if not loaded:
+            loaded["graph"] = graph_from_onnx(onnx.load(str(onnx_path)))
+            loaded["candidates"] = candidate_stages(loaded["graph"], ios_settings)
+        return loaded["graph"], loaded["candidates"]
+
+    keys_path = work_dir / CANDIDATES_FILE
+    keys: list[str] | None = _read(keys_path).get("keys")
+    if keys is None:
+        keys = list(load()[1])
+        _write(keys_path, {"keys": keys})
     repo = repository(db)
     record = repo.target(target.spec)
-    missing = repo.missing(record, list(candidates))
-    state.setdefault("candidates", len(candidates))
-    state.setdefault("reused", len(candidates) - len(missing))
+    missing = repo.missing(record, keys)
+    state.setdefault("candidates", len(keys))
+    state.setdefault("reused", len(keys) - len(missing))
     failed = repo.failures(record, missing)
     if failed:
         key, error = next(iter(failed.items()))
@@ -133,7 +150,8 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
 
     # Phase 1: the stages the database lacks, measured on the device.
     if missing:
-        if "stages_sent_at" not in state or time.time() - state["stages_sent_at"] > RESEND_AFTER_S:
+        if should_send_stages(state, len(missing), time.time()):
+            candidates = load()[1]
             model_file = _model_file(onnx_path)
             for start in range(0, len(missing), STAGES_PER_TASK):
                 chunk = [candidates[k] for k in missing[start:start + STAGES_PER_TASK]]
@@ -145,7 +163,9 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
             state["stages_sent_at"] = time.time()
             state["to_measure"] = max(state.get("to_measure", 0), len(missing))
             _write(state_path, state)
-            missing = repo.missing(record, list(candidates))  # an eager farm has answered already
+            missing = repo.missing(record, keys)  # an eager farm has answered already
+        else:
+            _write(state_path, state)  # the progress seen
     if missing:
         done = state["to_measure"] - len(missing)
         elapsed = time.time() - state["stages_sent_at"]
@@ -155,13 +175,22 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
                       to_measure=state["to_measure"])
     state.setdefault("stages_done_at", time.time())
 
-    # Phase 2: the DP on the recorded costs, then the whole model timed under each schedule.
-    lut = repo.lut_ms(record)
-    cost = RecordedCost({k: lut[k] for k in candidates})
-    ios = ios_schedule(graph, cost, ios_settings)
-    sequential, greedy = sequential_schedule(graph), greedy_schedule(graph)
-    search = {"candidates": len(candidates), "measured": state.get("to_measure", 0), "reused": state["reused"]}
-    schedules = {s.method: schedule_to_json(s, graph, ios_settings, search) for s in (sequential, greedy, ios)}
+    # Phase 2: the DP on the recorded costs (once), then the whole model timed under each schedule.
+    plan_path = work_dir / PLAN_FILE
+    if not plan_path.exists():
+        graph, candidates = load()
+        lut = repo.lut_ms(record)
+        cost = RecordedCost({k: lut[k] for k in candidates})
+        ios = ios_schedule(graph, cost, ios_settings)
+        sequential, greedy = sequential_schedule(graph), greedy_schedule(graph)
+        search = {"candidates": len(candidates), "measured": state.get("to_measure", 0), "reused": state["reused"]}
+        _write(plan_path, {
+            "schedules": {s.method: schedule_to_json(s, graph, ios_settings, search) for s in (sequential, greedy, ios)},
+            "ops": len(graph), "num_stages": len(ios.stages), "merges": sum(s.kind == "merge" for s in ios.stages),
+            "max_groups": max((len(s.groups) for s in ios.stages), default=0),
+            "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms}})
+    plan = _read(plan_path)
+    schedules = plan["schedules"]
     _write(work_dir / IOS_SCHEDULE_FILE, schedules["ios"])
     times_path = work_dir / TIMES_FILE
     if not times_path.exists():
@@ -186,14 +215,13 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
     spent = (state.get("stages_done_at", state["started"]) - state["started"]) if "stages_sent_at" in state else 0.0
     spent += float(times.get("seconds", 0.0))
     output: dict[str, Any] = {
-        "target": target.to_dict(), "ops": len(graph),
+        "target": target.to_dict(), "ops": plan["ops"],
         "stages": [{"kind": s["kind"], "groups": s["groups"]} for s in schedules["ios"]["stages"]],
-        "num_stages": len(ios.stages), "merges": sum(s.kind == "merge" for s in ios.stages),
-        "max_groups": max((len(s.groups) for s in ios.stages), default=0),
-        "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms},
+        "num_stages": plan["num_stages"], "merges": plan["merges"], "max_groups": plan["max_groups"],
+        "estimated_ms": plan["estimated_ms"],
         "latency_ms": latency, "speedup": (latency["sequential"] / latency["ios"]) if latency["ios"] else None,
         "deployed": deployed, "stages_measured": state.get("to_measure", 0), "stages_reused": state["reused"],
-        "candidate_stages": len(candidates), "device_seconds": round(spent, 3), "schedule": artifact,
+        "candidate_stages": len(keys), "device_seconds": round(spent, 3), "schedule": artifact,
         "skipped": times.get("skipped", {}),
     }
     if not faster:
@@ -203,6 +231,19 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
     if advice:
         output["advice"] = advice
     return output
+
+
+def should_send_stages(state: dict[str, Any], missing: int, now: float) -> bool:
+    """Whether to send the missing stages (again): first, or after ``RESEND_AFTER_S`` without one
+    stage arriving. Counted from the last stage that arrived, not from the first send: a large model
+    (Inception-v3: 3,670 stages, about 15 minutes on one core) is still being measured after that
+    time, and sending its remaining stages again doubled the device's work. ``state`` records the
+    progress seen."""
+    if missing < state.get("missing_left", missing + 1):
+        state["missing_left"], state["progress_at"] = missing, now
+    if "stages_sent_at" not in state:
+        return True
+    return now - max(state["stages_sent_at"], state.get("progress_at", 0.0)) > RESEND_AFTER_S
 
 
 def whole_graph_advice(latency: dict[str, float | None], deployed: str) -> str | None:

@@ -74,3 +74,18 @@ def test_the_report_advises_the_plain_runtime_only_when_its_whole_graph_run_beat
     assert whole_graph_advice({**latency, "ort_sequential": 4.6, "ort_parallel": 4.7}, "ios") is None
     assert "parallel mode" in whole_graph_advice({**latency, "ort_sequential": None}, "ios")
     assert whole_graph_advice({"sequential": 5.8, "ios": None}, "sequential") is None
+
+
+def test_stages_are_sent_again_only_after_ten_minutes_without_one_arriving():
+    from automl_server.jobs.schedule import RESEND_AFTER_S, should_send_stages
+
+    state: dict = {}
+    assert should_send_stages(state, 3670, now=0.0)  # first: send every missing stage
+    state["stages_sent_at"] = 0.0
+    # Stages keep arriving: no resend, however long the whole measurement takes.
+    for minute in range(1, 30):
+        assert not should_send_stages(state, 3670 - 120 * minute, now=60.0 * minute)
+    # Then none arrives for the resend delay: the rest is sent again.
+    last = 60.0 * 29
+    assert not should_send_stages(state, 3670 - 120 * 29, now=last + RESEND_AFTER_S - 1)
+    assert should_send_stages(state, 3670 - 120 * 29, now=last + RESEND_AFTER_S + 1)
