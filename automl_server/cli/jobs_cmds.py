@@ -47,7 +47,7 @@ def _summary(job: dict[str, Any]) -> str:
 @click.option("--webhook-url", help="Receives a signed POST on every state change.")
 @click.option("--param", "params", multiple=True, help="Option KEY=VALUE: seed, batch_size, calibration_networks, "
               "device_wait_s, final_fit (train+holdout or train), baselines (true: compare with random search and a "
-              "uniform network); a pipeline's setting as "
+              "uniform network), warmup_sampling (uniform or progressive); a pipeline's setting as "
               "KEY.SETTING=VALUE, e.g. fedgkt.clients=8 (see `automl pipelines`).")
 @click.option("--idempotency-key", help="Default: a new random key, so this command is safe to retry.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job with a progress bar per stage; print the report.")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from automl_server.engine.privacy.settings import PrivacyAuditSettings
 from automl_server.engine.strategies import strategies
 from automl_server.engine.train.registry import pipelines
-from automl_server.jobs.spec import Budget, FinalFit, JobSpec
+from automl_server.jobs.spec import Budget, FinalFit, JobSpec, WarmupSampling
 from automl_server.jobs.stages import stage_names
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -108,6 +108,10 @@ class JobOptions(BaseModel):
         "network of the space (one block type, scaled in depth and width to the same bound); each trained with "
         "the job's train budget, tested, and measured on the device. Shown in the report and on the job page; "
         "costs about one more search and two more trainings.")
+    warmup_sampling: WarmupSampling = Field(
+        _SPEC.warmup_sampling, description="How the search's warm-up draws each step's path: uniform (the "
+        "paper: every cell at random) or progressive (cells join the random draw one after another, the rest held "
+        "on one seeded path; trains a deep supernet on a small dataset far better, see the README, issue 17).")
     privacy_audit: PrivacyAuditSettings | None = Field(
         None, description="Privacy audit after training (audit stage): rebuild training images from what the "
         "pipeline shares (DLG, iDLG, feature inversion) under the job's settings and each defense. Default: on for "

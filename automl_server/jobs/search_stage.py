@@ -75,7 +75,7 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
     values: dict[str, Any] = dict(
         loss_kind=loss_kind, warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
         min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=spec.batch_size, target_ms=target_ms,
-        strategy=spec.strategy, seed=spec.seed,
+        strategy=spec.strategy, seed=spec.seed, warmup_sampling=spec.warmup_sampling,
         # When every network meets the target, accuracy alone counts: the plain argmax,
         # not the network nearest the target band (which would pick slow blocks to fill it).
         derive="argmax" if loss_kind == "none" else "target", derive_tolerance=tolerance,
