@@ -150,6 +150,7 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
 
     # Phase 1: the stages the database lacks, measured on the device.
     if missing:
+        seen_before = state.get("missing_left")
         if should_send_stages(state, len(missing), time.time()):
             candidates = load()[1]
             model_file = _model_file(onnx_path)
@@ -164,7 +165,7 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
             state["to_measure"] = max(state.get("to_measure", 0), len(missing))
             _write(state_path, state)
             missing = repo.missing(record, keys)  # an eager farm has answered already
-        else:
+        elif state.get("missing_left") != seen_before:
             _write(state_path, state)  # the progress seen
     if missing:
         done = state["to_measure"] - len(missing)
@@ -189,9 +190,9 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
             "ops": len(graph), "num_stages": len(ios.stages), "merges": sum(s.kind == "merge" for s in ios.stages),
             "max_groups": max((len(s.groups) for s in ios.stages), default=0),
             "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms}})
+        _write(work_dir / IOS_SCHEDULE_FILE, _read(plan_path)["schedules"]["ios"])
     plan = _read(plan_path)
     schedules = plan["schedules"]
-    _write(work_dir / IOS_SCHEDULE_FILE, schedules["ios"])
     times_path = work_dir / TIMES_FILE
     if not times_path.exists():
         if "times_sent_at" not in state or time.time() - state["times_sent_at"] > RESEND_AFTER_S:

@@ -8,9 +8,9 @@ per operator: the reference launches a group's kernels back to back on its
 stream with no host round trip between them, and a Python call per operator
 (tens of microseconds) would cost more than the operators of a small network.
 The sequential schedule (one operator per stage) keeps one call per operator,
-as the paper's baseline runs one kernel after another. A session's intra-op thread count is fixed when it is
-made, so an operator keeps one session per count the executor hands out
-(``current_threads``). Tensors travel between sessions as numpy arrays.
+as the paper's baseline runs one kernel after another. A session's intra-op
+thread count is fixed when it is made, so a group keeps one session per count
+the executor hands out (``current_threads``). Tensors travel between sessions as numpy arrays.
 The PyTorch program (``program.py``) remains for CUDA streams.
 """
 from __future__ import annotations
