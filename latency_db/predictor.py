@@ -94,7 +94,8 @@ def fit_calibration(samples: Sequence[tuple[float, int, float]], *, trim_outlier
     """Fit a Calibration on end-to-end measurements ``(lut_sum_ms, n_ops, measured_ms)``.
 
     Needs at least 5 networks whose LUT sums differ; if they all have the same
-    op count, the per-op term cannot be told apart from the fixed one and b = 0.
+    op count, the per-op term cannot be told apart from the fixed one and b = 0;
+    b = 0 too when the full fit would give the LUT sum a scale a <= 0 (see below).
     With ``trim_outliers``, a network whose relative residual lies more than 3
     robust sigmas from the others' is dropped and the fit made again, one at
     a time while more than 5 remain (``outliers`` says how many went).
@@ -115,18 +116,32 @@ def fit_calibration(samples: Sequence[tuple[float, int, float]], *, trim_outlier
     # a, b, c: one closed-form solve, no iterations, exact on noiseless data.
     weights = 1.0 / measured
     full = np.column_stack([lut_sum, n_ops, np.ones_like(lut_sum)])
-    for columns in ((0, 1, 2), (0, 2)):  # without the per-op term if n_ops cannot be separated
+    # The full model first; without the per-op term when n_ops cannot be told
+    # apart from the fixed cost (every network has the same op count), or when
+    # the full fit gives the LUT sum a scale <= 0: on small networks every op's
+    # table figure is mostly the runtime's per-op overhead, so the LUT sum and
+    # the op count are nearly collinear, and a little noise can hand the per-op
+    # term all of the slope and the LUT sum a negative scale (issue 18's matrix:
+    # tiny at 8 px, sub-0.05 ms networks, 5-8 calibration networks). The plain
+    # LUT sum the service fell back to then was 2-3x the measured latency;
+    # ``a * lut_sum + c`` on the same networks is within a few percent.
+    a = b = c = 0.0
+    solution = np.zeros(0)
+    columns: tuple[int, ...] = ()
+    for columns in ((0, 1, 2), (0, 2)):
         design = full[:, columns] * weights[:, None]
-        if np.linalg.matrix_rank(design) == len(columns):
+        if np.linalg.matrix_rank(design) < len(columns):
+            continue
+        solution, *_ = np.linalg.lstsq(design, measured * weights, rcond=None)
+        coefficients = dict(zip(columns, (float(value) for value in solution)))
+        a, b, c = coefficients[0], coefficients.get(1, 0.0), coefficients[2]
+        if a > 0:
             break
-    else:
+    if solution.size == 0:
         raise CalibrationError(
             "calibration needs networks whose LUT sums differ; all the given networks have the same "
             "LUT sum, so the scale a cannot be fitted"
         )
-    solution, *_ = np.linalg.lstsq(design, measured * weights, rcond=None)
-    coefficients = dict(zip(columns, (float(value) for value in solution)))
-    a, b, c = coefficients[0], coefficients.get(1, 0.0), coefficients[2]
     if a <= 0:
         raise CalibrationError(
             f"the fitted scale a = {a:.4g} is not positive: the end-to-end measurements do not grow with "

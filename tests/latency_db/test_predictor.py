@@ -108,6 +108,24 @@ def test_same_op_count_everywhere_fits_without_a_per_op_term() -> None:
     assert (calibration.a, calibration.b, calibration.c) == pytest.approx((1.1, 0.0, 5.0))
 
 
+def test_small_networks_whose_op_count_takes_the_slope_fit_without_the_per_op_term() -> None:
+    # Five networks of `tiny` at 8 px timed on ONNX Runtime (bench_predictor_matrix, 2026-12-04):
+    # (LUT sum, ops, measured ms). The full fit gives the LUT sum a negative scale (the op count,
+    # nearly collinear with it, takes the slope); the service then predicted the plain LUT sum,
+    # 2.7x the measured latency. Without the per-op term the held-out three are within 4%.
+    fitted = [(0.06482, 9, 0.02384), (0.07959, 11, 0.02936), (0.07925, 11, 0.02941),
+              (0.08788, 12, 0.03257), (0.07938, 11, 0.03094)]
+    held_out = [(0.08819, 12, 0.03238), (0.08733, 12, 0.03178), (0.08822, 12, 0.03232)]
+    design = np.array([[s, n, 1.0] for s, n, _ in fitted]) / np.array([[m] for *_, m in fitted])
+    full_a = np.linalg.lstsq(design, np.ones(len(fitted)), rcond=None)[0][0]
+    assert full_a < 0  # what the full model does with these figures
+
+    calibration = fit_calibration(fitted)
+
+    assert calibration.a > 0 and calibration.b == 0.0
+    assert all(abs(calibration.apply(s, n) - m) / m < 0.04 for s, n, m in held_out)
+
+
 @pytest.mark.parametrize("count", [0, 1, 4])
 def test_fewer_than_five_networks_are_refused(count: int) -> None:
     samples = synthetic_networks(a=1.0, b=0.1, c=2.0)[:count]
