@@ -235,7 +235,8 @@ def train_forever() -> None:
 
 
 def analyse(folder: Path, sizes: list[int], variants: list[str]) -> None:
-    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    cells = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")),
+                   key=lambda c: (c["space"], c["resolution"], list(BACKENDS).index(c["runtime"])))
     if not cells:
         raise SystemExit(f"no cell figures (*.json) in {folder}")
     print("| space | px | runtime | calibration | predictor | within 5% | within 10% | rel. RMSE | Kendall tau | "
