@@ -56,7 +56,8 @@ from device_agents.profiling import measure_networks  # noqa: E402
 from device_agents.profiling.contention import measure_checked  # noqa: E402
 from latency_db import MeasurementStats, at_pace, kendall_tau, within_pct  # noqa: E402
 from latency_db import yardstick_ms as yardstick_of  # noqa: E402
-from latency_db import CalibrationError, LatencyPredictor, fit_calibration  # noqa: E402
+from latency_db import CalibrationError, LatencyPredictor, OpKey, fit_calibration, parse_key  # noqa: E402
+from latency_db.keys import EXPANDED_CONV  # noqa: E402
 from search_spaces import Arch, arch_keys, build_model, get_space, sample_archs, space_keys  # noqa: E402
 
 BACKENDS = {"onnxruntime": "onnxruntime", "pytorch": "torch", "litert": "litert"}
@@ -77,8 +78,43 @@ def calibrated_predictor(lut: dict[str, float], fitted: list[tuple[list[str], fl
     return LatencyPredictor(lut, calibration).predict
 
 
+def block_type(key: str) -> str:
+    """The op's type for ``per-block-type``: an MBConv block by expansion and kernel; the fixed layers as one."""
+    op = parse_key(key)
+    return f"e{op.expand}k{op.kernel}" if isinstance(op, OpKey) and op.kind == EXPANDED_CONV else "fixed"
+
+
+def per_block_type_predictor(lut: dict[str, float], fitted: list[tuple[list[str], float]]) -> Predict:
+    """nn-Meter's kernel-level view, simplified: one scale per block type (the LUT sum of each
+    type's ops), plus the per-op and fixed terms, least squares on relative error as
+    ``fit_calibration``."""
+    def type_sums(keys: list[str]) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for key in keys:
+            sums[block_type(key)] = sums.get(block_type(key), 0.0) + lut[key]
+        return sums
+
+    # A type whose sum is the same in every fitted network (the fixed layers, a cell
+    # without choice) cannot be told apart from the fixed term: it is left to it.
+    seen = [type_sums(keys) for keys, _ in fitted]
+    types = sorted(t for t in {t for sums in seen for t in sums}
+                   if len({round(sums.get(t, 0.0), 12) for sums in seen}) > 1)
+
+    def features(keys: list[str]) -> list[float]:
+        sums = type_sums(keys)
+        return [*(sums.get(t, 0.0) for t in types), float(len(keys)), 1.0]
+
+    design = np.asarray([features(keys) for keys, _ in fitted])
+    measured = np.asarray([ms for _, ms in fitted])
+    weighted = design / measured[:, None]
+    if len(fitted) < design.shape[1] or np.linalg.matrix_rank(weighted) < design.shape[1]:
+        raise CalibrationError(f"{len(fitted)} networks cannot fit {design.shape[1]} terms")
+    solution = np.linalg.lstsq(weighted, np.ones(len(fitted)), rcond=None)[0]
+    return lambda keys: max(0.0, float(np.asarray(features(keys)) @ solution))
+
+
 VARIANTS: dict[str, Callable[[dict[str, float], list[tuple[list[str], float]]], Predict]] = {
-    "calibrated": calibrated_predictor, "lut-sum": lut_sum_predictor}
+    "calibrated": calibrated_predictor, "lut-sum": lut_sum_predictor, "per-block-type": per_block_type_predictor}
 
 
 def main() -> None:
@@ -235,20 +271,24 @@ def train_forever() -> None:
 
 
 def analyse(folder: Path, sizes: list[int], variants: list[str]) -> None:
+    """One row per cell and predictor: the share within 10% for each calibration size,
+    the other figures for the largest size the cell has networks for."""
     cells = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")),
                    key=lambda c: (c["space"], c["resolution"], list(BACKENDS).index(c["runtime"])))
     if not cells:
         raise SystemExit(f"no cell figures (*.json) in {folder}")
-    print("| space | px | runtime | calibration | predictor | within 5% | within 10% | rel. RMSE | Kendall tau | "
-          "worst | repeat within 10% | flagged (fit / held-out) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    per_size = " / ".join(str(n) for n in sizes)
+    print(f"| space | px | runtime | predictor | within 10% ({per_size} networks) | within 5% | rel. RMSE | "
+          "Kendall tau | worst | repeat within 10% | flagged (fit / held-out) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cell in cells:
         for line in score_cell(cell, sizes, variants):
             print(line)
     loads = [x for c in cells for x in (c["load_start"][0], c["load_end"][0])]
     print(f"\n{len(cells)} cells, beside training: {sorted({c.get('beside_training', 'none') for c in cells})}; "
           f"load average (1 min) {min(loads):.2f}-{max(loads):.2f}; measuring took "
-          f"{sum(c['seconds'] for c in cells) / 60:.0f} min")
+          f"{sum(c['seconds'] for c in cells) / 60:.0f} min; within 5%, RMSE, tau and worst with "
+          f"the largest calibration size")
 
 
 def score_cell(cell: dict[str, Any], sizes: list[int], variants: list[str]) -> list[str]:
@@ -259,24 +299,30 @@ def score_cell(cell: dict[str, Any], sizes: list[int], variants: list[str]) -> l
     repeat = [n["repeat"]["ms"] for n in tests if "repeat" in n]
     repeat_share = f"{within_pct(repeat, truth[:len(repeat)], 10):.0%}" if repeat else "-"
     flagged = f"{sum(not n['reliable'] for n in fit)} / {sum(not n['reliable'] for n in tests)}"
-    usable = [n for n in fit if n["reliable"]]
-    head = f"| {cell['space']} | {cell['resolution']} | {cell['runtime']}"
+    usable = [n for n in fit if n["reliable"]]  # flagged networks never calibrate, as in the service
     lines = []
-    for size in sizes:
-        chosen = usable[:size]
-        for variant in variants:
-            model: Callable[[list[str]], float]
+    for variant in variants:
+        shares, failed = [], []
+        predicted = truth
+        for size in sizes:
+            if size > len(usable) and shares:
+                shares.append("-")
+                continue
+            chosen = usable[:size]
+            model: Predict
             try:
                 model = VARIANTS[variant](lut, [(n["keys"], n["ms"]) for n in chosen])
-                label = variant
-            except CalibrationError as exc:  # a failed fit: the service then predicts the LUT sum
-                model, label = VARIANTS["lut-sum"](lut, []), f"{variant} (fit failed: LUT sum; {str(exc)[:40]})"
+            except CalibrationError:  # a failed fit: the service then predicts the LUT sum
+                model = VARIANTS["lut-sum"](lut, [])
+                failed.append(str(size))
             predicted = np.asarray([model(n["keys"]) for n in tests])
-            errors = (predicted - truth) / truth
-            lines.append(f"{head} | {len(chosen)} | {label} | {within_pct(predicted, truth, 5):.0%} | "
-                         f"{within_pct(predicted, truth, 10):.0%} | {math.sqrt(float(np.mean(errors ** 2))):.3f} | "
-                         f"{kendall_tau(predicted, truth):.2f} | {float(np.max(np.abs(errors))):.0%} | "
-                         f"{repeat_share} | {flagged} |")
+            shares.append(f"{within_pct(predicted, truth, 10):.0%}")
+        errors = (predicted - truth) / truth
+        label = variant + (f" (fit failed with {', '.join(failed)}: LUT sum)" if failed else "")
+        lines.append(f"| {cell['space']} | {cell['resolution']} | {cell['runtime']} | {label} | {' / '.join(shares)} | "
+                     f"{within_pct(predicted, truth, 5):.0%} | {math.sqrt(float(np.mean(errors ** 2))):.3f} | "
+                     f"{kendall_tau(predicted, truth):.2f} | {float(np.max(np.abs(errors))):.0%} | "
+                     f"{repeat_share} | {flagged} |")
     return lines
 
 
