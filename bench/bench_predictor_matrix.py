@@ -19,10 +19,13 @@ the cell's first N usable calibration networks (flagged ones never
 calibrate, as in the service) and scored on the held-out ones (their first
 figure): share within +-5% and +-10%, relative RMSE, Kendall's tau, worst.
 
-    .venv/bin/python bench/bench_predictor_matrix.py --save /tmp/matrix \\
-        --spaces tiny,proxyless-mobile --resolutions 8,28,32,64 --runtimes onnxruntime,pytorch,litert \\
-        --calibration 8,16,32 --held-out 12 --min-seconds 1.0 [--beside-training locked|unlocked]
-    .venv/bin/python bench/bench_predictor_matrix.py --analyse /tmp/matrix
+    .venv/bin/python bench/bench_predictor_matrix.py --save runs/quiet2s --spaces proxyless-mobile \
+        --resolutions 8,28,32,64 --runtimes onnxruntime,pytorch,litert --calibration 8,16,32 \
+        --held-out 20 --min-seconds 2.0 [--beside-training locked|unlocked]
+    .venv/bin/python bench/bench_predictor_matrix.py --analyse runs/quiet2s --calibration 8,16,32 \
+        --variants calibrated,per-block-type
+
+(2.0 s per network is the service's ``AUTOML_NETWORK_MEASURE_S``.)
 
 ``--beside-training locked`` runs a training process (a searched-size
 network trained on digits, as the search stage trains) the whole time, which
@@ -302,7 +305,8 @@ def score_cell(cell: dict[str, Any], sizes: list[int], variants: list[str]) -> l
     usable = [n for n in fit if n["reliable"]]  # flagged networks never calibrate, as in the service
     lines = []
     for variant in variants:
-        shares, failed = [], []
+        shares: list[str] = []
+        failed: list[str] = []
         predicted = truth
         for size in sizes:
             if size > len(usable) and shares:

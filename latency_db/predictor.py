@@ -126,7 +126,7 @@ def fit_calibration(samples: Sequence[tuple[float, int, float]], *, trim_outlier
     # LUT sum the service fell back to then was 2-3x the measured latency;
     # ``a * lut_sum + c`` on the same networks is within a few percent.
     a = b = c = 0.0
-    solution = np.zeros(0)
+    solution: np.ndarray = np.zeros(0)
     columns: tuple[int, ...] = ()
     for columns in ((0, 1, 2), (0, 2)):
         design = full[:, columns] * weights[:, None]
