@@ -51,6 +51,29 @@ def wait(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:
     raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s")
 
 
+def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``automl serve`` on embedded defaults in ``data_dir`` (its log: serve.log there) and its API's URL."""
+    port = free_port()
+    env = {**os.environ, "AUTOML_DATA_DIR": str(data_dir), "AUTOML_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "automl_server.cli", "serve"], env=env, cwd=ROOT,
+                              stdout=open(data_dir / "serve.log", "w"), stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}/api/v1"
+
+
+def wait_for_agent(url: str, data_dir: Path) -> None:
+    """Until the server answers and a device's agent is online (3 minutes at most)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            devices = requests.get(f"{url}/devices", timeout=5).json()["devices"]
+            if any(d["status"] == "online" for d in devices):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the server or its agent did not start; see {data_dir / 'serve.log'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
@@ -63,23 +86,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="automl-bench-job-"))
-    port = free_port()
-    env = {**os.environ, "AUTOML_DATA_DIR": str(data_dir), "AUTOML_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "automl_server.cli", "serve"], env=env, cwd=ROOT,
-                              stdout=open(data_dir / "serve.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api/v1"
+    server, url = start_serve(data_dir)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                devices = requests.get(f"{url}/devices", timeout=5).json()["devices"]
-                if any(d["status"] == "online" for d in devices):
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit(f"the server or its agent did not start; see {data_dir / 'serve.log'}")
+        wait_for_agent(url, data_dir)
         base = {"dataset": args.dataset, "device": "local-cpu", "runtime": args.runtime, "space": args.space,
                 "budget": json.loads(args.budget)}
         target = args.target_ms

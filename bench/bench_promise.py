@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_job import ROOT, free_port, wait  # noqa: E402
+from bench_job import start_serve, wait, wait_for_agent  # noqa: E402
 
 
 def main() -> None:
@@ -53,11 +52,7 @@ def main() -> None:
     budget = json.loads(args.budget)
 
     data_dir = Path(tempfile.mkdtemp(prefix="automl-bench-promise-"))
-    port = free_port()
-    env = {**os.environ, "AUTOML_DATA_DIR": str(data_dir), "AUTOML_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "automl_server.cli", "serve"], env=env, cwd=ROOT,
-                              stdout=open(data_dir / "serve.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api/v1"
+    server, url = start_serve(data_dir)
     rows: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_start = os.getloadavg()[0]
@@ -92,19 +87,6 @@ def main() -> None:
               f"{r['tries']} | {r['state']} |")
     kept = sum(bool(r["target_met"]) and bool(r["within_10pct"]) for r in rows)
     print(f"\n{kept} of {len(rows)} jobs measured under their target and within 10% of their prediction")
-
-
-def wait_for_agent(url: str, data_dir: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            devices = requests.get(f"{url}/devices", timeout=5).json()["devices"]
-            if any(d["status"] == "online" for d in devices):
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"the server or its agent did not start; see {data_dir / 'serve.log'}")
 
 
 def submit(url: str, body: dict[str, Any]) -> str:
