@@ -290,8 +290,9 @@ def analyse(folder: Path, sizes: list[int], variants: list[str]) -> None:
     loads = [x for c in cells for x in (c["load_start"][0], c["load_end"][0])]
     print(f"\n{len(cells)} cells, beside training: {sorted({c.get('beside_training', 'none') for c in cells})}; "
           f"load average (1 min) {min(loads):.2f}-{max(loads):.2f}; measuring took "
-          f"{sum(c['seconds'] for c in cells) / 60:.0f} min; within 5%, RMSE, tau and worst with "
-          f"the largest calibration size")
+          f"{sum(c['seconds'] for c in cells) / 60:.0f} min; ops flagged noisy: "
+          f"{sum(c['ops_flagged'] for c in cells)} of {sum(len(c['lut']) for c in cells)}; within 5%, RMSE, "
+          f"tau and worst with the largest calibration size")
 
 
 def score_cell(cell: dict[str, Any], sizes: list[int], variants: list[str]) -> list[str]:

@@ -185,12 +185,13 @@ def advance(db: Database, settings: Settings, celery: Celery, target: Target, on
         ios = ios_schedule(graph, cost, ios_settings)
         sequential, greedy = sequential_schedule(graph), greedy_schedule(graph)
         search = {"candidates": len(candidates), "measured": state.get("to_measure", 0), "reused": state["reused"]}
-        _write(plan_path, {
+        made: dict[str, Any] = {
             "schedules": {s.method: schedule_to_json(s, graph, ios_settings, search) for s in (sequential, greedy, ios)},
             "ops": len(graph), "num_stages": len(ios.stages), "merges": sum(s.kind == "merge" for s in ios.stages),
             "max_groups": max((len(s.groups) for s in ios.stages), default=0),
-            "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms}})
-        _write(work_dir / IOS_SCHEDULE_FILE, _read(plan_path)["schedules"]["ios"])
+            "estimated_ms": {"ios": ios.estimated_ms, "sequential": sequential_schedule(graph, cost).estimated_ms}}
+        _write(plan_path, made)
+        _write(work_dir / IOS_SCHEDULE_FILE, made["schedules"]["ios"])
     plan = _read(plan_path)
     schedules = plan["schedules"]
     times_path = work_dir / TIMES_FILE
