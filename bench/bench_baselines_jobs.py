@@ -100,6 +100,7 @@ def main() -> None:
                             job = wait_quietly(url, submit(url, body), args.timeout_s)
                             record = job_record(dataset, space, frac, target, strategy, seed, job,
                                                 time.monotonic() - began)
+                            record["warmup_sampling"] = args.warmup_sampling
                             jobs.append(record)
                             for line in describe(record):
                                 print(line, flush=True)
@@ -167,7 +168,10 @@ def describe(record: dict[str, Any]) -> list[str]:
 def table(jobs: list[dict[str, Any]]) -> None:
     groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
     for record in jobs:
-        key = (record["dataset"], record["space"], record["frac"], record["strategy"])
+        strategy = record["strategy"]
+        if record.get("warmup_sampling", "uniform") != "uniform":
+            strategy += f", {record['warmup_sampling']} warm-up"
+        key = (record["dataset"], record["space"], record["frac"], strategy)
         groups.setdefault(key, []).append(record)
     print("| dataset | space | target (of range) | strategy | method | test accuracy | measured ms | "
           "measured / target | search cost s | seeds |")
