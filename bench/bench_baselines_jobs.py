@@ -44,7 +44,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_job import start_serve, wait, wait_for_agent  # noqa: E402
+from bench_job import achievable_range, start_serve, submit, wait_for_agent  # noqa: E402
 
 METHODS = ("searched", "random", "uniform")
 BUDGET_USED = 0.85  # the bar: a job's measured latency at least this share of its target
@@ -82,11 +82,7 @@ def main() -> None:
             for space in args.spaces.split(","):
                 base = {"dataset": dataset, "device": "local-cpu", "runtime": args.runtime, "space": space,
                         "budget": budget, "tune": False}
-                probe = submit(url, {**base, "latency_target_ms": 1e3, "stop_after": "profile"})
-                profiled = wait_quietly(url, probe, args.timeout_s)
-                if profiled["state"] != "succeeded":
-                    raise SystemExit(f"profiling {dataset} / {space} failed: {profiled['error']}")
-                low, high = profiled["result"]["profile"]["achievable_ms"]
+                low, high = achievable_range(url, base, args.timeout_s, wait_quietly)
                 print(f"{dataset} / {space}: achievable {low:.4g}-{high:.4g} ms on local-cpu ({args.runtime})",
                       flush=True)
                 for frac in fracs:
@@ -114,13 +110,6 @@ def main() -> None:
     print(f"\n{started}, local-cpu / {args.runtime}, budget {json.dumps(budget)}, tune off, IOS off, warm-up "
           f"sampling {args.warmup_sampling}; load average (1 min) {os.getloadavg()[0]:.2f} at the end")
     table(jobs)
-
-
-def submit(url: str, body: dict[str, Any]) -> str:
-    reply = requests.post(f"{url}/jobs", timeout=60, json=body)
-    if reply.status_code >= 400:
-        raise SystemExit(f"submitting {body} was refused: {reply.status_code} {reply.text}")
-    return str(reply.json()["id"])
 
 
 def wait_quietly(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:

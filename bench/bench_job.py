@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -49,6 +50,24 @@ def wait(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:
             return job
         time.sleep(2)
     raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s")
+
+
+def submit(url: str, body: dict[str, Any]) -> str:
+    """POST a job; its id. A refusal ends the bench with the service's reason."""
+    reply = requests.post(f"{url}/jobs", timeout=60, json=body)
+    if reply.status_code >= 400:
+        raise SystemExit(f"submitting {body} was refused: {reply.status_code} {reply.text}")
+    return str(reply.json()["id"])
+
+
+def achievable_range(url: str, base: dict[str, Any], timeout_s: float,
+                     waiter: Callable[[str, str, float], dict[str, Any]] = wait) -> tuple[float, float]:
+    """(fastest, slowest) ms of the space on the job's device: a profile-only job's reading."""
+    profiled = waiter(url, submit(url, {**base, "latency_target_ms": 1e3, "stop_after": "profile"}), timeout_s)
+    if profiled["state"] != "succeeded":
+        raise SystemExit(f"profiling {base.get('dataset')} / {base.get('space')} failed: {profiled['error']}")
+    low, high = profiled["result"]["profile"]["achievable_ms"]
+    return float(low), float(high)
 
 
 def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -93,11 +112,8 @@ def main() -> None:
                 "budget": json.loads(args.budget)}
         target = args.target_ms
         if target is None:
-            probe = requests.post(f"{url}/jobs", timeout=60, json={**base, "latency_target_ms": 1e3,
-                                                                   "stop_after": "profile"}).json()
             print(f"profiling {args.space} on local-cpu ({args.runtime}) to read the achievable range")
-            probed = wait(url, probe["id"], args.timeout_s)
-            low, high = probed["result"]["profile"]["achievable_ms"]
+            low, high = achievable_range(url, base, args.timeout_s)
             target = low + args.target_frac * (high - low)
             print(f"achievable {low:.4g}-{high:.4g} ms -> target {target:.4g} ms")
         started = time.monotonic()

@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_job import start_serve, wait, wait_for_agent  # noqa: E402
+from bench_job import achievable_range, start_serve, submit, wait, wait_for_agent  # noqa: E402
 
 
 def main() -> None:
@@ -61,11 +60,7 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             base = {"dataset": dataset, "device": "local-cpu", "runtime": args.runtime, "space": args.space,
                     "budget": budget, "tune": False, "params": {"schedule": False}}
-            probe = submit(url, {**base, "latency_target_ms": 1e3, "stop_after": "profile"})
-            profiled = wait(url, probe, args.timeout_s)
-            if profiled["state"] != "succeeded":
-                raise SystemExit(f"profiling {dataset} failed: {profiled['error']}")
-            low, high = profiled["result"]["profile"]["achievable_ms"]
+            low, high = achievable_range(url, base, args.timeout_s)
             print(f"{dataset}: achievable {low:.4g}-{high:.4g} ms on local-cpu ({args.runtime})", flush=True)
             for frac in fracs:
                 target = round(low + frac * (high - low), 6)
@@ -87,13 +82,6 @@ def main() -> None:
               f"{r['tries']} | {r['state']} |")
     kept = sum(bool(r["target_met"]) and bool(r["within_10pct"]) for r in rows)
     print(f"\n{kept} of {len(rows)} jobs measured under their target and within 10% of their prediction")
-
-
-def submit(url: str, body: dict[str, Any]) -> str:
-    reply = requests.post(f"{url}/jobs", timeout=60, json=body)
-    if reply.status_code >= 400:
-        raise SystemExit(f"submitting {body} was refused: {reply.status_code} {reply.text}")
-    return str(reply.json()["id"])
 
 
 def row(dataset: str, frac: float, target: float, job: dict[str, Any]) -> dict[str, Any]:
