@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_job import achievable_range, start_serve, submit, wait, wait_for_agent  # noqa: E402
