@@ -40,11 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_job import achievable_range, start_serve, submit, wait_for_agent  # noqa: E402
+from bench_job import achievable_range, start_serve, submit, wait, wait_for_agent  # noqa: E402
 
 METHODS = ("searched", "random", "uniform")
 BUDGET_USED = 0.85  # the issue's bar: a job's measured latency at least this share of its target
@@ -82,7 +80,7 @@ def main() -> None:
             for space in args.spaces.split(","):
                 base = {"dataset": dataset, "device": "local-cpu", "runtime": args.runtime, "space": space,
                         "budget": budget, "tune": False}
-                low, high = achievable_range(url, base, args.timeout_s, wait_quietly)
+                low, high = achievable_range(url, base, args.timeout_s, quiet=True)
                 print(f"{dataset} / {space}: achievable {low:.4g}-{high:.4g} ms on local-cpu ({args.runtime})",
                       flush=True)
                 for frac in fracs:
@@ -93,10 +91,9 @@ def main() -> None:
                                       "warmup_sampling": args.warmup_sampling}
                             body = {**base, "strategy": strategy, "latency_target_ms": target, "params": params}
                             began = time.monotonic()
-                            job = wait_quietly(url, submit(url, body), args.timeout_s)
-                            record = job_record(dataset, space, frac, target, strategy, seed, job,
-                                                time.monotonic() - began)
-                            record["warmup_sampling"] = args.warmup_sampling
+                            job = wait(url, submit(url, body), args.timeout_s, quiet=True)
+                            record = job_record(dataset, space, frac, target, strategy, seed,
+                                                args.warmup_sampling, job, time.monotonic() - began)
                             jobs.append(record)
                             for line in describe(record):
                                 print(line, flush=True)
@@ -112,19 +109,8 @@ def main() -> None:
     table(jobs)
 
 
-def wait_quietly(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:
-    """``bench_job.wait`` without its line per progress step (a grid of jobs would print thousands)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = requests.get(f"{url}/jobs/{job_id}", timeout=30).json()
-        if job["done"]:
-            return job
-        time.sleep(3)
-    raise SystemExit(f"job {job_id} did not finish within {timeout_s:.0f} s")
-
-
 def job_record(dataset: str, space: str, frac: float, target: float, strategy: str, seed: int,
-               job: dict[str, Any], seconds: float) -> dict[str, Any]:
+               warmup_sampling: str, job: dict[str, Any], seconds: float) -> dict[str, Any]:
     """What one job showed: its state and, per method, test accuracy, measured ms and search cost."""
     result = job.get("result") or {}
     compared = result.get("baselines") or (result.get("report") or {}).get("baselines") or {}
@@ -133,7 +119,7 @@ def job_record(dataset: str, space: str, frac: float, target: float, strategy: s
         rows[row["method"]] = {k: row.get(k) for k in ("label", "test_accuracy", "measured_ms", "predicted_ms",
                                                          "search_cost_s", "skipped", "measurement_error")}
     return {"dataset": dataset, "space": space, "frac": frac, "target_ms": target, "strategy": strategy,
-            "seed": seed, "job": job["id"], "state": job["state"], "error": job.get("error"),
+            "seed": seed, "warmup_sampling": warmup_sampling, "job": job["id"], "state": job["state"], "error": job.get("error"),
             "seconds": round(seconds, 1), "rows": rows}
 
 

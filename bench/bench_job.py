@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait(url: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+def wait(url: str, job_id: str, timeout_s: float, *, quiet: bool = False) -> dict[str, Any]:
+    """The job once done; a line per change of state, stage or progress unless ``quiet``
+    (a grid of jobs would print thousands)."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
-        job = requests.get(f"{url}/jobs/{job_id}", timeout=30).json()
+        job: dict[str, Any] = requests.get(f"{url}/jobs/{job_id}", timeout=30).json()
         line = f"  {job['state']:<9} {job['stage'] or '':<9} {job['progress'] * 100:5.1f}%"
-        if line != last:
+        if line != last and not quiet:
             print(line, flush=True)
-            last = line
+        last = line
         if job["done"]:
             return job
         time.sleep(2)
@@ -60,10 +61,11 @@ def submit(url: str, body: dict[str, Any]) -> str:
     return str(reply.json()["id"])
 
 
-def achievable_range(url: str, base: dict[str, Any], timeout_s: float,
-                     waiter: Callable[[str, str, float], dict[str, Any]] = wait) -> tuple[float, float]:
+def achievable_range(url: str, base: dict[str, Any], timeout_s: float, *,
+                     quiet: bool = False) -> tuple[float, float]:
     """(fastest, slowest) ms of the space on the job's device: a profile-only job's reading."""
-    profiled = waiter(url, submit(url, {**base, "latency_target_ms": 1e3, "stop_after": "profile"}), timeout_s)
+    probe = submit(url, {**base, "latency_target_ms": 1e3, "stop_after": "profile"})
+    profiled = wait(url, probe, timeout_s, quiet=quiet)
     if profiled["state"] != "succeeded":
         raise SystemExit(f"profiling {base.get('dataset')} / {base.get('space')} failed: {profiled['error']}")
     low, high = profiled["result"]["profile"]["achievable_ms"]

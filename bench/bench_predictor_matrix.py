@@ -19,10 +19,10 @@ the cell's first N usable calibration networks (flagged ones never
 calibrate, as in the service) and scored on the held-out ones (their first
 figure): share within +-5% and +-10%, relative RMSE, Kendall's tau, worst.
 
-    .venv/bin/python bench/bench_predictor_matrix.py --save runs/quiet2s --spaces proxyless-mobile \
-        --resolutions 8,28,32,64 --runtimes onnxruntime,pytorch,litert --calibration 8,16,32 \
+    .venv/bin/python bench/bench_predictor_matrix.py --save runs/quiet2s --spaces proxyless-mobile \\
+        --resolutions 8,28,32,64 --runtimes onnxruntime,pytorch,litert --calibration 8,16,32 \\
         --held-out 20 --min-seconds 2.0 [--beside-training locked|unlocked]
-    .venv/bin/python bench/bench_predictor_matrix.py --analyse runs/quiet2s --calibration 8,16,32 \
+    .venv/bin/python bench/bench_predictor_matrix.py --analyse runs/quiet2s --calibration 8,16,32 \\
         --variants calibrated,per-block-type
 
 (2.0 s per network is the service's ``AUTOML_NETWORK_MEASURE_S``.)
