@@ -62,7 +62,7 @@ def compare_baselines(ctx: StageContext) -> dict[str, Any]:
     spec = JobSpec.from_params(ctx.params)
     state_path = ctx.job_dir() / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    _aim, _margin, bound_ms = target_band(ctx)
+    bound_ms = target_band(ctx).top_ms
     if "networks" not in state:
         state["networks"] = _pick(ctx, spec, bound_ms)
         _save(state_path, state)

@@ -114,13 +114,14 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     model = latency_model(ctx, layout)
     net = SuperNet(layout)
     net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
-    _aim, margin, top = target_band(ctx)
+    band = target_band(ctx)
+    top = band.top_ms
     predicted = float(missed["predicted_ms"])
     ratio = measured_ms / predicted if predicted > 0 else 1.0
     # What the device showed corrects the aim: a network measured r x its prediction needs a
     # prediction r times further under the band's top; and each try is faster than the last.
     new_top = min(top / max(ratio, 1.0), predicted * (1 - STEP))
-    derived = derive_within_target(net, model, new_top / (1 + margin), margin)
+    derived = derive_within_target(net, model, new_top / (1 + band.tolerance), band.tolerance)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
         return None
     return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6), "holdout_accuracy": None,

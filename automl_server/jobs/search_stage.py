@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING, Any
 from automl_server.jobs.context import StageContext, StageFailed
 from automl_server.jobs.profile import job_layout, job_target
 from automl_server.jobs.margin import (  # noqa: F401 - re-exported: the band's constants lived here
+    BAND_TOLERANCE,
     FALLBACK_MAX_MARGIN,
     MAX_TARGET_MARGIN,
     MIN_TARGET_MARGIN,
     TARGET_MARGIN,
+    TargetBand,
+    band_for,
     target_margin,
 )
 from automl_server.jobs.spec import MINUTE_SHARES, JobSpec
@@ -37,14 +40,13 @@ if TYPE_CHECKING:  # torch and numpy load when a stage runs
     from automl_server.engine.search_plan import SearchSchedule
     from search_spaces import SpaceLayout
 
-def target_band(ctx: StageContext) -> tuple[float, float, float]:
-    """(aim, tolerance, top): the search aims at ``aim`` and the derivation picks
-    the most probable network predicted within ``aim * (1 +- tolerance)``, so
-    at most ``top`` = target * (1 - margin), where the margin is the predictor's
+def target_band(ctx: StageContext) -> TargetBand:
+    """The job's band (jobs/margin.py): the search aims at ``aim_ms`` and the derivation
+    picks the most probable network predicted within ``aim_ms * (1 +- tolerance)``, so
+    at most ``top_ms`` = target * (1 - margin), where the margin is the predictor's
     held-out error on this target (``target_margin``)."""
     margin, _source = target_margin(ctx.results.get("profile") or {})
-    top = float(ctx.params["latency_target_ms"]) * (1 - margin)
-    return top / (1 + margin), margin, top
+    return band_for(float(ctx.params["latency_target_ms"]), margin)
 
 
 def load_split(ctx: StageContext) -> tuple[SplitData, NpzFile]:
@@ -69,7 +71,8 @@ def latency_model(ctx: StageContext, layout: SpaceLayout) -> LatencyModel:
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:
     from automl_server.engine.search import SearchConfig
 
-    target_ms, tolerance, _top = target_band(ctx)
+    band = target_band(ctx)
+    target_ms, tolerance = band.aim_ms, band.tolerance
     loss_kind = loss_kind_for(target_ms, ctx.results["profile"]["achievable_ms"])
     schedule = search_schedule(ctx, spec)
     values: dict[str, Any] = dict(
@@ -186,7 +189,7 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     layout = job_layout(ctx)
     data, _ = load_split(ctx)
     model = latency_model(ctx, layout)
-    _aim, _tolerance, target_ms = target_band(ctx)  # a trial's network is judged against the band's top
+    target_ms = target_band(ctx).top_ms  # a trial's network is judged against the band's top
     base = search_config(ctx, spec)
     checkpoint = torch.load(ctx.job_dir() / "search.ckpt", weights_only=False)
     study_name = f"job-{ctx.job_id}-tune"

@@ -77,7 +77,8 @@ def test_a_network_that_misses_the_target_is_replaced_by_the_next_faster_one(far
     # The retry went back to training: train, export and verify ran again for the new network.
     started = [e.stage for e in events(db, job["id"], "state") if e.message.endswith("started")]
     assert started.count("train") == 2 and started.count("export") == 2 and started.count("verify") == 2
-    warnings = events(db, job["id"], "warning")
+    # The promise's own warnings (a 1-epoch job may also warn of a weak search signal, as it should).
+    warnings = [e for e in events(db, job["id"], "warning") if "search_signal" not in (e.data or {})]
     assert len(warnings) == 1 and "trying the next-faster network" in warnings[0].message
     assert warnings[0].data["retry"] == 1 and warnings[0].data["measured_ms"] == TARGET_MS * 1.5
 
@@ -97,7 +98,7 @@ def test_when_no_network_meets_the_target_the_job_says_so_plainly(farm, monkeypa
     assert report["target_met"] is False and "latency target missed" in report["target_missed"]
     assert "measured 15 ms, over the target 10 ms" in report["target_missed"]
     assert [t["meets_target"] for t in report["latency"]["tries"]] == [False]
-    warnings = [e.message for e in events(db, job["id"], "warning")]
+    warnings = [e.message for e in events(db, job["id"], "warning") if "search_signal" not in (e.data or {})]
     assert len(warnings) == 1 and "latency target missed" in warnings[0] and "1 network(s) tried" in warnings[0]
     final = events(db, job["id"], "state")[-1]
     assert final.data == {"state": "succeeded", "target_met": False}
