@@ -42,9 +42,10 @@ def target_margin(profile: dict[str, Any]) -> tuple[float, str]:
 # a user's latency budget left unspent on a slower, more accurate block. The margin
 # is what keeps the measured latency under the target; the band's width only says
 # how close under the top the derivation must come, so it need not grow with it.
-# 2% is about the smallest one swap of a block moves the prediction in our spaces;
-# where no swap lands inside, the derivation keeps the closest under the top
-# (engine/derive.py).
+# At 2% the greedy swaps of engine/derive.py still land inside from the spread
+# probabilities a short search leaves (tests/engine/test_derive.py; a 0.1% band is
+# reached about one time in ten); where no swap lands inside, the derivation keeps
+# the network it reached under the top.
 BAND_TOLERANCE = 0.02
 
 

@@ -67,3 +67,27 @@ def test_infeasible_target_returns_the_fastest_network_and_says_so(net):
 def test_bad_arguments_are_named(net):
     with pytest.raises(ValueError, match="target_ms > 0"):
         derive_within_target(net, FlopsLatencyModel(), target_ms=0.0)
+
+
+def test_the_jobs_narrow_band_is_reached_from_spread_probabilities():
+    # A job's band is BAND_TOLERANCE (2%) wide under its top (jobs/margin.py): the greedy
+    # swaps must land inside it from the probabilities a short search leaves, not stop at
+    # the first network under the top.
+    from automl_server.jobs.margin import BAND_TOLERANCE
+
+    model = FlopsLatencyModel()
+    supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
+    probe = derive_within_target(supernet, model, target_ms=1.0)
+    generator = torch.Generator().manual_seed(0)
+    landed = []
+    for _ in range(40):
+        with torch.no_grad():
+            for mixed in supernet.mixed_ops:
+                mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
+        for fraction in (0.2, 0.5, 0.8):
+            top = probe.fastest_ms + fraction * (probe.slowest_ms - probe.fastest_ms)
+            result = derive_within_target(supernet, model, top / (1 + BAND_TOLERANCE), BAND_TOLERANCE)
+            assert result.predicted_ms <= top * (1 + 1e-9)  # never over the top
+            landed.append(result.within_target)
+
+    assert sum(landed) >= 0.95 * len(landed)
