@@ -43,9 +43,23 @@ def test_the_heldout_error_is_that_of_networks_left_out_of_the_fit() -> None:
     exact = [(float(lut), 5, 2.0 * lut + 0.1) for lut in range(1, 8)]
     assert heldout_error(exact[:5]) is None  # each fit needs 5 networks: 6 at least
     assert heldout_error(exact).p95 == pytest.approx(0.0, abs=1e-9)  # type: ignore[union-attr]
-    off = [*exact[:-1], (7.0, 5, (2.0 * 7 + 0.1) * 1.2)]  # one network measured 20% over the line
+    off = [*exact[:3], (4.0, 5, (2.0 * 4 + 0.1) * 1.2), *exact[4:]]  # one network measured 20% over the line
     error = heldout_error(off)
-    assert error is not None and error.n_networks == 7
+    assert error is not None and error.n_networks == 5  # the fastest and slowest are never left out
     # Left out, the odd network is predicted by the line through the others: 1/1.2 - 1 = -16.7%.
     assert error.worst == pytest.approx(1 - 1 / 1.2, rel=1e-6)
     assert error.interval(10.0) == [pytest.approx(10 * (1 - error.p95)), pytest.approx(10 * (1 + error.p95))]
+
+
+def test_the_heldout_error_leaves_out_only_networks_inside_the_others_range() -> None:
+    # The fit is made on every network, the space's fastest and slowest among them, so it is
+    # never asked outside their range; leaving an extreme out asks it exactly that.
+    inner = [(float(lut), 20 + lut % 3, 0.5 * lut + 0.02 * (20 + lut % 3) + 0.1) for lut in range(2, 10)]
+    fastest = (1.0, 10, (0.5 * 1 + 0.02 * 10 + 0.1) * 1.3)  # far fewer ops; its own overheads differ
+    error = heldout_error([fastest, *inner])
+
+    assert error is not None and error.n_networks == len(inner) - 1  # all but the fastest and the slowest (LUT 9)
+    assert error.worst < 0.05  # the networks a job can pick are predicted well ...
+    # ... while the fastest one, left out, is not (the extrapolation that no longer counts):
+    others = fit_calibration(inner)
+    assert abs(others.apply(*fastest[:2]) - fastest[2]) / fastest[2] > 0.2
