@@ -285,9 +285,9 @@ class HeldOutError:
 
     Only networks inside the others' range (LUT sum and op count) are left out
     in turn: the predictor, fitted on all of them, is never asked outside it
-    (see heldout_error). ``p95`` is the 95th percentile of
-    |predicted - measured| / measured (with
-    a handful of networks, about the worst one): the predictor's own error,
+    (see heldout_error). ``p95`` is the 95th percentile of |predicted -
+    measured| / measured (with a handful of networks, about the worst one): the
+    predictor's own error,
     which a job keeps under its target as a margin and reports as the interval
     of every prediction (issue 18)."""
 
@@ -308,7 +308,8 @@ class HeldOutError:
 def heldout_error(samples: Sequence[tuple[float, int, float]]) -> HeldOutError | None:
     """The leave-one-out error of ``fit_calibration`` on these end-to-end
     measurements; None with fewer than MIN_CALIBRATION_NETWORKS + 1 networks
-    (each fit needs MIN_CALIBRATION_NETWORKS) or when no fit succeeds."""
+    (each fit needs MIN_CALIBRATION_NETWORKS), or when no network inside the
+    others' range has a fit that succeeds."""
     rows = list(samples)
     if len(rows) <= MIN_CALIBRATION_NETWORKS:
         return None
@@ -321,11 +322,11 @@ def heldout_error(samples: Sequence[tuple[float, int, float]]) -> HeldOutError |
             # asked only inside their range. Left out, the fastest network of
             # proxyless-mobile at 8 px (10 ops against the others' 22-25) was predicted
             # 46% under its measurement by the per-op term carried past the others; that
-            # one error set a job's margin to 22% (2026-12-05), against 6.5% for the
+            # one error set a job's margin to 22% (2026-12-05), against 7.2% for the
             # networks inside the range.
             continue
         try:
-            fit = fit_calibration(rows[:index] + rows[index + 1:])
+            fit = fit_calibration(others)
         except CalibrationError:
             continue
         errors.append(abs(fit.apply(lut_sum, n_ops) - measured) / measured)
