@@ -64,8 +64,15 @@ class TargetBand:
     def low_ms(self) -> float:
         return self.aim_ms * (1 - self.tolerance)
 
+    @classmethod
+    def ending_at(cls, top_ms: float, margin: float, tolerance: float) -> TargetBand:
+        """The band whose upper end, aim * (1 + tolerance), is ``top_ms``."""
+        return cls(margin=margin, top_ms=top_ms, tolerance=tolerance, aim_ms=top_ms / (1 + tolerance))
+
+    def under(self, top_ms: float) -> TargetBand:
+        """The same band with its top moved to ``top_ms`` (the promise's retry)."""
+        return TargetBand.ending_at(top_ms, self.margin, self.tolerance)
+
 
 def band_for(target_ms: float, margin: float) -> TargetBand:
-    top = target_ms * (1 - margin)
-    tolerance = min(margin, BAND_TOLERANCE)
-    return TargetBand(margin=margin, top_ms=top, tolerance=tolerance, aim_ms=top / (1 + tolerance))
+    return TargetBand.ending_at(target_ms * (1 - margin), margin, min(margin, BAND_TOLERANCE))

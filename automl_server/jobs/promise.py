@@ -121,7 +121,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     # What the device showed corrects the aim: a network measured r x its prediction needs a
     # prediction r times further under the band's top; and each try is faster than the last.
     new_top = min(top / max(ratio, 1.0), predicted * (1 - STEP))
-    derived = derive_within_target(net, model, new_top / (1 + band.tolerance), band.tolerance)
+    retry_band = band.under(new_top)
+    derived = derive_within_target(net, model, retry_band.aim_ms, retry_band.tolerance)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
         return None
     return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6), "holdout_accuracy": None,
