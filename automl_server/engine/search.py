@@ -60,6 +60,10 @@ class SearchConfig:
     # network one at a time (bench/probe_supernet_sampling.py; README, issue 17).
     warmup_sampling: str = "uniform"
     warmup_ramp: float = 0.7
+    # Residual cells' candidates start as the identity (their last BatchNorm's gamma = 0;
+    # SuperNet.zero_residual_gamma): our deviation, for a supernet that learns in a short
+    # search (OFA's zero_last_gamma). False: the reference's gamma = 1.
+    zero_residual_gamma: bool = True
     # Epochs of alternating weight / architecture steps after warm-up (paper: 120).
     search_epochs: int = 4
     batch_size: int = 64
@@ -173,6 +177,8 @@ class ProxylessSearch:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.net = SuperNet(layout)
+            if config.zero_residual_gamma:
+                self.net.zero_residual_gamma()
         self.gate_generator = torch.Generator().manual_seed(config.seed + 1)
         self.base_path = self._base_path(config.seed + 4)
         self.train_stream = BatchStream(data.x_train, data.y_train, config.batch_size, config.seed + 2)

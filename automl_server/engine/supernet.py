@@ -39,6 +39,28 @@ class SuperNet(nn.Module):
         # Per latency model: (the model, kept so its id is not reused; fixed-layer ms; per-cell ms tensors).
         self._latency_cache: dict[int, tuple[LatencyModel, float, list[torch.Tensor]]] = {}
 
+    def zero_residual_gamma(self) -> None:
+        """Start every candidate of a residual cell as the identity: the last
+        BatchNorm's scale (gamma) of each such op set to zero.
+
+        Why: a supernet whose cells draw a random candidate every step learns
+        very slowly when those candidates start as unrelated random functions,
+        since each cell's input then changes with the draw before it. With zero
+        gammas every residual cell starts as its shortcut, and the candidates
+        grow from a common point. Measured on tiny, digits 8 px, 242 random-path
+        steps at lr 0.025: 0.31 training accuracy without, 0.75 with (0.97 for
+        one fixed path; README, issue 17). The habit of OFA's networks
+        (mit-han-lab/once-for-all, ``zero_last_gamma``; Goyal et al. 2017), not
+        of the ProxylessNAS reference, which keeps gamma at 1.
+        """
+        for cell in self.cells:
+            if not cell.residual:
+                continue
+            for op in cast(MixedOp, cell.op).ops:
+                norms = [m for m in op.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                if norms:  # Zero has none
+                    nn.init.zeros_(norms[-1].weight)
+
     @property
     def mixed_ops(self) -> list[MixedOp]:
         return [cast(MixedOp, cell.op) for cell in self.cells]

@@ -151,3 +151,27 @@ def test_two_path_architecture_step_updates_the_alphas() -> None:
         assert torch.equal(op.alpha.detach(), old) == op.is_zero_active()
     assert any(not op.is_zero_active() for op in net.mixed_ops)
     assert net.derive().space == "tiny"
+
+
+def test_zero_residual_gamma_starts_every_residual_cell_as_its_shortcut() -> None:
+    net = tiny_net()
+    net.zero_residual_gamma()
+    net.eval()
+    net.set_mode("fixed")
+    residual = [cell for cell in net.cells if cell.residual]
+    plain = [cell for cell in net.cells if not cell.residual]
+    assert residual and plain
+    for cell in residual:
+        for index in range(cell.op.n_choices):
+            cell.op.active_index = index
+            inputs = torch.randn(2, cell_in(net, cell), 4, 4)
+            assert torch.equal(cell(inputs), inputs), f"{cell.op.candidates[index]} is not the identity"
+    # Cells without a shortcut keep their BatchNorm's gamma of 1 (they must still carry the signal).
+    for cell in plain:
+        for op in cell.op.ops:
+            last = [m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+            assert torch.all(last.weight == 1.0)
+
+
+def cell_in(net: SuperNet, cell: torch.nn.Module) -> int:
+    return net.layout.cells[list(net.cells).index(cell)].in_ch
