@@ -22,25 +22,14 @@ import ast
 import time
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
+from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.data import split_arrays
 from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.search import ProxylessSearch, SearchConfig
 from automl_server.engine.search_plan import latency_range_ms, schedule_for
 from search_spaces import get_space
-
-
-def dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
-    if name == "mnist-5k":
-        from automl_server.datasets.bundled import _mnist_5k
-
-        x, y = _mnist_5k()
-        return np.asarray(x).reshape(-1, 28, 28, 1).astype(np.uint8), np.asarray(y).astype(np.int64)
-    raw = load_digits()
-    return np.rint(raw.images * 255 / 16).astype(np.uint8)[..., None], raw.target.astype(np.int64)
 
 
 def overrides(text: str) -> dict[str, Any]:
@@ -60,7 +49,7 @@ def main() -> None:
     parser.add_argument("--search", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    x, y = dataset(args.dataset)
+    x, y, _classes = load_dataset(args.dataset)  # as `automl search` loads it
     data = split_arrays(x, y, seed=0)
     layout = get_space(args.space).layout(data.resolution, data.num_classes, data.in_channels)
     model = FlopsLatencyModel()

@@ -73,7 +73,7 @@ def test_the_jobs_narrow_band_is_reached_from_spread_probabilities():
     # A job's band is BAND_TOLERANCE (2%) wide under its top (jobs/margin.py): the greedy
     # swaps must land inside it from the probabilities a short search leaves, not stop at
     # the first network under the top.
-    from automl_server.jobs.margin import BAND_TOLERANCE
+    from automl_server.jobs.margin import BAND_TOLERANCE, TargetBand
 
     model = FlopsLatencyModel()
     supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
@@ -86,7 +86,8 @@ def test_the_jobs_narrow_band_is_reached_from_spread_probabilities():
                 mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
         for fraction in (0.2, 0.5, 0.8):
             top = probe.fastest_ms + fraction * (probe.slowest_ms - probe.fastest_ms)
-            result = derive_within_target(supernet, model, top / (1 + BAND_TOLERANCE), BAND_TOLERANCE)
+            band = TargetBand.ending_at(top, margin=BAND_TOLERANCE, tolerance=BAND_TOLERANCE)
+            result = derive_within_target(supernet, model, band.aim_ms, band.tolerance)
             assert result.predicted_ms <= top * (1 + 1e-9)  # never over the top
             landed.append(result.within_target)
 
