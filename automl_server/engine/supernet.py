@@ -220,9 +220,17 @@ def _contains(large: MBConv, small: MBConv) -> bool:
             and (large.inverted_bottleneck is None) == (small.inverted_bottleneck is None))
 
 
-def _copy_norm(source: nn.Module, target: nn.Module, channels: int) -> None:
+def _unit(layers: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The conv and BatchNorm of one ``search_spaces.ops.conv_bn`` unit."""
+    return cast(nn.Conv2d, layers.get_submodule("conv")), cast(nn.BatchNorm2d, layers.get_submodule("bn"))
+
+
+def _copy_unit(source: nn.Module, target: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy the BatchNorm of the first ``channels`` channels; return both convs' weights."""
+    (source_conv, source_norm), (target_conv, target_norm) = _unit(source), _unit(target)
     for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(target, name)[:channels].copy_(getattr(source, name))
+        getattr(target_norm, name)[:channels].copy_(getattr(source_norm, name))
+    return source_conv.weight, target_conv.weight
 
 
 @torch.no_grad()
@@ -230,14 +238,12 @@ def _embed(small: MBConv, large: MBConv) -> None:
     """Set ``large``'s weights so that it computes exactly what ``small`` computes."""
     mid = small.in_ch * small.expand
     if small.inverted_bottleneck is not None and large.inverted_bottleneck is not None:
-        large.inverted_bottleneck.conv.weight[:mid].copy_(small.inverted_bottleneck.conv.weight)
-        _copy_norm(small.inverted_bottleneck.bn, large.inverted_bottleneck.bn, mid)
+        source, target = _copy_unit(small.inverted_bottleneck, large.inverted_bottleneck, mid)
+        target[:mid].copy_(source)
+    source, target = _copy_unit(small.depth_conv, large.depth_conv, mid)
     pad = (large.kernel - small.kernel) // 2  # both kernels odd: the small one sits at the centre
-    depthwise = large.depth_conv.conv.weight
-    depthwise[:mid].zero_()
-    depthwise[:mid, :, pad:pad + small.kernel, pad:pad + small.kernel].copy_(small.depth_conv.conv.weight)
-    _copy_norm(small.depth_conv.bn, large.depth_conv.bn, mid)
-    project = large.point_linear.conv.weight
-    project.zero_()  # the extra expanded channels start unheard
-    project[:, :mid].copy_(small.point_linear.conv.weight)
-    _copy_norm(small.point_linear.bn, large.point_linear.bn, large.out_ch)
+    target[:mid].zero_()
+    target[:mid, :, pad:pad + small.kernel, pad:pad + small.kernel].copy_(source)
+    source, target = _copy_unit(small.point_linear, large.point_linear, large.out_ch)
+    target.zero_()  # the extra expanded channels start unheard
+    target[:, :mid].copy_(source)

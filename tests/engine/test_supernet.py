@@ -175,3 +175,32 @@ def test_zero_residual_gamma_starts_every_residual_cell_as_its_shortcut() -> Non
 
 def cell_in(net: SuperNet, cell: torch.nn.Module) -> int:
     return net.layout.cells[list(net.cells).index(cell)].in_ch
+
+
+@pytest.mark.parametrize("space", ["proxyless-mobile", "tiny-branches"])
+def test_start_candidates_alike_gives_every_candidate_of_a_cell_the_same_output(space: str) -> None:
+    """Issue 17: the smallest candidate of each cell is embedded in every larger one (its kernel at the
+    centre, its expanded channels first, the rest unheard), so that a cell computes one function
+    whichever candidate is drawn; each candidate still has weights of its own."""
+    torch.manual_seed(0)
+    alike = SuperNet(get_space(space).layout(16, 10, 1))
+    alike.start_candidates_alike()
+    torch.manual_seed(0)
+    apart = SuperNet(get_space(space).layout(16, 10, 1))
+    for net in (alike, apart):
+        net.train()  # BatchNorm on batch statistics, as in the search's weight steps
+        net.set_mode("fixed")
+    for cell_alike, cell_apart, spec in zip(alike.cells, apart.cells, alike.layout.cells):
+        inputs = torch.randn(8, spec.in_ch, spec.input_hw, spec.input_hw)
+        blocks = [block for block in spec.candidates if block != "zero"]
+        outputs_alike, outputs_apart = [], []
+        for block in blocks:
+            cell_alike.op.active_index = cell_apart.op.active_index = spec.candidates.index(block)
+            with torch.no_grad():
+                outputs_alike.append(cell_alike(inputs))
+                outputs_apart.append(cell_apart(inputs))
+        for block, out in zip(blocks[1:], outputs_alike[1:]):
+            torch.testing.assert_close(out, outputs_alike[0], msg=f"cell {spec.index}: {block} differs")
+        assert not torch.allclose(outputs_apart[1], outputs_apart[0])  # the reference's independent starts
+    weights = {id(p) for op in alike.cells[0].op.ops for p in op.parameters()}
+    assert len(weights) == sum(1 for op in alike.cells[0].op.ops for _ in op.parameters())
