@@ -181,3 +181,11 @@ def queued_app(settings: Settings):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
+
+
+@pytest.fixture
+def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spaces registered by a test vanish after it, so other tests see the built-in list."""
+    import search_spaces.spaces as spaces_module
+
+    monkeypatch.setattr(spaces_module, "_REGISTRY", dict(spaces_module._REGISTRY))

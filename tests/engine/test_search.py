@@ -13,7 +13,6 @@ from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.rl import reward
 from automl_server.engine.search import ProxylessSearch, SearchConfig, arch_latency_ms, run_search
 from search_spaces import Arch, get_space, register_space
-from search_spaces import spaces as spaces_module
 from search_spaces.spaces import SearchSpace
 
 
@@ -291,13 +290,13 @@ def test_a_short_search_on_digits_leaves_a_supernet_that_has_learned(digits):
     assert reference.holdout_accuracy < learned.holdout_accuracy - 0.2
 
 
-def test_stage_transition_cells_learn_from_random_paths_when_their_candidates_start_alike(digits, monkeypatch):
+@pytest.mark.usefixtures("private_registry")
+def test_stage_transition_cells_learn_from_random_paths_when_their_candidates_start_alike(digits):
     """Issue 17: a chain of cells without a shortcut (each changes the width, as the first cell of
     every stage of proxyless-mobile does), each drawing one of the six ProxylessNAS candidates at every
     step. With each candidate's own random start (the reference) the next cell sees another feature
     basis at every step and the supernet stays near chance after 5 epochs of random paths (0.23 on
     holdout); started alike (SuperNet.start_candidates_alike) it learns (0.76)."""
-    monkeypatch.setattr(spaces_module, "_REGISTRY", dict(spaces_module._REGISTRY))
     register_space(SearchSpace(
         name="test-transitions", description="proxyless-mobile's six stage-transition cells only",
         width_mult=0.5, candidates=("mb3_k3", "mb3_k5", "mb3_k7", "mb6_k3", "mb6_k5", "mb6_k7"),

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 
-import search_spaces.spaces as spaces_module
 from search_spaces import (
     CellSpec,
     FixedLayer,
@@ -164,12 +163,6 @@ def test_op_key_refuses_a_block_for_a_fixed_layer() -> None:
 
     with pytest.raises(ValueError, match="takes no block"):
         op_key(layout, layout.fixed[0], "mb6_k5")
-
-
-@pytest.fixture
-def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spaces registered by a test vanish after it, so other tests see the built-in list."""
-    monkeypatch.setattr(spaces_module, "_REGISTRY", dict(spaces_module._REGISTRY))
 
 
 @pytest.mark.usefixtures("private_registry")
