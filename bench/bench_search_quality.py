@@ -39,7 +39,7 @@ from automl_server.engine.data import SplitData, split_arrays, stratified_split
 from automl_server.engine import baselines
 from automl_server.engine.latency import FlopsLatencyModel, LatencyModel
 from automl_server.engine.search import SearchConfig, run_search
-from automl_server.engine.search_plan import latency_range_ms, loss_kind_for, schedule_for
+from automl_server.engine.search_plan import arch_lr_for, latency_range_ms, loss_kind_for, schedule_for
 from automl_server.engine.train.standard import StandardConfig, evaluate, train_standard
 from automl_server.jobs.margin import band_for
 from search_spaces import Arch, SpaceLayout, build_model, get_space
@@ -78,7 +78,8 @@ def searched(layout: SpaceLayout, data: SplitData, model: LatencyModel, target_m
     plan = schedule_for(len(data.y_train), 64, args.warmup, args.epochs, 2)
     band = band_for(target_ms, 0.05)
     config = SearchConfig(warmup_epochs=plan.warmup_epochs, search_epochs=plan.search_epochs,
-                          min_arch_steps_per_epoch=plan.min_arch_steps_per_epoch, arch_update_every=2, arch_lr=3e-3, batch_size=64,
+                          min_arch_steps_per_epoch=plan.min_arch_steps_per_epoch, arch_update_every=2,
+                          arch_lr=arch_lr_for(plan.arch_steps), batch_size=64,
                           # aim as a job does (jobs/margin.band_for, 5% margin): the derived
                           # network's band, aim * (1 +- tolerance), ends 5% under the target, never over it
                           target_ms=band.aim_ms, loss_kind=loss_kind_for(band.aim_ms, fastest, slowest),

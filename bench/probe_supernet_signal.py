@@ -1,7 +1,8 @@
 """How much does a job-sized search's supernet learn? (README, issue 17, "a supernet that learns".)
 
 Runs ``ProxylessSearch`` as a job's search stage would (batch 64, one
-architecture step every 2 weight steps, arch lr 3e-3, the schedule of
+architecture step every 2 weight steps, the arch lr of
+``engine.search_plan.arch_lr_for``, the schedule of
 ``engine.search_plan.schedule_for`` for the asked-for epochs, the target 30%
 of the space's range under a FLOPs latency model, derive=target in a 2% band)
 and prints, per epoch, the training accuracy of the sampled paths and the
@@ -28,7 +29,7 @@ from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.data import split_arrays
 from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.search import ProxylessSearch, SearchConfig
-from automl_server.engine.search_plan import latency_range_ms, schedule_for
+from automl_server.engine.search_plan import arch_lr_for, latency_range_ms, schedule_for
 from search_spaces import get_space
 
 
@@ -61,7 +62,7 @@ def main() -> None:
             warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
             min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=64,
             target_ms=fastest + args.frac * (slowest - fastest), derive="target", derive_tolerance=0.02,
-            arch_update_every=2, arch_lr=3e-3, seed=0)
+            arch_update_every=2, arch_lr=arch_lr_for(schedule.arch_steps), seed=0)
         values.update(overrides(run))
         started = time.monotonic()
         search = ProxylessSearch(layout, data, model, SearchConfig(**values))
@@ -70,8 +71,14 @@ def main() -> None:
             report = search.run_epoch()
             epochs.append(f"{report.train_accuracy:.2f}/{report.holdout_accuracy:.2f}")
         result = search.result()
+        # How far the architecture moved: the mean over cells of the most probable candidate's
+        # probability (1/candidates when nothing moved).
+        top = [float(torch.softmax(op.alpha.detach(), 0).max()) for op in search.net.mixed_ops]
+        uniform = sum(1 / len(op.candidates) for op in search.net.mixed_ops) / len(top)
         print(f"[{run or 'defaults'}] per epoch train/holdout: {' '.join(epochs)}; final holdout "
-              f"{result.holdout_accuracy:.3f}; {result.arch.blocks}; {time.monotonic() - started:.0f} s", flush=True)
+              f"{result.holdout_accuracy:.3f}; top probability per cell {sum(top) / len(top):.3f} (uniform "
+              f"{uniform:.3f}, max {max(top):.3f}); {result.arch.blocks}; {time.monotonic() - started:.0f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def latency_model(ctx: StageContext, layout: SpaceLayout) -> LatencyModel:
 
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:
     from automl_server.engine.search import SearchConfig
+    from automl_server.engine.search_plan import arch_lr_for
 
     band = target_band(ctx)
     target_ms, tolerance = band.aim_ms, band.tolerance
@@ -84,7 +85,9 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
         derive="argmax" if loss_kind == "none" else "target", derive_tolerance=tolerance,
         # Architecture steps every other weight step: a service job's budgets are
         # short, and the reference's 1 in 5 leaves alpha barely moved in tens of epochs.
-        arch_update_every=JOB_ARCH_UPDATE_EVERY, arch_lr=3e-3,
+        # The step size from their number, so that the probabilities can settle in the
+        # steps there are (engine/search_plan.arch_lr_for).
+        arch_update_every=JOB_ARCH_UPDATE_EVERY, arch_lr=arch_lr_for(schedule.arch_steps),
         # The supernet's weights at the peak learning rate the standard pipeline trains the
         # found network with (0.05), not the reference's 0.025: in a job's short search each
         # candidate sees a quarter of the steps or fewer, and at 0.025 the supernet's derived
@@ -101,6 +104,29 @@ def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchC
 
 JOB_ARCH_UPDATE_EVERY = 2
 JOB_SUPERNET_LR = 0.05
+# Settings the service chooses for a job, not the user. A search checkpointed under an
+# earlier choice resumes with the values it started with (resumed_config), rather than
+# failing on the engine's "written with another search config" after an upgrade.
+SERVICE_CHOSEN = ("lr", "arch_lr", "arch_update_every")
+
+
+def resumed_config(ctx: StageContext, config: SearchConfig, checkpoint: Path) -> SearchConfig:
+    """``config``, with the service-chosen settings of the search ``checkpoint`` continues."""
+    if not checkpoint.exists():
+        return config
+    from dataclasses import replace
+
+    import torch
+
+    written = torch.load(checkpoint, weights_only=False, map_location="cpu").get("config") or {}
+    kept = {name: written[name] for name in SERVICE_CHOSEN
+            if name in written and written[name] != getattr(config, name)}
+    if not kept:
+        return config
+    ctx.event("log", "resuming the search with the settings it started with (this version of the service would "
+              "choose " + ", ".join(f"{name} {getattr(config, name):g}" for name in kept) + "; the checkpoint has "
+              + ", ".join(f"{name} {value:g}" for name, value in kept.items()) + ")", kept=kept)
+    return replace(config, **kept)
 
 
 def search_schedule(ctx: StageContext, spec: JobSpec) -> SearchSchedule:
@@ -149,8 +175,8 @@ def search_architecture(ctx: StageContext) -> dict[str, Any]:
     layout = job_layout(ctx)
     data, _ = load_split(ctx)
     model = latency_model(ctx, layout)
-    config = search_config(ctx, spec)
     checkpoint = ctx.job_dir() / "search.ckpt"
+    config = resumed_config(ctx, search_config(ctx, spec), checkpoint)
     ends = deadline(ctx, spec, "search")
     started = time.monotonic()
     schedule = search_schedule(ctx, spec)
