@@ -433,7 +433,8 @@ def run_search(
         report = search.run_epoch()
         # Reported before it is checkpointed: if the report cannot be stored (the service's database
         # restarting), the epoch is not in the checkpoint either and runs again on resume, so no
-        # checkpointed epoch goes unreported. A crash between the two repeats one reported epoch.
+        # checkpointed epoch goes unreported. A crash between the two runs that epoch again on resume
+        # (the job stage records its report once: jobs/search_stage.epoch_event).
         if progress is not None:
             progress(report)
         if checkpoint_path is not None:

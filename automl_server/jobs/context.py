@@ -81,6 +81,18 @@ class StageContext:
             job = session.get_one(Job, self.job_id)
             service.record_event(session, job, kind, message, stage=self.stage, data=data)
 
+    def event_once(self, kind: str, message: str, **data: Any) -> None:
+        """``event``, unless this stage's timeline holds one of that kind and message already:
+        for reports that a resumed stage may repeat (an epoch reported, then the worker lost
+        or the database's answer to the commit lost, before its checkpoint was written)."""
+        with self.db.session() as session:
+            if session.scalar(select(JobEvent.id).where(
+                    JobEvent.job_id == self.job_id, JobEvent.stage == self.stage, JobEvent.kind == kind,
+                    JobEvent.message == message).limit(1)) is not None:
+                return
+            job = session.get_one(Job, self.job_id)
+            service.record_event(session, job, kind, message, stage=self.stage, data=data)
+
     def check_cancelled(self, every_s: float = 1.0) -> None:
         """Cheap to call in inner loops: looks at the database at most every ``every_s``
         (and, in a training stage, pauses while the machine's agent measures)."""

@@ -162,7 +162,10 @@ def deadline(ctx: StageContext, spec: JobSpec, stage: str) -> float | None:
 def epoch_event(ctx: StageContext, report: Any, started: float, **extra: Any) -> None:
     done = report.epoch
     eta = (time.monotonic() - started) / max(done, 1) * (report.total_epochs - done)
-    ctx.event("metric", f"epoch {done}/{report.total_epochs}", **asdict(report), **extra)
+    # Once per epoch: a search resumed from its checkpoint runs again an epoch whose report was
+    # stored just before the stage was lost (run_search reports, then checkpoints); the re-run
+    # starts from the same checkpoint and generators, so the stored report stands.
+    ctx.event_once("metric", f"epoch {done}/{report.total_epochs}", **asdict(report), **extra)
     ctx.progress(done / report.total_epochs,
                  f"epoch {done}/{report.total_epochs}: holdout accuracy {report.holdout_accuracy:.3f}, "
                  f"E[latency] {report.expected_latency_ms:.4g} ms", eta_s=eta)

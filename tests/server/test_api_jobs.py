@@ -3,6 +3,7 @@ the timeline (paged and streamed) and the first real stage (validation)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -171,6 +172,35 @@ def test_cancel_running_job_stops_it_at_the_next_checkpoint(queued_app, settings
     assert response.json["state"] == "running" and response.json["cancel_requested"]
     with pytest.raises(stages.service.JobCancelled):
         ctx.progress(0.5, "halfway")
+
+
+def test_a_search_epoch_run_again_by_a_resumed_stage_is_on_the_timeline_once(queued_app, settings, tmp_path):
+    # run_search reports an epoch, then checkpoints it: a stage lost between the two (its worker, or the
+    # database's answer to the report's commit) runs that epoch again from the same checkpoint on resume.
+    from automl_server.engine.search import EpochReport
+    from automl_server.jobs.search_stage import epoch_event
+
+    client = queued_app.test_client()
+    upload(client, archives.good_npz(tmp_path), name="pets")
+    client.post("/api/v1/devices", json=DEVICE)
+    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
+    db = get_database(settings.resolved_database_url)
+    with db.session() as session:
+        stages.service.start_stage(session, session.get_one(Job, job_id), "search", 0.0)
+    ctx = stages.StageContext(db, settings, job_id, "search", 0, 1, lease_owner="worker-1")
+
+    def report(epoch: int) -> EpochReport:
+        return EpochReport(epoch=epoch, total_epochs=3, phase="warmup", weight_loss=1.0, arch_loss=None,
+                           train_accuracy=0.5, holdout_accuracy=0.5, expected_latency_ms=1.0,
+                           block_probs=[[0.5, 0.5]], derived_blocks=["mb3_k3"])
+
+    for epoch in (1, 2, 2, 3):  # epoch 2 again after a resume
+        epoch_event(ctx, report(epoch), time.monotonic())
+
+    metrics = [e for e in all_events(client, job_id) if e["kind"] == "metric" and e["stage"] == "search"]
+    assert [e["data"]["epoch"] for e in metrics] == [1, 2, 3]
+    # The progress bar still moves on every report (its messages are not deduplicated).
+    assert client.get(f"/api/v1/jobs/{job_id}").json["progress"] == 1.0
 
 
 def test_cancel_finished_job_is_a_conflict(client, dataset, device):
