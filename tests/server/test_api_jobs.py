@@ -157,17 +157,22 @@ def test_cancel_queued_job_then_worker_leaves_it_cancelled(queued_app, settings,
     assert job["state"] == "cancelled" and "validate" not in job["result"]
 
 
-def test_cancel_running_job_stops_it_at_the_next_checkpoint(queued_app, settings, tmp_path):
+def job_in_stage(queued_app, settings, tmp_path, stage: str):  # type: ignore[no-untyped-def]
+    """A job on a fresh upload with ``stage`` started (no worker runs it), and that stage's context."""
     client = queued_app.test_client()
     upload(client, archives.good_npz(tmp_path), name="pets")
     client.post("/api/v1/devices", json=DEVICE)
     job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
     db = get_database(settings.resolved_database_url)
     with db.session() as session:
-        stages.service.start_stage(session, session.get_one(Job, job_id), "validate", 0.0)
+        stages.service.start_stage(session, session.get_one(Job, job_id), stage, 0.0)
+    return client, job_id, stages.StageContext(db, settings, job_id, stage, 0, 1, lease_owner="worker-1")
+
+
+def test_cancel_running_job_stops_it_at_the_next_checkpoint(queued_app, settings, tmp_path):
+    client, job_id, ctx = job_in_stage(queued_app, settings, tmp_path, "validate")
 
     response = client.post(f"/api/v1/jobs/{job_id}/cancel")
-    ctx = stages.StageContext(db, settings, job_id, "validate", 0, 1, lease_owner="worker-1")
 
     assert response.json["state"] == "running" and response.json["cancel_requested"]
     with pytest.raises(stages.service.JobCancelled):
@@ -180,14 +185,7 @@ def test_a_search_epoch_run_again_by_a_resumed_stage_is_on_the_timeline_once(que
     from automl_server.engine.search import EpochReport
     from automl_server.jobs.search_stage import epoch_event
 
-    client = queued_app.test_client()
-    upload(client, archives.good_npz(tmp_path), name="pets")
-    client.post("/api/v1/devices", json=DEVICE)
-    job_id = client.post("/api/v1/jobs", json=job_request()).json["id"]
-    db = get_database(settings.resolved_database_url)
-    with db.session() as session:
-        stages.service.start_stage(session, session.get_one(Job, job_id), "search", 0.0)
-    ctx = stages.StageContext(db, settings, job_id, "search", 0, 1, lease_owner="worker-1")
+    client, job_id, ctx = job_in_stage(queued_app, settings, tmp_path, "search")
 
     def report(epoch: int) -> EpochReport:
         return EpochReport(epoch=epoch, total_epochs=3, phase="warmup", weight_loss=1.0, arch_loss=None,
