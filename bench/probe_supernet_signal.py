@@ -14,7 +14,9 @@ SearchConfig overrides in Python keyword syntax:
     .venv/bin/python bench/probe_supernet_signal.py --dataset mnist-5k "lr=0.025" "lr=0.05"
     .venv/bin/python bench/probe_supernet_signal.py --space proxyless-mobile --warmup 10 --search 30 "lr=0.05"
 
-Not a test: it prints what happens; compare runs side by side.
+Not a test: it prints what happens; compare runs side by side. Figures in the
+README from before 2026-12-06 06:00 UTC were printed at arch lr 3e-3 (a job's
+rate then): add ``arch_lr=3e-3`` to a run to repeat them.
 """
 from __future__ import annotations
 
