@@ -25,10 +25,26 @@ from automl_server.engine.search import EpochReport, ProxylessSearch, SearchConf
 from search_spaces import SpaceLayout
 
 OVER_PENALTY = 2.0
-# Ranges of the three tuned values (log-uniform); the search's defaults lie inside.
+# Ranges of the three tuned values (log-uniform). The loss strength's is absolute (the
+# search script's 0.3 inside). The learning rates' are factors of the search's own, which
+# a job chooses from its data (engine/search_plan.arch_lr_for: 3e-3 to 0.1 for the
+# architecture, 0.05 for the weights; the CLI keeps the reference's 1e-3 and 0.025): a
+# fixed range would centre the trials on one of them and clip the others (a job's 0.1
+# lay above the earlier fixed (3e-4, 3e-2)). The factors give the earlier ranges back for
+# the CLI's weight rate (0.025 -> 1e-3 .. 5e-2) and one decade each side of the
+# architecture rate. Optuna accepts a parameter's range changing between trials of one
+# study (only its kind and log scale must stay), so a study resumed across this change
+# goes on.
 LOSS_BETA = (0.1, 3.0)
-ARCH_LR = (3e-4, 3e-2)
-WEIGHT_LR = (1e-3, 5e-2)
+ARCH_LR_FACTORS = (0.1, 10.0)
+WEIGHT_LR_FACTORS = (0.04, 2.0)
+
+
+def tuned_ranges(base: SearchConfig) -> dict[str, tuple[float, float]]:
+    """The log-uniform range of each tuned value around the search config ``base``."""
+    return {"loss_beta": LOSS_BETA,
+            "arch_lr": (base.arch_lr * ARCH_LR_FACTORS[0], base.arch_lr * ARCH_LR_FACTORS[1]),
+            "lr": (base.lr * WEIGHT_LR_FACTORS[0], base.lr * WEIGHT_LR_FACTORS[1])}
 
 
 @dataclass(frozen=True)
@@ -73,11 +89,12 @@ def tune(layout: SpaceLayout, data: SplitData, latency_model: LatencyModel, base
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
+    ranges = tuned_ranges(base)
+
     def objective(trial: optuna.Trial) -> float:
-        config = replace(base, warmup_epochs=0, search_epochs=epochs,
-                         loss_beta=trial.suggest_float("loss_beta", *LOSS_BETA, log=True),
-                         arch_lr=trial.suggest_float("arch_lr", *ARCH_LR, log=True),
-                         lr=trial.suggest_float("lr", *WEIGHT_LR, log=True), seed=seed + 100 + trial.number)
+        tried = {name: trial.suggest_float(name, low, high, log=True) for name, (low, high) in ranges.items()}
+        config = replace(base, warmup_epochs=0, search_epochs=epochs, loss_beta=tried["loss_beta"],
+                         arch_lr=tried["arch_lr"], lr=tried["lr"], seed=seed + 100 + trial.number)
         search = ProxylessSearch(layout, data, latency_model, config)
         search.net.load_state_dict(dict(warm_state))  # warm start: the searched weights and alphas
         search.on_step = on_step

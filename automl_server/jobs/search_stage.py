@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,19 +114,22 @@ def resumed_config(ctx: StageContext, config: SearchConfig, checkpoint: Path) ->
     """``config``, with the service-chosen settings of the search ``checkpoint`` continues."""
     if not checkpoint.exists():
         return config
-    from dataclasses import replace
-
     import torch
 
     written = torch.load(checkpoint, weights_only=False, map_location="cpu").get("config") or {}
-    kept = {name: written[name] for name in SERVICE_CHOSEN
-            if name in written and written[name] != getattr(config, name)}
+    kept = started_with(config, written)
     if not kept:
         return config
     ctx.event("log", "resuming the search with the settings it started with (this version of the service would "
               "choose " + ", ".join(f"{name} {getattr(config, name):g}" for name in kept) + "; the checkpoint has "
               + ", ".join(f"{name} {value:g}" for name, value in kept.items()) + ")", kept=kept)
     return replace(config, **kept)
+
+
+def started_with(config: SearchConfig, written: dict[str, Any]) -> dict[str, Any]:
+    """The service-chosen settings in which a search's checkpointed config (``written``)
+    differs from ``config``."""
+    return {name: written[name] for name in SERVICE_CHOSEN if name in written and written[name] != getattr(config, name)}
 
 
 def search_schedule(ctx: StageContext, spec: JobSpec) -> SearchSchedule:
@@ -226,8 +229,11 @@ def tune_latency_loss(ctx: StageContext) -> dict[str, Any]:
     data, _ = load_split(ctx)
     model = latency_model(ctx, layout)
     target_ms = target_band(ctx).top_ms  # a trial's network is judged against the band's top
-    base = search_config(ctx, spec)
     checkpoint = torch.load(ctx.job_dir() / "search.ckpt", weights_only=False)
+    # The rates the search ran with (an earlier version's, if it resumed under them): the
+    # trials' ranges are centred on them (engine/tune.tuned_ranges).
+    base = search_config(ctx, spec)
+    base = replace(base, **started_with(base, checkpoint.get("config") or {}))
     study_name = f"job-{ctx.job_id}-tune"
     # The service's own database: optuna-dashboard can open it (`optuna-dashboard <database url>`).
     storage = optuna.storages.RDBStorage(ctx.settings.resolved_database_url)
