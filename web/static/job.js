@@ -263,12 +263,18 @@
     const rows = b.rows || [];
     const measured = rows.filter((r) => r.measured_ms != null && r.test_accuracy != null);
     const skipped = rows.filter((r) => r.skipped);
+    // A baseline that measured over the target was replaced by a faster one (jobs/baselines._retry_misses).
+    const retried = rows.filter((r) => (r.tries || []).length);
+    const over = rows.filter((r) => r.retry_ended);
     document.getElementById("baselines-summary").textContent =
       `Each network was kept within the same predicted latency (${fmtMs(b.predicted_at_most_ms)}, under your target of ` +
       `${fmtMs(b.target_ms)}), trained with the same budget by the ${b.train_budget.pipeline} pipeline, tested on the same ` +
       "images and measured on the same device. Random search tried networks of the space for about as long as the search ran; " +
       "the uniform network uses one block type in every layer, as a hand-designed MobileNetV2 does." +
-      (skipped.length ? ` Not run: ${skipped.map((r) => `${r.label} (${r.skipped})`).join("; ")}.` : "");
+      (skipped.length ? ` Not run: ${skipped.map((r) => `${r.label} (${r.skipped})`).join("; ")}.` : "") +
+      (retried.length ? " Replaced by a faster network after measuring over your target: " + retried.map((r) =>
+        `${r.label} (earlier: ${r.tries.map((t) => fmtMs(t.measured_ms)).join(", ")})`).join("; ") + "." : "") +
+      (over.length ? ` Still over your target: ${over.map((r) => r.retry_ended).join("; ")}.` : "");
     const chart = document.getElementById("chart-baselines");
     Charts.scatter(chart, measured.map((r) => ({ device: r.label, accuracy: r.test_accuracy, measured_ms: r.measured_ms,
       title: `${r.label}: ${fmtPct(r.test_accuracy)} at ${fmtMs(r.measured_ms)} measured (${fmtMs(r.predicted_ms)} predicted)` })),
