@@ -69,10 +69,13 @@ def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return mnist_data()
 
 
-def build_mnist_5k(path: Path) -> None:
+def _mnist_5k_images() -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = _mnist_5k()  # (5000, 784) with intensities 0..255
-    x = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
-    _write_npz(path, x, labels)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1), labels
+
+
+def build_mnist_5k(path: Path) -> None:
+    _write_npz(path, *_mnist_5k_images())
 
 
 def build_mnist_5k_32(path: Path) -> None:
@@ -80,8 +83,7 @@ def build_mnist_5k_32(path: Path) -> None:
     MNIST (LeCun et al., 1998): the 32 px input of the CIFAR-sized benchmarks. A 28 px
     input leaves proxyless-mobile's later stages at 7x7 (a stride-2 stage keeps stride 2
     only on maps of 8 px or more); 32 px gives the 16, 8, 4 of a CIFAR-sized network."""
-    pixels, labels = _mnist_5k()
-    x = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    x, labels = _mnist_5k_images()
     _write_npz(path, np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), labels)
 
 

@@ -205,17 +205,19 @@ def _tries(entry: dict[str, Any]) -> int:
     return len(entry.get("tries", ()))
 
 
+def _try_name(method: str, entry: dict[str, Any]) -> str:
+    """The name of the baseline's current network's files: one training folder and one device
+    answer per try, so that a retry neither resumes from the missed network's checkpoints nor
+    reads its answer as its own."""
+    return f"baseline-{method}" if not _tries(entry) else f"baseline-{method}-try-{_tries(entry) + 1}"
+
+
 def _result_file(method: str, entry: dict[str, Any]) -> str:
-    """Where the device's answer for the baseline's current network goes (one file per try:
-    a retry never reads the missed network's answer as its own)."""
-    return f"baseline-{method}.json" if not _tries(entry) else f"baseline-{method}-try-{_tries(entry) + 1}.json"
+    return f"{_try_name(method, entry)}.json"
 
 
 def _work_dir(ctx: StageContext, method: str, entry: dict[str, Any]) -> Path:
-    """The baseline's training folder (one per try: a retry's network must not resume from the
-    missed network's checkpoints)."""
-    name = f"baseline-{method}" if not _tries(entry) else f"baseline-{method}-try-{_tries(entry) + 1}"
-    return ctx.job_dir() / name
+    return ctx.job_dir() / _try_name(method, entry)
 
 
 def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bound_ms: float) -> bool:
@@ -225,12 +227,13 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
     that missed the target would be compared at more latency than the searched network is
     allowed (a uniform network measured 2% over its target on mnist-5k, 2026-12-06). The
     faster network's bound follows the promise's rule: the bound divided by the miss's
-    measured/predicted ratio, and at least ``promise.STEP`` under the missed prediction.
+    measured/predicted ratio, and at least ``promise.STEP`` under the missed prediction
+    (``promise.faster_top``).
     Random search takes the best of the networks it trained briefly within that bound;
     the uniform network is scaled down to it. True when a baseline is to be trained again
     (the state saved before it is; the warnings go on the timeline once, even when a
     stage lost before that save decides again on its next run)."""
-    from automl_server.jobs.promise import STEP
+    from automl_server.jobs.promise import faster_top
 
     target_ms = float(ctx.params["latency_target_ms"])
     retried = ended = False
@@ -250,7 +253,7 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
             ctx.event_once("warning", entry["retry_ended"], baseline=method)
             ended = True
             continue
-        faster_ms = min(bound_ms * predicted_ms / measured_ms, predicted_ms * (1.0 - STEP))
+        faster_ms = faster_top(bound_ms, predicted_ms, measured_ms)
         faster = _faster(ctx, method, entry, faster_ms)
         if faster is None:
             entry["retry_ended"] = f"{missed}; no faster {method} network is predicted within {faster_ms:.4g} ms"
@@ -263,7 +266,7 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
         del entry["trained"]
         entry.update(faster)
         ctx.event_once("warning", f"{missed}; trying a faster one, predicted {faster['predicted_ms']:.4g} ms",
-                  baseline=method, try_number=_tries(entry) + 1, predicted_ms=faster["predicted_ms"])
+                       baseline=method, try_number=_tries(entry) + 1, predicted_ms=faster["predicted_ms"])
         retried = True
     if retried:  # the retried networks are measured anew; the device's time counts from the first send
         state.setdefault("first_sent_at", state.get("sent_at"))

@@ -97,6 +97,15 @@ def keep_promise(ctx: StageContext, verified: dict[str, Any], candidate: dict[st
     return {**verified, "target_met": False, "tries": tries, "missed": message}
 
 
+def faster_top(top_ms: float, predicted_ms: float, measured_ms: float) -> float:
+    """The predicted bound of the next try after a network predicted ``predicted_ms`` measured
+    ``measured_ms``. What the device showed corrects the aim: a network measured r x its
+    prediction needs a prediction r times further under the band's top ``top_ms``; and each
+    try is at least ``STEP`` faster than the last."""
+    ratio = measured_ms / predicted_ms if predicted_ms > 0 else 1.0
+    return min(top_ms / max(ratio, 1.0), predicted_ms * (1 - STEP))
+
+
 def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -> dict[str, Any] | None:
     """The next-faster derivation of the search's final probabilities, as a chosen-network
     dict (arch, predicted_ms); None when the job has no search or nothing faster exists."""
@@ -115,12 +124,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     net = SuperNet(layout)
     net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
     band = target_band(ctx)
-    top = band.top_ms
     predicted = float(missed["predicted_ms"])
-    ratio = measured_ms / predicted if predicted > 0 else 1.0
-    # What the device showed corrects the aim: a network measured r x its prediction needs a
-    # prediction r times further under the band's top; and each try is faster than the last.
-    new_top = min(top / max(ratio, 1.0), predicted * (1 - STEP))
+    new_top = faster_top(band.top_ms, predicted, measured_ms)
     retry_band = band.under(new_top)
     derived = derive_within_target(net, model, retry_band.aim_ms, retry_band.tolerance)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
