@@ -96,8 +96,8 @@ def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monk
 
 def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, monkeypatch):
     """As the job's own network (tests/server/test_promise.py): the device's answer for the
-    uniform network's first measurement is scaled to 1.1x the target; every other answer,
-    and everything else, is the job's real path."""
+    uniform network's first measurement (its answer file named) is scaled to 1.1x the
+    target; every other answer, and everything else, is the job's real path."""
     import automl_server.profiling as profiling
     from automl_server.jobs.promise import STEP
 
@@ -106,16 +106,27 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
     low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
     target_ms = low + 0.9 * (high - low)  # room under the target for a faster uniform network
-    real, answers = profiling.paced_measurement, []
+    # Which baseline's answer is being made: an eager Celery answers inside send_measurement.
+    from automl_server.jobs import baselines
+
+    real_paced, real_send, sending, answers = profiling.paced_measurement, baselines.send_measurement, [], {}
+
+    def send(ctx: Any, target: Any, arch: Any, exported: Any, result_file: str) -> None:
+        sending.append(result_file)
+        try:
+            real_send(ctx, target, arch, exported, result_file)
+        finally:
+            sending.pop()
 
     def paced(db: Any, payload: dict[str, Any]) -> dict[str, Any]:
-        answer = real(db, payload)
-        if "error" not in answer:
-            answers.append(answer["measured_ms"])
-            if len(answers) == 3:  # the searched network, random search's, then the uniform network's
+        answer = real_paced(db, payload)
+        if "error" not in answer and sending:
+            answers[sending[-1]] = answer["measured_ms"]
+            if sending[-1] == "baseline-uniform.json":  # the uniform network's first answer
                 return {**answer, "measured_ms": target_ms * 1.1}
         return answer
 
+    monkeypatch.setattr(baselines, "send_measurement", send)
     monkeypatch.setattr(profiling, "paced_measurement", paced)
 
     response = client.post("/api/v1/jobs", json=job_request(
@@ -130,7 +141,9 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     assert missed["measured_ms"] == pytest.approx(target_ms * 1.1)
     assert uniform["predicted_ms"] <= missed["predicted_ms"] * (1 - STEP)  # a faster network, not the same
     assert uniform["arch"] != missed["arch"]
-    assert len(answers) == 4 and uniform["measured_ms"] == pytest.approx(answers[3])  # measured again, for real
+    # Measured again, for real, under its own answer file.
+    assert set(answers) == {"baseline-random.json", "baseline-uniform.json", "baseline-uniform-try-2.json"}
+    assert uniform["measured_ms"] == pytest.approx(answers["baseline-uniform-try-2.json"])
     assert uniform["meets_target"] is True and uniform["epochs"] == rows["searched"]["epochs"]  # same budget
     assert "tries" not in rows["random"]  # random search's network met the target: kept
     warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
