@@ -210,8 +210,9 @@ def test_a_cancelled_device_run_leaves_no_process_behind(net, new_classes: Split
     seen: list[int] = []
 
     def cancel() -> None:
+        # This test's own run only: under pytest -n 2 the other worker may be running one too.
         seen.extend(int(pid) for pid in os.listdir("/proc") if pid.isdigit()
-                    and "device_agents.ort_training" in _cmdline(pid))
+                    and "device_agents.ort_training" in _cmdline(pid) and _parent(pid) == os.getpid())
         if seen:
             raise KeyboardInterrupt("cancelled")
 
@@ -220,6 +221,14 @@ def test_a_cancelled_device_run_leaves_no_process_behind(net, new_classes: Split
 
     assert seen
     assert not [pid for pid in seen if os.path.exists(f"/proc/{pid}") and _cmdline(str(pid))]
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])  # the field after the state
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _cmdline(pid: str) -> str:
