@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
+from automl_server.jobs.fit import applies as fit_applies
 from automl_server.jobs.deploy import FILE_FORMATS, VERIFY_TIMEOUT_S, measurement_fields, send_measurement
 from automl_server.jobs.parent import parent_of
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
@@ -67,10 +68,12 @@ def compare_baselines(ctx: StageContext) -> dict[str, Any]:
     spec = JobSpec.from_params(ctx.params)
     state_path = ctx.job_dir() / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    bound_ms = target_band(ctx).top_ms
+    bound_ms = baseline_bound(ctx.results, target_band(ctx).top_ms)
     if "networks" not in state:
         state["networks"] = _pick(ctx, spec, bound_ms)
         _save(state_path, state)
+    if fit_applies(ctx.params):
+        _fit(ctx, spec, state, state_path)
     while True:
         for number, method in enumerate(METHODS):
             entry = state["networks"][method]
@@ -82,6 +85,49 @@ def compare_baselines(ctx: StageContext) -> dict[str, Any]:
         _measure(ctx, spec, state, state_path)
         if not _retry_misses(ctx, state, state_path, bound_ms):
             return _output(ctx, spec, state, bound_ms)
+
+
+def baseline_bound(results: dict[str, Any], band_top_ms: float) -> float:
+    """The predicted bound the baselines are picked within: the one the device corrected for
+    the job's own network (the fit stage's ``bound_ms``: where a network measured like it lands
+    on the window's top), else the band's top the search kept to."""
+    fitted = results.get("fit") or {}
+    return float(fitted["bound_ms"]) if "bound_ms" in fitted else band_top_ms
+
+
+# What a baseline's fit keeps with each network it tries (and puts back on the entry).
+FIT_FIELDS = ("arch", "predicted_ms", "brief_holdout_accuracy", "block", "zero_cells")
+
+
+def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Path) -> None:
+    """Each picked baseline measured untrained on the device and moved into the target's
+    window, as the job's own network was (jobs/fit.py): a fair comparison spends the same
+    share of the target. Random search moves among the networks it trained briefly (so only
+    to faster ones: they were sampled within the bound); the uniform network is rescaled."""
+    from automl_server.jobs.fit import StateFile, current_prediction, fit_network
+
+    store = StateFile(state_path, state)
+    predict = current_prediction(ctx)
+    for method in METHODS:
+        entry = state["networks"][method]
+        if "skipped" in entry or "fitted" in entry:
+            continue
+        first = {k: entry[k] for k in FIT_FIELDS if k in entry}
+
+        def derive(bound_ms: float, method: str = method, entry: dict[str, Any] = entry) -> dict[str, Any] | None:
+            if method == "random":  # its briefly trained networks, by the predictor as it is now
+                for tried in entry["tried"]:
+                    tried["predicted_ms"] = round(predict({**entry["arch"], "blocks": tried["blocks"]}), 6)
+            found = _faster(ctx, method, entry, bound_ms)
+            return None if found is None else {k: found[k] for k in FIT_FIELDS if k in found}
+
+        fitted = fit_network(ctx, spec, f"the {method} baseline", f"baseline-{method}", first, derive, predict,
+                             entry.setdefault("fit", {}), store, progress_at=PICK)
+        entry.update(fitted["network"])
+        entry["fitted"] = {k: fitted[k] for k in ("measured_ms", "try", "inside_window", "tries", "ended")
+                           if k in fitted}
+        entry.pop("fit")
+        _save(state_path, state)
 
 
 def search_cost_s(results: dict[str, Any]) -> float:
@@ -348,7 +394,8 @@ def _output(ctx: StageContext, spec: JobSpec, state: dict[str, Any], bound_ms: f
                                                                    "train_seconds", "epochs")},
                                "search_cost_s": entry["search_cost_s"]}
         row.update({k: entry[k] for k in ("networks", "candidates", "brief_epochs", "brief_holdout_accuracy",
-                                          "tried", "block", "zero_cells", "tries", "retry_ended") if k in entry})
+                                          "tried", "block", "zero_cells", "tries", "retry_ended", "fitted")
+                    if k in entry})
         measured = json.loads((ctx.job_dir() / _result_file(method, entry)).read_text())
         if "error" in measured:
             row["measurement_error"] = str(measured["error"])

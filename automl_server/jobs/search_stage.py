@@ -280,10 +280,11 @@ def _tune(ctx: StageContext, spec: JobSpec, searched: dict[str, Any], storage: A
 
 def chosen(results: dict[str, Any]) -> dict[str, Any]:
     """The job's network: the latest retry's when the first measured over the
-    target (jobs/promise.py), else the output of the stage that chose it: tune
-    if it ran, else search, else adopt (a finished job's network, fine-tuned)."""
-    picked: dict[str, Any] = (results.get("retry") or results.get("tune") or results.get("search")
-                              or results["adopt"])
+    target (jobs/promise.py), else the output of the stage that chose it: fit
+    (moved to the target's window on the device, jobs/fit.py) if it ran, else
+    tune, else search, else adopt (a finished job's network, fine-tuned)."""
+    picked: dict[str, Any] = (results.get("retry") or results.get("fit") or results.get("tune")
+                              or results.get("search") or results["adopt"])
     return picked
 
 

@@ -43,6 +43,8 @@ from automl_server.jobs.context import Stage, StageContext, StageFailed, StageWa
 from automl_server.jobs.deploy import export_model, verify_on_device
 from automl_server.jobs.device_finetune import applies as device_finetune_applies
 from automl_server.jobs.device_finetune import finetune_on_device
+from automl_server.jobs.fit import applies as fit_applies
+from automl_server.jobs.fit import fit_to_device
 from automl_server.jobs.lease import LeaseHeartbeat
 from automl_server.jobs.parent import adopt_parent, parent_of
 from automl_server.jobs.profile import profile_target
@@ -125,6 +127,10 @@ def _searches(params: dict[str, Any]) -> bool:
     return parent_of(params) is None
 
 
+def _fits(params: dict[str, Any]) -> bool:
+    return _searches(params) and fit_applies(params)
+
+
 def _adopts(params: dict[str, Any]) -> bool:
     return parent_of(params) is not None
 
@@ -136,6 +142,9 @@ for _stage, _applies in (
     (Stage("adopt", "default", adopt_parent, "Take the parent job's trained network"), _adopts),
     (Stage("search", "search", search_architecture, "ProxylessNAS search"), _searches),
     (Stage("tune", "search", tune_latency_loss, "Tune the latency loss with Optuna"), _searches),
+    # The chosen network timed on the device before training, moved into the target's window.
+    (Stage("fit", "default", fit_to_device, "Measure the chosen network on the device and move it into the "
+           "target's window"), _fits),
     (Stage("train", "search", train_network, "Train the found network with the job's pipeline"), None),
     (Stage("export", "search", export_model, "Export to ONNX (and TFLite)"), None),
     (Stage("verify", "default", verify_on_device, "Measure the exported model on the device"), None),

@@ -41,11 +41,16 @@ def test_a_job_with_baselines_reports_the_searched_network_beside_random_search_
     section = client.get(job["links"]["report"]).json["baselines"]
     rows = {row["method"]: row for row in section["rows"]}
     assert [row["method"] for row in section["rows"]] == ["searched", "random", "uniform"]
-    assert section["predicted_at_most_ms"] <= section["target_ms"] == job["latency_target_ms"]
+    assert section["target_ms"] == job["latency_target_ms"]
     for row in rows.values():
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["measured_ms"] > 0 and row["search_cost_s"] >= 0
     for method in ("random", "uniform"):
-        assert rows[method]["predicted_ms"] <= section["predicted_at_most_ms"]
+        # Picked within the bound the device corrected for the job's own network, then measured
+        # untrained and moved towards the target's window as that network was (jobs/fit.py).
+        assert section["predicted_at_most_ms"] == job["result"]["fit"]["bound_ms"]
+        fitted = rows[method]["fitted"]
+        assert fitted["tries"][0]["file"] == f"baseline-{method}-fit-1.json"
+        assert fitted["tries"][fitted["try"] - 1]["arch"] == rows[method]["arch"]  # the one trained
         assert rows[method]["epochs"] == rows["searched"]["epochs"]  # the same train budget
     assert len(set(rows["uniform"]["arch"]["blocks"]) - {"zero"}) == 1  # one block type everywhere
     assert rows["random"]["networks"] >= 3 == len(rows["random"]["tried"][:3])

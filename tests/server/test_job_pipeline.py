@@ -108,7 +108,7 @@ def test_push_button_job_runs_every_stage_and_reports(farm_app, tmp_path):
     job = client.get(response.headers["Location"]).json
     assert job["state"] == "succeeded", job["error"]
     started = [e.stage for e in events(db, job["id"], "state") if e.message.endswith("started")]
-    assert started == ["validate", "profile", "search", "tune", "train", "export", "schedule", "verify", "report"]
+    assert started == ["validate", "profile", "search", "tune", "fit", "train", "export", "schedule", "verify", "report"]
     report = client.get(job["links"]["report"]).json
     assert report == job["result"]["report"]
     assert 0.0 <= report["accuracy"]["test"] <= 1.0 and report["accuracy"]["test_samples"] == 359

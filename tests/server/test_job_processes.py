@@ -53,7 +53,7 @@ def test_push_button_job_from_the_cli_on_postgres_and_redis(tmp_path):
 
     assert "test accuracy" in waited.stdout and "latency measured" in waited.stdout
     # One progress bar per stage, each line naming its stage.
-    for stage in ("validate", "profile", "search", "tune", "train", "export", "schedule", "verify", "report"):
+    for stage in ("validate", "profile", "search", "tune", "fit", "train", "export", "schedule", "verify", "report"):
         assert stage in waited.stderr
     assert report["job_id"] == job_id and report["latency"]["measured_ms"] > 0
     assert report["downloads"]["onnx"].endswith("/artifacts/onnx")

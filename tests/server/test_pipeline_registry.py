@@ -154,7 +154,7 @@ def test_a_job_runs_the_registered_pipeline_and_exports_what_it_returns(farm):
     job = client.get(response.headers["Location"]).json
 
     assert job["state"] == "succeeded", job["error"]
-    assert job["result"]["plan"] == ["validate", "profile", "search", "tune", "train", "export"]
+    assert job["result"]["plan"] == ["validate", "profile", "search", "tune", "fit", "train", "export"]
     train = job["result"]["train"]
     assert train["pipeline"] == "toy-copy"
     assert train["settings"] == {"steps": 4, "lr": 0.1, "mode": "plain", "echo": "hello"}

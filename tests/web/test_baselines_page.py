@@ -11,7 +11,7 @@ from typing import Any
 from automl_server.db.models import Job, JobState
 from tests.web.test_browser import serious_axe_violations
 
-PLAN = ["validate", "profile", "search", "tune", "train", "export", "verify", "baselines", "report"]
+PLAN = ["validate", "profile", "search", "tune", "fit", "train", "export", "verify", "baselines", "report"]
 
 
 def baselines_result(target_ms: float) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from tests.server.processes import cli_json, serving, wait_for
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["validate", "profile", "search", "tune", "train", "export", "schedule", "verify", "report"]
+STAGES = ["validate", "profile", "search", "tune", "fit", "train", "export", "schedule", "verify", "report"]
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 # The smallest rendered text an SVG chart may draw on the phone width (px; 11 px asked, 0.5 px of rounding).
