@@ -118,6 +118,9 @@ def job_record(dataset: str, space: str, frac: float, target: float, strategy: s
     for row in compared.get("rows") or []:
         rows[row["method"]] = {k: row.get(k) for k in ("label", "test_accuracy", "measured_ms", "predicted_ms",
                                                          "search_cost_s", "skipped", "measurement_error")}
+        fitted = row.get("fitted") or (result.get("fit") if row["method"] == "searched" else None) or {}
+        # The fit stage (jobs/fit.py): the untrained networks measured, as fractions of the target.
+        rows[row["method"]]["fit_measured"] = [round(t["measured_ms"] / target, 3) for t in fitted.get("tries", ())]
     return {"dataset": dataset, "space": space, "frac": frac, "target_ms": target, "strategy": strategy,
             "seed": seed, "warmup_sampling": warmup_sampling, "job": job["id"], "state": job["state"], "error": job.get("error"),
             "seconds": round(seconds, 1), "rows": rows}
@@ -136,7 +139,8 @@ def describe(record: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"  {method:9s} {row['label']}: test accuracy {row['test_accuracy']:.3f}, predicted "
                      f"{row['predicted_ms']:.4g} ms, measured {fmt(row.get('measured_ms'))} ms, search cost "
-                     f"{row['search_cost_s']:.0f} s")
+                     f"{row['search_cost_s']:.0f} s"
+                     + (f"; fit tries at {row['fit_measured']} of the target" if row.get("fit_measured") else ""))
     return lines
 
 
