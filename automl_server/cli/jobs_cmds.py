@@ -98,6 +98,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"{lat['achievable_ms'][1]:.4g} ms)",
         *([f"  interval          predicted {lat['predicted_interval_ms'][0]:.4g}-{lat['predicted_interval_ms'][1]:.4g} ms "
             f"(the predictor's held-out error, 95th percentile)"] if lat.get("predicted_interval_ms") else []),
+        *([f"  fitted on device  {len(report['fit']['tries'])} network(s) measured untrained: " + ", ".join(
+            f"{t['measured_ms']:.4g} ms" for t in report["fit"]["tries"]) + f"; kept try {report['fit']['kept_try']} "
+            f"({'inside' if report['fit']['inside_window'] else 'outside'} the window "
+            f"{report['fit']['window_ms'][0]:.4g}-{report['fit']['window_ms'][1]:.4g} ms)"]
+          if report.get("fit") else []),
         *([f"  networks tried    {len(lat['tries'])}: " + ", ".join(
             f"{t['measured_ms']:.4g} ms ({'met' if t['meets_target'] else 'missed'})" for t in lat["tries"])]
           if len(lat.get("tries") or []) > 1 else []),

@@ -23,6 +23,10 @@ weights, so the device can tell before any training what the margin guessed:
 4. at most ``FIT_TRIES`` networks; the one kept is the first inside the window, else
    the slowest measured under its top, else the fastest.
 
+A network the tune stage took from a trial is kept when it measures inside the window;
+a move derives from the search's own probabilities (``search.ckpt``), as the promise's
+retry does: the trial's supernet is not kept.
+
 The window's top stays ``1 - WINDOW_HIGH`` (4%) under the target: the verify stage
 measures the trained, exported network again, and two measurements of one network on
 a shared device differ by a few percent. A miss there still goes to the promise's

@@ -37,6 +37,14 @@ def stage_seconds(ctx: StageContext) -> dict[str, float]:
     return seconds
 
 
+def _fit_summary(fit: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not fit or "tries" not in fit:
+        return None
+    return {"kept_try": fit["try"], "measured_ms": fit["measured_ms"], "inside_window": fit["inside_window"],
+            "window_ms": fit["window_ms"], "ended": fit.get("ended"),
+            "tries": [{k: t.get(k) for k in ("try", "predicted_ms", "measured_ms")} for t in fit["tries"]]}
+
+
 def build_report(ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -76,6 +84,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                     # Every network tried (a retry when one measured over the target, jobs/promise.py).
                     "tries": [{k: t[k] for k in ("try", "predicted_ms", "measured_ms", "meets_target")}
                               for t in verify.get("tries", [])]},
+        # The networks the fit stage measured untrained before training (jobs/fit.py); None when it did not run.
+        "fit": _fit_summary(r.get("fit")),
         # Whether the delivered network's measured latency met the target; false says the miss plainly.
         "target_met": bool(verify.get("target_met", verify["meets_target"])),
         "target_missed": verify.get("missed"),

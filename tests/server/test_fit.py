@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from automl_server.cli.jobs_cmds import format_report
 from automl_server.jobs.fit import WINDOW_AIM, kept_try, next_bound
 from tests.server.test_baselines_job import TINY_BUDGET
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
@@ -110,6 +111,10 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     assert json.loads((_settings.artifacts_dir / job["id"] / "arch.json").read_text())["blocks"] == kept["arch"]["blocks"]
     assert result["report"]["arch"]["blocks"] == kept["arch"]["blocks"]
     assert result["verify"]["predicted_ms"] == kept["predicted_ms"]
+    # The report, and the CLI's rendering of it, list the networks the fit measured.
+    assert [t["measured_ms"] for t in result["report"]["fit"]["tries"]] == [t["measured_ms"] for t in fitted["tries"]]
+    assert result["report"]["fit"]["kept_try"] == fitted["try"]
+    assert f"fitted on device  {len(fitted['tries'])} network(s) measured untrained" in format_report(result["report"])
     logs = [e.message for e in events(db, job["id"], "log") if e.stage == "fit"]
     assert any("untrained" in m and "trying the network derived under" in m for m in logs)
     assert any(m.startswith(f"fit: kept try {fitted['try']} of {len(fitted['tries'])}") for m in logs)
