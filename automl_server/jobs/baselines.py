@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.fit import applies as fit_applies
-from automl_server.jobs.deploy import FILE_FORMATS, VERIFY_TIMEOUT_S, measurement_fields, send_measurement
+from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, measurement_fields, send_measurement
 from automl_server.jobs.parent import parent_of
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
 from automl_server.jobs.search_stage import chosen, latency_model, load_split, target_band
@@ -215,35 +215,11 @@ def _train(ctx: StageContext, method: str, entry: dict[str, Any], low: float, hi
     trained = train_arch(ctx, arch, work_dir,
                          lambda c, ends: _ShareCallbacks(c, ends, low, high, f"{method} baseline"))
     out = trained.output
-    exported = _export(ctx, trained.model, arch, work_dir)
+    exported = export_device_file(ctx, trained.model, arch, work_dir)
     ctx.event("metric", f"{method} baseline trained: test accuracy {out['test_accuracy']:.3f}", baseline=method,
               test_accuracy=out["test_accuracy"], predicted_ms=entry["predicted_ms"])
     return {"test_accuracy": out["test_accuracy"], "holdout_accuracy": out["holdout_accuracy"],
             "epochs": out["epochs"], "train_seconds": out["train_seconds"], "exported": exported}
-
-
-def _export(ctx: StageContext, model: Any, arch: Arch, work_dir: Path) -> dict[str, str]:
-    """The file the job's runtime runs (ONNX, or TFLite for LiteRT), as the export stage writes
-    it, so that the baseline is measured as the job's network is; {} leaves the agent to build
-    the architecture itself."""
-    from automl_server.engine.deploy.export import export_onnx, export_tflite
-
-    fmt = FILE_FORMATS.get(str(ctx.params.get("runtime")))
-    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
-    model.eval()
-    if fmt == "onnx":
-        return {"onnx": str(export_onnx(model, shape, work_dir / "model.onnx").name)}
-    if fmt == "tflite":
-        from device_agents.profiling.tflite_writer import write_tflite
-
-        try:
-            path, _converter = export_tflite(model, shape, work_dir / "model.tflite", write_tflite)
-        except Exception as exc:  # noqa: BLE001 - as the export stage: the agent then builds the network
-            ctx.event("log", f"the baseline's TFLite export failed ({exc.__class__.__name__}: {exc}); the device "
-                      "measures the architecture rebuilt instead")
-            return {}
-        return {"tflite": path.name}
-    return {}
 
 
 def _tries(entry: dict[str, Any]) -> int:

@@ -141,6 +141,33 @@ def measurement_fields(measured: dict[str, Any], predicted_ms: float, target_ms:
             "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason")}
 
 
+def export_device_file(ctx: StageContext, model: Any, arch: Arch, directory: Path) -> dict[str, str]:
+    """``model`` in the file the job's runtime runs (ONNX, or TFLite for LiteRT), written into
+    ``directory`` as the export stage writes the job's (ONNX's batch dynamic unless
+    ``params.static_batch``), so that a network the job compares or fits is timed as its
+    delivered one is; {} leaves the agent to build the architecture itself. Returns
+    format -> file name."""
+    from automl_server.engine.deploy.export import export_onnx, export_tflite
+
+    fmt = FILE_FORMATS.get(str(ctx.params.get("runtime")))
+    shape = (1, arch.in_channels, arch.resolution, arch.resolution)
+    model.eval()
+    if fmt == "onnx":
+        dynamic = not JobSpec.from_params(ctx.params).static_batch
+        return {"onnx": str(export_onnx(model, shape, directory / "model.onnx", dynamic_batch=dynamic).name)}
+    if fmt == "tflite":
+        from device_agents.profiling.tflite_writer import write_tflite
+
+        try:
+            path, _converter = export_tflite(model, shape, directory / "model.tflite", write_tflite)
+        except Exception as exc:  # noqa: BLE001 - as the export stage: the agent then builds the network
+            ctx.event("log", f"the TFLite export of a network to measure failed ({exc.__class__.__name__}: "
+                      f"{exc}); the device measures the architecture rebuilt instead")
+            return {}
+        return {"tflite": path.name}
+    return {}
+
+
 def send_measurement(ctx: StageContext, target: Any, arch: Arch, exported: dict[str, Path], result_file: str) -> None:
     """Send one network of the job to its device's agent to be timed: the exported file of
     the target's runtime when ``exported`` has it (ONNX for onnxruntime, TFLite for LiteRT;

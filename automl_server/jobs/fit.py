@@ -10,9 +10,9 @@ used 0.75-0.89 of it (bench/bench_baselines_jobs.py, 2026-12-06): latency budget
 user gave and the job left unspent. A network's latency does not depend on its
 weights, so the device can tell before any training what the margin guessed:
 
-1. the chosen network (tune's or search's), untrained, is timed on the device by its
-   agent (the verify stage's path, ``jobs.deploy.send_measurement``, the runtime
-   building it from its architecture);
+1. the chosen network (tune's or search's), untrained, exported as the export stage
+   exports the job's (``jobs.deploy.export_device_file``), is timed on the device by its
+   agent the way verify times the delivered file (``jobs.deploy.send_measurement``);
 2. measured inside ``[WINDOW_LOW, WINDOW_HIGH]`` of the target, it stays;
 3. otherwise the search's final probabilities are derived again
    (``engine.derive.derive_within_target``, as the promise's retry does) under a
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
-from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, send_measurement
+from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
 from automl_server.jobs.spec import JobSpec
 
@@ -219,7 +219,7 @@ def _measured_or_wait(ctx: StageContext, spec: JobSpec, name: str, entry: dict[s
             _wait_for_device(ctx, spec, store.state, store.path, f"{name} needs measuring on it")
             entry["sent_at"] = time.time()
             store.save()
-            send_measurement(ctx, target, Arch.from_dict(entry["arch"]), {}, entry["file"])
+            send_measurement(ctx, target, Arch.from_dict(entry["arch"]), _untrained_file(ctx, entry), entry["file"])
         if not result.exists():  # an eager Celery (tests, one process) has answered already
             ctx.progress(progress_at, f"{name}: measuring try {entry['try']} on {target.device_name}",
                          device_status="online")
@@ -229,6 +229,23 @@ def _measured_or_wait(ctx: StageContext, spec: JobSpec, name: str, entry: dict[s
         raise StageFailed(f"the device could not run {name} (try {entry['try']}): {measured['error']}")
     entry["measured_ms"] = float(measured["measured_ms"])
     store.save()
+
+
+def _untrained_file(ctx: StageContext, entry: dict[str, Any]) -> dict[str, Path]:
+    """The try's network, untrained, exported as the export stage exports the job's (its own
+    folder): the device times the kind of file verify will time, not the agent's rebuild of
+    the architecture. Side by side on this 2-core VM (2026-12-06, proxyless-mobile at 32 px,
+    paced by the yardstick) the two differed by no more than two timings of one file do
+    (0.94-1.07x), so this removes a possible difference rather than a measured one: the
+    device's own noise stays (a network fitted at 89% of its target measured 108% of it in
+    verify; see README, "Fit on the device")."""
+    from search_spaces import Arch, build_model
+
+    arch = Arch.from_dict(entry["arch"])
+    folder = ctx.job_dir() / Path(entry["file"]).stem
+    folder.mkdir(exist_ok=True)
+    exported = export_device_file(ctx, build_model(arch), arch, folder)
+    return {fmt: folder / name for fmt, name in exported.items()}
 
 
 def fit_to_device(ctx: StageContext) -> dict[str, Any]:

@@ -99,19 +99,11 @@ def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monk
     assert [e.data["network"] for e in tried] == [1]
 
 
-def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, monkeypatch):
-    """As the job's own network (tests/server/test_promise.py): the device's answer for the
-    uniform network's first measurement (its answer file named) is scaled to 1.1x the
-    target; every other answer, and everything else, is the job's real path."""
+def over_target_answers(monkeypatch: pytest.MonkeyPatch, target_ms: float, over: Any) -> dict[str, float]:
+    """The device's answer for each baseline result file for which ``over(file)`` is true
+    scaled to 1.1x the target; returns every baseline answer's real figure by file. Which
+    baseline's answer is being made: an eager Celery answers inside send_measurement."""
     import automl_server.profiling as profiling
-    from automl_server.jobs.promise import STEP
-
-    app, _settings, db = farm
-    client = app.test_client()
-    profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
-    low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
-    target_ms = low + 0.9 * (high - low)  # room under the target for a faster uniform network
-    # Which baseline's answer is being made: an eager Celery answers inside send_measurement.
     from automl_server.jobs import baselines
 
     real_paced, real_send, sending, answers = profiling.paced_measurement, baselines.send_measurement, [], {}
@@ -127,12 +119,32 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
         answer = real_paced(db, payload)
         if "error" not in answer and sending:
             answers[sending[-1]] = answer["measured_ms"]
-            if sending[-1] == "baseline-uniform.json":  # the uniform network's first answer
+            if over(sending[-1]):
                 return {**answer, "measured_ms": target_ms * 1.1}
         return answer
 
     monkeypatch.setattr(baselines, "send_measurement", send)
     monkeypatch.setattr(profiling, "paced_measurement", paced)
+    return answers
+
+
+def upper_target(client: Any) -> float:
+    """A target near the top of the achievable range: room under it for faster baselines."""
+    profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
+    low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
+    return float(low + 0.9 * (high - low))
+
+
+def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, monkeypatch):
+    """As the job's own network (tests/server/test_promise.py): the device's answer for the
+    uniform network's first measurement (its answer file named) is scaled to 1.1x the
+    target; every other answer, and everything else, is the job's real path."""
+    from automl_server.jobs.promise import STEP
+
+    app, _settings, db = farm
+    client = app.test_client()
+    target_ms = upper_target(client)
+    answers = over_target_answers(monkeypatch, target_ms, lambda file: file == "baseline-uniform.json")
 
     response = client.post("/api/v1/jobs", json=job_request(
         latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
@@ -156,3 +168,46 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     trained = [e for e in events(db, job["id"], "progress")
                if e.stage == "baselines" and "training the uniform baseline" in e.message]
     assert len(trained) == 2  # trained once more for the faster network
+
+
+def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_says_so(farm, monkeypatch):
+    """Random search's first network measured over the target: replaced by the best of the
+    networks it trained briefly within the corrected bound. The uniform network measured
+    over it every time: after its 2 retries the row says so (``retry_ended``) and stays."""
+    from automl_server.jobs.baselines import BASELINE_RETRIES
+    from automl_server.jobs.promise import faster_top
+
+    app, _settings, db = farm
+    client = app.test_client()
+    target_ms = upper_target(client)
+    answers = over_target_answers(monkeypatch, target_ms,
+                                  lambda file: file == "baseline-random.json" or file.startswith("baseline-uniform"))
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    section = client.get(job["links"]["report"]).json["baselines"]
+    rows = {row["method"]: row for row in section["rows"]}
+    random = rows["random"]
+    if "retry_ended" in random:  # none of its briefly trained networks lies under the corrected bound
+        assert "no faster random network is predicted within" in random["retry_ended"]
+        assert "tries" not in random and random["meets_target"] is False
+    else:
+        (missed,) = random["tries"]
+        bound = faster_top(section["predicted_at_most_ms"], missed["predicted_ms"], missed["measured_ms"])
+        assert random["predicted_ms"] <= bound and random["arch"] != missed["arch"]
+        # The best on holdout of the networks it trained briefly within that bound.
+        within = [t for t in random["tried"] if t["predicted_ms"] <= bound]
+        assert random["brief_holdout_accuracy"] == max(t["holdout_accuracy"] for t in within)
+        assert random["measured_ms"] == pytest.approx(answers["baseline-random-try-2.json"])
+    uniform = rows["uniform"]
+    assert uniform["meets_target"] is False and uniform["measured_ms"] == pytest.approx(target_ms * 1.1)
+    if len(uniform.get("tries", ())) == BASELINE_RETRIES:
+        assert f"no retry left (at most {BASELINE_RETRIES})" in uniform["retry_ended"]
+    else:  # the space ran out of faster uniform networks first
+        assert "no faster uniform network is predicted within" in uniform["retry_ended"]
+    warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
+    assert sum(uniform["retry_ended"] in w for w in warnings) == 1  # said once
