@@ -5,7 +5,7 @@ trained with the same budget:
 
 - **random search** (``engine.baselines.random_search``): networks sampled
   from the space whose latency the job's predictor puts within the bound the
-  searched network keeps to (``target * (1 - margin)``, jobs/search_stage.target_band),
+  searched network keeps to (below),
   each trained briefly (``budget.tune_epochs``, at most ``train_epochs``) on
   the job's training split and judged on its holdout split, as many as fit
   in the search's own cost (search + tune seconds; at least 3, at most 50);
@@ -13,6 +13,12 @@ trained with the same budget:
 - **a uniform network** (``engine.baselines.uniform_network``): one block
   type everywhere, MobileNetV2-style, scaled in depth (Zero cells) and width
   (the block type) to the same predicted bound.
+
+The bound is the one the fit stage corrected on the device for the job's own
+network (``result.fit.bound_ms``, jobs/fit.py), else the band's top; each picked
+network is then timed untrained on the device and moved into the target's window
+as the job's network was (``_fit``), so that every network of the comparison
+spends about the same share of the target.
 
 Each final network is trained by the job's pipeline with the job's train
 budget (``jobs.train.train_arch``: the same epochs or share of

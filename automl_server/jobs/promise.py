@@ -114,6 +114,7 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     from automl_server.engine.derive import derive_within_target
     from automl_server.engine.supernet import SuperNet
     from automl_server.jobs.profile import job_layout
+    from automl_server.jobs.fit import WINDOW_AIM
     from automl_server.jobs.search_stage import latency_model, target_band
 
     checkpoint = ctx.job_dir() / "search.ckpt"
@@ -125,7 +126,12 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
     band = target_band(ctx)
     predicted = float(missed["predicted_ms"])
-    new_top = faster_top(band.top_ms, predicted, measured_ms)
+    # After the fit stage (jobs/fit.py) the network sits where the device, not the margin, put
+    # it: the retry aims where a network measured like the miss lands on the fit's window
+    # middle, not back at the margin's band top (which the fit had moved away from).
+    fitted = "tries" in (ctx.results.get("fit") or {})
+    new_top = faster_top(WINDOW_AIM * float(ctx.params["latency_target_ms"]) if fitted else band.top_ms,
+                         predicted, measured_ms)
     retry_band = band.under(new_top)
     derived = derive_within_target(net, model, retry_band.aim_ms, retry_band.tolerance)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):

@@ -51,18 +51,22 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield from sqlite_module_farm(tmp_path_factory, "fit-jobs")
 
 
-def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_before_training(farm, monkeypatch):
-    import automl_server.profiling as profiling
-    from automl_server.jobs import fit
-
-    app, _settings, db = farm
-    client = app.test_client()
-    # Ten calibration networks: each fit measurement then moves the calibrated predictor a little
-    # (with fewer than five usable ones, the first measurement would switch the calibration on).
+def mid_target(client: Any) -> float:
+    """The middle of the achievable range, on a target with ten calibration networks: each fit
+    measurement then moves the calibrated predictor a little (with fewer than five usable
+    ones, the first measurement would switch the calibration on)."""
     profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile",
                                                             params={"calibration_networks": 10}))
     low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
-    target_ms = low + 0.5 * (high - low)  # room over the first network's prediction for a slower one
+    return float(low + 0.5 * (high - low))  # room over the first network's prediction for a slower one
+
+
+def pessimistic_device(monkeypatch: pytest.MonkeyPatch, verify_ms: float | None = None) -> dict[str, float]:
+    """Every fit try answered at 0.7x its prediction (the prediction each try was sent with, by
+    answer file, returned); any other answer (verify) at ``verify_ms``, else 0.7x the real figure."""
+    import automl_server.profiling as profiling
+    from automl_server.jobs import fit
+
     real_paced, real_send, sending, sent = profiling.paced_measurement, fit.send_measurement, [], {}
 
     def send(ctx: Any, target: Any, arch: Any, exported: Any, result_file: str) -> None:
@@ -78,11 +82,20 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
         answer = real_paced(db, payload)
         if "error" in answer:
             return answer
-        # A fit try: the device runs it at 0.7x its prediction. Any other (verify): at 0.7x the real figure.
-        return {**answer, "measured_ms": 0.7 * (sending[-1] if sending else answer["measured_ms"])}
+        if sending:
+            return {**answer, "measured_ms": 0.7 * sending[-1]}
+        return {**answer, "measured_ms": verify_ms if verify_ms is not None else 0.7 * answer["measured_ms"]}
 
     monkeypatch.setattr(fit, "send_measurement", send)
     monkeypatch.setattr(profiling, "paced_measurement", paced)
+    return sent
+
+
+def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_before_training(farm, monkeypatch):
+    app, _settings, db = farm
+    client = app.test_client()
+    target_ms = mid_target(client)
+    sent = pessimistic_device(monkeypatch)
 
     response = client.post("/api/v1/jobs", json=job_request(
         latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
@@ -118,3 +131,30 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     logs = [e.message for e in events(db, job["id"], "log") if e.stage == "fit"]
     assert any("untrained" in m and "trying the network derived under" in m for m in logs)
     assert any(m.startswith(f"fit: kept try {fitted['try']} of {len(fitted['tries'])}") for m in logs)
+
+
+def test_after_a_fit_a_verify_miss_retries_from_the_fits_aim_not_the_margins(farm, monkeypatch):
+    """The fitted network measured at 1.1x the target in verify: the promise's next-faster
+    network is derived under the bound where a network measured like it lands on the
+    window's middle (0.915 x target x predicted / measured), at least 5% under it."""
+    from automl_server.jobs.promise import STEP
+
+    app, _settings, _db = farm
+    client = app.test_client()
+    target_ms = mid_target(client)
+    pessimistic_device(monkeypatch, verify_ms=1.1 * target_ms)
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "schedule": False, "target_retries": 1}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    result = job["result"]
+    missed = result["verify"]["tries"][0]
+    assert missed["arch"] == result["fit"]["arch"] and missed["measured_ms"] == pytest.approx(1.1 * target_ms)
+    predicted = missed["predicted_ms"]
+    aimed = min(WINDOW_AIM * target_ms * predicted / (1.1 * target_ms), predicted * (1 - STEP))
+    assert result["retry"]["aimed_under_ms"] == pytest.approx(aimed, rel=1e-4)
+    assert result["retry"]["predicted_ms"] <= result["retry"]["aimed_under_ms"]
+    assert result["target_met"] is False  # every verify answers 1.1x: the miss is said plainly
