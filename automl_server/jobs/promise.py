@@ -129,9 +129,12 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     # After the fit stage (jobs/fit.py) the network sits where the device, not the margin, put
     # it: the retry aims where a network measured like the miss lands on the fit's window
     # middle, not back at the margin's band top (which the fit had moved away from).
-    fitted = "tries" in (ctx.results.get("fit") or {})
-    new_top = faster_top(WINDOW_AIM * float(ctx.params["latency_target_ms"]) if fitted else band.top_ms,
-                         predicted, measured_ms)
+    # (The fit's ratio is applied either way: a device faster than its prediction moves the bound up.)
+    if "tries" in (ctx.results.get("fit") or {}):
+        aim_ms = WINDOW_AIM * float(ctx.params["latency_target_ms"])
+        new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
+    else:
+        new_top = faster_top(band.top_ms, predicted, measured_ms)
     retry_band = band.under(new_top)
     derived = derive_within_target(net, model, retry_band.aim_ms, retry_band.tolerance)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):

@@ -9,6 +9,7 @@ figure), so the first network leaves budget unspent and the fit must move to a s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
 from automl_server.cli.jobs_cmds import format_report
-from automl_server.jobs.fit import WINDOW_AIM, kept_try, next_bound
+from automl_server.jobs.fit import WINDOW_AIM, device_ratio, kept_try, next_bound
 from tests.server.test_baselines_job import TINY_BUDGET
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
@@ -25,25 +26,26 @@ def tries(*pairs: tuple[float, float]) -> list[dict[str, float]]:
     return [{"predicted_ms": p, "measured_ms": m} for p, m in pairs]
 
 
-def test_the_next_bound_puts_the_last_networks_ratio_on_the_windows_middle() -> None:
-    # Measured at half its prediction: a network predicted 0.915 / 0.5 = 1.83 ms lands on 0.915 ms.
+def test_the_device_ratio_pools_every_timing_and_the_next_bound_puts_it_on_the_windows_middle() -> None:
+    # One try measured at half its prediction: a network predicted 0.915 / 0.5 = 1.83 ms lands on 0.915 ms.
+    assert device_ratio(tries((1.0, 0.5))) == pytest.approx(0.5)
     assert next_bound(tries((1.0, 0.5)), 1.0) == pytest.approx(WINDOW_AIM / 0.5) == pytest.approx(1.83)
-    # Then measured at 1.2 ms for 1.83 predicted (over 0.96): 0.915 / (1.2 / 1.83), between 1.0 and 1.83.
-    assert next_bound(tries((1.0, 0.5), (1.83, 1.2)), 1.0) == pytest.approx(0.915 * 1.83 / 1.2)
+    # Two tries at 0.5x and 0.8x their predictions: the geometric mean, sqrt(0.4), not the last one's 0.8.
+    two = tries((1.0, 0.5), (1.83, 1.464))
+    assert device_ratio(two) == pytest.approx(math.sqrt(0.5 * 0.8))
+    assert next_bound(two, 1.0) == pytest.approx(0.915 / math.sqrt(0.4))
 
 
-def test_the_next_bound_bisects_when_the_ratio_points_outside_what_is_known() -> None:
-    # Under the window at 1.0 predicted, over it at 1.1: the last ratio (1.3 / 1.1) would aim at
-    # 0.774 ms, under the network already measured too fast; the bound halves the gap instead.
-    assert next_bound(tries((1.0, 0.86), (1.1, 1.3)), 1.0) == pytest.approx((1.0 * 1.005 + 1.1 * 0.995) / 2)
-    # Nothing between two neighbours measured under and over the window.
-    assert next_bound(tries((1.0, 0.86), (1.005, 1.0)), 1.0) is None
-
-
-def test_the_kept_network_is_the_first_inside_the_window_else_the_slowest_under_its_top() -> None:
-    assert kept_try(tries((1, 0.5), (2, 0.9), (2.1, 0.93)), 1.0) == 1
-    assert kept_try(tries((1, 0.5), (1.5, 0.8), (2, 1.2)), 1.0) == 1
-    assert kept_try(tries((2, 1.1), (1.8, 1.0)), 1.0) == 1  # none under the top: the fastest
+def test_the_kept_network_is_judged_by_the_pooled_ratio() -> None:
+    # Ratios 0.9 and 1.1: pooled 0.995. Estimates 0.995 (over 0.96) and 0.9154 (inside): the second.
+    assert kept_try(tries((1.0, 0.9), (0.92, 1.012)), 1.0) == 1
+    # Its own timing (1.012) is over the target, yet the pooled ratio puts it inside; kept.
+    # None inside: estimates 0.5 and 0.8 by ratio 1.0 -> the slowest under the top.
+    assert kept_try(tries((0.5, 0.5), (0.8, 0.8)), 1.0) == 1
+    # All over the top: the fastest.
+    assert kept_try(tries((1.2, 1.2), (1.1, 1.1)), 1.0) == 1
+    # Two inside: the one nearer the window's middle (0.915).
+    assert kept_try(tries((0.88, 0.88), (0.92, 0.92), (0.95, 0.95)), 1.0) == 1
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,10 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     assert fitted["moved"] is True and fitted["holdout_accuracy"] is None
     kept = fitted["tries"][fitted["try"] - 1]
     assert fitted["arch"] == kept["arch"] and fitted["measured_ms"] == kept["measured_ms"]
-    assert fitted["inside_window"] == (0.87 * target_ms <= kept["measured_ms"] <= 0.96 * target_ms)
+    # Judged by the device's ratio pooled over the tries (0.7 here, up to the predictor's moves).
+    assert fitted["device_ratio"] == pytest.approx(0.7, rel=0.1)
+    assert fitted["estimated_ms"] == pytest.approx(kept["predicted_ms"] * fitted["device_ratio"], rel=1e-5)
+    assert fitted["inside_window"] == (0.87 * target_ms <= fitted["estimated_ms"] <= 0.96 * target_ms)
     # The kept network is the one trained, exported and verified.
     assert json.loads((_settings.artifacts_dir / job["id"] / "arch.json").read_text())["blocks"] == kept["arch"]["blocks"]
     assert result["report"]["arch"]["blocks"] == kept["arch"]["blocks"]
