@@ -100,7 +100,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"(the predictor's held-out error, 95th percentile)"] if lat.get("predicted_interval_ms") else []),
         *([f"  fitted on device  {len(report['fit']['tries'])} network(s) measured untrained: " + ", ".join(
             f"{t['measured_ms']:.4g} ms" for t in report["fit"]["tries"]) + f"; kept try {report['fit']['kept_try']} "
-            f"({'inside' if report['fit']['inside_window'] else 'outside'} the window "
+            f"(expected {report['fit']['estimated_ms']:.4g} ms: {'inside' if report['fit']['inside_window'] else 'outside'} the window "
             f"{report['fit']['window_ms'][0]:.4g}-{report['fit']['window_ms'][1]:.4g} ms)"]
           if report.get("fit") else []),
         *([f"  networks tried    {len(lat['tries'])}: " + ", ".join(

@@ -76,3 +76,9 @@ class TargetBand:
 
 def band_for(target_ms: float, margin: float) -> TargetBand:
     return TargetBand.ending_at(target_ms * (1 - margin), margin, min(margin, BAND_TOLERANCE))
+
+
+# The fit stage's window (jobs/fit.py), as fractions of the target: a network expected
+# inside it uses the budget (at least 85% of the target, issue 17) and leaves room for the
+# verify stage's own timing; a move aims at its middle.
+WINDOW_LOW, WINDOW_AIM, WINDOW_HIGH = 0.87, 0.915, 0.96

@@ -114,7 +114,7 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     from automl_server.engine.derive import derive_within_target
     from automl_server.engine.supernet import SuperNet
     from automl_server.jobs.profile import job_layout
-    from automl_server.jobs.fit import WINDOW_AIM
+    from automl_server.jobs.margin import WINDOW_AIM
     from automl_server.jobs.search_stage import latency_model, target_band
 
     checkpoint = ctx.job_dir() / "search.ckpt"

@@ -40,7 +40,8 @@ def stage_seconds(ctx: StageContext) -> dict[str, float]:
 def _fit_summary(fit: dict[str, Any] | None) -> dict[str, Any] | None:
     if not fit or "tries" not in fit:
         return None
-    return {"kept_try": fit["try"], "measured_ms": fit["measured_ms"], "inside_window": fit["inside_window"],
+    return {"kept_try": fit["try"], "measured_ms": fit["measured_ms"], "estimated_ms": fit.get("estimated_ms"),
+            "device_ratio": fit.get("device_ratio"), "inside_window": fit["inside_window"],
             "window_ms": fit["window_ms"], "ended": fit.get("ended"),
             "tries": [{k: t.get(k) for k in ("try", "predicted_ms", "measured_ms")} for t in fit["tries"]]}
 

@@ -94,9 +94,10 @@ class JobOptions(BaseModel):
         "how many next-faster networks (derived from the search's final probabilities, each trained with the "
         "job's train budget, exported and measured) the job tries before it reports the miss.")
     fit_on_device: bool = Field(
-        _SPEC.fit_on_device, description="Before training, measure the chosen network on the device and, when it "
-        "measures outside 87-96% of the latency target, derive the search's network again under a bound corrected "
-        "by that measurement (fit stage, at most 4 networks measured); false trains the network the prediction chose.")
+        _SPEC.fit_on_device, description="Before training, time the chosen network untrained on the device and, "
+        "when the device's measured/predicted ratio (pooled over the networks timed) puts it outside 87-96% of the "
+        "latency target, derive the search's network again under the bound that ratio corrects (fit stage, at most "
+        "4 networks timed); false trains the network the prediction chose.")
     final_fit: FinalFit = Field(
         _SPEC.final_fit, description="Data the found network is trained on: the holdout split joins the training "
         "split once search and tuning are done (default), or stays out to show a held-out curve.")

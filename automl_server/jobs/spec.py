@@ -60,8 +60,9 @@ class JobSpec:
     # trained with the job's train budget again, exported and measured) before it reports
     # the miss (jobs/promise.py).
     target_retries: int = 3
-    # The chosen network measured on the device before training and moved until it measures
-    # 87-96% of the target (stage "fit", jobs/fit.py): the budget used, not left to the margin.
+    # The chosen network timed on the device before training and moved until the device's
+    # pooled measured/predicted ratio puts it at 87-96% of the target (stage "fit",
+    # jobs/fit.py): the budget used, not left to the margin.
     fit_on_device: bool = True
     # The searched network side by side with random search and a uniform MobileNetV2-style
     # network at the same latency bound, each trained with the job's train budget and measured

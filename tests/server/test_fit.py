@@ -65,9 +65,15 @@ def mid_target(client: Any) -> float:
 
 def pessimistic_device(monkeypatch: pytest.MonkeyPatch, verify_ms: float | None = None) -> dict[str, float]:
     """Every fit try answered at 0.7x its prediction (the prediction each try was sent with, by
-    answer file, returned); any other answer (verify) at ``verify_ms``, else 0.7x the real figure."""
+    answer file, returned); any other answer (verify) at ``verify_ms``, else 0.7x the real figure.
+    The job's timings do not calibrate the predictor here: held still, the predictor gives each
+    try the prediction it was sent with, so the device's ratio is exactly 0.7 (with the real
+    timings of a loaded test machine recorded, a target whose calibration networks were flagged
+    noisy switched its calibration on mid-job; fit_network's re-prediction is for that)."""
     import automl_server.profiling as profiling
     from automl_server.jobs import fit
+
+    monkeypatch.setattr(profiling, "record_network", lambda payload: None)
 
     real_paced, real_send, sending, sent = profiling.paced_measurement, fit.send_measurement, [], {}
 
@@ -115,14 +121,13 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     assert first["measured_ms"] == pytest.approx(0.7 * sent[first["file"]])
     assert first["measured_ms"] < 0.87 * target_ms  # budget left unspent: it had to move
     assert later and later[0]["predicted_ms"] > first["predicted_ms"]  # to a slower network
-    # Where a network measured at 0.7x its prediction lands on 91.5% of the target (the predictor
-    # re-predicts with each measurement it gains, so within a few percent).
-    assert later[0]["bound_ms"] == pytest.approx(WINDOW_AIM * target_ms / 0.7, rel=0.1)
+    # Where a network measured at 0.7x its prediction lands on 91.5% of the target.
+    assert later[0]["bound_ms"] == pytest.approx(WINDOW_AIM * target_ms / 0.7, rel=1e-4)
     assert fitted["moved"] is True and fitted["holdout_accuracy"] is None
     kept = fitted["tries"][fitted["try"] - 1]
     assert fitted["arch"] == kept["arch"] and fitted["measured_ms"] == kept["measured_ms"]
     # Judged by the device's ratio pooled over the tries (0.7 here, up to the predictor's moves).
-    assert fitted["device_ratio"] == pytest.approx(0.7, rel=0.1)
+    assert fitted["device_ratio"] == pytest.approx(0.7, rel=1e-4)
     assert fitted["estimated_ms"] == pytest.approx(kept["predicted_ms"] * fitted["device_ratio"], rel=1e-5)
     assert fitted["inside_window"] == (0.87 * target_ms <= fitted["estimated_ms"] <= 0.96 * target_ms)
     # The kept network is the one trained, exported and verified.

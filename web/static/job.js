@@ -405,10 +405,10 @@
         text: `Latency target missed. ${report.target_missed || `The network measured ${fmtMs(lat.measured_ms)}, over your target of ${fmtMs(report.latency_target_ms)}.`}` })]),
       ...(report.fit ? [el("p", { id: "fit-tries", text: `Before training, the service timed the chosen network on ${report.device}: ` +
         `${report.fit.tries.map((t) => fmtMs(t.measured_ms)).join(", then ")}` +
-        (report.fit.tries.length > 1 ? ` (it moved to a ${report.fit.tries[1].measured_ms > report.fit.tries[0].measured_ms ? "slower, more accurate" : "faster"} network ` +
+        (report.fit.tries.length > 1 ? ` (it moved to a ${report.fit.tries[1].predicted_ms > report.fit.tries[0].predicted_ms ? "slower, more accurate" : "faster"} network ` +
           "derived from the same search, so that the network uses your latency budget without going over it)" : "") +
-        `. It kept the one at ${fmtMs(report.fit.measured_ms)}: ${report.fit.inside_window ? "inside" : "outside"} the window of ` +
-        `${fmtMs(report.fit.window_ms[0])} – ${fmtMs(report.fit.window_ms[1])} (87–96% of your target).` })] : []),
+        `. It kept the one it expects at ${fmtMs(report.fit.estimated_ms ?? report.fit.measured_ms)}: ${report.fit.inside_window ? "inside" : "outside"} the window of ` +
+        `${fmtMs(report.fit.window_ms[0])} – ${fmtMs(report.fit.window_ms[1])} (87–96% of your target, by the device’s speed over the networks it timed).` })] : []),
       ...((lat.tries || []).length > 1 ? [el("p", { id: "target-tries", text: `Networks tried: ${lat.tries.map((t) =>
         `${fmtMs(t.measured_ms)} (${t.meets_target ? "met" : "missed"})`).join(", ")}. When a network measured over the target, ` +
         "the job derived the next-faster network from the search and trained, exported and measured it again." })] : []),
