@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
+from tests.server.device_answers import rewrite_answers
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
 
@@ -101,30 +102,18 @@ def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monk
 
 def over_target_answers(monkeypatch: pytest.MonkeyPatch, target_ms: float, over: Any) -> dict[str, float]:
     """The device's answer for each baseline result file for which ``over(file)`` is true
-    scaled to 1.1x the target; returns every baseline answer's real figure by file. Which
-    baseline's answer is being made: an eager Celery answers inside send_measurement."""
-    import automl_server.profiling as profiling
+    scaled to 1.1x the target; returns every baseline answer's real figure by file."""
     from automl_server.jobs import baselines
 
-    real_paced, real_send, sending, answers = profiling.paced_measurement, baselines.send_measurement, [], {}
+    answers: dict[str, float] = {}
 
-    def send(ctx: Any, target: Any, arch: Any, exported: Any, result_file: str) -> None:
-        sending.append(result_file)
-        try:
-            real_send(ctx, target, arch, exported, result_file)
-        finally:
-            sending.pop()
+    def rewrite(file: str | None, answer: dict[str, Any]) -> dict[str, Any]:
+        if file is None:
+            return answer
+        answers[file] = answer["measured_ms"]
+        return {**answer, "measured_ms": target_ms * 1.1} if over(file) else answer
 
-    def paced(db: Any, payload: dict[str, Any]) -> dict[str, Any]:
-        answer = real_paced(db, payload)
-        if "error" not in answer and sending:
-            answers[sending[-1]] = answer["measured_ms"]
-            if over(sending[-1]):
-                return {**answer, "measured_ms": target_ms * 1.1}
-        return answer
-
-    monkeypatch.setattr(baselines, "send_measurement", send)
-    monkeypatch.setattr(profiling, "paced_measurement", paced)
+    rewrite_answers(monkeypatch, baselines, rewrite)
     return answers
 
 

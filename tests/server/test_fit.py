@@ -18,6 +18,7 @@ import pytest
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
 from automl_server.cli.jobs_cmds import format_report
 from automl_server.jobs.fit import WINDOW_AIM, device_ratio, kept_try, next_bound
+from tests.server.device_answers import rewrite_answers
 from tests.server.test_baselines_job import TINY_BUDGET
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
@@ -75,28 +76,32 @@ def pessimistic_device(monkeypatch: pytest.MonkeyPatch, verify_ms: float | None 
 
     monkeypatch.setattr(profiling, "record_network", lambda payload: None)
 
-    real_paced, real_send, sending, sent = profiling.paced_measurement, fit.send_measurement, [], {}
+    sent: dict[str, float] = {}
+
+    def rewrite(file: str | None, answer: dict[str, Any]) -> dict[str, Any]:
+        if file is None:  # verify's answer
+            return {**answer, "measured_ms": verify_ms if verify_ms is not None else 0.7 * answer["measured_ms"]}
+        return {**answer, "measured_ms": 0.7 * sent[file]}
+
+    real_send = fit.send_measurement
 
     def send(ctx: Any, target: Any, arch: Any, exported: Any, result_file: str) -> None:
         state = json.loads((ctx.job_dir() / fit.STATE_FILE).read_text())
         sent[result_file] = next(t["predicted_ms"] for t in state["tries"] if t["file"] == result_file)
-        sending.append(sent[result_file])
-        try:
-            real_send(ctx, target, arch, exported, result_file)
-        finally:
-            sending.pop()
-
-    def paced(db: Any, payload: dict[str, Any]) -> dict[str, Any]:
-        answer = real_paced(db, payload)
-        if "error" in answer:
-            return answer
-        if sending:
-            return {**answer, "measured_ms": 0.7 * sending[-1]}
-        return {**answer, "measured_ms": verify_ms if verify_ms is not None else 0.7 * answer["measured_ms"]}
+        real_send(ctx, target, arch, exported, result_file)
 
     monkeypatch.setattr(fit, "send_measurement", send)
-    monkeypatch.setattr(profiling, "paced_measurement", paced)
+    rewrite_answers(monkeypatch, fit, rewrite)
     return sent
+
+
+def run_job(client: Any, target_ms: float, **params: Any) -> dict[str, Any]:
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "schedule": False, **params}))
+    job: dict[str, Any] = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    return job
 
 
 def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_before_training(farm, monkeypatch):
@@ -105,14 +110,9 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     target_ms = mid_target(client)
     sent = pessimistic_device(monkeypatch)
 
-    response = client.post("/api/v1/jobs", json=job_request(
-        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
-        # No promise retry: a verify measurement over the target (noise on a 0.05 ms network) would
-        # train another network; what is asserted is which network the first training took.
-        params={"calibration_networks": 5, "schedule": False, "target_retries": 0}))
-
-    job = client.get(response.headers["Location"]).json
-    assert job["state"] == "succeeded", job["error"]
+    # No promise retry: a verify measurement over the target would train another network;
+    # what is asserted is which network the first training took.
+    job = run_job(client, target_ms, target_retries=0)
     result = job["result"]
     assert result["plan"][2:6] == ["search", "tune", "fit", "train"]
     fitted = result["fit"]
@@ -154,13 +154,7 @@ def test_after_a_fit_a_verify_miss_retries_from_the_fits_aim_not_the_margins(far
     target_ms = mid_target(client)
     pessimistic_device(monkeypatch, verify_ms=1.1 * target_ms)
 
-    response = client.post("/api/v1/jobs", json=job_request(
-        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
-        params={"calibration_networks": 5, "schedule": False, "target_retries": 1}))
-
-    job = client.get(response.headers["Location"]).json
-    assert job["state"] == "succeeded", job["error"]
-    result = job["result"]
+    result = run_job(client, target_ms, target_retries=1)["result"]
     missed = result["verify"]["tries"][0]
     assert missed["arch"] == result["fit"]["arch"] and missed["measured_ms"] == pytest.approx(1.1 * target_ms)
     predicted = missed["predicted_ms"]
