@@ -31,7 +31,7 @@ retry does: the trial's supernet is not kept.
 
 The window's top stays ``1 - WINDOW_HIGH`` (4%) under the target: the verify stage
 measures the trained, exported network again, and two timings of one network on a
-shared device differ (by up to 10% on this 2-core VM, paced). A miss there still goes
+shared device differ (by up to 15% on this 2-core VM, paced). A miss there still goes
 to the promise's retry (jobs/promise.py). The fit moves the *expected* measurement into
 the window; it cannot remove the noise of the one timing verify reports. Each try is also a whole network for the target's
 calibration (``record_verification`` records it), so the predictor learns networks
@@ -98,7 +98,7 @@ def inside(measured_ms: float, target_ms: float) -> bool:
 def device_ratio(tries: list[dict[str, Any]]) -> float:
     """The device's measured/predicted ratio for networks like these: the geometric mean over
     every measured try. One timing of a network on a shared CPU is noisy (two paced timings of
-    one file differed by up to 10% on this 2-core VM), and the tries are networks of one
+    one file differed by up to 15% on this 2-core VM), and the tries are networks of one
     search, predicted by one predictor: each is a sample of one ratio, and pooling them is
     what keeps the fit from chasing one timing's noise (with each try judged by its own
     timing, a job moved 0.80 -> 0.84 -> 0.76 -> 1.04 of its target and kept a network later
