@@ -122,8 +122,9 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
 
         def derive(bound_ms: float, method: str = method, entry: dict[str, Any] = entry) -> dict[str, Any] | None:
             if method == "random":  # its briefly trained networks, by the predictor as it is now
-                for tried in entry["tried"]:
-                    tried["predicted_ms"] = round(predict({**entry["arch"], "blocks": tried["blocks"]}), 6)
+                again = predict([{**entry["arch"], "blocks": tried["blocks"]} for tried in entry["tried"]])
+                for tried, predicted in zip(entry["tried"], again):
+                    tried["predicted_ms"] = round(predicted, 6)
             found = _faster(ctx, method, entry, bound_ms)
             return None if found is None else {k: found[k] for k in FIT_FIELDS if k in found}
 
@@ -411,6 +412,6 @@ def _label(method: str, entry: dict[str, Any]) -> str:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    from automl_server.jobs.fit import StateFile
+
+    StateFile(path, state).save()

@@ -62,7 +62,8 @@ STATE_FILE = "fit-state.json"
 FIT_TRIES = 4
 
 Derive = Callable[[float], "dict[str, Any] | None"]
-Predict = Callable[[dict[str, Any]], float]
+# Predicts a list of architectures with one snapshot of the target's predictor.
+Predict = Callable[[list[dict[str, Any]]], list[float]]
 
 
 @dataclass
@@ -144,7 +145,7 @@ def fit_network(ctx: StageContext, spec: JobSpec, name: str, key: str, first: di
     ``state`` (a part of ``store``'s state) holds the tries; raises StageWait while the
     device measures (its progress at ``progress_at`` of the stage's bar).
 
-    Every measured try is predicted again with ``predict(arch)`` (the target's predictor as
+    Every measured try is predicted again with ``predict(archs)`` (the target's predictor as
     it is now) before each decision: each measurement also calibrates the predictor
     (``record_verification``), and a job's first fit measurement can be the one that lets
     the calibration fit at all (a 5-network target moved from the plain table sum to a
@@ -195,8 +196,8 @@ def fit_network(ctx: StageContext, spec: JobSpec, name: str, key: str, first: di
 
 
 def _predict_again(tries: list[dict[str, Any]], predict: Predict) -> None:
-    for entry in tries:
-        entry["predicted_ms"] = round(predict(entry["arch"]), 6)
+    for entry, predicted in zip(tries, predict([t["arch"] for t in tries])):
+        entry["predicted_ms"] = round(predicted, 6)
 
 
 def _try(key: str, number: int, network: dict[str, Any]) -> dict[str, Any]:
@@ -281,14 +282,16 @@ def fit_to_device(ctx: StageContext) -> dict[str, Any]:
 
 
 def current_prediction(ctx: StageContext) -> Predict:
-    """``predict(arch)``: the network's latency by the target's predictor as it is now."""
+    """``predict(archs)``: the networks' latencies by the target's predictor as it is now (built
+    once per call: it reads the target's measurements and fits its calibration)."""
     from automl_server.engine.latency import arch_latency_ms
     from automl_server.jobs.profile import job_layout
     from automl_server.jobs.search_stage import latency_model
     from search_spaces import Arch
 
-    def predict(arch: dict[str, Any]) -> float:
-        return float(arch_latency_ms(Arch.from_dict(arch), latency_model(ctx, job_layout(ctx))))
+    def predict(archs: list[dict[str, Any]]) -> list[float]:
+        model = latency_model(ctx, job_layout(ctx))
+        return [float(arch_latency_ms(Arch.from_dict(arch), model)) for arch in archs]
 
     return predict
 
