@@ -21,7 +21,7 @@ Used by the job's ``baselines`` stage (``jobs/baselines.py``) and by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -92,10 +92,11 @@ def uniform_network(layout: SpaceLayout, latency_model: LatencyModel, max_ms: fl
 
 
 def sample_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float, seed: int,
-                  pool: int = RANDOM_POOL) -> list[tuple[Arch, float]]:
+                  pool: int = RANDOM_POOL, skip: Iterable[tuple[str, ...]] = ()) -> list[tuple[Arch, float]]:
     """Networks drawn uniformly from the space (each cell's block at random) whose predicted
-    latency is within ``max_ms``, with it, in the order drawn, without repeats."""
-    seen: set[tuple[str, ...]] = set()
+    latency is within ``max_ms``, with it, in the order drawn, without repeats and without
+    the networks of ``skip`` (block tuples: those a search has tried already)."""
+    seen: set[tuple[str, ...]] = {tuple(blocks) for blocks in skip}
     kept: list[tuple[Arch, float]] = []
     for arch in sample_archs(layout.space, pool, seed, layout.resolution, layout.num_classes, layout.in_channels):
         if arch.blocks in seen:
@@ -133,16 +134,17 @@ def random_search(layout: SpaceLayout, data: SplitData, latency_model: LatencyMo
                   budget_s: float, brief_epochs: int, seed: int, batch_size: int = 64,
                   min_networks: int = MIN_RANDOM_NETWORKS, max_networks: int = MAX_RANDOM_NETWORKS,
                   on_step: Callable[[], None] | None = None,
-                  on_network: Callable[[Tried, int], None] | None = None) -> RandomSearchResult | None:
+                  on_network: Callable[[Tried, int], None] | None = None,
+                  skip: Iterable[tuple[str, ...]] = ()) -> RandomSearchResult | None:
     """Random search within ``max_ms``: each network trained ``brief_epochs`` from scratch
     on ``data``'s training split and judged on its holdout split; the best is returned.
 
     It stops before a network that would end past ``budget_s`` (judged by the mean time of
     those done), after at least ``min_networks`` and at most ``max_networks``. ``on_step``
     runs after every weight step and may raise to abandon the search (a cancel);
-    ``on_network(tried, number)`` after each network. None when no sampled network is
-    predicted within ``max_ms``."""
-    pool = sample_within(layout, latency_model, max_ms, seed)
+    ``on_network(tried, number)`` after each network. ``skip``: networks (block tuples) not
+    to draw again. None when no sampled network is predicted within ``max_ms``."""
+    pool = sample_within(layout, latency_model, max_ms, seed, skip=skip)
     if not pool:
         return None
     started = time.perf_counter()

@@ -192,6 +192,7 @@ def fit_network(ctx: StageContext, spec: JobSpec, name: str, key: str, first: di
             # The predicted bound at which the pooled ratio puts a network on the window's top.
             "bound_ms": round(WINDOW_HIGH * target_ms / ratio, 6),
             "tries": [{k: v for k, v in t.items() if k != "sent_at"} for t in tries],
+            "device_seconds": round(sum(float(t.get("device_seconds", 0.0)) for t in tries), 3),
             **({"ended": state["ended"]} if state.get("ended") else {})}
 
 
@@ -206,7 +207,8 @@ def _try(key: str, number: int, network: dict[str, Any]) -> dict[str, Any]:
 
 def network_fields(kept: dict[str, Any]) -> dict[str, Any]:
     """A kept try's network, without the fit's own bookkeeping."""
-    return {k: v for k, v in kept.items() if k not in ("try", "file", "sent_at", "measured_ms", "bound_ms")}
+    return {k: v for k, v in kept.items()
+            if k not in ("try", "file", "sent_at", "measured_ms", "bound_ms", "device_seconds")}
 
 
 def _measured_or_wait(ctx: StageContext, spec: JobSpec, name: str, entry: dict[str, Any], store: StateFile,
@@ -235,6 +237,8 @@ def _measured_or_wait(ctx: StageContext, spec: JobSpec, name: str, entry: dict[s
     if "error" in measured:
         raise StageFailed(f"the device could not run {name} (try {entry['try']}): {measured['error']}")
     entry["measured_ms"] = float(measured["measured_ms"])
+    if "sent_at" in entry:  # the device's time, as verify counts its own: from the send to the answer
+        entry["device_seconds"] = round(max(0.0, result.stat().st_mtime - float(entry["sent_at"])), 3)
     store.save()
 
 

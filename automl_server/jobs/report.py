@@ -54,8 +54,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
     verify, export, train, profile = r["verify"], r["export"], r["train"], r["profile"]
     seconds = stage_seconds(ctx)
     compute_s = sum(seconds.get(s, 0.0) for s in ("validate", "search", "tune", "train", "export", "baselines"))
-    device_s = (float(profile.get("device_seconds", 0.0)) + float(verify.get("device_seconds", 0.0))
-                + float((r.get("baselines") or {}).get("device_seconds", 0.0)))
+    device_s = (float(profile.get("device_seconds", 0.0)) + float((r.get("fit") or {}).get("device_seconds", 0.0))
+                + float(verify.get("device_seconds", 0.0)) + float((r.get("baselines") or {}).get("device_seconds", 0.0)))
     gpu = torch.cuda.is_available()
     report = {
         "format": REPORT_FORMAT,

@@ -85,6 +85,17 @@ def test_random_search_trains_networks_within_the_bound_and_keeps_the_best_on_ho
     assert found.cost_s >= sum(t.seconds for t in found.tried) * 0.99
 
 
+def test_sampling_skips_the_networks_a_search_tried_already():
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + 0.5 * (slowest - fastest)
+    drawn = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200)
+    tried = [arch.blocks for arch, _ in drawn[:3]]
+
+    again = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, skip=tried)
+
+    assert [arch.blocks for arch, _ in again] == [arch.blocks for arch, _ in drawn[3:]]
+
+
 def test_random_search_finds_nothing_under_an_impossible_bound(digits):
     fastest, _ = latency_range_ms(LAYOUT, MODEL)
 
