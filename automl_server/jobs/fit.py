@@ -303,24 +303,16 @@ def current_prediction(ctx: StageContext) -> Predict:
 def searched_derivation(ctx: StageContext) -> Derive:
     """``derive(bound_ms)``: the search's final probabilities derived within the job's band
     moved under ``bound_ms`` (as the promise's retry derives)."""
-    import torch
-
-    from automl_server.engine.derive import derive_within_target
-    from automl_server.engine.supernet import SuperNet
-    from automl_server.jobs.profile import job_layout
-    from automl_server.jobs.search_stage import latency_model, target_band
+    from automl_server.jobs.search_stage import derive_under, searched_supernet
 
     loaded: dict[str, Any] = {}
 
     def derive(bound_ms: float) -> dict[str, Any] | None:
-        layout = job_layout(ctx)
         if not loaded:
-            net = SuperNet(layout)
-            net.load_state_dict(torch.load(ctx.job_dir() / "search.ckpt", weights_only=False)["net"])
-            loaded["net"] = net
-        band = target_band(ctx).under(bound_ms)
-        # The predictor as it is now (the fit's measurements calibrate it: see fit_network).
-        derived = derive_within_target(loaded["net"], latency_model(ctx, layout), band.aim_ms, band.tolerance)
+            loaded["net"] = searched_supernet(ctx)
+        if loaded["net"] is None:  # no search.ckpt: nothing to derive from
+            return None
+        derived = derive_under(ctx, loaded["net"], bound_ms)
         if derived.predicted_ms > bound_ms * (1 + 1e-9):
             return None  # nothing in the space is predicted under the bound
         return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6)}

@@ -109,22 +109,12 @@ def faster_top(top_ms: float, predicted_ms: float, measured_ms: float) -> float:
 def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -> dict[str, Any] | None:
     """The next-faster derivation of the search's final probabilities, as a chosen-network
     dict (arch, predicted_ms); None when the job has no search or nothing faster exists."""
-    import torch
-
-    from automl_server.engine.derive import derive_within_target
-    from automl_server.engine.supernet import SuperNet
-    from automl_server.jobs.profile import job_layout
     from automl_server.jobs.margin import WINDOW_AIM
-    from automl_server.jobs.search_stage import latency_model, target_band
+    from automl_server.jobs.search_stage import derive_under, searched_supernet, target_band
 
-    checkpoint = ctx.job_dir() / "search.ckpt"
-    if not checkpoint.exists():  # a job that adopted its parent's network did not search
+    net = searched_supernet(ctx)
+    if net is None:  # a job that adopted its parent's network did not search
         return None
-    layout = job_layout(ctx)
-    model = latency_model(ctx, layout)
-    net = SuperNet(layout)
-    net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
-    band = target_band(ctx)
     predicted = float(missed["predicted_ms"])
     # After the fit stage (jobs/fit.py) the network sits where the device, not the margin, put
     # it: the retry aims where a network measured like the miss lands on the fit's window
@@ -134,9 +124,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
         aim_ms = WINDOW_AIM * float(ctx.params["latency_target_ms"])
         new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
     else:
-        new_top = faster_top(band.top_ms, predicted, measured_ms)
-    retry_band = band.under(new_top)
-    derived = derive_within_target(net, model, retry_band.aim_ms, retry_band.tolerance)
+        new_top = faster_top(target_band(ctx).top_ms, predicted, measured_ms)
+    derived = derive_under(ctx, net, new_top)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
         return None
     return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6), "holdout_accuracy": None,

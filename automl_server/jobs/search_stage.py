@@ -35,9 +35,11 @@ if TYPE_CHECKING:  # torch and numpy load when a stage runs
     from numpy.lib.npyio import NpzFile
 
     from automl_server.engine.data import SplitData
+    from automl_server.engine.derive import Derivation
     from automl_server.engine.latency import LatencyModel
     from automl_server.engine.search import SearchConfig
     from automl_server.engine.search_plan import SearchSchedule
+    from automl_server.engine.supernet import SuperNet
     from search_spaces import SpaceLayout
 
 def target_band(ctx: StageContext) -> TargetBand:
@@ -66,6 +68,31 @@ def latency_model(ctx: StageContext, layout: SpaceLayout) -> LatencyModel:
     from search_spaces import op_key
 
     return predictor(ctx.db, job_target(ctx), space=layout.space, resolution=layout.resolution).op_model(op_key(layout, layout.fixed[0]))
+
+
+def searched_supernet(ctx: StageContext) -> SuperNet | None:
+    """The search's supernet with its final probabilities (``search.ckpt``); None for a job
+    that did not search (it adopted its parent's network)."""
+    import torch
+
+    from automl_server.engine.supernet import SuperNet
+
+    checkpoint = ctx.job_dir() / "search.ckpt"
+    if not checkpoint.exists():
+        return None
+    net = SuperNet(job_layout(ctx))
+    net.load_state_dict(torch.load(checkpoint, weights_only=False)["net"])
+    return net
+
+
+def derive_under(ctx: StageContext, net: SuperNet, bound_ms: float) -> Derivation:
+    """``net``'s final probabilities derived within the job's band moved under ``bound_ms``, by
+    the target's predictor as it is now (the fit's and verify's measurements calibrate it): how
+    the fit (jobs/fit.py) and the promise's retry (jobs/promise.py) move a job's network."""
+    from automl_server.engine.derive import derive_within_target
+
+    band = target_band(ctx).under(bound_ms)
+    return derive_within_target(net, latency_model(ctx, job_layout(ctx)), band.aim_ms, band.tolerance)
 
 
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:

@@ -88,12 +88,53 @@ def test_random_search_trains_networks_within_the_bound_and_keeps_the_best_on_ho
 def test_sampling_skips_the_networks_a_search_tried_already():
     fastest, slowest = latency_range_ms(LAYOUT, MODEL)
     bound = fastest + 0.5 * (slowest - fastest)
-    drawn = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200)
+    drawn = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, wanted=0)
     tried = [arch.blocks for arch, _ in drawn[:3]]
 
-    again = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, skip=tried)
+    again = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, skip=tried, wanted=0)
 
     assert [arch.blocks for arch, _ in again] == [arch.blocks for arch, _ in drawn[3:]]
+
+
+def test_under_a_bound_few_draws_reach_a_random_walk_supplies_the_networks_within_it():
+    """At 8% of the tiny space's range about 9 in 20,000 uniform draws land within the bound."""
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + 0.08 * (slowest - fastest)
+    drawn = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, wanted=0)  # the draws alone
+
+    found = sample_within(LAYOUT, MODEL, bound, seed=0, pool=200, wanted=20)
+
+    assert len(drawn) < 20 and len(found) == 20
+    assert found[:len(drawn)] == drawn  # the exact draws first
+    assert all(predicted <= bound for _, predicted in found)
+    assert all(predicted == pytest.approx(arch_latency_ms(arch, MODEL)) for arch, predicted in found)
+    assert len({arch.blocks for arch, _ in found}) == 20  # no repeats
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.4])
+def test_the_walk_draws_what_rejection_sampling_draws(fraction):
+    """Both sample the networks within the bound uniformly: where rejection sampling still
+    works (thousands of draws), the walk's networks have its mean latency and its share of
+    skipped (Zero) cells; a walk stuck near its start, the fastest network, would not."""
+    from automl_server.engine.baselines import _walk_within
+
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + fraction * (slowest - fastest)
+    exact = sample_within(LAYOUT, MODEL, bound, seed=0, pool=20000, wanted=0)[:200]
+
+    walked = _walk_within(LAYOUT, MODEL, bound, seed=1, count=200, seen=set())
+
+    assert len(exact) == len(walked) == 200
+
+    def mean_ms(found):  # type: ignore[no-untyped-def]
+        return sum(predicted for _, predicted in found) / len(found)
+
+    def zero_share(found):  # type: ignore[no-untyped-def]
+        return sum(arch.blocks.count(ZERO) for arch, _ in found) / (len(found) * len(LAYOUT.cells))
+
+    assert mean_ms(walked) == pytest.approx(mean_ms(exact), abs=0.03 * (slowest - fastest))
+    assert zero_share(walked) == pytest.approx(zero_share(exact), abs=0.05)
+    assert mean_ms(walked) > fastest + 0.5 * (mean_ms(exact) - fastest)
 
 
 def test_random_search_finds_nothing_under_an_impossible_bound(digits):

@@ -240,6 +240,13 @@ def _product_team_path(page: Any, settings: Any, tmp_path: Path, artifacts_dir: 
     for key in ("paced", "clock"):
         assert page.locator(f'#latency-compare tr[data-latency="{key}"] td').inner_text().endswith(" ms")
     assert "The clock measured" in page.locator("#pace-note").inner_text()
+    # The fit stage's timings of the untrained network (the target lies inside the range, so it ran),
+    # each in ms, and the window of 87-96% of the target it aimed at.
+    fit = requests.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()["result"]["fit"]
+    fit_text = page.locator("#fit-tries").inner_text()
+    assert fit_text.startswith("Before training, the service timed the chosen network on local-cpu: ")
+    assert fit_text.count(" ms") >= len(fit["tries"]) + 3 and "87–96% of your target" in fit_text
+    assert ("inside the window" if fit["inside_window"] else "outside the window") in fit_text
     # No chart of latencies has an axis below zero (the target, 10 ms, is far above the networks' ~0.01 ms).
     ticks = page.evaluate("() => [...document.querySelectorAll('#chart-latency svg text[text-anchor=end]')]"
                           ".map((t) => t.textContent)")
