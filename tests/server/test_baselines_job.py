@@ -185,7 +185,8 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
     rows = {row["method"]: row for row in section["rows"]}
     random = rows["random"]
     (missed,) = random["tries"]
-    bound = faster_top(section["predicted_at_most_ms"], missed["predicted_ms"], missed["measured_ms"])
+    # The result's figures are rounded to 6 decimals (the tiny space's networks run in ~0.02 ms): 1e-6 of slack.
+    bound = faster_top(section["predicted_at_most_ms"], missed["predicted_ms"], missed["measured_ms"]) + 1e-6
     assert random["predicted_ms"] <= bound and random["arch"] != missed["arch"]
     drawn = random["networks"] - sum(top["networks"] for top in random.get("topped_up", ()))
     first, more = random["tried"][:drawn], random["tried"][drawn:]
@@ -194,7 +195,7 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
         within = [t for t in first if t["predicted_ms"] <= bound]
     else:  # none of its first networks lies under the corrected bound: it drew more within it
         (top,) = random["topped_up"]
-        assert top["bound_ms"] == pytest.approx(bound, rel=1e-5) and top["networks"] == len(more) == TOP_UP_NETWORKS
+        assert top["bound_ms"] == pytest.approx(bound - 1e-6, abs=2e-6) and top["networks"] == len(more) == TOP_UP_NETWORKS
         assert all(t["predicted_ms"] <= bound for t in more)
         assert not {tuple(t["blocks"]) for t in more} & {tuple(t["blocks"]) for t in first}  # none drawn again
         assert random["search_cost_s"] >= sum(t["seconds"] for t in random["tried"])
