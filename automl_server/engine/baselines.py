@@ -202,7 +202,7 @@ def random_search(layout: SpaceLayout, data: SplitData, latency_model: LatencyMo
     runs after every weight step and may raise to abandon the search (a cancel);
     ``on_network(tried, number)`` after each network. ``skip``: networks (block tuples) not
     to draw again. None when no sampled network is predicted within ``max_ms``."""
-    pool = sample_within(layout, latency_model, max_ms, seed, skip=skip)
+    pool = sample_within(layout, latency_model, max_ms, seed, skip=skip, wanted=max_networks)
     if not pool:
         return None
     started = time.perf_counter()

@@ -357,7 +357,7 @@ def _sample_more(ctx: StageContext, entry: dict[str, Any], max_ms: float) -> lis
     added = [{"blocks": list(t.arch.blocks), "predicted_ms": round(t.predicted_ms, 6),
               "holdout_accuracy": round(t.holdout_accuracy, 6), "seconds": round(t.seconds, 3)} for t in found.tried]
     entry.setdefault("tried", []).extend(added)
-    entry["networks"] = int(entry.get("networks", 0)) + len(added)
+    entry["networks"] = len(entry["tried"])
     entry["search_cost_s"] = round(float(entry.get("search_cost_s", 0.0)) + found.cost_s, 3)
     entry.setdefault("topped_up", []).append({"bound_ms": round(max_ms, 6), "networks": len(added),
                                               "seconds": round(found.cost_s, 3)})
