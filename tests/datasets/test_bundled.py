@@ -24,7 +24,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return build
 
 
-@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("mnist-5k", 5000, 28),
+@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("digits-32", 1797, 32), ("mnist-5k", 5000, 28),
                                                        ("mnist-5k-32", 5000, 32)])
 def test_bundled_dataset_builds_a_valid_npz(
     built: Callable[[str], Path], name: str, samples: int, side: int
@@ -67,6 +67,15 @@ def test_mnist_5k_32_is_mnist_5k_with_a_two_pixel_background_border(built: Calla
     border = np.ones(x32.shape[1:3], dtype=bool)
     border[2:30, 2:30] = False
     assert not x32[:, border].any()  # background (0) all round, as MNIST's own border
+
+
+def test_digits_32_repeats_each_digits_pixel_over_a_4x4_block(built: Callable[[str], Path]) -> None:
+    (x8, y8, c8), (x32, y32, c32) = load_arrays(built("digits"), "npz"), load_arrays(built("digits-32"), "npz")
+
+    assert np.array_equal(y32, y8) and c32 == c8
+    for dy in range(4):
+        for dx in range(4):  # every pixel of each 4x4 block is the 8x8 pixel it came from
+            assert np.array_equal(x32[:, dy::4, dx::4], x8)
 
 
 def test_bundled_datasets_describe_their_source() -> None:
