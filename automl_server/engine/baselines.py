@@ -95,13 +95,14 @@ def uniform_network(layout: SpaceLayout, latency_model: LatencyModel, max_ms: fl
 
 def sample_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float, seed: int,
                   pool: int = RANDOM_POOL, skip: Iterable[tuple[str, ...]] = (),
-                  wanted: int = MAX_RANDOM_NETWORKS) -> list[tuple[Arch, float]]:
+                  wanted: int = MAX_RANDOM_NETWORKS, min_ms: float = 0.0) -> list[tuple[Arch, float]]:
     """Networks drawn uniformly from the networks of the space whose predicted latency is
-    within ``max_ms``, with it, without repeats and without the networks of ``skip`` (block
-    tuples: those a search has tried already). First ``pool`` independent draws of the
-    whole space (each cell's block at random) kept when within the bound, in the order
-    drawn; when fewer than ``wanted`` are, the rest from a random walk over the networks
-    within the bound (``_walk_within``: the same distribution, where the draws seldom land)."""
+    within ``max_ms`` (and at least ``min_ms``), with it, without repeats and without the
+    networks of ``skip`` (block tuples: those a search has tried already). First ``pool``
+    independent draws of the whole space (each cell's block at random) kept when within the
+    bounds, in the order drawn; when fewer than ``wanted`` are, the rest from a random walk
+    over the networks within ``max_ms`` keeping those at least ``min_ms`` (``_walk_within``:
+    the same distribution, where the draws seldom land)."""
     seen: set[tuple[str, ...]] = {tuple(blocks) for blocks in skip}
     kept: list[tuple[Arch, float]] = []
     for arch in sample_archs(layout.space, pool, seed, layout.resolution, layout.num_classes, layout.in_channels):
@@ -109,10 +110,10 @@ def sample_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: floa
             continue
         seen.add(arch.blocks)
         predicted = arch_latency_ms(arch, latency_model)
-        if predicted <= max_ms:
+        if min_ms <= predicted <= max_ms:
             kept.append((arch, predicted))
     if len(kept) < wanted:
-        kept.extend(_walk_within(layout, latency_model, max_ms, seed, wanted - len(kept), seen))
+        kept.extend(_walk_within(layout, latency_model, max_ms, seed, wanted - len(kept), seen, min_ms))
     return kept
 
 
@@ -121,7 +122,7 @@ WALK_BURN_IN, WALK_THIN = 30, 3
 
 
 def _walk_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float, seed: int, count: int,
-                 seen: set[tuple[str, ...]]) -> list[tuple[Arch, float]]:
+                 seen: set[tuple[str, ...]], min_ms: float = 0.0) -> list[tuple[Arch, float]]:
     """Up to ``count`` networks not in ``seen`` (which it extends), distributed uniformly over
     the networks predicted within ``max_ms``: a Metropolis walk whose move gives one cell,
     drawn at random, a block drawn from its candidates, refused when the network would be
@@ -133,7 +134,10 @@ def _walk_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float
     starts from the fastest network (each cell's cheapest block; every network within the
     bound reaches it by moves that only make it faster, so the walk can reach all of them),
     burns in ``WALK_BURN_IN`` steps per cell and keeps a network every ``WALK_THIN`` steps
-    per cell. Empty when even the fastest network is over the bound."""
+    per cell. With ``min_ms``, only the networks predicted at least that are kept: the walk
+    itself still ranges over every network within ``max_ms`` (a walk confined to the band
+    could not leave the fastest network it starts from), so those it keeps are uniform over
+    the band. Empty when even the fastest network is over the bound."""
     rng = random.Random(seed)
     blocks = [min(cell.candidates, key=partial(_with_block, layout, latency_model, cell.index))
               for cell in layout.cells]
@@ -151,7 +155,8 @@ def _walk_within(layout: SpaceLayout, latency_model: LatencyModel, max_ms: float
             moved_ms = arch_latency_ms(_arch(layout, moved), latency_model)
             if moved_ms <= max_ms:
                 blocks, predicted = moved, moved_ms
-        if step >= burn_in and (step - burn_in) % thin == thin - 1 and tuple(blocks) not in seen:
+        if (step >= burn_in and (step - burn_in) % thin == thin - 1 and predicted >= min_ms
+                and tuple(blocks) not in seen):
             seen.add(tuple(blocks))
             found.append((_arch(layout, list(blocks)), predicted))
             if len(found) == count:
@@ -193,7 +198,7 @@ def random_search(layout: SpaceLayout, data: SplitData, latency_model: LatencyMo
                   min_networks: int = MIN_RANDOM_NETWORKS, max_networks: int = MAX_RANDOM_NETWORKS,
                   on_step: Callable[[], None] | None = None,
                   on_network: Callable[[Tried, int], None] | None = None,
-                  skip: Iterable[tuple[str, ...]] = ()) -> RandomSearchResult | None:
+                  skip: Iterable[tuple[str, ...]] = (), min_ms: float = 0.0) -> RandomSearchResult | None:
     """Random search within ``max_ms``: each network trained ``brief_epochs`` from scratch
     on ``data``'s training split and judged on its holdout split; the best is returned.
 
@@ -201,8 +206,9 @@ def random_search(layout: SpaceLayout, data: SplitData, latency_model: LatencyMo
     those done), after at least ``min_networks`` and at most ``max_networks``. ``on_step``
     runs after every weight step and may raise to abandon the search (a cancel);
     ``on_network(tried, number)`` after each network. ``skip``: networks (block tuples) not
-    to draw again. None when no sampled network is predicted within ``max_ms``."""
-    pool = sample_within(layout, latency_model, max_ms, seed, skip=skip, wanted=max_networks)
+    to draw again; ``min_ms``: draw only networks predicted at least that. None when no
+    sampled network is predicted within the bounds."""
+    pool = sample_within(layout, latency_model, max_ms, seed, skip=skip, wanted=max_networks, min_ms=min_ms)
     if not pool:
         return None
     started = time.perf_counter()

@@ -137,6 +137,26 @@ def test_the_walk_draws_what_rejection_sampling_draws(fraction):
     assert mean_ms(walked) > fastest + 0.5 * (mean_ms(exact) - fastest)
 
 
+def test_a_floor_keeps_the_networks_of_a_band_as_rejection_sampling_keeps_them():
+    """The fit's band (its window's share of a bound): every network drawn or walked lies in
+    it, and where rejection sampling reaches the band the walk's networks have its mean there."""
+    from automl_server.engine.baselines import _walk_within
+
+    fastest, slowest = latency_range_ms(LAYOUT, MODEL)
+    bound = fastest + 0.3 * (slowest - fastest)
+    floor = bound * 0.87 / 0.915  # the fit's window bottom under its aim (jobs/margin.py)
+    exact = sample_within(LAYOUT, MODEL, bound, seed=0, pool=20000, wanted=0, min_ms=floor)[:100]
+
+    found = sample_within(LAYOUT, MODEL, bound, seed=0, pool=50, wanted=30, min_ms=floor)
+    walked = _walk_within(LAYOUT, MODEL, bound, seed=1, count=100, seen=set(), min_ms=floor)
+
+    assert len(exact) == len(walked) == 100 and len(found) == 30
+    assert all(floor <= predicted <= bound for _, predicted in [*exact, *found, *walked])
+    assert len({arch.blocks for arch, _ in found}) == 30  # no repeats
+    exact_mean = sum(p for _, p in exact) / len(exact)
+    assert sum(p for _, p in walked) / len(walked) == pytest.approx(exact_mean, abs=0.2 * (bound - floor))
+
+
 def test_random_search_finds_nothing_under_an_impossible_bound(digits):
     fastest, _ = latency_range_ms(LAYOUT, MODEL)
 

@@ -211,3 +211,69 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
         assert "no faster uniform network is predicted within" in uniform["retry_ended"]
     warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
     assert sum(uniform["retry_ended"] in w for w in warnings) == 1  # said once
+
+
+def test_random_search_fitted_under_the_window_draws_networks_in_the_window(farm, monkeypatch):
+    """The device answers each fit try of the job's own network at 1.0x its prediction and each
+    of random search's at 0.7x (answer files named; the timings do not recalibrate the
+    predictor, as in tests/server/test_fit.py): random search's network lands at about 0.67
+    of the target, and every network it trained briefly was sampled under the job's bound
+    (0.96 of the target by a ratio of 1.0), all under the window's bottom at 0.7x (0.87 / 0.7
+    = 1.24 of the target, predicted). Its fit draws ``TOP_UP_NETWORKS`` more predicted in the
+    window's band and takes the best of them on holdout, rather than keeping a network far
+    under the window."""
+    import json
+
+    import automl_server.profiling as profiling
+    from automl_server.jobs import fit
+    from automl_server.jobs.baselines import TOP_UP_NETWORKS
+    from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
+
+    app, _settings, db = farm
+    client = app.test_client()
+    profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
+    low, high = client.get(profiled.headers["Location"]).json["result"]["profile"]["achievable_ms"]
+    target_ms = float(low + 0.4 * (high - low))  # room over 1.3x of the target, predicted, for the band
+    monkeypatch.setattr(profiling, "record_network", lambda payload: None)
+    sent: dict[str, float] = {}
+    real_send = fit.send_measurement
+
+    def send(ctx: Any, target: Any, arch: Any, exported: Any, result_file: str) -> None:
+        if result_file.startswith("baseline-"):
+            state = json.loads((ctx.job_dir() / "baselines-state.json").read_text())
+            tries = [t for entry in state["networks"].values() for t in entry.get("fit", {}).get("tries", ())]
+        else:
+            tries = json.loads((ctx.job_dir() / fit.STATE_FILE).read_text())["tries"]
+        sent[result_file] = next(t["predicted_ms"] for t in tries if t["file"] == result_file)
+        real_send(ctx, target, arch, exported, result_file)
+
+    monkeypatch.setattr(fit, "send_measurement", send)
+    rewrite_answers(monkeypatch, fit, lambda file, answer: answer if file is None else {
+        **answer, "measured_ms": sent[file] * (0.7 if file.startswith("baseline-random") else 1.0)})
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    section = client.get(job["links"]["report"]).json["baselines"]
+    random = {row["method"]: row for row in section["rows"]}["random"]
+    first, second, *_ = random["fitted"]["tries"]
+    assert first["measured_ms"] == pytest.approx(0.7 * first["predicted_ms"], rel=1e-4)
+    assert first["measured_ms"] < WINDOW_LOW * target_ms
+    bound = second["bound_ms"]
+    assert bound == pytest.approx(WINDOW_AIM * target_ms / 0.7, rel=1e-4)
+    floor = bound * WINDOW_LOW / WINDOW_AIM
+    drawn = random["tried"][:random["networks"] - TOP_UP_NETWORKS]
+    assert all(t["predicted_ms"] < floor for t in drawn)  # none of its first networks in the band
+    (top,) = random["topped_up"]
+    assert top["bound_ms"] == pytest.approx(bound, abs=1e-6) and top["floor_ms"] == pytest.approx(floor, abs=1e-6)
+    more = random["tried"][-TOP_UP_NETWORKS:]
+    assert top["networks"] == TOP_UP_NETWORKS and all(floor - 1e-6 <= t["predicted_ms"] <= bound + 1e-6 for t in more)
+    assert not {tuple(t["blocks"]) for t in more} & {tuple(t["blocks"]) for t in drawn}  # none drawn again
+    best = max(more, key=lambda t: t["holdout_accuracy"])
+    assert second["arch"]["blocks"] == best["blocks"]  # the best of them on holdout is tried next
+    assert random["search_cost_s"] >= sum(t["seconds"] for t in random["tried"])  # their training counts
+    logs = [e.message for e in events(db, job["id"], "log") if e.stage == "baselines"]
+    assert any(f"predicted {floor:.4g}-{bound:.4g} ms; training {TOP_UP_NETWORKS} more" in m for m in logs)
