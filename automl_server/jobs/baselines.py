@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.fit import applies as fit_applies
-from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, measurement_fields, send_measurement
+from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
 from automl_server.jobs.parent import parent_of
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
 from automl_server.jobs.search_stage import chosen, latency_model, load_split, target_band
@@ -347,9 +347,9 @@ def _sample_more(ctx: StageContext, entry: dict[str, Any], max_ms: float,
     a lowered bound (its network measured over the target, or the fit moved the bound under
     all of them), or in the fit's band ``[floor_ms, max_ms]``: ``TOP_UP_NETWORKS`` more
     networks sampled there (none it tried before) and trained briefly, as a user running
-    random search until networks meet the target would. Without this, random search kept networks measured at 1.07 and 1.22x the
-    target on 2 of 3 proxyless-mobile 32 px jobs (2026-12-06), and was compared at more
-    latency than the searched network may spend. The new networks join ``tried``; their
+    random search until networks meet the target would. Without this, random search kept
+    networks measured at 1.07 and 1.22x the target on 2 of 3 proxyless-mobile 32 px jobs
+    (2026-12-06), and was compared at more latency than the searched network may spend. The new networks join ``tried``; their
     seconds count in the row's ``search_cost_s``, the top-up in ``topped_up``. Empty when
     no sampled network is predicted within the bounds."""
     from automl_server.engine.baselines import random_search

@@ -24,8 +24,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return build
 
 
-@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("digits-32", 1797, 32), ("mnist-5k", 5000, 28),
-                                                       ("mnist-5k-32", 5000, 32)])
+@pytest.mark.parametrize(("name", "samples", "side"), [("digits", 1797, 8), ("digits-32", 1797, 32),
+                                                       ("mnist-5k", 5000, 28), ("mnist-5k-32", 5000, 32)])
 def test_bundled_dataset_builds_a_valid_npz(
     built: Callable[[str], Path], name: str, samples: int, side: int
 ) -> None:
