@@ -148,10 +148,16 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     assert uniform["predicted_ms"] <= missed["predicted_ms"] * (1 - STEP)  # a faster network, not the same
     assert uniform["arch"] != missed["arch"]
     # Measured again, for real, under its own answer file.
-    assert set(answers) == {"baseline-random.json", "baseline-uniform.json", "baseline-uniform-try-2.json"}
+    uniform_files = {f for f in answers if f.startswith("baseline-uniform")}
+    assert uniform_files == {"baseline-uniform.json", "baseline-uniform-try-2.json"}
     assert uniform["measured_ms"] == pytest.approx(answers["baseline-uniform-try-2.json"])
     assert uniform["meets_target"] is True and uniform["epochs"] == rows["searched"]["epochs"]  # same budget
-    assert "tries" not in rows["random"]  # random search's network met the target: kept
+    # Random search's answers are the device's own: its network, fitted near the target, is
+    # retried only when it really measured over it (a loaded test machine's timing can put it there).
+    random_tries = rows["random"].get("tries", [])
+    assert all(t["measured_ms"] > target_ms for t in random_tries)
+    assert {f for f in answers if f.startswith("baseline-random")} == {"baseline-random.json"} | {
+        f"baseline-random-try-{n}.json" for n in range(2, len(random_tries) + 2)}
     warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
     assert any(w.startswith("the uniform baseline measured") and "trying a faster one" in w for w in warnings)
     trained = [e for e in events(db, job["id"], "progress")
