@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--warmup-sampling", default="uniform", choices=("uniform", "progressive"))
     parser.add_argument("--budget", default='{"warmup_epochs": 4, "search_epochs": 10, "train_epochs": 10}',
                         help="JSON budget of every job")
+    parser.add_argument("--params", default="{}",
+                        help="JSON job params added to every job (e.g. '{\"fit_on_device\": false}'); "
+                             "rows with other params are tabled apart")
     parser.add_argument("--timeout-s", type=float, default=5400)
     parser.add_argument("--save", type=Path, help="append each job's rows to this JSON-lines file")
     parser.add_argument("--analyse", type=Path, help="only print the table from a saved JSON-lines file")
@@ -69,6 +72,7 @@ def main() -> None:
     fracs = [float(f) for f in args.fracs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     budget = json.loads(args.budget)
+    extra = json.loads(args.params)
 
     data_dir = Path(tempfile.mkdtemp(prefix="automl-bench-baselines-"))
     server, url = start_serve(data_dir)
@@ -88,12 +92,13 @@ def main() -> None:
                     for strategy in args.strategies.split(","):
                         for seed in seeds:
                             params = {"schedule": False, "baselines": True, "seed": seed,
-                                      "warmup_sampling": args.warmup_sampling}
+                                      "warmup_sampling": args.warmup_sampling, **extra}
                             body = {**base, "strategy": strategy, "latency_target_ms": target, "params": params}
                             began = time.monotonic()
                             job = wait(url, submit(url, body), args.timeout_s, quiet=True)
                             record = job_record(dataset, space, frac, target, strategy, seed,
                                                 args.warmup_sampling, job, time.monotonic() - began)
+                            record["params"] = extra
                             jobs.append(record)
                             for line in describe(record):
                                 print(line, flush=True)
@@ -104,8 +109,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(f"\n{started}, local-cpu / {args.runtime}, budget {json.dumps(budget)}, tune off, IOS off, warm-up "
-          f"sampling {args.warmup_sampling}; load average (1 min) {os.getloadavg()[0]:.2f} at the end")
+    print(f"\n{started}, local-cpu / {args.runtime}, budget {json.dumps(budget)}, params {json.dumps(extra)}, "
+          f"tune off, IOS off, warm-up sampling {args.warmup_sampling}; load average (1 min) {os.getloadavg()[0]:.2f} at the end")
     table(jobs)
 
 
@@ -150,6 +155,8 @@ def table(jobs: list[dict[str, Any]]) -> None:
         strategy = record["strategy"]
         if record.get("warmup_sampling", "uniform") != "uniform":
             strategy += f", {record['warmup_sampling']} warm-up"
+        if record.get("params"):
+            strategy += ", " + ", ".join(f"{k}={v}" for k, v in sorted(record["params"].items()))
         key = (record["dataset"], record["space"], record["frac"], strategy)
         groups.setdefault(key, []).append(record)
     print("| dataset | space | target (of range) | strategy | method | test accuracy | measured ms | "
