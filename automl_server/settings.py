@@ -74,6 +74,12 @@ class Settings:
     # Seconds each whole-network measurement spans on a device (calibration, verification,
     # `automl latency measure`): its rounds average over the machine's drift (at most 3600).
     network_measure_s: float = 2.0
+    # How many times a job times each network it delivers, fits or compares (verify, fit,
+    # baselines; 1-9), each a measurement of its own (a new session of the runtime): the
+    # job keeps the median. Two timings of one file on a shared CPU differ by up to 15%
+    # (a session's memory placement, the neighbours' load), more than rounds inside one
+    # timing average away (jobs/deploy.py: record_verification).
+    network_timings: int = 3
     # How many times a device retakes a measurement that came out noisy (contention: the
     # yardstick moved, a high CV, its core shared) before recording it as unreliable (0-5).
     measure_retakes: int = 2
@@ -197,6 +203,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     if settings.stage_lease_s < 5:
         raise SettingsError(f"AUTOML_STAGE_LEASE_S={settings.stage_lease_s!r} must be at least 5 seconds: a shorter "
                             "lease runs out between two renewals of a live stage")
+    if not 1 <= settings.network_timings <= 9:
+        raise SettingsError(f"AUTOML_NETWORK_TIMINGS={settings.network_timings!r} must be an integer from 1 to 9")
     if not 0 <= settings.measure_retakes <= 5:
         raise SettingsError(f"AUTOML_MEASURE_RETAKES={settings.measure_retakes!r} must be an integer from 0 to 5")
     if settings.auth_mode not in _AUTH_MODES:

@@ -10,7 +10,9 @@ into the job's directory; the stage waits for it without holding a worker.
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +139,8 @@ def measurement_fields(measured: dict[str, Any], predicted_ms: float, target_ms:
             "within_10pct": abs(ms / predicted_ms - 1) <= 0.10, "meets_target": ms <= target_ms,
             "raw_measured_ms": measured.get("raw_measured_ms", ms),
             "measured_file": measured.get("measured_file"), "stats": measured.get("stats"),
+            # Every timing of the network (settings.network_timings); measured_ms is their median.
+            "timings_ms": measured.get("timings_ms"),
             # Whether the measurement itself was clean (device_agents.profiling.contention).
             "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason")}
 
@@ -172,8 +176,13 @@ def send_measurement(ctx: StageContext, target: Any, arch: Arch, exported: dict[
     """Send one network of the job to its device's agent to be timed: the exported file of
     the target's runtime when ``exported`` has it (ONNX for onnxruntime, TFLite for LiteRT;
     other runtimes rebuild ``arch``); the answer is written to ``result_file`` in the job's
-    directory (``record_verification``). The verify stage and the baselines stage measure
-    their networks this one way."""
+    directory (``record_verification``). The verify stage, the fit and the baselines stage
+    measure their networks this one way.
+
+    Timed ``settings.network_timings`` times, each a request of its own (the agent opens
+    the file in a new session each time), the median kept: see ``record_verification``.
+    One token per send, so that the timings of an earlier send (a try the promise moved
+    on from, a request sent again after the broker lost it) never join this one's."""
     from automl_server.profiling import measure_network_signature, network_method
     from device_agents.protocol import ModelFile
 
@@ -183,29 +192,86 @@ def send_measurement(ctx: StageContext, target: Any, arch: Arch, exported: dict[
         data = exported[fmt].read_bytes()
         if len(data) <= MAX_SHIPPED_BYTES:
             model_file = ModelFile.from_bytes(fmt, data)
-    measure_network_signature(ctx.celery, target, arch, network_method(ctx.settings), model_file).apply_async(
-        link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id, result_file], queue="default"))
+    timings = int(ctx.settings.network_timings)
+    token = uuid.uuid4().hex[:12]
+    for number in range(timings):
+        measure_network_signature(ctx.celery, target, arch, network_method(ctx.settings), model_file).apply_async(
+            link=ctx.celery.signature(RECORD_VERIFICATION, args=[ctx.job_id, result_file, token, number, timings],
+                                      queue="default"))
 
 
 @shared_task(name=RECORD_VERIFICATION, bind=True, acks_late=True)
-def record_verification(self: Any, payload: dict[str, Any], job_id: str, result_file: str = "verify.json") -> None:
+def record_verification(self: Any, payload: dict[str, Any], job_id: str, result_file: str = "verify.json",
+                        token: str = "", number: int = 0, timings: int = 1) -> None:
     """The agent's measurement of a network of a job (its exported model, or a baseline):
     kept in ``result_file`` of the job's directory for the stage that waits for it, and
-    (as any whole network) for the target's calibration."""
+    (as any whole network) for the target's calibration.
+
+    A network sent for ``timings`` > 1 timings (``send_measurement``): each answer waits in
+    ``<result_file>.<token>-<number>.timing``; once all of the send's are in, ``result_file``
+    gets their median (``combined_timings``). Only the kept timing calibrates the target:
+    three timings of one network would weigh it three times."""
     from automl_server.settings import settings_of
     from automl_server.db.engine import get_database
-    from automl_server.profiling import ProfilingError, paced_measurement, record_network
+    from automl_server.profiling import paced_measurement
 
     settings = settings_of(self.app)
-    # At the target's pace, as the prediction is (latency_db.pace); the raw figure is kept beside it.
-    paced = paced_measurement(get_database(settings.resolved_database_url), payload)
     if Path(result_file).name != result_file or not result_file.endswith(".json"):
         raise ValueError(f"result_file must be a plain file name ending in .json, got {result_file!r}")
+    if not (1 <= timings <= 99 and 0 <= number < timings) or (timings > 1 and not token.isalnum()):
+        raise ValueError(f"timing {number} of {timings} (token {token!r}) is not a timing of one send")
+    # At the target's pace, as the prediction is (latency_db.pace); the raw figure is kept beside it.
+    paced = paced_measurement(get_database(settings.resolved_database_url), payload)
     directory = settings.artifacts_dir / job_id
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{result_file}.tmp"
-    tmp.write_text(json.dumps({k: v for k, v in paced.items() if k != "arch"}))
-    tmp.replace(directory / result_file)
+    if timings == 1:
+        _write_result(directory, result_file, {k: v for k, v in paced.items() if k != "arch"}, payload)
+        return
+    _write_json(directory / f"{result_file}.{token}-{number}.timing", {"paced": paced, "payload": payload})
+    parts = [directory / f"{result_file}.{token}-{i}.timing" for i in range(timings)]
+    if not all(part.exists() for part in parts):
+        return  # the others are still on their way
+    # Two answers arriving together may both get here: the first to claim the send writes
+    # and calibrates, so that one network is not recorded twice.
+    try:
+        os.close(os.open(directory / f"{result_file}.{token}.done", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    answers = [json.loads(part.read_text()) for part in parts]
+    kept, result = combined_timings([answer["paced"] for answer in answers])
+    _write_result(directory, result_file, result, answers[kept]["payload"])
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
+def combined_timings(answers: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """One network timed several times (its paced answers, in the order they came): the
+    index of the answer kept and the result the stage reads. The median of the clean
+    timings, the lower middle one of an even count (on a shared device extra load only
+    ever slows a timing), with ``timings_ms`` (every clean figure, in order) and
+    ``timing_errors``; the first answer, an error, when every timing failed."""
+    good = [i for i, a in enumerate(answers) if "error" not in a and a.get("measured_ms") is not None]
+    if not good:
+        return 0, {**{k: v for k, v in answers[0].items() if k != "arch"}, "timing_errors": len(answers)}
+    kept = sorted(good, key=lambda i: float(answers[i]["measured_ms"]))[(len(good) - 1) // 2]
+    result = {k: v for k, v in answers[kept].items() if k != "arch"}
+    result["timings_ms"] = [float(answers[i]["measured_ms"]) for i in good]
+    result["timing_errors"] = len(answers) - len(good)
+    return kept, result
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(path)
+
+
+def _write_result(directory: Path, result_file: str, result: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Write what the stage waits for (atomically), then calibrate the target with the
+    measurement it holds (``payload``: the agent's answer)."""
+    from automl_server.profiling import ProfilingError, record_network
+
+    _write_json(directory / result_file, result)
     if "error" not in payload:
         try:
             record_network(payload)

@@ -33,7 +33,9 @@ The window's top stays ``1 - WINDOW_HIGH`` (4%) under the target: the verify sta
 measures the trained, exported network again, and two timings of one network on a
 shared device differ (by up to 15% on this 2-core VM, paced). A miss there still goes
 to the promise's retry (jobs/promise.py). The fit moves the *expected* measurement into
-the window; it cannot remove the noise of the one timing verify reports. Each try is also a whole network for the target's
+the window; each timing, here and in verify, is the median of ``settings.network_timings``
+sessions (jobs/deploy.py: send_measurement), which narrows that noise without removing
+it. Each try is also a whole network for the target's
 calibration (``record_verification`` records it), so the predictor learns networks
 like the searched ones. Not in the paper: ProxylessNAS reports the argmax network,
 which lands on either side of the target. ``params.fit_on_device: false`` skips it.

@@ -73,6 +73,8 @@ def build_report(ctx: StageContext) -> dict[str, Any]:
                     # measured_ms is at the target's pace (latency_db.pace), as the prediction is;
                     # this is what the clock said during the measurement.
                     "raw_measured_ms": verify.get("raw_measured_ms", verify["measured_ms"]),
+                    # Each timing of the file (settings.network_timings); measured_ms is their median.
+                    "timings_ms": verify.get("timings_ms"),
                     "calibrated": profile.get("calibration") is not None,
                     "calibration_rel_rmse": (profile.get("calibration") or {}).get("rel_rmse"),
                     # The predictor's error on networks left out of its fit, the interval it puts

@@ -102,19 +102,25 @@ def test_a_cancel_during_random_search_stops_the_job_between_networks(farm, monk
 
 def over_target_answers(monkeypatch: pytest.MonkeyPatch, target_ms: float, over: Any) -> dict[str, float]:
     """The device's answer for each baseline result file for which ``over(file)`` is true
-    scaled to 1.1x the target; returns every baseline answer's real figure by file."""
+    scaled to 1.1x the target; returns every baseline answer's real figures (one per timing) by file."""
     from automl_server.jobs import baselines
 
-    answers: dict[str, float] = {}
+    answers: dict[str, list[float]] = {}
 
     def rewrite(file: str | None, answer: dict[str, Any]) -> dict[str, Any]:
         if file is None:
             return answer
-        answers[file] = answer["measured_ms"]
+        answers.setdefault(file, []).append(answer["measured_ms"])
         return {**answer, "measured_ms": target_ms * 1.1} if over(file) else answer
 
     rewrite_answers(monkeypatch, baselines, rewrite)
     return answers
+
+
+def kept(timings: list[float]) -> float:
+    """The figure a network timed several times reports: the median, the faster middle one of an
+    even count (jobs/deploy.py: combined_timings)."""
+    return sorted(timings)[(len(timings) - 1) // 2]
 
 
 def upper_target(client: Any) -> float:
@@ -150,7 +156,7 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     # Measured again, for real, under its own answer file.
     uniform_files = {f for f in answers if f.startswith("baseline-uniform")}
     assert uniform_files == {"baseline-uniform.json", "baseline-uniform-try-2.json"}
-    assert uniform["measured_ms"] == pytest.approx(answers["baseline-uniform-try-2.json"])
+    assert uniform["measured_ms"] == pytest.approx(kept(answers["baseline-uniform-try-2.json"]))
     assert uniform["meets_target"] is True and uniform["epochs"] == rows["searched"]["epochs"]  # same budget
     # Random search's answers are the device's own: its network, fitted near the target, is
     # retried only when it really measured over it (a loaded test machine's timing can put it there).
@@ -208,7 +214,7 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
         within = more
     # The best on holdout of the networks it trained briefly within that bound.
     assert random["brief_holdout_accuracy"] == max(t["holdout_accuracy"] for t in within)
-    assert random["measured_ms"] == pytest.approx(answers["baseline-random-try-2.json"])
+    assert random["measured_ms"] == pytest.approx(kept(answers["baseline-random-try-2.json"]))
     uniform = rows["uniform"]
     assert uniform["meets_target"] is False and uniform["measured_ms"] == pytest.approx(target_ms * 1.1)
     if len(uniform.get("tries", ())) == BASELINE_RETRIES:

@@ -16,10 +16,13 @@ import pytest
 import automl_server.profiling as profiling
 from automl_server.cli.jobs_cmds import format_report
 from automl_server.db.models import Job
+from automl_server.settings import Settings
 from automl_server.webhooks import event_payload
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
 
 TARGET_MS = 10.0
+# Each network is timed this many times on the device, its median kept (jobs/deploy.py).
+TIMINGS = Settings().network_timings
 # One search epoch, no tuning, one training epoch: what is tested is what follows the measurement.
 BUDGET = {"warmup_epochs": 1, "search_epochs": 1, "tune_trials": 0, "tune_epochs": 1, "train_epochs": 1}
 
@@ -31,7 +34,8 @@ def farm(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def slow_device(monkeypatch: pytest.MonkeyPatch, verifications: int) -> list[float]:
-    """The first ``verifications`` verifications are answered at 1.5x the target; returns the real figures."""
+    """Every timing of the first ``verifications`` networks verified is answered at 1.5x the
+    target; returns the real figures of every timing."""
     real = profiling.paced_measurement
     seen: list[float] = []
 
@@ -39,7 +43,7 @@ def slow_device(monkeypatch: pytest.MonkeyPatch, verifications: int) -> list[flo
         answer = real(db, payload)
         if "error" not in answer:
             seen.append(answer["measured_ms"])
-            if len(seen) <= verifications:
+            if len(seen) <= verifications * TIMINGS:
                 return {**answer, "measured_ms": TARGET_MS * 1.5}
         return answer
 
@@ -67,11 +71,12 @@ def test_a_network_that_misses_the_target_is_replaced_by_the_next_faster_one(far
     assert job["state"] == "succeeded", job["error"]
     # Every network meets 10 ms: accuracy alone counts and the fit stage has nothing to move.
     assert "accuracy alone counts" in job["result"]["fit"]["skipped"]
-    assert len(seen) == 2  # measured twice on the device: the first network, then the faster one
+    assert len(seen) == 2 * TIMINGS  # two networks measured on the device: the first, then the faster one
     verify, report = job["result"]["verify"], job["result"]["report"]
     first, second = verify["tries"]
     assert (first["measured_ms"], first["meets_target"]) == (TARGET_MS * 1.5, False)
-    assert second["meets_target"] is True and second["measured_ms"] == pytest.approx(seen[1])
+    assert second["meets_target"] is True
+    assert second["measured_ms"] == pytest.approx(sorted(seen[TIMINGS:])[(TIMINGS - 1) // 2])  # their median
     assert second["predicted_ms"] < first["predicted_ms"]  # the next-faster network, not the same one again
     assert second["arch"] == job["result"]["retry"]["arch"] == report["arch"]  # the one delivered
     assert job["result"]["target_met"] is True and report["target_met"] is True
@@ -94,7 +99,7 @@ def test_when_no_network_meets_the_target_the_job_says_so_plainly(farm, monkeypa
 
     # Succeeded (the network is trained and exported) with the miss stated everywhere.
     assert job["state"] == "succeeded", job["error"]
-    assert len(seen) == 1
+    assert len(seen) == TIMINGS  # one network timed
     assert job["result"]["target_met"] is False
     report = job["result"]["report"]
     assert report["target_met"] is False and "latency target missed" in report["target_missed"]
