@@ -30,6 +30,12 @@ os.environ.setdefault("AUTOML_NETWORK_MEASURE_S", "0.2")
 # tests' jobs it is flagged at once instead, so that the suite's time does not grow
 # with the machine's load. tests/device_agents/test_contention.py tests the retakes.
 os.environ.setdefault("AUTOML_MEASURE_RETAKES", "0")
+# A job times each network three times by default (settings.network_timings); the
+# processes the tests start (serve, agents, the CLI) time it once, as jobs did before,
+# each extra timing being a broker round trip there. The in-process jobs (make_settings)
+# keep the default: tests/server/test_network_timings.py, test_job_pipeline.py,
+# test_promise.py and test_baselines_job.py run the three timings through the agent.
+os.environ.setdefault("AUTOML_NETWORK_TIMINGS", "1")
 POSTGRES_URL = os.environ.get("AUTOML_TEST_POSTGRES_URL")
 
 
