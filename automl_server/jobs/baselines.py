@@ -291,7 +291,10 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
             ended = True
             continue
         faster_ms = faster_top(bound_ms, predicted_ms, measured_ms)
-        faster = _faster(ctx, method, entry, faster_ms)
+        # Never a network this baseline already measured over the target: the predictor may have
+        # moved since it was picked (the job's timings calibrate it) and put the same one under the bound.
+        missed_blocks = [list(entry["arch"]["blocks"])] + [list(t["arch"]["blocks"]) for t in entry.get("tries", ())]
+        faster = _faster(ctx, method, entry, faster_ms, exclude=missed_blocks)
         if faster is None:
             entry["retry_ended"] = f"{missed}; no faster {method} network is predicted within {faster_ms:.4g} ms"
             ctx.event_once("warning", entry["retry_ended"], baseline=method)
@@ -314,16 +317,19 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
 
 
 def _faster(ctx: StageContext, method: str, entry: dict[str, Any], max_ms: float,
-            floor_ms: float | None = None) -> dict[str, Any] | None:
+            floor_ms: float | None = None, exclude: list[list[str]] | None = None) -> dict[str, Any] | None:
     """The baseline's next network within ``max_ms``: the fields of its entry that change.
     With ``floor_ms`` (the fit's move: the window's bottom in predicted terms), random search
     takes the best of its networks predicted in ``[floor_ms, max_ms]``, and draws more in
     that band when it has none there: a network far under the window spends less of the
     target than the searched network may (a random search compared at 0.62 of its target
     beside a searched network at 0.92, proxyless-mobile at 32 px, 2026-12-06). The uniform
-    network is rescaled to ``max_ms`` (its closest under it)."""
+    network is rescaled to ``max_ms`` (its closest under it). ``exclude``: block lists never
+    taken (the networks a retry moves away from)."""
+    excluded = [list(blocks) for blocks in exclude or ()]
     if method == "random":
-        within = [t for t in entry.get("tried", ()) if t["predicted_ms"] <= max_ms]
+        within = [t for t in entry.get("tried", ())
+                  if t["predicted_ms"] <= max_ms and list(t["blocks"]) not in excluded]
         if floor_ms is not None:
             in_band = [t for t in within if t["predicted_ms"] >= floor_ms]
             within = in_band or _sample_more(ctx, entry, max_ms, floor_ms) or within
@@ -337,8 +343,15 @@ def _faster(ctx: StageContext, method: str, entry: dict[str, Any], max_ms: float
     from automl_server.engine.baselines import uniform_network
 
     layout = job_layout(ctx)
-    uniform = uniform_network(layout, latency_model(ctx, layout), max_ms)
-    return None if uniform is None else _uniform_entry(uniform, max_ms)
+    model = latency_model(ctx, layout)
+    limit = max_ms
+    while True:
+        uniform = uniform_network(layout, model, limit)
+        if uniform is None:
+            return None
+        if list(uniform.arch.to_dict()["blocks"]) not in excluded:
+            return _uniform_entry(uniform, max_ms)
+        limit = uniform.predicted_ms * (1 - 1e-9)  # the next uniform network under the excluded one
 
 
 def _sample_more(ctx: StageContext, entry: dict[str, Any], max_ms: float,
