@@ -112,7 +112,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     print(f"\n{started}, local-cpu / {args.runtime}, budget {json.dumps(budget)}, params {json.dumps(extra)}, "
-          f"tune off, IOS off, warm-up sampling {args.warmup_sampling}; load average (1 min) {os.getloadavg()[0]:.2f} at the end")
+          f"tune off, IOS off, warm-up sampling {args.warmup_sampling}; "
+          f"load average (1 min) {os.getloadavg()[0]:.2f} at the end")
     table(jobs)
 
 
@@ -206,10 +207,11 @@ def verdict(name: str, accuracy: dict[str, list[float]], records: list[dict[str,
                    and r["rows"][m]["measured_ms"] > r["target_ms"]) for m in METHODS if m != "searched"}
     # Paired by job: one seed gives the three networks one split and one initialisation stream,
     # and moves all three together (up to 6 points on digits); the difference removes that.
-    paired = [r["rows"]["searched"]["test_accuracy"] - max(r["rows"][m]["test_accuracy"] for m in METHODS[1:]
-                                                           if m in r["rows"] and not r["rows"][m].get("skipped"))
-              for r in records if "searched" in r["rows"]
-              and any(m in r["rows"] and not r["rows"][m].get("skipped") for m in METHODS[1:])]
+    paired = []
+    for r in records:
+        baselines = [row["test_accuracy"] for m, row in r["rows"].items() if m != "searched" and not row.get("skipped")]
+        if "searched" in r["rows"] and baselines:
+            paired.append(r["rows"]["searched"]["test_accuracy"] - max(baselines))
     paired_text = (f"; paired by job, searched - the job's better baseline {100 * statistics.fmean(paired):+.1f} "
                    f"points ({100 * min(paired):+.1f} to {100 * max(paired):+.1f}), ahead or level on "
                    f"{sum(1 for d in paired if d >= 0)} of {len(paired)}") if paired else ""

@@ -362,9 +362,10 @@ def _sample_more(ctx: StageContext, entry: dict[str, Any], max_ms: float,
     networks sampled there (none it tried before) and trained briefly, as a user running
     random search until networks meet the target would. Without this, random search kept
     networks measured at 1.07 and 1.22x the target on 2 of 3 proxyless-mobile 32 px jobs
-    (2026-12-06), and was compared at more latency than the searched network may spend. The new networks join ``tried``; their
-    seconds count in the row's ``search_cost_s``, the top-up in ``topped_up``. Empty when
-    no sampled network is predicted within the bounds."""
+    (2026-12-06), and was compared at more latency than the searched network may spend.
+    The new networks join ``tried``; their seconds count in the row's ``search_cost_s``,
+    the top-up in ``topped_up``. Empty when no sampled network is predicted within the
+    bounds."""
     from automl_server.engine.baselines import random_search
 
     spec = JobSpec.from_params(ctx.params)
