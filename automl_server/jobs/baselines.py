@@ -58,6 +58,7 @@ from automl_server.jobs.train import StageCallbacks
 
 if TYPE_CHECKING:
     from automl_server.engine.baselines import RandomSearchResult, UniformNetwork
+    from automl_server.jobs.fit import Predict
     from search_spaces import Arch
 
 STATE_FILE = "baselines-state.json"
@@ -127,10 +128,8 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
         first = {k: entry[k] for k in FIT_FIELDS if k in entry}
 
         def derive(bound_ms: float, method: str = method, entry: dict[str, Any] = entry) -> dict[str, Any] | None:
-            if method == "random":  # its briefly trained networks, by the predictor as it is now
-                again = predict([{**entry["arch"], "blocks": tried["blocks"]} for tried in entry["tried"]])
-                for tried, predicted in zip(entry["tried"], again):
-                    tried["predicted_ms"] = round(predicted, 6)
+            if method == "random":
+                _predict_tried(entry, predict)
             # Random search keeps to the window's share of the bound too: a network predicted
             # under its bottom is one the device would also time under the window.
             found = _faster(ctx, method, entry, bound_ms, floor_ms=bound_ms * WINDOW_LOW / WINDOW_AIM)
@@ -143,6 +142,13 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
                                                   "device_seconds") if k in fitted}
         entry.pop("fit")
         _save(state_path, state)
+
+
+def _predict_tried(entry: dict[str, Any], predict: Predict) -> None:
+    """Random search's briefly trained networks, their predictions by the predictor as it is now."""
+    again = predict([{**entry["arch"], "blocks": tried["blocks"]} for tried in entry["tried"]])
+    for tried, predicted in zip(entry["tried"], again):
+        tried["predicted_ms"] = round(predicted, 6)
 
 
 def search_cost_s(results: dict[str, Any]) -> float:
@@ -270,9 +276,11 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
     the uniform network is scaled down to it. True when a baseline is to be trained again
     (the state saved before it is; the warnings go on the timeline once, even when a
     stage lost before that save decides again on its next run)."""
+    from automl_server.jobs.fit import current_prediction
     from automl_server.jobs.promise import faster_top
 
     target_ms = float(ctx.params["latency_target_ms"])
+    predict = current_prediction(ctx)
     retried = ended = False
     for method in METHODS:
         entry = state["networks"][method]
@@ -290,9 +298,15 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
             ctx.event_once("warning", entry["retry_ended"], baseline=method)
             ended = True
             continue
-        faster_ms = faster_top(bound_ms, predicted_ms, measured_ms)
-        # Never a network this baseline already measured over the target: the predictor may have
-        # moved since it was picked (the job's timings calibrate it) and put the same one under the bound.
+        # The bound is applied by the predictor as it is now (the job's timings have calibrated
+        # it since the network was picked): the miss's ratio and the STEP under it in its terms
+        # too, and random search's networks judged by it (as jobs/promise.next_faster does).
+        now_ms = predict([entry["arch"]])[0]
+        if method == "random":
+            _predict_tried(entry, predict)
+        faster_ms = faster_top(bound_ms, now_ms, measured_ms)
+        # And never a network this baseline already measured over the target (an earlier try the
+        # predictor may since have put under the bound).
         missed_blocks = [list(entry["arch"]["blocks"])] + [list(t["arch"]["blocks"]) for t in entry.get("tries", ())]
         faster = _faster(ctx, method, entry, faster_ms, exclude=missed_blocks)
         if faster is None:
@@ -301,8 +315,8 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
             ended = True
             continue
         entry.setdefault("tries", []).append({
-            "arch": entry["arch"], "predicted_ms": predicted_ms, "measured_ms": measured_ms,
-            "test_accuracy": entry["trained"]["test_accuracy"]})
+            "arch": entry["arch"], "predicted_ms": predicted_ms, "predicted_at_retry_ms": round(now_ms, 6),
+            "measured_ms": measured_ms, "test_accuracy": entry["trained"]["test_accuracy"]})
         del entry["trained"]
         entry.update(faster)
         ctx.event_once("warning", f"{missed}; trying a faster one, predicted {faster['predicted_ms']:.4g} ms",

@@ -25,6 +25,7 @@ more field; a new state would break each of them.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext
@@ -75,7 +76,7 @@ def keep_promise(ctx: StageContext, verified: dict[str, Any], candidate: dict[st
     measured, predicted = float(verified["measured_ms"]), float(candidate["predicted_ms"])
     miss = f"measured {measured:.4g} ms, over the target {target_ms:g} ms (predicted {predicted:.4g} ms)"
     if retries_used < spec.target_retries:
-        faster = next_faster(ctx, candidate, measured)
+        faster = next_faster(ctx, candidate, measured, tried=[t["arch"] for t in tries])
         if faster is not None:
             retry = retries_used + 1
             _archive_try(ctx, len(tries))
@@ -106,16 +107,27 @@ def faster_top(top_ms: float, predicted_ms: float, measured_ms: float) -> float:
     return min(top_ms / max(ratio, 1.0), predicted_ms * (1 - STEP))
 
 
-def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -> dict[str, Any] | None:
+def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
+                tried: Sequence[dict[str, Any]] = ()) -> dict[str, Any] | None:
     """The next-faster derivation of the search's final probabilities, as a chosen-network
-    dict (arch, predicted_ms); None when the job has no search or nothing faster exists."""
+    dict (arch, predicted_ms); None when the job has no search or nothing faster exists.
+
+    The missed network's prediction is taken again from the predictor as it is now, not the
+    one it had when it was picked (``missed["predicted_ms"]``): the job's own timings (the
+    fit's, verify's) calibrate the predictor in between, and the new bound is applied by the
+    predictor as it is now, so the measured/predicted ratio and the "at least ``STEP``
+    faster" rule must be in its terms too. With the pick-time prediction a bound could land
+    over the missed network's new prediction and derive it again (a baseline's retry did,
+    in CI, 2026-12-06). ``tried``: the job's earlier networks (arch dicts), never derived
+    again."""
+    from automl_server.jobs.fit import current_prediction
     from automl_server.jobs.margin import WINDOW_AIM
     from automl_server.jobs.search_stage import derive_under, searched_supernet, target_band
 
     net = searched_supernet(ctx)
     if net is None:  # a job that adopted its parent's network did not search
         return None
-    predicted = float(missed["predicted_ms"])
+    predicted = current_prediction(ctx)([missed["arch"]])[0]
     # After the fit stage (jobs/fit.py) the network sits where the device, not the margin, put
     # it: the retry aims where a network measured like the miss lands on the fit's window
     # middle, not back at the margin's band top (which the fit had moved away from).
@@ -126,7 +138,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float) -
     else:
         new_top = faster_top(target_band(ctx).top_ms, predicted, measured_ms)
     derived = derive_under(ctx, net, new_top)
-    if derived.predicted_ms >= predicted * (1 - 1e-9) or _same(derived.arch, missed["arch"]):
+    if derived.predicted_ms >= predicted * (1 - 1e-9) or any(_same(derived.arch, arch)
+                                                             for arch in (missed["arch"], *tried)):
         return None
     return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6), "holdout_accuracy": None,
             "derived_from": "the search's final probabilities", "aimed_under_ms": round(new_top, 6)}

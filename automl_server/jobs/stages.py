@@ -108,6 +108,14 @@ def get_stage(name: str) -> Stage:
     raise KeyError(f"unknown stage {name!r}; stages: {', '.join(stage_names())}")
 
 
+def stage_params(job: Job) -> dict[str, Any]:
+    """What a stage sees as ``ctx.params``: the job's params with its columns (dataset, device,
+    runtime, space, pipeline, target, comparison) folded in."""
+    return {**job.params, "dataset": job.dataset_name, "device": job.device_name, "runtime": job.runtime,
+            "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms,
+            "comparison_id": job.comparison_id}
+
+
 def plan_for(params: dict[str, Any]) -> list[str]:
     """The stages a job with these params runs, in order, up to ``stop_after``."""
     plan = [s.name for s in _REGISTRY if _APPLIES.get(s.name, _always)(params)]
@@ -246,9 +254,7 @@ def run_stage(db: Database, settings: Settings, job_id: str, stage_name: str, *,
             return None
         if fresh:
             service.start_stage(session, job, stage_name, index / (last + 1))
-        params = {**job.params, "dataset": job.dataset_name, "device": job.device_name, "runtime": job.runtime,
-                  "space": job.space, "pipeline": job.pipeline, "latency_target_ms": job.latency_target_ms,
-                  "comparison_id": job.comparison_id}
+        params = stage_params(job)
         results = dict(job.result)
     # Stages on the search queue train: they hold their share of this machine's cores and
     # pause at every weight step while the local agent measures (device_agents.cores).

@@ -157,3 +157,33 @@ def test_a_retry_moves_every_pipelines_resumable_state_out_of_the_way(tmp_path) 
     assert (moved / "fedgkt" / "clients" / "0" / "edge.pt").read_bytes() == b"old network"
     assert {p.name for p in moved.iterdir()} == {"fedgkt", "dts", "on_device", "train.ckpt", "verify.json",
                                                   "sparse_update_plan.json"}
+
+
+def test_a_retry_aims_by_what_the_predictor_says_of_the_missed_network_now(farm) -> None:  # type: ignore[no-untyped-def]
+    """The job's timings calibrate the predictor between the pick of a network and its retry:
+    the retry's network must be faster than the missed one by the predictor as it is now (which
+    applies the new bound), not by the prediction the missed network had when it was picked. A
+    pick-time prediction far above today's (here 3x) once gave a bound over the missed network
+    and derived it again. Nor is an earlier try derived again."""
+    from automl_server.jobs.context import StageContext
+    from automl_server.jobs.fit import current_prediction
+    from automl_server.jobs.promise import STEP, next_faster
+    from automl_server.jobs.stages import stage_params
+
+    app, settings, db = farm
+    job = run_job(farm, target_retries=0)
+    assert job["state"] == "succeeded", job["error"]
+    with db.session() as session:
+        row = session.get_one(Job, job["id"])
+        ctx = StageContext(db, settings, row.id, "verify", 0, 1, "test", params=stage_params(row),
+                           results=dict(row.result))
+    arch = job["result"]["report"]["arch"]
+    now_ms = current_prediction(ctx)([arch])[0]
+
+    faster = next_faster(ctx, {"arch": arch, "predicted_ms": 3 * now_ms}, measured_ms=1.5 * now_ms)
+
+    assert faster is not None
+    assert faster["arch"]["blocks"] != arch["blocks"]
+    assert faster["predicted_ms"] <= now_ms * (1 - STEP) * (1 + 1e-6)
+    again = next_faster(ctx, {"arch": arch, "predicted_ms": now_ms}, measured_ms=1.5 * now_ms, tried=[faster["arch"]])
+    assert again is None or again["arch"]["blocks"] != faster["arch"]["blocks"]
