@@ -224,15 +224,17 @@ def record_verification(self: Any, payload: dict[str, Any], job_id: str, result_
     paced = paced_measurement(get_database(settings.resolved_database_url), payload)
     directory = settings.artifacts_dir / job_id
     directory.mkdir(parents=True, exist_ok=True)
-    if timings == 1:
-        _write_result(directory, result_file, {k: v for k, v in paced.items() if k != "arch"}, payload)
+    if timings == 1:  # the same fields as several timings give (timings_ms of one), at once
+        _write_result(directory, result_file, combined_timings([paced])[1], payload)
         return
     _write_json(directory / f"{result_file}.{token}-{number}.timing", {"paced": paced, "payload": payload})
     parts = [directory / f"{result_file}.{token}-{i}.timing" for i in range(timings)]
     if not all(part.exists() for part in parts):
         return  # the others are still on their way
     # Two answers arriving together may both get here: the first to claim the send writes
-    # and calibrates, so that one network is not recorded twice.
+    # and calibrates, so that one network is not recorded twice. (The claim, an empty file,
+    # stays with the job's files: removed, a second answer arriving late could claim it again
+    # and find the timings it needs gone.)
     try:
         os.close(os.open(directory / f"{result_file}.{token}.done", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
