@@ -299,3 +299,15 @@ def test_random_search_fitted_under_the_window_draws_networks_in_the_window(farm
     (match,) = [m for m in said if m]
     assert float(match[1]) == pytest.approx(floor, rel=1e-3) and float(match[2]) == pytest.approx(bound, rel=1e-3)
     assert int(match[3]) == TOP_UP_NETWORKS
+
+
+def test_random_searchs_brief_training_is_brief_on_a_short_budget():
+    """Brief: the tune epochs (8 of the default 150), but never more than a quarter of the full
+    training (at 8 train epochs, 2: not the full training again), and at least one epoch."""
+    from automl_server.jobs.baselines import brief_epochs
+    from automl_server.jobs.spec import Budget
+
+    assert brief_epochs(Budget()) == 8
+    assert brief_epochs(Budget(train_epochs=8)) == 2
+    assert brief_epochs(Budget(train_epochs=20, tune_epochs=3)) == 3
+    assert brief_epochs(Budget(train_epochs=1, tune_epochs=1)) == 1
