@@ -59,7 +59,7 @@ from automl_server.jobs.train import StageCallbacks
 
 if TYPE_CHECKING:
     from automl_server.engine.baselines import RandomSearchResult, UniformNetwork
-    from automl_server.jobs.fit import Predict
+    from automl_server.jobs.search_stage import Predict
     from search_spaces import Arch
 
 STATE_FILE = "baselines-state.json"
@@ -118,7 +118,8 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
     share of the target. Random search moves among the networks it trained briefly that are
     predicted in the window (drawing a few more there when none is); the uniform network is
     rescaled."""
-    from automl_server.jobs.fit import StateFile, current_prediction, fit_network
+    from automl_server.jobs.fit import StateFile, fit_network
+    from automl_server.jobs.search_stage import current_prediction
 
     store = StateFile(state_path, state)
     predict = current_prediction(ctx)
@@ -292,7 +293,7 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
     the uniform network is scaled down to it. True when a baseline is to be trained again
     (the state saved before it is; the warnings go on the timeline once, even when a
     stage lost before that save decides again on its next run)."""
-    from automl_server.jobs.fit import current_prediction
+    from automl_server.jobs.search_stage import current_prediction
     from automl_server.jobs.promise import faster_top
 
     target_ms = float(ctx.params["latency_target_ms"])

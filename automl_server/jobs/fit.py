@@ -57,6 +57,7 @@ from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
 from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
+from automl_server.jobs.search_stage import Predict, current_prediction
 from automl_server.jobs.spec import JobSpec
 
 STATE_FILE = "fit-state.json"
@@ -64,8 +65,6 @@ STATE_FILE = "fit-state.json"
 FIT_TRIES = 4
 
 Derive = Callable[[float], "dict[str, Any] | None"]
-# Predicts a list of architectures with one snapshot of the target's predictor.
-Predict = Callable[[list[dict[str, Any]]], list[float]]
 
 
 @dataclass
@@ -285,21 +284,6 @@ def fit_to_device(ctx: StageContext) -> dict[str, Any]:
     return {**fitted, "holdout_accuracy": None if moved else picked.get("holdout_accuracy"), "moved": moved,
             **({"derived_from": "the search's final probabilities, under the bound the device corrected"}
                if moved else {})}
-
-
-def current_prediction(ctx: StageContext) -> Predict:
-    """``predict(archs)``: the networks' latencies by the target's predictor as it is now (built
-    once per call: it reads the target's measurements and fits its calibration)."""
-    from automl_server.engine.latency import arch_latency_ms
-    from automl_server.jobs.profile import job_layout
-    from automl_server.jobs.search_stage import latency_model
-    from search_spaces import Arch
-
-    def predict(archs: list[dict[str, Any]]) -> list[float]:
-        model = latency_model(ctx, job_layout(ctx))
-        return [float(arch_latency_ms(Arch.from_dict(arch), model)) for arch in archs]
-
-    return predict
 
 
 def searched_derivation(ctx: StageContext) -> Derive:

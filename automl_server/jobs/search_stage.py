@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,9 @@ from automl_server.jobs.margin import (  # noqa: F401 - re-exported: the band's 
     target_margin,
 )
 from automl_server.jobs.spec import MINUTE_SHARES, JobSpec
+
+# Predicts a list of architectures with one snapshot of the target's predictor.
+Predict = Callable[[list[dict[str, Any]]], list[float]]
 
 if TYPE_CHECKING:  # torch and numpy load when a stage runs
     from numpy.lib.npyio import NpzFile
@@ -68,6 +72,21 @@ def latency_model(ctx: StageContext, layout: SpaceLayout) -> LatencyModel:
     from search_spaces import op_key
 
     return predictor(ctx.db, job_target(ctx), space=layout.space, resolution=layout.resolution).op_model(op_key(layout, layout.fixed[0]))
+
+
+def current_prediction(ctx: StageContext) -> Predict:
+    """``predict(archs)``: the networks' latencies by the target's predictor as it is now (built
+    once per call: it reads the target's measurements and fits its calibration). The fit, the
+    promise's retry and the baselines' retries judge networks by it: the job's own timings
+    calibrate the predictor after a network is picked."""
+    from automl_server.engine.latency import arch_latency_ms
+    from search_spaces import Arch
+
+    def predict(archs: list[dict[str, Any]]) -> list[float]:
+        model = latency_model(ctx, job_layout(ctx))
+        return [float(arch_latency_ms(Arch.from_dict(arch), model)) for arch in archs]
+
+    return predict
 
 
 def searched_supernet(ctx: StageContext) -> SuperNet | None:

@@ -166,7 +166,7 @@ def test_a_retry_aims_by_what_the_predictor_says_of_the_missed_network_now(farm)
     pick-time prediction far above today's (here 3x) once gave a bound over the missed network
     and derived it again. Nor is an earlier try derived again."""
     from automl_server.jobs.context import StageContext
-    from automl_server.jobs.fit import current_prediction
+    from automl_server.jobs.search_stage import current_prediction
     from automl_server.jobs.promise import STEP, next_faster
     from automl_server.jobs.stages import stage_params
 
