@@ -53,13 +53,12 @@ from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, meas
 from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
 from automl_server.jobs.parent import parent_of
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
-from automl_server.jobs.search_stage import chosen, latency_model, load_split, target_band
+from automl_server.jobs.search_stage import Predict, chosen, current_prediction, latency_model, load_split, target_band
 from automl_server.jobs.spec import MINUTE_SHARES, Budget, JobSpec
 from automl_server.jobs.train import StageCallbacks
 
 if TYPE_CHECKING:
     from automl_server.engine.baselines import RandomSearchResult, UniformNetwork
-    from automl_server.jobs.search_stage import Predict
     from search_spaces import Arch
 
 STATE_FILE = "baselines-state.json"
@@ -119,7 +118,6 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
     predicted in the window (drawing a few more there when none is); the uniform network is
     rescaled."""
     from automl_server.jobs.fit import StateFile, fit_network
-    from automl_server.jobs.search_stage import current_prediction
 
     store = StateFile(state_path, state)
     predict = current_prediction(ctx)
@@ -293,7 +291,6 @@ def _retry_misses(ctx: StageContext, state: dict[str, Any], state_path: Path, bo
     the uniform network is scaled down to it. True when a baseline is to be trained again
     (the state saved before it is; the warnings go on the timeline once, even when a
     stage lost before that save decides again on its next run)."""
-    from automl_server.jobs.search_stage import current_prediction
     from automl_server.jobs.promise import faster_top
 
     target_ms = float(ctx.params["latency_target_ms"])
