@@ -377,7 +377,7 @@ def _faster(ctx: StageContext, method: str, entry: dict[str, Any], max_ms: float
         uniform = uniform_network(layout, model, limit)
         if uniform is None:
             return None
-        if list(uniform.arch.to_dict()["blocks"]) not in excluded:
+        if list(uniform.arch.blocks) not in excluded:
             return _uniform_entry(uniform, max_ms)
         limit = uniform.predicted_ms * (1 - 1e-9)  # the next uniform network under the excluded one
 

@@ -120,9 +120,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     over the missed network's new prediction and derive it again (a baseline's retry did,
     in CI, 2026-12-06). ``tried``: the job's earlier networks (arch dicts), never derived
     again."""
-    from automl_server.jobs.search_stage import current_prediction
     from automl_server.jobs.margin import WINDOW_AIM
-    from automl_server.jobs.search_stage import derive_under, searched_supernet, target_band
+    from automl_server.jobs.search_stage import current_prediction, derive_under, searched_supernet, target_band
 
     net = searched_supernet(ctx)
     if net is None:  # a job that adopted its parent's network did not search
