@@ -242,11 +242,13 @@ def brief_holdout_accuracy(model: torch.nn.Module, data: SplitData) -> float:
     """Holdout accuracy of a briefly trained network, judged as the search judges its derived
     path (``engine/search.py``, after SPOS and OFA): with BatchNorm statistics recomputed on
     training images first. After a few dozen weight steps the running averages trail weights
-    that still move fast, and eval mode misjudges the network: on digits at 8 px, 2 epochs of
-    18 steps, 14 ``tiny`` networks scored 0.10-0.19 in eval mode (chance 0.10; 12 tied at
-    0.103, so random search kept its first draw) and 0.47-0.61 recalibrated, a ranking that
-    agreed with the networks' 8-epoch test accuracy (Spearman 0.41; eval mode's: -0.33).
-    0.0 when the holdout split is empty."""
+    that still move fast, and eval mode scores the statistics, not the network: on a job's
+    split of digits (1,151 training images, 18 steps an epoch), after 2 epochs, 14 ``tiny``
+    networks scored 0.10-0.27 in eval mode, 9 of them 0.098-0.108 (chance 0.10), and
+    0.47-0.66 recalibrated (``bench/bench_brief_judgement.py --seed 0``). Neither score
+    predicts the 8-epoch accuracy well (Spearman over three draws: eval mode +0.15, +0.26,
+    -0.01; recalibrated +0.34, +0.21, +0.69); the reason for this one is that the search is
+    judged this way, so its baseline must be. 0.0 when the holdout split is empty."""
     if not len(data.y_holdout):
         return 0.0
     with recalibrated_batchnorm(model, data.x_train[:BN_CALIBRATION_IMAGES]):
