@@ -25,9 +25,9 @@ from scipy.stats import spearmanr
 
 from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.baselines import brief_holdout_accuracy
-from automl_server.engine.data import split_arrays, stratified_split
+from automl_server.engine.data import split_arrays
 from automl_server.engine.train.standard import StandardConfig, evaluate, train_standard
-from automl_server.jobs.validate import HOLDOUT_FRACTION, TEST_FRACTION
+from automl_server.jobs.validate import job_splits
 from search_spaces import build_model, sample_archs
 
 
@@ -42,9 +42,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     x, y, _classes = load_dataset("digits")
-    rest, test = stratified_split(y, holdout=TEST_FRACTION, seed=args.seed)
-    train, holdout = stratified_split(y[rest], holdout=HOLDOUT_FRACTION, seed=args.seed + 1)
-    data = split_arrays(x, y, train_idx=rest[train], holdout_idx=rest[holdout])
+    train, holdout, test = job_splits(y, args.seed)
+    data = split_arrays(x, y, train_idx=train, holdout_idx=holdout)
     x_test, y_test = data.normalise(x[test]), torch.from_numpy(y[test].astype(np.int64))
     steps = -(-len(data.y_train) // 64)
     print(f"digits: {len(data.y_train)} training images ({steps} steps an epoch), {len(data.y_holdout)} holdout, "

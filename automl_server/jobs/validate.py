@@ -15,6 +15,18 @@ TEST_FRACTION = 0.2
 HOLDOUT_FRACTION = 0.2
 
 
+def job_splits(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A job's three disjoint splits of its labels, as (train, holdout, test) indices:
+    "test" is never seen before the final evaluation; "holdout" drives the architecture
+    steps and model selection; "train" the weights. Stratified, a fixed function of ``seed``."""
+    # Imported here: the engine pulls in torch, which the web process does not need.
+    from automl_server.engine.data import stratified_split
+
+    rest_idx, test_idx = stratified_split(y, holdout=TEST_FRACTION, seed=seed)
+    train_sub, holdout_sub = stratified_split(y[rest_idx], holdout=HOLDOUT_FRACTION, seed=seed + 1)
+    return rest_idx[train_sub], rest_idx[holdout_sub], test_idx
+
+
 def validate_dataset(ctx: StageContext) -> dict[str, Any]:
     """Re-read the stored dataset, check it is intact, compute statistics and a
     fixed train / held-out split that the search and training stages share."""
@@ -43,14 +55,7 @@ def validate_dataset(ctx: StageContext) -> dict[str, Any]:
     ctx.progress(0.7, "computing statistics", samples=int(len(y)))
     pixels = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
     counts = np.bincount(y, minlength=len(classes))
-    # Imported here: the engine pulls in torch, which the web process does not need.
-    from automl_server.engine.data import stratified_split
-
-    # Three disjoint splits: "test" is never seen before the final evaluation;
-    # "holdout" drives the architecture steps and model selection; "train" the weights.
-    rest_idx, test_idx = stratified_split(y, holdout=TEST_FRACTION, seed=seed)
-    train_sub, holdout_sub = stratified_split(y[rest_idx], holdout=HOLDOUT_FRACTION, seed=seed + 1)
-    train_idx, holdout_idx = rest_idx[train_sub], rest_idx[holdout_sub]
+    train_idx, holdout_idx, test_idx = job_splits(y, seed)
     arrays_path = ctx.job_dir() / "dataset.npz"
     tmp_path = arrays_path.with_suffix(".tmp.npz")
     np.savez_compressed(

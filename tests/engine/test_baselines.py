@@ -89,7 +89,8 @@ def test_random_search_judges_briefly_trained_networks_above_chance():
     # Digits as a job splits them (a fifth kept for the test, a fifth of the rest for the
     # holdout): 1,149 training images, 18 steps an epoch. After 2 epochs the BatchNorm running
     # averages still trail the weights: judged in eval mode these networks scored 0.10-0.15
-    # (chance 0.10), so random search kept whichever it drew first. Recomputed, they rank.
+    # (chance 0.10), so random search's choice among them was close to arbitrary. Recomputed,
+    # they rank.
     raw = load_digits()
     x = np.rint(raw.images * 255 / 16).astype(np.uint8)[..., None]
     data = split_arrays(x[:1437], raw.target[:1437].astype(np.int64), seed=0)
