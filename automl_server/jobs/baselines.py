@@ -127,12 +127,16 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
             continue
         first = {k: entry[k] for k in FIT_FIELDS if k in entry}
 
-        def derive(bound_ms: float, method: str = method, entry: dict[str, Any] = entry) -> dict[str, Any] | None:
+        def derive(bound_ms: float, measured: list[list[str]], method: str = method,
+                   entry: dict[str, Any] = entry) -> dict[str, Any] | None:
             if method == "random":
                 _predict_tried(entry, predict)
             # Random search keeps to the window's share of the bound too: a network predicted
             # under its bottom is one the device would also time under the window.
-            found = _faster(ctx, method, entry, bound_ms, floor_ms=bound_ms * WINDOW_LOW / WINDOW_AIM)
+            found = _faster(ctx, method, entry, bound_ms, floor_ms=bound_ms * WINDOW_LOW / WINDOW_AIM,
+                            # Random search's next best in the band, not one timed already; the uniform
+                            # network has no other of its kind between its rescale and the bound.
+                            exclude=measured if method == "random" else None)
             return None if found is None else {k: found[k] for k in FIT_FIELDS if k in found}
 
         fitted = fit_network(ctx, spec, f"the {method} baseline", f"baseline-{method}", first, derive, predict,

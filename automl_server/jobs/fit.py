@@ -24,6 +24,8 @@ weights, so the device can tell before any training what the margin guessed:
 4. at most ``FIT_TRIES`` networks; the one kept (by the pooled ratio) is the one
    nearest the window's middle inside it, else the slowest under its top, else the
    fastest; the search stops early when the derivation gives a network already timed.
+   Where the derivation's greedy swaps step over the window (a band 5% wide), the most
+   probable network predicted inside it, not timed yet, is tried instead (``into_window``).
 
 A network the tune stage took from a trial is kept when it is estimated inside the window;
 a move derives from the search's own probabilities (``search.ckpt``), as the promise's
@@ -51,20 +53,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
 from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
-from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
+from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
 from automl_server.jobs.search_stage import Predict, current_prediction
 from automl_server.jobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from automl_server.engine.derive import Derivation
+    from automl_server.engine.latency import LatencyModel
+    from automl_server.engine.supernet import SuperNet
 
 STATE_FILE = "fit-state.json"
 # Networks measured at most (the first included).
 FIT_TRIES = 4
 
-Derive = Callable[[float], "dict[str, Any] | None"]
+# ``derive(bound_ms, measured)``: the next network to time, predicted under ``bound_ms`` and
+# none of ``measured`` (the block lists timed already) when the caller can find one.
+Derive = Callable[[float, list[list[str]]], "dict[str, Any] | None"]
 
 
 @dataclass
@@ -165,11 +174,15 @@ def fit_network(ctx: StageContext, spec: JobSpec, name: str, key: str, first: di
             continue
         _predict_again(tries, predict)
         ratio = device_ratio(tries)
-        if inside(estimated_ms(last, ratio), target_ms) or len(tries) >= FIT_TRIES or state.get("ended"):
+        # Any try the pooled ratio puts inside the window ends it (kept_try keeps the one nearest
+        # its middle): with the ratio pooled, an earlier try can move inside as later ones are timed.
+        if (any(inside(estimated_ms(t, ratio), target_ms) for t in tries) or len(tries) >= FIT_TRIES
+                or state.get("ended")):
             break
         bound = next_bound(tries, target_ms)
-        candidate = derive(bound)
-        if candidate is None or any(list(t["arch"]["blocks"]) == list(candidate["arch"]["blocks"]) for t in tries):
+        measured = [list(t["arch"]["blocks"]) for t in tries]
+        candidate = derive(bound, measured)
+        if candidate is None or list(candidate["arch"]["blocks"]) in measured:
             state["ended"] = f"the derivation under {bound:.4g} ms predicted gives no network not measured already"
             save()
             break
@@ -287,20 +300,40 @@ def fit_to_device(ctx: StageContext) -> dict[str, Any]:
 
 
 def searched_derivation(ctx: StageContext) -> Derive:
-    """``derive(bound_ms)``: the search's final probabilities derived within the job's band
-    moved under ``bound_ms`` (as the promise's retry derives)."""
-    from automl_server.jobs.search_stage import derive_under, searched_supernet
+    """``derive(bound_ms, measured)``: the search's final probabilities derived within the job's
+    band moved under ``bound_ms`` (as the promise's retry derives), and into the window where
+    that derivation steps over it (``into_window``)."""
+    from automl_server.jobs.search_stage import derive_under, latency_model, searched_supernet
 
     loaded: dict[str, Any] = {}
 
-    def derive(bound_ms: float) -> dict[str, Any] | None:
+    def derive(bound_ms: float, measured: list[list[str]]) -> dict[str, Any] | None:
         if not loaded:
             loaded["net"] = searched_supernet(ctx)
-        if loaded["net"] is None:  # no search.ckpt: nothing to derive from
+        net = loaded["net"]
+        if net is None:  # no search.ckpt: nothing to derive from
             return None
-        derived = derive_under(ctx, loaded["net"], bound_ms)
+        derived = derive_under(ctx, net, bound_ms)
         if derived.predicted_ms > bound_ms * (1 + 1e-9):
             return None  # nothing in the space is predicted under the bound
+        derived = into_window(net, latency_model(ctx, job_layout(ctx)), derived, bound_ms, measured)
         return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6)}
 
     return derive
+
+
+def into_window(net: SuperNet, model: LatencyModel, derived: Derivation, bound_ms: float,
+                measured: list[list[str]]) -> Derivation:
+    """``derived`` (the search's probabilities derived under ``bound_ms``, the window's middle in
+    predicted terms), or, where its greedy swaps stepped under the window's bottom or back onto a
+    network timed already, the most probable network predicted inside ``[bottom, bound_ms]`` not
+    timed yet (``engine.derive.most_probable_within``), if the space has one. Without it the fit
+    ended on "the derivation under ... gives no network not measured already" and kept a network
+    timed at 0.851 of its target (tiny on digits at 8 px, 2026-12-07): in the 2% band the job
+    derives in, one swap up from it jumped over the window."""
+    from automl_server.engine.derive import most_probable_within
+
+    floor_ms = bound_ms * WINDOW_LOW / WINDOW_AIM
+    if derived.predicted_ms >= floor_ms and list(derived.arch.blocks) not in measured:
+        return derived
+    return most_probable_within(net, model, floor_ms, bound_ms, exclude=measured) or derived

@@ -168,3 +168,45 @@ def test_after_a_fit_a_verify_miss_retries_from_the_fits_aim_not_the_margins(far
     assert result["retry"]["aimed_under_ms"] == pytest.approx(aimed, rel=1e-4)
     assert result["retry"]["predicted_ms"] <= result["retry"]["aimed_under_ms"]
     assert result["target_met"] is False  # every verify answers 1.1x: the miss is said plainly
+
+
+def test_a_move_the_greedy_derivation_steps_over_takes_the_most_probable_network_inside_the_window() -> None:
+    # The job's derivation (2% band under the bound) walks greedy swaps from the argmax; where
+    # one swap jumps over the window's predicted range [0.87/0.915 x bound, bound] it lands under
+    # it (a job's first network, timed at 0.851 of its target, came back from the raised bound:
+    # tiny at 8 px, 2026-12-07), or back on a network timed already. The fit then takes the most
+    # probable network inside that range not timed yet: checked against enumerating the space.
+    import torch
+
+    from automl_server.engine.derive import derive_within_target
+    from automl_server.engine.latency import FlopsLatencyModel
+    from automl_server.engine.supernet import SuperNet
+    from automl_server.jobs.fit import into_window
+    from automl_server.jobs.margin import BAND_TOLERANCE, WINDOW_LOW, TargetBand
+    from search_spaces import get_space
+    from tests.engine.test_derive import _every_network, _most_probable_inside
+
+    model = FlopsLatencyModel()
+    supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for mixed in supernet.mixed_ops:
+            mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
+    score, total = _every_network(supernet, model)
+    fastest = derive_within_target(supernet, model, target_ms=float(total.min()) / 2)  # under every window
+    for fraction in (0.2, 0.5, 0.8):
+        bound = float(total.min() + fraction * (total.max() - total.min()))
+        floor = bound * WINDOW_LOW / WINDOW_AIM
+        inside = _most_probable_inside(supernet, score, total, floor, bound)
+        band = TargetBand.ending_at(bound, margin=BAND_TOLERANCE, tolerance=BAND_TOLERANCE)
+        derived = derive_within_target(supernet, model, band.aim_ms, band.tolerance)
+        assert derived.predicted_ms >= floor
+        assert into_window(supernet, model, derived, bound, measured=[]) == derived  # inside already: it stays
+        # Stepped under the window's bottom: the most probable network inside it.
+        moved = into_window(supernet, model, fastest, bound, measured=[])
+        assert moved.arch.blocks == inside[0][0] and floor <= moved.predicted_ms <= bound
+        # Back on a network timed already: the most probable inside not timed, never the timed one.
+        again = into_window(supernet, model, derived, bound, measured=[list(derived.arch.blocks)])
+        assert again.arch.blocks == next(blocks for blocks, _ms in inside if blocks != derived.arch.blocks)
+    # Nothing inside the window: the derivation as it was (the fit then ends, saying so).
+    assert into_window(supernet, model, fastest, float(total.min()) * 0.9, measured=[]) == fastest
