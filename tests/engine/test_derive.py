@@ -94,6 +94,16 @@ def test_the_jobs_narrow_band_is_reached_from_spread_probabilities():
     assert sum(landed) >= 0.95 * len(landed)
 
 
+def spread_tiny_supernet(seed: int) -> SuperNet:
+    """The tiny space at 8 px with spread random probabilities, as a short search leaves them."""
+    supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mixed in supernet.mixed_ops:
+            mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
+    return supernet
+
+
 def _every_network(supernet, model):  # type: ignore[no-untyped-def]
     """Log-probability and predicted ms of every network of the space, arrays indexed by each
     cell's choice (numpy broadcasting: the tiny space at 8 px has 250,000)."""
@@ -127,11 +137,7 @@ def test_the_most_probable_network_within_a_narrow_band_matches_enumerating_the_
     from automl_server.engine.derive import most_probable_within
 
     model = FlopsLatencyModel()
-    supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for mixed in supernet.mixed_ops:
-            mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
+    supernet = spread_tiny_supernet(seed=1)
     score, total = _every_network(supernet, model)
     fastest, slowest = float(total.min()), float(total.max())
     greedy_missed = 0

@@ -176,22 +176,14 @@ def test_a_move_the_greedy_derivation_steps_over_takes_the_most_probable_network
     # it (a job's first network, timed at 0.851 of its target, came back from the raised bound:
     # tiny at 8 px, 2026-12-07), or back on a network timed already. The fit then takes the most
     # probable network inside that range not timed yet: checked against enumerating the space.
-    import torch
-
     from automl_server.engine.derive import derive_within_target
     from automl_server.engine.latency import FlopsLatencyModel
-    from automl_server.engine.supernet import SuperNet
     from automl_server.jobs.fit import into_window
     from automl_server.jobs.margin import BAND_TOLERANCE, WINDOW_LOW, TargetBand
-    from search_spaces import get_space
-    from tests.engine.test_derive import _every_network, _most_probable_inside
+    from tests.engine.test_derive import _every_network, _most_probable_inside, spread_tiny_supernet
 
     model = FlopsLatencyModel()
-    supernet = SuperNet(get_space("tiny").layout(8, 10, 1))
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for mixed in supernet.mixed_ops:
-            mixed.alpha.copy_(torch.randn(mixed.alpha.shape, generator=generator) * 1.5)
+    supernet = spread_tiny_supernet(seed=3)
     score, total = _every_network(supernet, model)
     fastest = derive_within_target(supernet, model, target_ms=float(total.min()) / 2)  # under every window
     for fraction in (0.2, 0.5, 0.8):
