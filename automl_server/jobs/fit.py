@@ -25,7 +25,7 @@ weights, so the device can tell before any training what the margin guessed:
    nearest the window's middle inside it, else the slowest under its top, else the
    fastest; the search stops early when the derivation gives a network already timed.
    Where the derivation's greedy swaps step over the window (a band 5% wide), the most
-   probable network predicted inside it, not timed yet, is tried instead (``into_window``).
+   probable network predicted inside it, not timed yet, is tried instead (``jobs.margin.into_window``).
 
 A network the tune stage took from a trial is kept when it is estimated inside the window;
 a move derives from the search's own probabilities (``search.ckpt``), as the promise's
@@ -53,19 +53,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
-from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
+from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW, into_window
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
 from automl_server.jobs.search_stage import Predict, current_prediction
 from automl_server.jobs.spec import JobSpec
-
-if TYPE_CHECKING:
-    from automl_server.engine.derive import Derivation
-    from automl_server.engine.latency import LatencyModel
-    from automl_server.engine.supernet import SuperNet
 
 STATE_FILE = "fit-state.json"
 # Networks measured at most (the first included).
@@ -321,19 +316,3 @@ def searched_derivation(ctx: StageContext) -> Derive:
 
     return derive
 
-
-def into_window(net: SuperNet, model: LatencyModel, derived: Derivation, bound_ms: float,
-                measured: list[list[str]]) -> Derivation:
-    """``derived`` (the search's probabilities derived under ``bound_ms``, the window's middle in
-    predicted terms), or, where its greedy swaps stepped under the window's bottom or back onto a
-    network timed already, the most probable network predicted inside ``[bottom, bound_ms]`` not
-    timed yet (``engine.derive.most_probable_within``), if the space has one. Without it the fit
-    ended on "the derivation under ... gives no network not measured already" and kept a network
-    timed at 0.851 of its target (tiny on digits at 8 px, 2026-12-07): in the 2% band the job
-    derives in, one swap up from it jumped over the window."""
-    from automl_server.engine.derive import most_probable_within
-
-    floor_ms = bound_ms * WINDOW_LOW / WINDOW_AIM
-    if derived.predicted_ms >= floor_ms and list(derived.arch.blocks) not in measured:
-        return derived
-    return most_probable_within(net, model, floor_ms, bound_ms, exclude=measured) or derived

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from automl_server.engine.derive import Derivation
+    from automl_server.engine.latency import LatencyModel
+    from automl_server.engine.supernet import SuperNet
 
 # The job keeps the network's predicted latency a margin under the user's target
 # (ours; the paper reports the argmax network, which may land on either side), so
@@ -82,3 +87,21 @@ def band_for(target_ms: float, margin: float) -> TargetBand:
 # inside it uses the budget (at least 85% of the target, issue 17) and leaves room for the
 # verify stage's own timing; a move aims at its middle.
 WINDOW_LOW, WINDOW_AIM, WINDOW_HIGH = 0.87, 0.915, 0.96
+
+
+def into_window(net: SuperNet, model: LatencyModel, derived: Derivation, bound_ms: float,
+                measured: list[list[str]]) -> Derivation:
+    """``derived`` (the search's probabilities derived under ``bound_ms``, the window's middle in
+    predicted terms), or, where its greedy swaps stepped under the window's bottom or back onto a
+    network timed already, the most probable network predicted inside ``[bottom, bound_ms]`` not
+    timed yet (``engine.derive.most_probable_within``), if the space has one. Without it the fit
+    ended on "the derivation under ... gives no network not measured already" and kept a network
+    timed at 0.851 of its target (tiny on digits at 8 px, 2026-12-07): in the 2% band the job
+    derives in, one swap up from it jumped over the window. The fit (jobs/fit.py) and, after a
+    fit, the promise's retry (jobs/promise.py) move with it."""
+    from automl_server.engine.derive import most_probable_within
+
+    floor_ms = bound_ms * WINDOW_LOW / WINDOW_AIM
+    if derived.predicted_ms >= floor_ms and list(derived.arch.blocks) not in measured:
+        return derived
+    return most_probable_within(net, model, floor_ms, bound_ms, exclude=measured) or derived

@@ -139,8 +139,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     derived = derive_under(ctx, net, new_top)
     if "tries" in (ctx.results.get("fit") or {}) and derived.predicted_ms <= new_top * (1 + 1e-9):
         # Aimed at the fit's window: where the greedy swaps step under it, the most probable
-        # network inside it not tried yet (jobs/fit.into_window), not one far under the target.
-        from automl_server.jobs.fit import into_window
+        # network inside it not tried yet (jobs/margin.into_window), not one far under the target.
+        from automl_server.jobs.margin import into_window
         from automl_server.jobs.profile import job_layout
         from automl_server.jobs.search_stage import latency_model
 

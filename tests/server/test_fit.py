@@ -178,8 +178,7 @@ def test_a_move_the_greedy_derivation_steps_over_takes_the_most_probable_network
     # probable network inside that range not timed yet: checked against enumerating the space.
     from automl_server.engine.derive import derive_within_target
     from automl_server.engine.latency import FlopsLatencyModel
-    from automl_server.jobs.fit import into_window
-    from automl_server.jobs.margin import BAND_TOLERANCE, WINDOW_LOW, TargetBand
+    from automl_server.jobs.margin import BAND_TOLERANCE, WINDOW_LOW, TargetBand, into_window
     from tests.engine.test_derive import _every_network, _most_probable_inside, spread_tiny_supernet
 
     model = FlopsLatencyModel()
