@@ -315,4 +315,3 @@ def searched_derivation(ctx: StageContext) -> Derive:
         return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6)}
 
     return derive
-
