@@ -57,8 +57,8 @@ from typing import Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
-from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW, into_window
-from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
+from automl_server.jobs.margin import WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
+from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
 from automl_server.jobs.search_stage import Predict, current_prediction
 from automl_server.jobs.spec import JobSpec
 
@@ -298,7 +298,7 @@ def searched_derivation(ctx: StageContext) -> Derive:
     """``derive(bound_ms, measured)``: the search's final probabilities derived within the job's
     band moved under ``bound_ms`` (as the promise's retry derives), and into the window where
     that derivation steps over it (``into_window``)."""
-    from automl_server.jobs.search_stage import derive_under, latency_model, searched_supernet
+    from automl_server.jobs.search_stage import derive_under, searched_supernet
 
     loaded: dict[str, Any] = {}
 
@@ -308,10 +308,9 @@ def searched_derivation(ctx: StageContext) -> Derive:
         net = loaded["net"]
         if net is None:  # no search.ckpt: nothing to derive from
             return None
-        derived = derive_under(ctx, net, bound_ms)
+        derived = derive_under(ctx, net, bound_ms, timed=measured)
         if derived.predicted_ms > bound_ms * (1 + 1e-9):
             return None  # nothing in the space is predicted under the bound
-        derived = into_window(net, latency_model(ctx, job_layout(ctx)), derived, bound_ms, measured)
         return {"arch": derived.arch.to_dict(), "predicted_ms": round(derived.predicted_ms, 6)}
 
     return derive

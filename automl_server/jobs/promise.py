@@ -136,16 +136,10 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
         new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
     else:
         new_top = faster_top(target_band(ctx).top_ms, predicted, measured_ms)
-    derived = derive_under(ctx, net, new_top)
-    if "tries" in (ctx.results.get("fit") or {}) and derived.predicted_ms <= new_top * (1 + 1e-9):
-        # Aimed at the fit's window: where the greedy swaps step under it, the most probable
-        # network inside it not tried yet (jobs/margin.into_window), not one far under the target.
-        from automl_server.jobs.margin import into_window
-        from automl_server.jobs.profile import job_layout
-        from automl_server.jobs.search_stage import latency_model
-
-        earlier = [list(arch.get("blocks", [])) for arch in (missed["arch"], *tried)]
-        derived = into_window(net, latency_model(ctx, job_layout(ctx)), derived, new_top, earlier)
+    # Aimed at the fit's window: where the greedy swaps step under it, the most probable network
+    # inside it not tried yet (jobs/margin.into_window), not one far under the target.
+    earlier = [list(arch.get("blocks", [])) for arch in (missed["arch"], *tried)]
+    derived = derive_under(ctx, net, new_top, timed=earlier if "tries" in (ctx.results.get("fit") or {}) else None)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or any(_same(derived.arch, arch)
                                                              for arch in (missed["arch"], *tried)):
         return None

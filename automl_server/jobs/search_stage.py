@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from automl_server.jobs.context import StageContext, StageFailed
 from automl_server.jobs.profile import job_layout, job_target
 from automl_server.jobs.margin import (  # noqa: F401 - re-exported: the band's constants lived here
+    into_window,
     BAND_TOLERANCE,
     FALLBACK_MAX_MARGIN,
     MAX_TARGET_MARGIN,
@@ -104,14 +105,22 @@ def searched_supernet(ctx: StageContext) -> SuperNet | None:
     return net
 
 
-def derive_under(ctx: StageContext, net: SuperNet, bound_ms: float) -> Derivation:
+def derive_under(ctx: StageContext, net: SuperNet, bound_ms: float,
+                 timed: list[list[str]] | None = None) -> Derivation:
     """``net``'s final probabilities derived within the job's band moved under ``bound_ms``, by
     the target's predictor as it is now (the fit's and verify's measurements calibrate it): how
-    the fit (jobs/fit.py) and the promise's retry (jobs/promise.py) move a job's network."""
+    the fit (jobs/fit.py) and the promise's retry (jobs/promise.py) move a job's network. With
+    ``timed`` (block lists timed already; ``bound_ms`` is then the fit window's middle), a
+    derivation under the window's bottom or onto one of them moves into the window
+    (``jobs.margin.into_window``)."""
     from automl_server.engine.derive import derive_within_target
 
+    model = latency_model(ctx, job_layout(ctx))
     band = target_band(ctx).under(bound_ms)
-    return derive_within_target(net, latency_model(ctx, job_layout(ctx)), band.aim_ms, band.tolerance)
+    derived = derive_within_target(net, model, band.aim_ms, band.tolerance)
+    if timed is None or derived.predicted_ms > bound_ms * (1 + 1e-9):
+        return derived  # over the bound: nothing in the space is predicted under it
+    return into_window(net, model, derived, bound_ms, timed)
 
 
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:
