@@ -120,7 +120,13 @@ def derive_under(ctx: StageContext, net: SuperNet, bound_ms: float,
     derived = derive_within_target(net, model, band.aim_ms, band.tolerance)
     if timed is None or derived.predicted_ms > bound_ms * (1 + 1e-9):
         return derived  # over the bound: nothing in the space is predicted under it
-    return into_window(net, model, derived, bound_ms, timed)
+    moved = into_window(net, model, derived, bound_ms, timed)
+    if moved is not derived:  # said in the job's log: the one place a user (or a bench) sees the move
+        ctx.event("log", f"the derivation under {bound_ms:.4g} ms (predicted {derived.predicted_ms:.4g} ms) stepped "
+                         f"under the fit window or onto a network timed already; took the most probable network "
+                         f"predicted inside it instead ({moved.predicted_ms:.4g} ms)",
+                  into_window_ms=round(moved.predicted_ms, 6))
+    return moved
 
 
 def search_config(ctx: StageContext, spec: JobSpec, **overrides: Any) -> SearchConfig:
