@@ -46,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_job import achievable_range, start_serve, submit, wait, wait_for_agent  # noqa: E402
 
+from automl_server.jobs.margin import BUDGET_USED  # noqa: E402  (the issue's bar, the one the fit holds tries to)
+
 METHODS = ("searched", "random", "uniform")
-BUDGET_USED = 0.85  # the bar: a job's measured latency at least this share of its target
 
 
 def main() -> None:

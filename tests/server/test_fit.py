@@ -17,7 +17,7 @@ import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
 from automl_server.cli.jobs_cmds import format_report
-from automl_server.jobs.fit import WINDOW_AIM, device_ratio, kept_try, next_bound
+from automl_server.jobs.fit import WINDOW_AIM, device_ratio, kept_try, next_bound, settled
 from tests.server.device_answers import rewrite_answers
 from tests.server.test_baselines_job import TINY_BUDGET
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
@@ -40,13 +40,38 @@ def test_the_device_ratio_pools_every_timing_and_the_next_bound_puts_it_on_the_w
 def test_the_kept_network_is_judged_by_the_pooled_ratio() -> None:
     # Ratios 0.9 and 1.1: pooled 0.995. Estimates 0.995 (over 0.96) and 0.9154 (inside): the second.
     assert kept_try(tries((1.0, 0.9), (0.92, 1.012)), 1.0) == 1
-    # Its own timing (1.012) is over the target, yet the pooled ratio puts it inside; kept.
+    # Its own timing (1.012) is over the target, yet the pooled ratio puts it inside: not settled
+    # (the fit would time another), but the only one inside the window when the tries run out; kept.
+    assert not settled(tries((1.0, 0.9), (0.92, 1.012))[1], math.sqrt(0.9 * 1.1), 1.0)
     # None inside: estimates 0.5 and 0.8 by ratio 1.0 -> the slowest under the top.
     assert kept_try(tries((0.5, 0.5), (0.8, 0.8)), 1.0) == 1
     # All over the top: the fastest.
     assert kept_try(tries((1.2, 1.2), (1.1, 1.1)), 1.0) == 1
     # Two inside: the one nearer the window's middle (0.915).
     assert kept_try(tries((0.88, 0.88), (0.92, 0.92), (0.95, 0.95)), 1.0) == 1
+
+
+def test_a_try_settles_only_when_its_own_timing_meets_the_bar_too() -> None:
+    # The job that stopped too early (proxyless-mobile at 32 px, 2026-12-07), target 1: try 1
+    # predicted 0.8269, timed 0.855 (ratio 1.034); try 2 predicted 0.8733, timed 0.842 (0.964).
+    first, second = (0.8269, 0.855), (0.8733, 0.842)
+    pooled = math.sqrt(0.855 / 0.8269 * 0.842 / 0.8733)
+    assert pooled == pytest.approx(device_ratio(tries(first, second)))
+    # The pooled ratio puts try 2 at 0.8733 * 0.998 = 0.872, inside 0.87-0.96 ...
+    assert 0.87 <= 0.8733 * pooled <= 0.96
+    # ... but its own timing, 0.842, is under the bar (0.85): not settled, so the fit times a third.
+    assert not settled(tries(second)[0], pooled, 1.0)
+    # A third, predicted 0.905 and timed 0.896: inside and over the bar; it settles and is kept.
+    three = tries(first, second, (0.905, 0.896))
+    ratio = device_ratio(three)
+    assert settled(three[2], ratio, 1.0) and not settled(three[1], ratio, 1.0)
+    assert kept_try(three, 1.0) == 2
+    # Of two tries inside the window, the settled one is kept although the other lies nearer its
+    # middle: pooled sqrt(0.84/0.92 * 0.99/0.90) = 1.002 puts them at 0.922 and 0.902, but the
+    # first was timed at 0.84, under the bar.
+    assert kept_try(tries((0.92, 0.84), (0.90, 0.99)), 1.0) == 1
+    # Two settled: the one nearer the window's middle, as before.
+    assert kept_try(tries((0.88, 0.88), (0.92, 0.92)), 1.0) == 1
 
 
 @pytest.fixture(scope="module")
