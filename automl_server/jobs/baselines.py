@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.fit import applies as fit_applies
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, measurement_fields, send_measurement
-from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
+from automl_server.jobs.margin import MOVE_TOP, WINDOW_LOW
 from automl_server.jobs.parent import parent_of
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_layout, job_target
 from automl_server.jobs.search_stage import Predict, chosen, current_prediction, latency_model, load_split, target_band
@@ -133,7 +133,7 @@ def _fit(ctx: StageContext, spec: JobSpec, state: dict[str, Any], state_path: Pa
                 _predict_tried(entry, predict)
             # Random search keeps to the window's share of the bound too: a network predicted
             # under its bottom is one the device would also time under the window.
-            found = _faster(ctx, method, entry, bound_ms, floor_ms=bound_ms * WINDOW_LOW / WINDOW_AIM,
+            found = _faster(ctx, method, entry, bound_ms, floor_ms=bound_ms * WINDOW_LOW / MOVE_TOP,
                             # Random search's next best in the band, not one timed already; the uniform
                             # network has no other of its kind between its rescale and the bound.
                             exclude=measured if method == "random" else None)

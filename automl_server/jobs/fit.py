@@ -19,9 +19,9 @@ weights, so the device can tell before any training what the margin guessed:
    ratio puts inside ``[WINDOW_LOW, WINDOW_HIGH]`` of the target, and whose own timing meets
    the bar the job is held to (``BUDGET_USED`` of the target up to the target), stays;
 3. otherwise the search's final probabilities are derived again
-   (``engine.derive.derive_within_target``, as the promise's retry does) under the
-   predicted bound where the pooled ratio puts a network on ``WINDOW_AIM`` of the
-   target (``WINDOW_AIM * target / ratio``);
+   (``engine.derive.derive_within_target``, as the promise's retry does) in a 2% band
+   centred where the pooled ratio puts a network on the window's middle, ``WINDOW_AIM``
+   of the target: under the predicted bound ``MOVE_TOP * target / ratio``;
 4. at most ``FIT_TRIES`` networks; the one kept (by the pooled ratio) is the one
    nearest the window's middle inside it (those whose own timing meets the bar first),
    else the slowest under its top, else the fastest; the search stops early when the
@@ -59,7 +59,7 @@ from typing import Any
 
 from automl_server.jobs.context import StageContext, StageFailed, StageWait
 from automl_server.jobs.deploy import VERIFY_TIMEOUT_S, export_device_file, send_measurement
-from automl_server.jobs.margin import BUDGET_USED, WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
+from automl_server.jobs.margin import BUDGET_USED, MOVE_TOP, WINDOW_AIM, WINDOW_HIGH, WINDOW_LOW
 from automl_server.jobs.profile import POLL_S, _wait_for_device, job_target
 from automl_server.jobs.search_stage import Predict, current_prediction
 from automl_server.jobs.spec import JobSpec
@@ -122,9 +122,9 @@ def estimated_ms(entry: dict[str, Any], ratio: float) -> float:
 
 def next_bound(tries: list[dict[str, Any]], target_ms: float) -> float:
     """The predicted bound of the next network after the measured ``tries`` (each with
-    ``predicted_ms`` and ``measured_ms``): where the pooled ratio puts a network on the
-    window's middle."""
-    return WINDOW_AIM * target_ms / device_ratio(tries)
+    ``predicted_ms`` and ``measured_ms``): the top of the derivation band centred where the
+    pooled ratio puts a network on the window's middle (``MOVE_TOP``)."""
+    return MOVE_TOP * target_ms / device_ratio(tries)
 
 
 def settled(entry: dict[str, Any], ratio: float, target_ms: float) -> bool:

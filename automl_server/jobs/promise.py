@@ -120,7 +120,7 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     over the missed network's new prediction and derive it again (a baseline's retry did,
     in CI, 2026-12-06). ``tried``: the job's earlier networks (arch dicts), never derived
     again."""
-    from automl_server.jobs.margin import WINDOW_AIM
+    from automl_server.jobs.margin import MOVE_TOP
     from automl_server.jobs.search_stage import current_prediction, derive_under, searched_supernet, target_band
 
     net = searched_supernet(ctx)
@@ -129,10 +129,11 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     predicted = current_prediction(ctx)([missed["arch"]])[0]
     # After the fit stage (jobs/fit.py) the network sits where the device, not the margin, put
     # it: the retry aims where a network measured like the miss lands on the fit's window
-    # middle, not back at the margin's band top (which the fit had moved away from).
+    # middle (its band centred there, MOVE_TOP), not back at the margin's band top (which the
+    # fit had moved away from).
     # (The fit's ratio is applied either way: a device faster than its prediction moves the bound up.)
     if "tries" in (ctx.results.get("fit") or {}):
-        aim_ms = WINDOW_AIM * float(ctx.params["latency_target_ms"])
+        aim_ms = MOVE_TOP * float(ctx.params["latency_target_ms"])
         new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
     else:
         new_top = faster_top(target_band(ctx).top_ms, predicted, measured_ms)

@@ -242,7 +242,7 @@ def test_random_search_fitted_under_the_window_draws_networks_in_the_window(farm
     import automl_server.profiling as profiling
     from automl_server.jobs import baselines, fit
     from automl_server.jobs.baselines import TOP_UP_NETWORKS
-    from automl_server.jobs.margin import WINDOW_AIM, WINDOW_LOW
+    from automl_server.jobs.margin import MOVE_TOP, WINDOW_LOW
 
     app, _settings, db = farm
     client = app.test_client()
@@ -281,8 +281,8 @@ def test_random_search_fitted_under_the_window_draws_networks_in_the_window(farm
     assert first["measured_ms"] == pytest.approx(0.7 * first["predicted_ms"], rel=1e-4)
     assert first["measured_ms"] < WINDOW_LOW * target_ms
     bound = second["bound_ms"]
-    assert bound == pytest.approx(WINDOW_AIM * target_ms / 0.7, rel=1e-4)
-    floor = bound * WINDOW_LOW / WINDOW_AIM
+    assert bound == pytest.approx(MOVE_TOP * target_ms / 0.7, rel=1e-4)
+    floor = bound * WINDOW_LOW / MOVE_TOP
     drawn = random["tried"][:random["networks"] - TOP_UP_NETWORKS]
     assert all(t["predicted_ms"] < floor for t in drawn)  # none of its first networks in the band
     (top,) = random["topped_up"]

@@ -17,7 +17,8 @@ import pytest
 
 import device_agents.tasks  # noqa: F401  (the agent's tasks run in-process, eagerly)
 from automl_server.cli.jobs_cmds import format_report
-from automl_server.jobs.fit import WINDOW_AIM, device_ratio, kept_try, next_bound, settled
+from automl_server.jobs.fit import device_ratio, kept_try, next_bound, settled
+from automl_server.jobs.margin import MOVE_TOP
 from tests.server.device_answers import rewrite_answers
 from tests.server.test_baselines_job import TINY_BUDGET
 from tests.server.test_job_pipeline import events, job_request, sqlite_module_farm
@@ -28,13 +29,14 @@ def tries(*pairs: tuple[float, float]) -> list[dict[str, float]]:
 
 
 def test_the_device_ratio_pools_every_timing_and_the_next_bound_puts_it_on_the_windows_middle() -> None:
-    # One try measured at half its prediction: a network predicted 0.915 / 0.5 = 1.83 ms lands on 0.915 ms.
+    # One try measured at half its prediction: a network predicted 0.915 / 0.5 = 1.83 ms lands on 0.915 ms;
+    # the move derives in a 2% band centred there, under its top 1.83 * 1.02 = 1.8666 ms.
     assert device_ratio(tries((1.0, 0.5))) == pytest.approx(0.5)
-    assert next_bound(tries((1.0, 0.5)), 1.0) == pytest.approx(WINDOW_AIM / 0.5) == pytest.approx(1.83)
+    assert next_bound(tries((1.0, 0.5)), 1.0) == pytest.approx(MOVE_TOP / 0.5) == pytest.approx(1.8666)
     # Two tries at 0.5x and 0.8x their predictions: the geometric mean, sqrt(0.4), not the last one's 0.8.
     two = tries((1.0, 0.5), (1.83, 1.464))
     assert device_ratio(two) == pytest.approx(math.sqrt(0.5 * 0.8))
-    assert next_bound(two, 1.0) == pytest.approx(0.915 / math.sqrt(0.4))
+    assert next_bound(two, 1.0) == pytest.approx(0.915 * 1.02 / math.sqrt(0.4))
 
 
 def test_the_kept_network_is_judged_by_the_pooled_ratio() -> None:
@@ -147,7 +149,7 @@ def test_a_network_measured_well_under_the_target_is_moved_to_a_slower_one_befor
     assert first["measured_ms"] < 0.87 * target_ms  # budget left unspent: it had to move
     assert later and later[0]["predicted_ms"] > first["predicted_ms"]  # to a slower network
     # Where a network measured at 0.7x its prediction lands on 91.5% of the target.
-    assert later[0]["bound_ms"] == pytest.approx(WINDOW_AIM * target_ms / 0.7, rel=1e-4)
+    assert later[0]["bound_ms"] == pytest.approx(MOVE_TOP * target_ms / 0.7, rel=1e-4)
     assert fitted["moved"] is True and fitted["holdout_accuracy"] is None
     kept = fitted["tries"][fitted["try"] - 1]
     assert fitted["arch"] == kept["arch"] and fitted["measured_ms"] == kept["measured_ms"]
@@ -189,7 +191,7 @@ def test_after_a_fit_a_verify_miss_retries_from_the_fits_aim_not_the_margins(far
     missed = result["verify"]["tries"][0]
     assert missed["arch"] == result["fit"]["arch"] and missed["measured_ms"] == pytest.approx(1.1 * target_ms)
     predicted = missed["predicted_ms"]
-    aimed = min(WINDOW_AIM * target_ms * predicted / (1.1 * target_ms), predicted * (1 - STEP))
+    aimed = min(MOVE_TOP * target_ms * predicted / (1.1 * target_ms), predicted * (1 - STEP))
     assert result["retry"]["aimed_under_ms"] == pytest.approx(aimed, rel=1e-4)
     assert result["retry"]["predicted_ms"] <= result["retry"]["aimed_under_ms"]
     assert result["target_met"] is False  # every verify answers 1.1x: the miss is said plainly
@@ -197,7 +199,7 @@ def test_after_a_fit_a_verify_miss_retries_from_the_fits_aim_not_the_margins(far
 
 def test_a_move_the_greedy_derivation_steps_over_takes_the_most_probable_network_inside_the_window() -> None:
     # The job's derivation (2% band under the bound) walks greedy swaps from the argmax; where
-    # one swap jumps over the window's predicted range [0.87/0.915 x bound, bound] it lands under
+    # one swap jumps over the window's predicted range [0.87/0.9333 x bound, bound] it lands under
     # it (a job's first network, timed at 0.851 of its target, came back from the raised bound:
     # tiny at 8 px, 2026-12-07), or back on a network timed already. The fit then takes the most
     # probable network inside that range not timed yet: checked against enumerating the space.
@@ -212,7 +214,7 @@ def test_a_move_the_greedy_derivation_steps_over_takes_the_most_probable_network
     fastest = derive_within_target(supernet, model, target_ms=float(total.min()) / 2)  # under every window
     for fraction in (0.2, 0.5, 0.8):
         bound = float(total.min() + fraction * (total.max() - total.min()))
-        floor = bound * WINDOW_LOW / WINDOW_AIM
+        floor = bound * WINDOW_LOW / MOVE_TOP
         inside = _most_probable_inside(supernet, score, total, floor, bound)
         band = TargetBand.ending_at(bound, margin=BAND_TOLERANCE, tolerance=BAND_TOLERANCE)
         derived = derive_within_target(supernet, model, band.aim_ms, band.tolerance)
