@@ -26,7 +26,7 @@ weights, so the device can tell before any training what the margin guessed:
    nearest the window's middle inside it (those whose own timing meets the bar first),
    else the slowest under its top, else the fastest; the search stops early when the
    derivation gives a network already timed.
-   Where the derivation's greedy swaps step over the window (a band 5% wide), the most
+   Where the derivation's greedy swaps step over the window (87-96% of the target), the most
    probable network predicted inside it, not timed yet, is tried instead (``jobs.margin.into_window``).
 
 A network the tune stage took from a trial is kept when it is estimated inside the window;

@@ -132,7 +132,8 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     # middle (its band centred there, MOVE_TOP), not back at the margin's band top (which the
     # fit had moved away from).
     # (The fit's ratio is applied either way: a device faster than its prediction moves the bound up.)
-    if "tries" in (ctx.results.get("fit") or {}):
+    after_fit = "tries" in (ctx.results.get("fit") or {})
+    if after_fit:
         aim_ms = MOVE_TOP * float(ctx.params["latency_target_ms"])
         new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
     else:
@@ -140,7 +141,7 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     # Aimed at the fit's window: where the greedy swaps step under it, the most probable network
     # inside it not tried yet (jobs/margin.into_window), not one far under the target.
     earlier = [list(arch.get("blocks", [])) for arch in (missed["arch"], *tried)]
-    derived = derive_under(ctx, net, new_top, timed=earlier if "tries" in (ctx.results.get("fit") or {}) else None)
+    derived = derive_under(ctx, net, new_top, timed=earlier if after_fit else None)
     if derived.predicted_ms >= predicted * (1 - 1e-9) or any(_same(derived.arch, arch)
                                                              for arch in (missed["arch"], *tried)):
         return None

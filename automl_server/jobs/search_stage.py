@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from automl_server.jobs.context import StageContext, StageFailed
 from automl_server.jobs.profile import job_layout, job_target
+from automl_server.jobs.margin import into_window
 from automl_server.jobs.margin import (  # noqa: F401 - re-exported: the band's constants lived here
-    into_window,
     BAND_TOLERANCE,
     FALLBACK_MAX_MARGIN,
     MAX_TARGET_MARGIN,
@@ -110,7 +110,7 @@ def derive_under(ctx: StageContext, net: SuperNet, bound_ms: float,
     """``net``'s final probabilities derived within the job's band moved under ``bound_ms``, by
     the target's predictor as it is now (the fit's and verify's measurements calibrate it): how
     the fit (jobs/fit.py) and the promise's retry (jobs/promise.py) move a job's network. With
-    ``timed`` (block lists timed already; ``bound_ms`` is then the fit window's middle), a
+    ``timed`` (block lists timed already; ``bound_ms`` is then a move's top, ``MOVE_TOP``), a
     derivation under the window's bottom or onto one of them moves into the window
     (``jobs.margin.into_window``)."""
     from automl_server.engine.derive import derive_within_target
