@@ -132,15 +132,20 @@ def upper_target(client: Any) -> float:
 
 
 def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, monkeypatch):
-    """As the job's own network (tests/server/test_promise.py): the device's answer for the
-    uniform network's first measurement (its answer file named) is scaled to 1.1x the
-    target; every other answer, and everything else, is the job's real path."""
+    """As the job's own network (tests/server/test_promise.py): the device's answer for each
+    baseline's first measurement after training (its answer file named) is scaled to 1.1x
+    the target; every other answer, and everything else, is the job's real path. After the
+    fit, the retry aims where a network measured like the miss lands on the window's middle
+    (``MOVE_TOP`` x target x predicted / measured, by hand), at least ``STEP`` under the
+    miss; random search keeps to that move's band when it has (or can draw) a network there."""
+    from automl_server.jobs.margin import MOVE_TOP, WINDOW_LOW
     from automl_server.jobs.promise import STEP
 
     app, _settings, db = farm
     client = app.test_client()
     target_ms = upper_target(client)
-    answers = over_target_answers(monkeypatch, target_ms, lambda file: file == "baseline-uniform.json")
+    answers = over_target_answers(monkeypatch, target_ms,
+                                  lambda file: file in ("baseline-uniform.json", "baseline-random.json"))
 
     response = client.post("/api/v1/jobs", json=job_request(
         latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
@@ -149,27 +154,38 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     job = client.get(response.headers["Location"]).json
     assert job["state"] == "succeeded", job["error"]
     rows = {row["method"]: row for row in client.get(job["links"]["report"]).json["baselines"]["rows"]}
+    for method in ("uniform", "random"):
+        row = rows[method]
+        missed, *later = row["tries"]
+        assert missed["measured_ms"] == pytest.approx(target_ms * 1.1)
+        now = missed["predicted_at_retry_ms"]
+        aim = min(MOVE_TOP * target_ms * now / missed["measured_ms"], now * (1 - STEP))
+        assert missed["aimed_under_ms"] == pytest.approx(aim, rel=1e-3)
+        second = later[0] if later else row  # the network of the second try
+        assert second["predicted_ms"] <= missed["aimed_under_ms"] + 1e-6  # a faster network, not the same
+        assert second["arch"] != missed["arch"]
+        # Measured again, for real, under its own answer file.
+        assert f"baseline-{method}-try-2.json" in answers
+        assert all(t["measured_ms"] > target_ms for t in later)  # retried again only when it really missed
     uniform = rows["uniform"]
-    (missed,) = uniform["tries"]
-    assert missed["measured_ms"] == pytest.approx(target_ms * 1.1)
-    assert uniform["predicted_ms"] <= missed["predicted_at_retry_ms"] * (1 - STEP)  # a faster network, not the same
-    assert uniform["arch"] != missed["arch"]
-    # Measured again, for real, under its own answer file.
-    uniform_files = {f for f in answers if f.startswith("baseline-uniform")}
-    assert uniform_files == {"baseline-uniform.json", "baseline-uniform-try-2.json"}
-    assert uniform["measured_ms"] == pytest.approx(kept(answers["baseline-uniform-try-2.json"]))
-    assert uniform["meets_target"] is True and uniform["epochs"] == rows["searched"]["epochs"]  # same budget
-    # Random search's answers are the device's own: its network, fitted near the target, is
-    # retried only when it really measured over it (a loaded test machine's timing can put it there).
-    random_tries = rows["random"].get("tries", [])
-    assert all(t["measured_ms"] > target_ms for t in random_tries)
-    assert {f for f in answers if f.startswith("baseline-random")} == {"baseline-random.json"} | {
-        f"baseline-random-try-{n}.json" for n in range(2, len(random_tries) + 2)}
+    assert {f for f in answers if f.startswith("baseline-uniform")} == {
+        "baseline-uniform.json", *(f"baseline-uniform-try-{n}.json" for n in range(2, len(uniform["tries"]) + 2))}
+    assert uniform["measured_ms"] == pytest.approx(kept(answers[f"baseline-uniform-try-{len(uniform['tries']) + 1}.json"]))
+    assert uniform["meets_target"] is (uniform["measured_ms"] <= target_ms)
+    assert uniform["epochs"] == rows["searched"]["epochs"]  # same budget
+    random = rows["random"]
+    missed = random["tries"][0]
+    floor = missed["aimed_under_ms"] * WINDOW_LOW / MOVE_TOP
+    second = random["tries"][1] if len(random["tries"]) > 1 else random
+    if second["predicted_ms"] < floor - 1e-6:  # under the band only when nothing it had or drew lies in it
+        assert any(top.get("floor_ms") == pytest.approx(floor, abs=2e-6) for top in random["topped_up"])
+        assert not [t for t in random["tried"] if floor <= t["predicted_ms"] <= missed["aimed_under_ms"]
+                    and t["blocks"] != missed["arch"]["blocks"]]
     warnings = [e.message for e in events(db, job["id"], "warning") if e.stage == "baselines"]
     assert any(w.startswith("the uniform baseline measured") and "trying a faster one" in w for w in warnings)
     trained = [e for e in events(db, job["id"], "progress")
                if e.stage == "baselines" and "training the uniform baseline" in e.message]
-    assert len(trained) == 2  # trained once more for the faster network
+    assert len(trained) == 1 + len(uniform["tries"])  # trained once more for each faster network
 
 
 def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_says_so(farm, monkeypatch):
