@@ -213,14 +213,20 @@ def verdict(name: str, accuracy: dict[str, list[float]], records: list[dict[str,
         baselines = [row["test_accuracy"] for m, row in r["rows"].items() if m != "searched" and not row.get("skipped")]
         if "searched" in r["rows"] and baselines:
             paired.append(r["rows"]["searched"]["test_accuracy"] - max(baselines))
+    # The standard error of the paired mean says whether a difference is more than the seeds' noise.
+    error = statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else float("nan")
     paired_text = (f"; paired by job, searched - the job's better baseline {100 * statistics.fmean(paired):+.1f} "
-                   f"points ({100 * min(paired):+.1f} to {100 * max(paired):+.1f}), ahead or level on "
-                   f"{sum(1 for d in paired if d >= 0)} of {len(paired)}") if paired else ""
+                   f"points (s.e. {100 * error:.1f}; {100 * min(paired):+.1f} to {100 * max(paired):+.1f}), "
+                   f"ahead or level on {sum(1 for d in paired if d >= 0)} of {len(paired)}") if paired else ""
+    # A comparison at equal latency: each baseline's share of the target beside the searched one's.
+    spent = {m: [r["rows"][m]["measured_ms"] / r["target_ms"] for r in records
+                 if (r["rows"].get(m) or {}).get("measured_ms") is not None] for m in METHODS if m != "searched"}
+    spent_text = "".join(f"; {m} measured / target {min(v):.2f}-{max(v):.2f}" for m, v in spent.items() if v)
     return (f"{name}: searched {mean:.3f} vs best baseline {best_method} {best:.3f}: "
             f"{'at least as accurate within the spread' if level else '**less accurate**'}; measured / target "
             f"{min(ratios, default=float('nan')):.2f}-{max(ratios, default=float('nan')):.2f} "
             f"({'within the target and >= 85% of it' if used else '**outside [0.85, 1.0]**'})"
-            + paired_text
+            + paired_text + spent_text
             + "".join(f"; {m} over its target in {n} of {len(records)}" for m, n in over.items() if n)
             + (f"; {len(failed)} job(s) not succeeded" if failed else ""))
 
