@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
@@ -105,11 +106,22 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
     state_path = ctx.job_dir() / "verify-state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     predicted = chosen(ctx.results)["predicted_ms"]
+    target_ms = float(ctx.params["latency_target_ms"])
     if result_path.exists():
-        measured = json.loads(result_path.read_text())
+        def send_again(result_file: str) -> None:
+            send_measurement(ctx, target, *_exported_model(ctx), result_file)
+
+        if not confirm_miss(ctx, "the exported model", result_path.name, target_ms,
+                            state.setdefault("again_sent_at", {}), send_again):
+            state_path.write_text(json.dumps(state))
+            ctx.progress(0.75, f"the exported model measured over the target on {target.device_name}: "
+                         "timing it once more before a faster network is trained", device_status="online")
+            raise StageWait(POLL_S, "waiting for the device's second measurement")
+        state_path.write_text(json.dumps(state))
+        measured = kept_measurement(ctx.job_dir(), result_path.name)
         if "error" in measured:
             raise StageFailed(f"the device could not run the exported model: {measured['error']}")
-        output = {**measurement_fields(measured, predicted, float(ctx.params["latency_target_ms"])),
+        output = {**measurement_fields(measured, predicted, target_ms),
                   "device_seconds": round(time.time() - state.get("sent_at", time.time()), 3)}
         # Over the target: the next-faster network is tried before the job reports (jobs/promise.py).
         return keep_promise(ctx, output, chosen(ctx.results))
@@ -120,14 +132,74 @@ def verify_on_device(ctx: StageContext) -> dict[str, Any]:
         if state.get("sent_at") and not lost:
             raise StageFailed(f"device {target.device_name!r} did not answer within {VERIFY_TIMEOUT_S:.0f} s; "
                               "check its agent's log, then re-run this job")
-        _, arch = _load_model(ctx)
-        exported = {fmt: ctx.job_dir() / f"model.{fmt}" for fmt in FILE_FORMATS.values()
-                    if fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]}
-        send_measurement(ctx, target, arch, exported, result_path.name)
+        send_measurement(ctx, target, *_exported_model(ctx), result_path.name)
         state["sent_at"] = time.time()
         state_path.write_text(json.dumps(state))
     ctx.progress(0.5, f"measuring the exported model on {target.device_name}", device_status="online")
     raise StageWait(POLL_S, "waiting for the device's measurement")
+
+
+def _exported_model(ctx: StageContext) -> tuple[Arch, dict[str, Path]]:
+    """The job's network and the files the export stage wrote of it, by format."""
+    _, arch = _load_model(ctx)
+    return arch, {fmt: ctx.job_dir() / f"model.{fmt}" for fmt in FILE_FORMATS.values()
+                  if fmt in ctx.results["export"] and "id" in ctx.results["export"][fmt]}
+
+
+def again_file(result_file: str) -> str:
+    """Where the second round of a network's timings is answered (``confirm_miss``)."""
+    return f"{result_file.removesuffix('.json')}-again.json"
+
+
+def confirm_miss(ctx: StageContext, what: str, result_file: str, target_ms: float, sent: dict[str, float],
+                 send_again: Callable[[str], None]) -> bool:
+    """Whether the measurement of ``what`` answered in ``result_file`` is final; False while
+    a second round of its timings is out (the caller waits and comes back).
+
+    A network measured over ``target_ms`` is timed once more (``settings.network_timings``
+    timings again, sent by ``send_again`` to be answered in ``again_file``) before the
+    stage acts on the miss: a miss
+    costs a whole training of a faster network (the promise's retry, a baseline's), a
+    second round a few seconds of the device. The rounds' timings are sent back to back, so
+    a burst of load on a shared device covers all of one round: a random-search network
+    timed untrained at 0.842-0.870 ms measured 0.937-0.996 ms trained, the agent retaking
+    the round twice for its spread (CV 0.16 and 0.33, then 0.14), and its retry trained a
+    network that measured 0.76 of the target (proxyless-mobile at 32 px, 2026-12-07); a
+    searched network fitted at 0.895 of its target, measured at 1.016 while the VM ran 1.65x
+    slower, was replaced by one measured at 0.754 and 5 points less accurate (README, tiny
+    on digits, 2026-12-07). ``kept_measurement`` then keeps the faster round: load only ever
+    slows a timing. ``sent`` (the stage's state, saved by the caller) keeps when each second round
+    left; unanswered within ``VERIFY_TIMEOUT_S`` the first round stands, and a broker that
+    came back empty since gets it again."""
+    directory = ctx.job_dir()
+    first = json.loads((directory / result_file).read_text())
+    again = again_file(result_file)
+    if "error" in first or float(first["measured_ms"]) <= target_ms or (directory / again).exists():
+        return True
+    sent_at = sent.get(again)
+    if sent_at is not None and not ctx.broker_lost_since(sent_at):
+        return time.time() - sent_at > VERIFY_TIMEOUT_S
+    sent[again] = time.time()
+    ctx.event_once("log", f"{what} measured {float(first['measured_ms']):.4g} ms, over the {target_ms:.4g} ms "
+                   "target: timing it once more before acting on the miss", result_file=result_file,
+                   measured_ms=float(first["measured_ms"]), target_ms=target_ms)
+    send_again(again)
+    return (directory / again).exists()  # an eager Celery (tests, one process) has answered already
+
+
+def kept_measurement(directory: Path, result_file: str) -> dict[str, Any]:
+    """A network's measurement as the stages read it: the answer in ``result_file`` or, where
+    a miss was timed again (``confirm_miss``), the faster of the two rounds, with both rounds'
+    figures (first, again) in ``rounds_ms``."""
+    first: dict[str, Any] = json.loads((directory / result_file).read_text())
+    again_path = directory / again_file(result_file)
+    if "error" in first or not again_path.exists():
+        return first
+    again = json.loads(again_path.read_text())
+    if "error" in again:
+        return {**first, "again_error": again["error"]}
+    kept = min(first, again, key=lambda answer: float(answer["measured_ms"]))
+    return {**kept, "rounds_ms": [float(first["measured_ms"]), float(again["measured_ms"])]}
 
 
 def measurement_fields(measured: dict[str, Any], predicted_ms: float, target_ms: float) -> dict[str, Any]:
@@ -142,7 +214,9 @@ def measurement_fields(measured: dict[str, Any], predicted_ms: float, target_ms:
             # Every timing of the network (settings.network_timings); measured_ms is their median.
             "timings_ms": measured.get("timings_ms"),
             # Whether the measurement itself was clean (device_agents.profiling.contention).
-            "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason")}
+            "reliable": method.get("reliable"), "unreliable_reason": method.get("unreliable_reason"),
+            # A miss timed again (confirm_miss): both rounds' medians, the faster one kept.
+            **({"rounds_ms": measured["rounds_ms"]} if "rounds_ms" in measured else {})}
 
 
 def export_device_file(ctx: StageContext, model: Any, arch: Arch, directory: Path) -> dict[str, str]:

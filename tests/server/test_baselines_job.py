@@ -124,6 +124,13 @@ def kept(timings: list[float]) -> float:
     return sorted(timings)[(len(timings) - 1) // 2]
 
 
+def final_ms(answers: dict[str, list[float]], file: str) -> float:
+    """What a baseline answered in ``file`` reports: its round's median or, where it missed and was
+    timed once more (``file``'s ``-again`` round, jobs/deploy.confirm_miss), the faster round's."""
+    again = file.removesuffix(".json") + "-again.json"
+    return min(kept(answers[file]), kept(answers[again])) if again in answers else kept(answers[file])
+
+
 def upper_target(client: Any) -> float:
     """A target near the top of the achievable range: room under it for faster baselines."""
     profiled = client.post("/api/v1/jobs", json=job_request(stop_after="profile"))
@@ -144,8 +151,9 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     app, _settings, db = farm
     client = app.test_client()
     target_ms = upper_target(client)
-    answers = over_target_answers(monkeypatch, target_ms,
-                                  lambda file: file in ("baseline-uniform.json", "baseline-random.json"))
+    # Both rounds of each baseline's first measurement (a miss is timed once more before a retry).
+    answers = over_target_answers(monkeypatch, target_ms, lambda file: file in (
+        "baseline-uniform.json", "baseline-uniform-again.json", "baseline-random.json", "baseline-random-again.json"))
 
     response = client.post("/api/v1/jobs", json=job_request(
         latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
@@ -168,9 +176,11 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
         assert f"baseline-{method}-try-2.json" in answers
         assert all(t["measured_ms"] > target_ms for t in later)  # retried again only when it really missed
     uniform = rows["uniform"]
-    assert {f for f in answers if f.startswith("baseline-uniform")} == {
+    assert {f for f in answers if f.startswith("baseline-uniform") and not f.endswith("-again.json")} == {
         "baseline-uniform.json", *(f"baseline-uniform-try-{n}.json" for n in range(2, len(uniform["tries"]) + 2))}
-    assert uniform["measured_ms"] == pytest.approx(kept(answers[f"baseline-uniform-try-{len(uniform['tries']) + 1}.json"]))
+    assert "baseline-uniform-again.json" in answers  # the miss was timed once more first
+    assert uniform["measured_ms"] == pytest.approx(
+        final_ms(answers, f"baseline-uniform-try-{len(uniform['tries']) + 1}.json"))
     assert uniform["meets_target"] is (uniform["measured_ms"] <= target_ms)
     assert uniform["epochs"] == rows["searched"]["epochs"]  # same budget
     random = rows["random"]
@@ -188,6 +198,35 @@ def test_a_baseline_measured_over_the_target_is_replaced_by_a_faster_one(farm, m
     assert len(trained) == 1 + len(uniform["tries"])  # trained once more for each faster network
 
 
+def test_a_baseline_miss_a_second_round_of_timings_does_not_confirm_is_not_retried(farm, monkeypatch):
+    """The uniform network's first round of timings answered at 1.1x the target (a burst of
+    load covers a whole round), its second round the device's own: the row keeps the faster
+    round and both rounds' figures, and no faster network is trained for a miss the device
+    did not repeat."""
+    app, _settings, db = farm
+    client = app.test_client()
+    target_ms = upper_target(client)
+    answers = over_target_answers(monkeypatch, target_ms, lambda file: file == "baseline-uniform.json")
+
+    response = client.post("/api/v1/jobs", json=job_request(
+        latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
+        params={"calibration_networks": 5, "baselines": True, "schedule": False}))
+
+    job = client.get(response.headers["Location"]).json
+    assert job["state"] == "succeeded", job["error"]
+    uniform = {row["method"]: row for row in client.get(job["links"]["report"]).json["baselines"]["rows"]}["uniform"]
+    again = kept(answers["baseline-uniform-again.json"])
+    assert uniform["rounds_ms"] == [pytest.approx(target_ms * 1.1), pytest.approx(again)]
+    if again <= target_ms:  # the device's own figure (a loaded test machine may put it over)
+        assert "tries" not in uniform and uniform["measured_ms"] == pytest.approx(again)
+        assert uniform["meets_target"] is True
+        trained = [e for e in events(db, job["id"], "progress")
+                   if e.stage == "baselines" and "training the uniform baseline" in e.message]
+        assert len(trained) == 1  # no faster network trained
+    logs = [e.message for e in events(db, job["id"], "log") if e.stage == "baselines"]
+    assert any(m.startswith("the uniform baseline measured") and "timing it once more" in m for m in logs)
+
+
 def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_says_so(farm, monkeypatch):
     """Random search's first network measured over the target: replaced by the best of the
     networks it trained briefly within the corrected bound or, when none of them is
@@ -201,8 +240,8 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
     app, _settings, db = farm
     client = app.test_client()
     target_ms = upper_target(client)
-    answers = over_target_answers(monkeypatch, target_ms,
-                                  lambda file: file == "baseline-random.json" or file.startswith("baseline-uniform"))
+    answers = over_target_answers(monkeypatch, target_ms, lambda file: file in (
+        "baseline-random.json", "baseline-random-again.json") or file.startswith("baseline-uniform"))
 
     response = client.post("/api/v1/jobs", json=job_request(
         latency_target_ms=target_ms, tune=False, budget=TINY_BUDGET,
@@ -233,7 +272,7 @@ def test_random_search_retries_among_its_networks_and_a_baseline_out_of_retries_
         within = more
     # The best on holdout of the networks it trained briefly within that bound.
     assert random["brief_holdout_accuracy"] == max(t["holdout_accuracy"] for t in within)
-    assert random["measured_ms"] == pytest.approx(kept(answers["baseline-random-try-2.json"]))
+    assert random["measured_ms"] == pytest.approx(final_ms(answers, "baseline-random-try-2.json"))
     uniform = rows["uniform"]
     assert uniform["meets_target"] is False and uniform["measured_ms"] == pytest.approx(target_ms * 1.1)
     if len(uniform.get("tries", ())) == BASELINE_RETRIES:

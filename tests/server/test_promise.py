@@ -33,9 +33,10 @@ def farm(tmp_path_factory):  # type: ignore[no-untyped-def]
     yield from sqlite_module_farm(tmp_path_factory, "promise")
 
 
-def slow_device(monkeypatch: pytest.MonkeyPatch, verifications: int) -> list[float]:
-    """Every timing of the first ``verifications`` networks verified is answered at 1.5x the
-    target; returns the real figures of every timing."""
+def slow_device(monkeypatch: pytest.MonkeyPatch, over: int) -> list[float]:
+    """The first ``over`` timings on the device are answered at 1.5x the target (a network
+    verified over the target is timed in two rounds, ``TIMINGS`` each: jobs/deploy.confirm_miss);
+    returns the real figures of every timing."""
     real = profiling.paced_measurement
     seen: list[float] = []
 
@@ -43,7 +44,7 @@ def slow_device(monkeypatch: pytest.MonkeyPatch, verifications: int) -> list[flo
         answer = real(db, payload)
         if "error" not in answer:
             seen.append(answer["measured_ms"])
-            if len(seen) <= verifications * TIMINGS:
+            if len(seen) <= over:
                 return {**answer, "measured_ms": TARGET_MS * 1.5}
         return answer
 
@@ -64,19 +65,19 @@ def run_job(farm, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-d
 
 def test_a_network_that_misses_the_target_is_replaced_by_the_next_faster_one(farm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     _app, _settings, db = farm
-    seen = slow_device(monkeypatch, verifications=1)
+    seen = slow_device(monkeypatch, over=2 * TIMINGS)  # the first network's two rounds
 
     job = run_job(farm)
 
     assert job["state"] == "succeeded", job["error"]
     # Every network meets 10 ms: accuracy alone counts and the fit stage has nothing to move.
     assert "accuracy alone counts" in job["result"]["fit"]["skipped"]
-    assert len(seen) == 2 * TIMINGS  # two networks measured on the device: the first, then the faster one
+    assert len(seen) == 3 * TIMINGS  # the first network measured in two rounds (a miss), then the faster one
     verify, report = job["result"]["verify"], job["result"]["report"]
     first, second = verify["tries"]
     assert (first["measured_ms"], first["meets_target"]) == (TARGET_MS * 1.5, False)
     assert second["meets_target"] is True
-    assert second["measured_ms"] == pytest.approx(sorted(seen[TIMINGS:])[(TIMINGS - 1) // 2])  # their median
+    assert second["measured_ms"] == pytest.approx(sorted(seen[2 * TIMINGS:])[(TIMINGS - 1) // 2])  # their median
     assert second["predicted_ms"] < first["predicted_ms"]  # the next-faster network, not the same one again
     assert second["arch"] == job["result"]["retry"]["arch"] == report["arch"]  # the one delivered
     assert job["result"]["target_met"] is True and report["target_met"] is True
@@ -90,16 +91,40 @@ def test_a_network_that_misses_the_target_is_replaced_by_the_next_faster_one(far
     assert warnings[0].data["retry"] == 1 and warnings[0].data["measured_ms"] == TARGET_MS * 1.5
 
 
+def test_a_miss_the_second_round_of_timings_does_not_confirm_trains_nothing_again(farm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The device answers the first round of the network's timings at 1.5x the target (a burst
+    of load on a shared device covers a whole round) and the second, real, under it: the job
+    keeps the faster round, meets its target and trains no faster network."""
+    _app, _settings, db = farm
+    seen = slow_device(monkeypatch, over=TIMINGS)
+
+    job = run_job(farm)
+
+    assert job["state"] == "succeeded", job["error"]
+    assert len(seen) == 2 * TIMINGS  # one network, timed in two rounds
+    verify = job["result"]["verify"]
+    again = sorted(seen[TIMINGS:])[(TIMINGS - 1) // 2]  # the second round's median
+    assert verify["rounds_ms"] == [pytest.approx(TARGET_MS * 1.5), pytest.approx(again)]
+    assert verify["measured_ms"] == pytest.approx(again) and verify["meets_target"] is True
+    assert [t["measured_ms"] for t in verify["tries"]] == [pytest.approx(again)]
+    assert job["result"]["target_met"] is True and "retry" not in job["result"]
+    started = [e.stage for e in events(db, job["id"], "state") if e.message.endswith("started")]
+    assert started.count("train") == 1 and started.count("verify") == 1
+    (timed_again,) = [e for e in events(db, job["id"], "log")
+                      if e.stage == "verify" and "timing it once more" in e.message]  # the user sees why
+    assert timed_again.message.startswith("the exported model measured 15 ms, over the 10 ms target")
+
+
 def test_when_no_network_meets_the_target_the_job_says_so_plainly(farm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     _app, _settings, db = farm
-    seen = slow_device(monkeypatch, verifications=99)
+    seen = slow_device(monkeypatch, over=99 * TIMINGS)
 
     # No retries here (their path is the test above): the plain miss, without training twice.
     job = run_job(farm, target_retries=0)
 
     # Succeeded (the network is trained and exported) with the miss stated everywhere.
     assert job["state"] == "succeeded", job["error"]
-    assert len(seen) == TIMINGS  # one network timed
+    assert len(seen) == 2 * TIMINGS  # one network timed, in two rounds (a miss is timed again)
     assert job["result"]["target_met"] is False
     report = job["result"]["report"]
     assert report["target_met"] is False and "latency target missed" in report["target_missed"]
