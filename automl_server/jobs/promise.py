@@ -40,8 +40,8 @@ STEP = 0.05
 REWIND_TO = "train"
 # Files of the stages that run again, moved into try-<n>/ so each try keeps its own.
 # (and every training checkpoint, *.ckpt but the search's: a pipeline resumes from its own).
-PER_TRY_FILES = ("verify.json", "verify-again.json", "verify-state.json", "schedule-state.json", "schedule-device.json",
-                 "schedule-candidates.json", "schedule-plan.json", "schedule-times.json",
+PER_TRY_FILES = ("verify.json", "verify-again.json", "verify-state.json", "schedule-state.json",
+                 "schedule-device.json", "schedule-candidates.json", "schedule-plan.json", "schedule-times.json",
                  "device-state.json", "sparse_update_plan.json")
 # The folders where pipelines keep their resumable state (FedGKT's Flower workspace, delayed-sgd's
 # torchrun checkpoints, sparse-update's on-device bundle): a retry trains a different network, which
