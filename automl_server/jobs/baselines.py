@@ -357,9 +357,9 @@ def retry_band(bound_ms: float, predicted_ms: float, measured_ms: float,
     ``predicted_ms`` (by the predictor as it is now) measured ``measured_ms`` over the target.
 
     After the baselines' fit (``fitted_target_ms``: the job's target) the retry aims as the
-    job's own network's does after its fit (jobs/promise.next_faster): where a network measured
-    like the miss lands on the window's middle, ``MOVE_TOP`` x target x predicted / measured,
-    at least ``promise.STEP`` under the miss; random search keeps to that move's band, its
+    job's own network's does after its fit (``promise.faster_top_after_fit``): where a network
+    measured like the miss lands on the window's middle, at least ``promise.STEP`` under the
+    miss; random search keeps to that move's band, its
     floor the window's bottom (``WINDOW_LOW / MOVE_TOP`` of the top, as the fit's moves and
     ``margin.into_window``). Until 2026-12-07 the retry divided the fit-corrected ``bound_ms``
     (the job network's ratio already in it) by the miss's ratio too, and took random search's
@@ -367,11 +367,11 @@ def retry_band(bound_ms: float, predicted_ms: float, measured_ms: float,
     0.78 of its target beside a searched network at 0.95 (proxyless-mobile at 32 px, 60%,
     2026-12-07), a comparison at less latency than the searched network spends.
     Without a fit: the promise's rule from the band's top (``promise.faster_top``), no floor."""
-    from automl_server.jobs.promise import STEP, faster_top
+    from automl_server.jobs.promise import faster_top, faster_top_after_fit
 
     if fitted_target_ms is None or measured_ms <= 0:
         return faster_top(bound_ms, predicted_ms, measured_ms), None
-    top = min(MOVE_TOP * fitted_target_ms * predicted_ms / measured_ms, predicted_ms * (1 - STEP))
+    top = faster_top_after_fit(fitted_target_ms, predicted_ms, measured_ms)
     return top, top * WINDOW_LOW / MOVE_TOP
 
 

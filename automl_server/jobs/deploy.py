@@ -159,8 +159,9 @@ def confirm_miss(ctx: StageContext, what: str, result_file: str, target_ms: floa
     A network measured over ``target_ms`` is timed once more (``settings.network_timings``
     timings again, sent by ``send_again`` to be answered in ``again_file``) before the stage
     acts on the miss: a miss costs a whole training of a faster network (the promise's
-    retry, a baseline's), a second round a few seconds of the device. The rounds' timings are sent back to back, so
-    a burst of load on a shared device covers all of one round: a random-search network
+    retry, a baseline's), a second round a few seconds of the device. The rounds' timings
+    are sent back to back, so a burst of load on a shared device covers all of one round:
+    a random-search network
     timed untrained at 0.842-0.870 ms measured 0.937-0.996 ms trained, the agent retaking
     the round twice for its spread (CV 0.16 and 0.33, then 0.14), and its retry trained a
     network that measured 0.76 of the target (proxyless-mobile at 32 px, 2026-12-07); a

@@ -105,9 +105,9 @@ def into_window(net: SuperNet, model: LatencyModel, derived: Derivation, bound_m
     bottom or back onto a network timed already, the most probable network predicted inside
     ``[bottom, bound_ms]`` not timed yet (``engine.derive.most_probable_within``), if the space
     has one. Without it the fit ended on "the derivation under ... gives no network not measured
-    already" and kept a network timed at 0.851 of its target (tiny on digits at 8 px, 2026-12-07): in the 2% band the job
-    derives in, one swap up from it jumped over the window. The fit (jobs/fit.py) and, after a
-    fit, the promise's retry (jobs/promise.py) move with it."""
+    already" and kept a network timed at 0.851 of its target (tiny on digits at 8 px,
+    2026-12-07): in the 2% band the job derives in, one swap up from it jumped over the window.
+    The fit (jobs/fit.py) and, after a fit, the promise's retry (jobs/promise.py) move with it."""
     from automl_server.engine.derive import most_probable_within
 
     floor_ms = bound_ms * WINDOW_LOW / MOVE_TOP

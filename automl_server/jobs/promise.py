@@ -107,6 +107,17 @@ def faster_top(top_ms: float, predicted_ms: float, measured_ms: float) -> float:
     return min(top_ms / max(ratio, 1.0), predicted_ms * (1 - STEP))
 
 
+def faster_top_after_fit(target_ms: float, predicted_ms: float, measured_ms: float) -> float:
+    """``faster_top`` once the fit stage (jobs/fit.py) has put networks where the device, not
+    the margin, puts them: the bound under which a network measured like the miss (r x its
+    prediction ``predicted_ms``) lands on the window's middle (its band centred there,
+    ``MOVE_TOP`` x target), and at least ``STEP`` under the miss. The job's own retry and a
+    baseline's (jobs/baselines.retry_band) aim with it."""
+    from automl_server.jobs.margin import MOVE_TOP
+
+    return min(MOVE_TOP * target_ms * predicted_ms / measured_ms, predicted_ms * (1 - STEP))
+
+
 def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
                 tried: Sequence[dict[str, Any]] = ()) -> dict[str, Any] | None:
     """The next-faster derivation of the search's final probabilities, as a chosen-network
@@ -120,7 +131,6 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     over the missed network's new prediction and derive it again (a baseline's retry did,
     in CI, 2026-12-06). ``tried``: the job's earlier networks (arch dicts), never derived
     again."""
-    from automl_server.jobs.margin import MOVE_TOP
     from automl_server.jobs.search_stage import current_prediction, derive_under, searched_supernet, target_band
 
     net = searched_supernet(ctx)
@@ -134,8 +144,7 @@ def next_faster(ctx: StageContext, missed: dict[str, Any], measured_ms: float,
     # (The fit's ratio is applied either way: a device faster than its prediction moves the bound up.)
     after_fit = "tries" in (ctx.results.get("fit") or {})
     if after_fit:
-        aim_ms = MOVE_TOP * float(ctx.params["latency_target_ms"])
-        new_top = min(aim_ms * predicted / measured_ms, predicted * (1 - STEP))
+        new_top = faster_top_after_fit(float(ctx.params["latency_target_ms"]), predicted, measured_ms)
     else:
         new_top = faster_top(target_band(ctx).top_ms, predicted, measured_ms)
     # Aimed at the fit's window: where the greedy swaps step under it, the most probable network
