@@ -234,6 +234,51 @@ def test_infeasible_target_fails_early_with_the_achievable_range(farm_app):
     assert "search" not in job["result"]  # said early: no search was run
 
 
+@pytest.mark.parametrize("noisy_timings, usable", [(1, [False, True]), (3, [False, False, False])])
+def test_a_range_end_timed_noisy_is_timed_again_before_the_range_is_said(sqlite_farm_app, monkeypatch,
+                                                                         noisy_timings, usable):
+    # The calibration's first network is the space's fastest (it anchors the fit at the range's
+    # low end); its first timings come back flagged noisy, as a burst of load does.
+    from automl_server.jobs.profile import ANCHOR_RETAKES
+    from automl_server.profiling import repository
+    from latency_db import MIN_CALIBRATION_NETWORKS
+    from latency_db.repository import LatencyRepository
+
+    app, _settings, db = sqlite_farm_app
+    real_record, calls = LatencyRepository.record_network, []
+
+    def record(self, target, arch, *args, method=None, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(arch["blocks"])
+        # Only the test's flags: this machine's own noise must not flag (or retake) another network.
+        noisy = arch["blocks"] == calls[0] and calls.count(calls[0]) <= noisy_timings
+        method = {**(method or {}), "reliable": not noisy,
+                  "unreliable_reason": "the yardstick moved 51% (test)" if noisy else None}
+        return real_record(self, target, arch, *args, method=method, **kwargs)
+
+    monkeypatch.setattr(LatencyRepository, "record_network", record)
+    job = submit(app.test_client(), stop_after="profile")
+
+    assert job["state"] == "succeeded", job["error"]
+    fastest = calls[0]
+    # Timed once more per noisy answer, at most ANCHOR_RETAKES more times, and nothing else again.
+    assert calls.count(fastest) == len(usable) <= 1 + ANCHOR_RETAKES
+    assert len(set(map(tuple, calls))) == len(calls) - len(usable) + 1
+    repo = repository(db)
+    timings = [n for t in repo.find_target("cpu-1") for n in repo.networks(t) if n.arch["blocks"] == fastest]
+    assert [n.usable for n in timings] == usable
+    said = [e.message for e in events(db, job["id"], "log")]
+    assert sum("fastest network" in m and "flagged noisy" in m and "timing it again" in m
+               for m in said) == len(usable) - 1, said
+    # The calibration rests on every usable timing (the fastest's second one included); with the
+    # fastest never usable, 4 of the 5 networks are too few to calibrate at all.
+    calibration = job["result"]["profile"]["calibration"]
+    usable_networks = len(calls) - usable.count(False)
+    if usable_networks >= MIN_CALIBRATION_NETWORKS:
+        assert calibration["n_networks"] + calibration["outliers"] == usable_networks
+    else:
+        assert calibration is None
+
+
 def test_offline_device_fails_with_its_status_and_the_fix(farm_app):
     app, _settings, db = farm_app
     client = app.test_client()
