@@ -11,8 +11,10 @@ otherwise from the latency model.
 As in the reference (``search/nas_manager.py``, ``rl_update_step``): the
 baseline is updated first, b <- b + w * (mean reward - b) with w =
 ``rl_baseline_weight`` (the reference's ``rl_baseline_decay_weight``, 0.99),
-and the advantages use that updated baseline; each sampled network is scored
-with BatchNorm in train mode (the statistics of the batch itself), because the
+and the advantages use that updated baseline; every sampled network of a
+step is scored on one batch of ``rl_reward_images`` held-out images (the
+reference's ``test_batch_size``, 1,000, not its training batch) with
+BatchNorm in train mode (the statistics of the batch itself), because the
 running statistics average over every path the supernet sampled and misjudge
 any single one.
 """

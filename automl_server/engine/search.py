@@ -111,6 +111,12 @@ class SearchConfig:
     rl_samples: int = 10
     rl_exponent: float = 0.1
     rl_baseline_weight: float = 0.99
+    # Held-out images every sampled network of one REINFORCE step is scored on (all of them when
+    # the holdout is smaller): the reference's rl_update_step sets its validation loader's batch
+    # to test_batch_size, 1,000 (imagenet_arch_search.py), not to the training batch. On a batch
+    # of 64 one network's accuracy has a sampling error of ~6 points at 70%, larger than what
+    # tells the space's networks apart; on 1,000, ~1.4.
+    rl_reward_images: int = 1000
     # "argmax" per cell (paper), or "target": the most probable network within
     # derive_tolerance of target_ms (engine/derive.py; our addition).
     derive: str = "argmax"
@@ -133,6 +139,8 @@ class SearchConfig:
         for name in ("warmup_epochs", "search_epochs", "min_arch_steps_per_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rl_reward_images < 1:
+            raise ValueError(f"rl_reward_images must be >= 1, got {self.rl_reward_images}")
         if not 0.0 <= self.rl_baseline_weight <= 1.0:
             raise ValueError(f"rl_baseline_weight must be within [0, 1], got {self.rl_baseline_weight}")
         if self.batch_size < 1 or self.arch_update_every < 1:
@@ -489,16 +497,22 @@ class Reinforce:
     def __init__(self, search: ProxylessSearch) -> None:
         self.search = search
         self.controller = ReinforceController(search.net, search.latency_model, search.config, search.measure)
+        # The rewards' own batches of the holdout (rl_reward_images each), as the reference's RL step
+        # draws test-size batches where its gradient step draws training-size ones (holdout_stream).
+        self.reward_stream = BatchStream(search.data.x_holdout, search.data.y_holdout,
+                                         search.config.rl_reward_images, search.config.seed + 5)
 
     def step(self) -> float:
-        return self.controller.step(self.search.holdout_stream, self.search.arch_optimizer, self.search.gate_generator)
+        return self.controller.step(self.reward_stream, self.search.arch_optimizer, self.search.gate_generator)
 
     def state_dict(self) -> dict[str, Any] | None:
-        state: dict[str, Any] = self.controller.state_dict()
+        state: dict[str, Any] = {**self.controller.state_dict(), "reward_stream": self.reward_stream.state_dict()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state)
+        if "reward_stream" in state:  # a checkpoint written before rewards had their own batches has none
+            self.reward_stream.load_state_dict(state["reward_stream"])
 
 
 register_strategy("gradient", GradientGates, title="Binarized gates (gradient)",

@@ -53,8 +53,11 @@ def test_same_seed_gives_the_same_search(small_digits):
     assert [r.block_probs for r in first.history] == [r.block_probs for r in second.history]
 
 
-def test_resumed_search_equals_an_uninterrupted_one(small_digits, tmp_path):
-    layout, model, config = tiny_layout(small_digits), FlopsLatencyModel(), quick_config()
+# RL with reward batches smaller than the holdout, so that where its reward stream stood matters.
+@pytest.mark.parametrize("overrides", [{}, {"strategy": "rl", "rl_samples": 2, "rl_reward_images": 16}],
+                         ids=["gradient", "rl"])
+def test_resumed_search_equals_an_uninterrupted_one(small_digits, tmp_path, overrides):
+    layout, model, config = tiny_layout(small_digits), FlopsLatencyModel(), quick_config(**overrides)
     straight = ProxylessSearch(layout, small_digits, model, config)
     for _ in range(config.total_epochs):
         straight.run_epoch()
@@ -220,6 +223,27 @@ def test_reinforce_baseline_is_updated_before_the_advantages_as_the_reference(sm
         for r, indices in zip(rewards, samples):
             expected += (r - baseline) * (torch.nn.functional.one_hot(torch.tensor(indices[cell]), len(p)) - p) / 3
         assert torch.allclose(mixed.alpha.detach(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("reward_images", [16, 1000])
+def test_reinforce_scores_every_sample_of_a_step_on_one_batch_of_reward_images(small_digits, reward_images):
+    # The reference's rl_update_step scores its samples on one validation batch of test_batch_size
+    # (1,000) images; here rl_reward_images of the holdout, all of it when it holds fewer.
+    search = ProxylessSearch(tiny_layout(small_digits), small_digits, FlopsLatencyModel(),
+                             quick_config(warmup_epochs=0, strategy="rl", rl_samples=3, rl_reward_images=reward_images))
+    batches: list[torch.Tensor] = []
+    search.net.register_forward_hook(lambda module, args, out: batches.append(args[0]))
+
+    search.arch_step()
+    search.arch_step()
+
+    holdout = len(small_digits.x_holdout)
+    assert 16 < holdout < 1000
+    assert [len(b) for b in batches] == [min(reward_images, holdout)] * 6
+    assert all(torch.equal(b, batches[0]) for b in batches[:3])  # one batch per step, for all its samples
+    assert all(torch.equal(b, batches[3]) for b in batches[3:])
+    if reward_images < holdout:  # the next step draws the next batch
+        assert not torch.equal(batches[0], batches[3])
 
 
 def test_reinforce_scores_networks_with_batchnorm_in_train_mode(small_digits):
