@@ -278,8 +278,9 @@ def profile_target(ctx: StageContext) -> dict[str, Any]:
     if fastest <= 0:
         ctx.event("warning", f"the calibrated predictor puts the space's fastest network at {fastest:.4g} ms: the "
                   "calibration extrapolates past the networks measured on this target, and the achievable range's "
-                  "low end means nothing. Measure the target again when the device is quiet (automl profile), or "
-                  "give the job a target inside the range of the networks measured", achievable_ms=[fastest, slowest])
+                  "low end means nothing. Time the space's fastest network on it when the device is quiet (automl "
+                  "latency measure --arch FILE), or give the job a target inside the range of the networks measured",
+                  achievable_ms=[fastest, slowest])
     flagged = [n for n in networks if not n.usable]
     if flagged:
         ctx.event("log", f"{len(flagged)} of {len(networks)} networks measured on this target stayed noisy through "
