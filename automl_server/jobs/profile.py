@@ -165,13 +165,12 @@ def _retake_noisy_anchors(ctx: StageContext, spec: JobSpec, state: dict[str, Any
     a minute later is a new sample of the device's load; a flagged one never calibrates."""
     from automl_server.profiling import dispatch_network_measurement, network_method, predictor
 
-    def blocks(arch: Any) -> list[str]:
-        return list(arch.get("blocks") or []) if isinstance(arch, dict) else list(arch.blocks)
+    def timings(arch: Arch) -> list[Any]:
+        return [n for n in networks if n.arch.get("blocks") == list(arch.blocks)]
 
     anchors = extreme_archs(layout, predictor(ctx.db, target, calibrated=False))
     noisy = [(name, arch) for name, arch in zip(("fastest", "slowest"), anchors)
-             if any(blocks(n.arch) == blocks(arch) for n in networks)
-             and not any(n.usable and blocks(n.arch) == blocks(arch) for n in networks)]
+             if timings(arch) and not any(n.usable for n in timings(arch))]
     sent_at = state.get("anchors_sent_at")
     if sent_at is not None:
         arrived = len(networks) - state["anchors_before"]
@@ -185,8 +184,7 @@ def _retake_noisy_anchors(ctx: StageContext, spec: JobSpec, state: dict[str, Any
     if not noisy or state.get("anchor_retakes", 0) >= ANCHOR_RETAKES:
         return
     _wait_for_device(ctx, spec, state, path, "the space's fastest and slowest networks need timing again")
-    reason = next(n.unreliable_reason for n in reversed(networks)
-                  if not n.usable and blocks(n.arch) == blocks(noisy[0][1]))
+    reason = timings(noisy[0][1])[-1].unreliable_reason
     ctx.event("log", f"every timing of the space's {' and '.join(name for name, _ in noisy)} network on this target "
               f"was flagged noisy ({reason}); timing it again, because the calibration rests on it at that end of "
               "the achievable range", anchors=[name for name, _ in noisy])
