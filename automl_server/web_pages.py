@@ -241,6 +241,7 @@ def devices_page() -> str:
 def new_search_page() -> str:
     from automl_server.api.schemas import JobBudget
     from automl_server.api.pipelines import to_out as pipeline_out
+    from automl_server.engine.strategies import strategies as registered_strategies
     from automl_server.engine.train.registry import pipelines as registered_pipelines
     from search_spaces import list_spaces
 
@@ -260,12 +261,14 @@ def new_search_page() -> str:
     pipelines = [{**pipeline_out(p).model_dump(mode="json"), "controls": setting_controls(p.settings_schema())}
                  for p in registered_pipelines().values()]
     budget = {name: field.default for name, field in JobBudget.model_fields.items() if name != "minutes"}
+    search_strategies = [{"name": st.name, "title": st.title, "description": st.description}
+                         for st in registered_strategies().values()]
     # Without ?device=, the first online device is preselected: an offline one
     # (a retired phone, a junk registration) would only make the job wait.
     first_online = next((d["name"] for d in devices if d["status"] == "online"), "")
     chosen = {"dataset": request.args.get("dataset", ""), "device": request.args.get("device", "") or first_online}
     return render_template("new.html", datasets=datasets, devices=devices, spaces=spaces, pipelines=pipelines,
-                           budget=budget, chosen=chosen)
+                           strategies=search_strategies, budget=budget, chosen=chosen)
 
 
 def setting_controls(schema: dict[str, Any]) -> list[dict[str, Any]]:

@@ -224,6 +224,12 @@ RECENT_JOBS = 10
 class EstimateQuery(JobBudget):
     dataset: str = Field(description="Dataset id or name: epochs cost in proportion to its images.")
     tune: bool = Field(True, description="Whether the job runs the tune stage (its trials count).")
+    strategy: str = Field("gradient", max_length=100,
+                          description="The search strategy: only recent jobs of the same strategy are counted "
+                          "(an RL search scores sampled networks on the holdout every step; on a small dataset "
+                          "that, not the training, sets its time).")
+    baselines: bool = Field(False, description="Whether the job compares with the baselines (about one more "
+                            "search and two more trainings): only recent jobs alike are counted.")
 
 
 class DurationEstimate(BaseModel):
@@ -251,17 +257,31 @@ def _in_words(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _kind_of_job(strategy: str, baselines: bool) -> str:
+    return f"{strategy} search" + (" with baselines" if baselines else "")
+
+
 def estimate_duration(db: Database, device: str, images: int, budget: dict[str, Any], tune: bool,
-                      minutes: float | None = None) -> DurationEstimate:
+                      minutes: float | None = None, strategy: str = "gradient",
+                      baselines: bool = False) -> DurationEstimate:
     """The job's wall time from this service's recent finished search jobs on
     ``device``: the median of their seconds per image-epoch (budget epochs x
     dataset images) times this job's image-epochs; capped by the budget's
-    minutes (plus what the recent jobs spent outside the capped stages, at most)."""
+    minutes (plus what the recent jobs spent outside the capped stages, at most).
+    Only jobs of the same strategy and baselines setting count: their cost per
+    epoch differs (RL scores sampled networks on the holdout every step, which
+    on a small dataset outweighs its training; the baselines stage costs about
+    one more search and two trainings), so a median over a mix would mislead;
+    with none alike, no estimate, and the message says which kind is missing."""
     from sqlalchemy import select
 
     from automl_server.db.models import Job, JobState
+    from automl_server.jobs.spec import JobSpec
 
     units = budget_epochs(budget, tune) * max(images, 1)
+    # Said in the message unless it is the default kind (what most jobs are).
+    default_kind = (strategy, baselines) == ("gradient", False)
+    alike = "" if default_kind else f" like this one ({_kind_of_job(strategy, baselines)})"
     with db.session() as session:
         rows = session.scalars(
             select(Job).where(Job.device_name == device, Job.state == JobState.SUCCEEDED.value,
@@ -271,6 +291,9 @@ def estimate_duration(db: Database, device: str, images: int, budget: dict[str, 
         for job in rows:
             if job.params.get("stop_after") or len(rates) >= RECENT_JOBS:
                 continue  # a job ended early (profile only) says nothing about a whole one
+            spec = JobSpec.from_params(job.params)
+            if spec.strategy != strategy or spec.baselines != baselines:
+                continue
             images_then = int((job.result.get("validate") or {}).get("num_samples") or 0)
             epochs = budget_epochs(job.params.get("budget") or {}, bool(job.params.get("tune", True)))
             seconds = (job.finished_at - job.started_at).total_seconds()  # type: ignore[operator]
@@ -278,7 +301,7 @@ def estimate_duration(db: Database, device: str, images: int, budget: dict[str, 
                 rates.append(seconds / (epochs * images_then))
     if not rates:
         return DurationEstimate(device=device, seconds=None, jobs_used=0, seconds_per_unit=None, units=units,
-                                message=f"no recent jobs on {device} to estimate from")
+                                message=f"no recent jobs{alike} on {device} to estimate from")
     rate = float(np.median(rates))
     seconds = rate * units
     if minutes is not None:
@@ -286,7 +309,7 @@ def estimate_duration(db: Database, device: str, images: int, budget: dict[str, 
     plural = "job" if len(rates) == 1 else "jobs"
     return DurationEstimate(device=device, seconds=round(seconds, 1), jobs_used=len(rates),
                             seconds_per_unit=round(rate, 9), units=units,
-                            message=f"about {_in_words(seconds)}, from {len(rates)} recent {plural} on {device}")
+                            message=f"about {_in_words(seconds)}, from {len(rates)} recent {plural}{alike} on {device}")
 
 
 @registry.operation(
@@ -309,8 +332,8 @@ def device_duration_estimate(name: str, query: EstimateQuery) -> DurationEstimat
         if row is None:
             raise not_found("dataset", query.dataset)
         images = row.num_samples
-    budget = query.model_dump(exclude={"dataset", "tune", "minutes"})
-    return estimate_duration(s.db, name, images, budget, query.tune, query.minutes)
+    budget = query.model_dump(exclude={"dataset", "tune", "minutes", "strategy", "baselines"})
+    return estimate_duration(s.db, name, images, budget, query.tune, query.minutes, query.strategy, query.baselines)
 
 
 # -- profiling coverage (the device farm page) -------------------------------------

@@ -311,6 +311,12 @@ def _product_team_path(page: Any, settings: Any, tmp_path: Path, artifacts_dir: 
     page.fill("#target", "10")  # every tiny network meets it under either runtime
     for name, value in (("warmup_epochs", 0), ("search_epochs", 1), ("tune_trials", 0), ("train_epochs", 1)):
         page.fill(f"#budget-{name}", str(value))
+    # RL and the baselines chosen under Advanced options: the estimate counts only jobs alike (none yet).
+    page.locator("#advanced summary").click()
+    page.check('input[name="strategy"][value="rl"]')
+    page.check("#param-baselines")
+    page.wait_for_function("() => document.getElementById('estimate').textContent.includes('(rl search with baselines)')")
+    assert "no recent jobs like this one" in page.locator("#estimate").inner_text()
     page.locator("#compare-box summary").click()
     page.locator("#start-comparison").click()
     assert "two or more" in page.locator("#compare-error").inner_text()
@@ -324,6 +330,7 @@ def _product_team_path(page: Any, settings: Any, tmp_path: Path, artifacts_dir: 
                                                                           ("local-cpu", "pytorch")]
     first = requests.get(f"{url}/api/v1/jobs/{comparison['jobs'][0]['id']}", timeout=10).json()
     assert first["params"]["budget"]["search_epochs"] == 1 and first["latency_target_ms"] == 10
+    assert first["params"]["strategy"] == "rl" and first["params"]["baselines"] is True
     assert page.locator("#comparison-jobs tr").count() == 2
     assert page.locator("#comparison-matrix tbody tr").count() == 2
     assert "Still running" in page.locator("#comparison-state").inner_text()

@@ -268,7 +268,18 @@ def test_duration_estimate_from_the_devices_recent_jobs(client, app, tmp_path):
                             result={"validate": {"num_samples": 15}},
                             started_at=now - timedelta(seconds=seconds), finished_at=now))
 
+    rl_before = client.get(url + "&strategy=rl").json
+    with db.session() as session:  # an RL job and a job with baselines: slower per epoch, not mixed in
+        for seconds, strategy, baselines in ((900, "rl", False), (1200, "gradient", True)):
+            session.add(Job(dataset_name="pets", device_name="pi", runtime="onnxruntime", space="tiny",
+                            pipeline="standard", latency_target_ms=1.0, state="succeeded",
+                            params={"budget": budget, "tune": True, "strategy": strategy, "baselines": baselines},
+                            result={"validate": {"num_samples": 15}},
+                            started_at=now - timedelta(seconds=seconds), finished_at=now))
+
     after = client.get(url).json
+    rl = client.get(url + "&strategy=rl").json
+    with_baselines = client.get(url + "&baselines=true").json
     doubled = client.get(url.replace("train_epochs=6", "train_epochs=16")).json
     refused = client.get("/api/v1/devices/pi/duration-estimate?dataset=pets&train_epochs=0")
 
@@ -276,6 +287,12 @@ def test_duration_estimate_from_the_devices_recent_jobs(client, app, tmp_path):
     # The median of 100, 300 and 200 s for the same budget; the profile-only and the failed job do not count.
     assert after["jobs_used"] == 3 and after["seconds"] == pytest.approx(200, rel=1e-3)
     assert after["message"] == "about 3 min, from 3 recent jobs on pi"
+    # Each kind of job from its own kind only; none alike: no figure, and the message names the kind.
+    assert rl_before["seconds"] is None
+    assert rl_before["message"] == "no recent jobs like this one (rl search) on pi to estimate from"
+    assert rl["jobs_used"] == 1 and rl["seconds"] == pytest.approx(900, rel=1e-3)
+    assert rl["message"] == "about 15 min, from 1 recent job like this one (rl search) on pi"
+    assert with_baselines["jobs_used"] == 1 and with_baselines["seconds"] == pytest.approx(1200, rel=1e-3)
     assert doubled["seconds"] == pytest.approx(400, rel=1e-3)  # 20 epochs instead of 10
     assert refused.status_code == 422 and refused.json["field"].endswith("train_epochs")
 

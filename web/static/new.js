@@ -164,7 +164,9 @@
   async function loadEstimate() {
     if (!dataset.value || !device.value) { estimate.textContent = ""; return; }
     const ticket = ++pendingEstimate;
-    const params = new URLSearchParams({ dataset: dataset.value });
+    // Only recent jobs of the same strategy and baselines setting are counted (their cost per epoch differs).
+    const params = new URLSearchParams({ dataset: dataset.value, strategy: chosenStrategy(),
+                                         baselines: String(Boolean(baselines && baselines.checked)) });
     form.querySelectorAll('input[name^="budget."]').forEach((input) => {
       if (input.value !== "") params.set(input.name.slice("budget.".length), input.value);
     });
@@ -172,7 +174,7 @@
       const answer = await AutoML.api("GET", `/api/v1/devices/${encodeURIComponent(device.value)}/duration-estimate?${params}`);
       if (ticket !== pendingEstimate) return;
       estimate.textContent = answer.seconds === null
-        ? `Duration: no recent jobs on ${answer.device} to estimate from yet.`
+        ? `Duration: ${answer.message} yet.`
         : `Expected duration: ${answer.message}.`;
     } catch (err) {
       if (ticket !== pendingEstimate) return;
@@ -205,15 +207,24 @@
     (first || summary).focus();
   }
 
+  function chosenStrategy() {
+    const checked = form.querySelector('input[name="strategy"]:checked');
+    return checked ? checked.value : "gradient";
+  }
+  const baselines = $("param-baselines");
+
   function body() {
     const data = { dataset: dataset.value, device: device.value, space: space.value,
                    latency_target_ms: parseFloat(target.value), budget: {}, params: {} };
     if (runtime.value) data.runtime = runtime.value;
     const pipeline = form.querySelector('input[name="pipeline"]:checked');
     if (pipeline) data.pipeline = pipeline.value;
+    data.strategy = chosenStrategy();
     form.querySelectorAll('input[name^="budget."], input[name^="params."]').forEach((input) => {
-      if (input.value === "" || input.name.split(".").length !== 2) return;
+      if (input.name.split(".").length !== 2) return;
       const [group, key] = input.name.split(".");
+      if (input.type === "checkbox") { data[group][key] = input.checked; return; }
+      if (input.value === "") return;
       data[group][key] = Number(input.value);
     });
     // The chosen pipeline's settings, as params.<key>.<setting> (rendered from GET /api/v1/pipelines' schemas).
@@ -273,8 +284,8 @@
     button.disabled = true;
     try {
       const comparison = await AutoML.api("POST", "/api/v1/comparisons", {
-        dataset: data.dataset, devices, space: data.space, latency_target_ms: data.latency_target_ms,
-        budget: data.budget, params });
+        dataset: data.dataset, devices, space: data.space, strategy: data.strategy,
+        latency_target_ms: data.latency_target_ms, budget: data.budget, params });
       window.location.href = `/comparisons/${comparison.id}`;
     } catch (err) {
       button.disabled = false;
@@ -287,6 +298,8 @@
   dataset.addEventListener("change", () => { loadRange(); loadEstimate(); });
   [runtime, space].forEach((n) => n.addEventListener("change", loadRange));
   form.querySelectorAll('input[name^="budget."]').forEach((n) => n.addEventListener("change", loadEstimate));
+  form.querySelectorAll('input[name="strategy"]').forEach((n) => n.addEventListener("change", loadEstimate));
+  if (baselines) baselines.addEventListener("change", loadEstimate);
   target.addEventListener("input", () => { targetTouched = true; checkTarget(); });
   measureButton.addEventListener("click", measureRange);
   $("use-suggested").addEventListener("click", () => { target.value = String(suggested()); checkTarget(); target.focus(); });
