@@ -71,8 +71,8 @@ def random_paths(search: ProxylessSearch, count: int) -> list[list[int]]:
 
 def report(label: str, rows: list[tuple[int, float, float]]) -> None:
     by_zeros: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for zeros, reward_view, recalibrated in rows:
-        by_zeros[zeros].append((reward_view, recalibrated))
+    for count, reward_view, recalibrated in rows:
+        by_zeros[count].append((reward_view, recalibrated))
     zeros = [float(r[0]) for r in rows]
     print(f"{label}: correlation of Zero cells with reward-view accuracy "
           f"{statistics.correlation(zeros, [r[1] for r in rows]):+.2f}, with recalibrated accuracy "
