@@ -79,12 +79,15 @@ def test_two_workers_train_report_every_epoch_stop_with_the_budget_and_leave_no_
                                "sparsity_warmup_epochs": 1})
     inputs = make_inputs(tmp_path, epochs=5)
     before = {k: v.clone() for k, v in inputs.model.state_dict().items()}
-    callbacks = FakeCallbacks(stop_after_epochs=1)  # the budget runs out in epoch 1: workers stop after epoch 2
+    # The budget runs out in epoch 1. The launcher reads the workers' epoch events as they come and
+    # touches the stop file; the workers look for it at the end of the epoch they are in by then:
+    # epoch 2, or epoch 3 when the launcher read epoch 1's event late (a loaded machine: CI saw 3).
+    callbacks = FakeCallbacks(stop_after_epochs=1)
 
     outcome = pipeline.run(inputs, settings, callbacks)
 
-    assert outcome.epochs == 2 and [m["epoch"] for m in callbacks.metrics] == [1, 2]
-    first, last = callbacks.metrics
+    assert outcome.epochs in (2, 3) and [m["epoch"] for m in callbacks.metrics] == list(range(1, outcome.epochs + 1))
+    first, last = callbacks.metrics[0], callbacks.metrics[-1]
     assert first["density"] == 0.25 and last["density"] == 0.05  # DGC's warm-up, then the target
     assert 0 < last["bytes_sent_per_step"] < first["bytes_sent_per_step"]
     assert 0 <= last["comm_wait_share"] <= 1
