@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -24,9 +26,13 @@ from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.data import split_arrays
 from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.search import ProxylessSearch, SearchConfig
-from automl_server.engine.search_plan import arch_lr_for, latency_range_ms, schedule_for
+from automl_server.engine.search_plan import latency_range_ms, schedule_for
 from search_spaces import get_space
 from search_spaces.ops import ZERO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_supernet_signal import job_sized_settings  # noqa: E402
 
 
 @torch.no_grad()
@@ -99,11 +105,8 @@ def main() -> None:
     model = FlopsLatencyModel()
     fastest, slowest = latency_range_ms(layout, model)
     schedule = schedule_for(len(data.y_train), 64, args.warmup, args.search, 2)
-    config = SearchConfig(
-        warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
-        min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=64, lr=0.05,
-        target_ms=fastest + args.frac * (slowest - fastest), derive="target", derive_tolerance=0.02,
-        arch_update_every=2, arch_lr=arch_lr_for(schedule.arch_steps), strategy="rl", seed=0)
+    config = SearchConfig(**job_sized_settings(schedule, fastest + args.frac * (slowest - fastest)),
+                          lr=0.05, strategy="rl")
     search = ProxylessSearch(layout, data, model, config)
     paths = random_paths(search, args.paths)
     print(f"{args.dataset} / {args.space}: {schedule.describe()}; {args.paths} random paths", flush=True)

@@ -31,7 +31,7 @@ from automl_server.cli.engine_cmds import load_dataset
 from automl_server.engine.data import split_arrays
 from automl_server.engine.latency import FlopsLatencyModel
 from automl_server.engine.search import ProxylessSearch, SearchConfig
-from automl_server.engine.search_plan import arch_lr_for, latency_range_ms, schedule_for
+from automl_server.engine.search_plan import SearchSchedule, arch_lr_for, latency_range_ms, schedule_for
 from search_spaces import get_space
 
 
@@ -40,6 +40,15 @@ def overrides(text: str) -> dict[str, Any]:
     call = ast.parse(f"f({text})", mode="eval").body
     assert isinstance(call, ast.Call)
     return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+
+
+def job_sized_settings(schedule: SearchSchedule, target_ms: float) -> dict[str, Any]:
+    """SearchConfig values of a job's search stage for ``schedule`` (batch 64, an architecture step every
+    2 weight steps, ``arch_lr_for``'s step size), deriving within 2% of ``target_ms``."""
+    return dict(warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
+                min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=64, target_ms=target_ms,
+                derive="target", derive_tolerance=0.02, arch_update_every=2, arch_lr=arch_lr_for(schedule.arch_steps),
+                seed=0)
 
 
 def main() -> None:
@@ -60,11 +69,7 @@ def main() -> None:
     schedule = schedule_for(len(data.y_train), 64, args.warmup, args.search, 2)
     print(f"{args.dataset} / {args.space}: {len(data.y_train)} training images, {schedule.describe()}", flush=True)
     for run in args.runs:
-        values: dict[str, Any] = dict(
-            warmup_epochs=schedule.warmup_epochs, search_epochs=schedule.search_epochs,
-            min_arch_steps_per_epoch=schedule.min_arch_steps_per_epoch, batch_size=64,
-            target_ms=fastest + args.frac * (slowest - fastest), derive="target", derive_tolerance=0.02,
-            arch_update_every=2, arch_lr=arch_lr_for(schedule.arch_steps), seed=0)
+        values = job_sized_settings(schedule, fastest + args.frac * (slowest - fastest))
         values.update(overrides(run))
         started = time.monotonic()
         search = ProxylessSearch(layout, data, model, SearchConfig(**values))

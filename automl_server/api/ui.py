@@ -257,10 +257,6 @@ def _in_words(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _kind_of_job(strategy: str, baselines: bool) -> str:
-    return f"{strategy} search" + (" with baselines" if baselines else "")
-
-
 def estimate_duration(db: Database, device: str, images: int, budget: dict[str, Any], tune: bool,
                       minutes: float | None = None, strategy: str = "gradient",
                       baselines: bool = False) -> DurationEstimate:
@@ -280,8 +276,8 @@ def estimate_duration(db: Database, device: str, images: int, budget: dict[str, 
 
     units = budget_epochs(budget, tune) * max(images, 1)
     # Said in the message unless it is the default kind (what most jobs are).
-    default_kind = (strategy, baselines) == ("gradient", False)
-    alike = "" if default_kind else f" like this one ({_kind_of_job(strategy, baselines)})"
+    kind = f"{strategy} search" + (" with baselines" if baselines else "")
+    alike = "" if kind == "gradient search" else f" like this one ({kind})"
     with db.session() as session:
         rows = session.scalars(
             select(Job).where(Job.device_name == device, Job.state == JobState.SUCCEEDED.value,
